@@ -1,0 +1,118 @@
+//! `warrant run RESOURCE -- CMD`: acquire, run CMD while the lease is alive, release on exit.
+//!
+//! CMD is terminated (SIGTERM, then SIGKILL after the grace) as soon as the lease is lost, or early
+//! enough that it is dead before the lease could lapse by this holder's own clock (DESIGN rule 1;
+//! consul#9788). A leader election alone does not kill CMD: keepalives are retried, and the holder's
+//! validity only runs out if no keepalive is acknowledged for a whole ttl (consul#1162).
+
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::{exit, fail, wait_for_shutdown_signal};
+use crate::client::{AcquireOptions, Acquired, Client, Lease};
+use crate::model::ReleaseOutcome;
+
+pub async fn run(client: Client, opts: AcquireOptions, grace: Duration, cmd: Vec<String>) -> u8 {
+    let usable = opts.ttl.mul_f64(1.0 - client.config().drift);
+    if grace.saturating_mul(2) >= usable {
+        eprintln!(
+            "error: --grace {} must be less than half the ttl ({}), or CMD would be stopped as soon as it starts",
+            humantime::format_duration(grace),
+            humantime::format_duration(opts.ttl)
+        );
+        return exit::INVALID;
+    }
+    let lease = match client.acquire(opts).await {
+        Ok(Acquired::Granted(lease)) => lease,
+        Ok(Acquired::Busy {
+            holder,
+            holder_instance,
+            expires_in,
+        }) => {
+            eprintln!(
+                "busy: held by {holder} (instance {holder_instance}), expires in {}ms",
+                expires_in.as_millis()
+            );
+            return exit::BUSY_OR_STALE;
+        }
+        Ok(Acquired::AlreadyDone(record)) => {
+            eprintln!(
+                "already done: task completed by {} (token {}); not running CMD",
+                record.principal, record.token
+            );
+            return exit::ALREADY_DONE;
+        }
+        Ok(Acquired::WaitEnded) => {
+            eprintln!(
+                "wait ended: the resource stayed busy until the wait deadline; not running CMD"
+            );
+            return exit::PENDING_OR_WAIT_ENDED;
+        }
+        Err(e) => return fail(&e),
+    };
+    let mut command = tokio::process::Command::new(&cmd[0]);
+    command
+        .args(&cmd[1..])
+        .env("WARRANT_TOKEN", lease.token().to_string())
+        .env("WARRANT_LEASE_ID", lease.lease_id())
+        .env("WARRANT_RESOURCE", lease.resource())
+        .env("WARRANT_ENDPOINTS", client.config().endpoints.join(","))
+        .env("WARRANT_PRINCIPAL", client.config().principal.to_string())
+        .env("WARRANT_INSTANCE", client.config().instance.to_string());
+    if let Some(checkpoint) = lease.previous().and_then(|p| p.checkpoint.as_ref()) {
+        command.env(
+            "WARRANT_PREVIOUS_CHECKPOINT",
+            String::from_utf8_lossy(checkpoint).into_owned(),
+        );
+    }
+    let mut child = match command.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cannot start {:?}: {e}", cmd[0]);
+            release(lease, Some(ReleaseOutcome::Failed)).await;
+            return exit::OTHER;
+        }
+    };
+    tokio::select! {
+        status = child.wait() => {
+            let code = match status {
+                Ok(s) => s.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&s).unwrap_or(0)),
+                Err(e) => { eprintln!("error: waiting for CMD failed: {e}"); 1 }
+            };
+            release(lease, Some(if code == 0 { ReleaseOutcome::Done } else { ReleaseOutcome::Failed })).await;
+            code.clamp(0, 255) as u8
+        }
+        reason = lease.expiring_within(grace) => {
+            eprintln!("warrant run: {reason}; stopping {:?} (SIGTERM, SIGKILL after {})", cmd[0], humantime::format_duration(grace));
+            stop(&mut child, grace).await;
+            if lease.is_valid() {
+                release(lease, Some(ReleaseOutcome::Failed)).await;
+            }
+            exit::BUSY_OR_STALE
+        }
+        _ = wait_for_shutdown_signal() => {
+            eprintln!("warrant run: interrupted; stopping {:?}", cmd[0]);
+            stop(&mut child, grace).await;
+            release(lease, Some(ReleaseOutcome::Failed)).await;
+            exit::OTHER
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL if CMD is still running after `grace`.
+async fn stop(child: &mut tokio::process::Child, grace: Duration) {
+    if let Some(pid) = child.id() {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
+
+async fn release(lease: Lease, outcome: Option<ReleaseOutcome>) {
+    if let Err(e) = lease.release(outcome).await {
+        eprintln!("warrant run: could not release the lease ({e}); it will expire after its ttl");
+    }
+}

@@ -1,0 +1,531 @@
+//! The Rust client library: connect to a Warrant cluster, acquire leases, keep them alive, and fence
+//! the resources they protect.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), warrant::client::ClientError> {
+//! use std::time::Duration;
+//! use warrant::client::{AcquireOptions, Client, ClientConfig, Acquired};
+//!
+//! let client = Client::new(ClientConfig::new(["127.0.0.1:7001"], "agent/deployer")?)?;
+//! match client.acquire(AcquireOptions::new("k8s/prod/web/deploy", Duration::from_secs(30))).await? {
+//!     Acquired::Granted(lease) => {
+//!         // Act only while the lease is valid by our own clock, and pass lease.token() to the resource.
+//!         if lease.is_valid() { /* ... */ }
+//!         lease.release(None).await?;
+//!     }
+//!     other => println!("not granted: {other:?}"),
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Calls go to any endpoint; a follower answers with the leader's address and the client retries
+//! there. Every retry of an acquire reuses its request id, so a retry never yields a second grant.
+
+mod fence;
+mod lease;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+pub use fence::{FenceGuard, StaleToken};
+pub use lease::{Lease, LeaseInfo, LostReason};
+
+use crate::model::{InstanceId, Principal, ValidationError};
+use crate::proto;
+use crate::proto::warrant_client::WarrantClient;
+use crate::server::LEADER_METADATA;
+
+/// Errors of the client library.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The request was invalid (INVALID_ARGUMENT from the server, or rejected locally).
+    #[error("{0}")]
+    Invalid(String),
+    /// The server refused the call (any other gRPC status), with its message.
+    #[error("{message}")]
+    Server { code: Code, message: String },
+    /// No endpoint could serve the call in time.
+    #[error("no Warrant node could serve the request ({last}); check --endpoints and that the cluster is up")]
+    Unavailable { last: String },
+}
+
+impl ClientError {
+    /// The gRPC status code behind this error.
+    pub fn code(&self) -> Code {
+        match self {
+            ClientError::Invalid(_) => Code::InvalidArgument,
+            ClientError::Server { code, .. } => *code,
+            ClientError::Unavailable { .. } => Code::Unavailable,
+        }
+    }
+}
+
+impl From<ValidationError> for ClientError {
+    fn from(e: ValidationError) -> Self {
+        ClientError::Invalid(e.to_string())
+    }
+}
+
+fn from_status(s: Status) -> ClientError {
+    match s.code() {
+        Code::InvalidArgument => ClientError::Invalid(s.message().to_string()),
+        code => ClientError::Server {
+            code,
+            message: s.message().to_string(),
+        },
+    }
+}
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// host:port of any members' client APIs.
+    pub endpoints: Vec<String>,
+    /// Who the caller is (until authentication lands, a claim).
+    pub principal: Principal,
+    /// This process's incarnation; a fresh random one by default.
+    pub instance: InstanceId,
+    /// How long one call may keep retrying across endpoints and elections.
+    pub call_timeout: Duration,
+    /// Safety margin for clock drift in the holder's own validity check (DESIGN rule 1).
+    pub drift: f64,
+}
+
+impl ClientConfig {
+    /// A config with a fresh instance id and default timeouts.
+    pub fn new<S: Into<String>>(
+        endpoints: impl IntoIterator<Item = S>,
+        principal: &str,
+    ) -> Result<Self, ClientError> {
+        let endpoints: Vec<String> = endpoints
+            .into_iter()
+            .map(Into::into)
+            .filter(|e: &String| !e.is_empty())
+            .collect();
+        if endpoints.is_empty() {
+            return Err(ClientError::Invalid(
+                "no endpoints given (host:port,...)".into(),
+            ));
+        }
+        Ok(Self {
+            endpoints,
+            principal: Principal::parse(principal)?,
+            instance: InstanceId::parse(&uuid::Uuid::new_v4().to_string())?,
+            call_timeout: Duration::from_secs(15),
+            drift: 0.05,
+        })
+    }
+}
+
+/// What to acquire and how.
+#[derive(Debug, Clone)]
+pub struct AcquireOptions {
+    pub resource: String,
+    pub ttl: Duration,
+    pub intent: String,
+    pub labels: Vec<(String, String)>,
+    pub task_key: Option<String>,
+    /// Queue (FIFO) up to this long if busy.
+    pub wait: Option<Duration>,
+    /// End this principal's own predecessor's lease and take over.
+    pub takeover: bool,
+    /// Idempotency key; a fresh one if None. Retries inside one `acquire` call always reuse it.
+    pub request_id: Option<String>,
+}
+
+impl AcquireOptions {
+    pub fn new(resource: &str, ttl: Duration) -> Self {
+        Self {
+            resource: resource.to_string(),
+            ttl,
+            intent: String::new(),
+            labels: Vec::new(),
+            task_key: None,
+            wait: None,
+            takeover: false,
+            request_id: None,
+        }
+    }
+}
+
+/// The answer to an acquire.
+#[derive(Debug)]
+pub enum Acquired {
+    /// Granted: the lease keeps itself alive until released or dropped.
+    Granted(Lease),
+    /// Someone else holds it.
+    Busy {
+        holder: String,
+        holder_instance: String,
+        expires_in: Duration,
+    },
+    /// The task was already completed.
+    AlreadyDone(proto::Completion),
+    /// The wait deadline passed before a grant.
+    WaitEnded,
+}
+
+/// A connection to a Warrant cluster; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoints", &self.inner.config.endpoints)
+            .field("principal", &self.inner.config.principal)
+            .field("instance", &self.inner.config.instance)
+            .finish()
+    }
+}
+
+struct Inner {
+    config: ClientConfig,
+    /// The endpoint that last answered as leader (tried first).
+    preferred: Mutex<Option<String>>,
+    channels: Mutex<std::collections::HashMap<String, Channel>>,
+}
+
+impl Client {
+    /// A client; connects lazily on the first call.
+    pub fn new(config: ClientConfig) -> Result<Self, ClientError> {
+        for e in &config.endpoints {
+            Endpoint::from_shared(format!("http://{e}"))
+                .map_err(|_| ClientError::Invalid(format!("endpoint {e:?} is not host:port")))?;
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                preferred: Mutex::new(None),
+                channels: Mutex::new(Default::default()),
+            }),
+        })
+    }
+
+    /// The config this client was made with.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    fn channel(&self, endpoint: &str) -> Result<Channel, ClientError> {
+        let mut channels = self
+            .inner
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(endpoint) {
+            return Ok(c.clone());
+        }
+        let c = Endpoint::from_shared(format!("http://{endpoint}"))
+            .map_err(|_| ClientError::Invalid(format!("endpoint {endpoint:?} is not host:port")))?
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(endpoint.to_string(), c.clone());
+        Ok(c)
+    }
+
+    fn candidates(&self) -> Vec<String> {
+        let mut list = Vec::new();
+        if let Some(p) = self
+            .inner
+            .preferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            list.push(p);
+        }
+        for e in &self.inner.config.endpoints {
+            if !list.contains(e) {
+                list.push(e.clone());
+            }
+        }
+        list
+    }
+
+    fn prefer(&self, endpoint: Option<String>) {
+        *self
+            .inner
+            .preferred
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = endpoint;
+    }
+
+    /// Run a call against the leader: follow redirects, move past unreachable nodes, back off while
+    /// an election is under way, all within the call timeout. `f` must be safe to repeat (acquire
+    /// reuses its request id).
+    pub(crate) async fn call<T, F, Fut>(
+        &self,
+        timeout: Duration,
+        mut f: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(WarrantClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = String::from("no attempt");
+        let mut backoff = Duration::from_millis(25);
+        let mut followed: Option<String> = None;
+        'rounds: loop {
+            for endpoint in self.candidates() {
+                match f(WarrantClient::new(self.channel(&endpoint)?)).await {
+                    Ok(resp) => {
+                        self.prefer(Some(endpoint));
+                        return Ok(resp.into_inner());
+                    }
+                    Err(s)
+                        if matches!(
+                            s.code(),
+                            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+                        ) =>
+                    {
+                        last = format!("{endpoint}: {}", s.message());
+                        let hint = s
+                            .metadata()
+                            .get(LEADER_METADATA)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string);
+                        match hint {
+                            // Follow a redirect at once, but only once per round (no ping-pong).
+                            Some(leader)
+                                if leader != endpoint && followed.as_ref() != Some(&leader) =>
+                            {
+                                self.prefer(Some(leader.clone()));
+                                followed = Some(leader);
+                                continue 'rounds;
+                            }
+                            _ => {
+                                if self.candidates().first() == Some(&endpoint) {
+                                    self.prefer(None);
+                                }
+                            }
+                        }
+                    }
+                    Err(s) => return Err(from_status(s)),
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(ClientError::Unavailable { last });
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Err(ClientError::Unavailable { last });
+            }
+            // No node could serve it: an election is probably under way.
+            tokio::time::sleep(backoff.min(deadline - now)).await;
+            backoff = (backoff * 2).min(Duration::from_millis(400));
+            followed = None;
+        }
+    }
+
+    /// Acquire a lease. Retries (across endpoints and elections) reuse one request id.
+    pub async fn acquire(&self, opts: AcquireOptions) -> Result<Acquired, ClientError> {
+        let cfg = &self.inner.config;
+        let request_id = opts
+            .request_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let req = proto::AcquireRequest {
+            resource: opts.resource.clone(),
+            ttl_ms: opts.ttl.as_millis() as u64,
+            intent: Some(proto::Intent {
+                text: opts.intent.clone(),
+                labels: opts.labels.iter().cloned().collect(),
+            }),
+            task_key: opts.task_key.clone().unwrap_or_default(),
+            wait_ms: opts.wait.map(|w| w.as_millis() as u64).unwrap_or(0),
+            takeover: opts.takeover,
+            request_id,
+            principal: cfg.principal.to_string(),
+            instance: cfg.instance.to_string(),
+        };
+        let timeout = cfg.call_timeout + opts.wait.unwrap_or_default();
+        // DESIGN rule 1: validity counts from when the *first* attempt was sent; a retry can only
+        // return that same grant, so using the earliest send time is conservative.
+        let t_send = tokio::time::Instant::now();
+        let resp = self
+            .call(timeout, |mut c| {
+                let req = req.clone();
+                async move { c.acquire(req).await }
+            })
+            .await?;
+        use proto::acquire_response::Outcome;
+        match resp.outcome {
+            Some(Outcome::Granted(g)) => {
+                let lease = g.lease.ok_or_else(|| {
+                    ClientError::Invalid("server sent a grant without a lease".into())
+                })?;
+                Ok(Acquired::Granted(Lease::start(
+                    self.clone(),
+                    lease,
+                    g.previous,
+                    t_send,
+                )))
+            }
+            Some(Outcome::Busy(b)) => Ok(Acquired::Busy {
+                holder: b.holder,
+                holder_instance: b.holder_instance,
+                expires_in: Duration::from_millis(b.expires_in_ms),
+            }),
+            Some(Outcome::AlreadyDone(d)) => {
+                Ok(Acquired::AlreadyDone(d.record.unwrap_or_default()))
+            }
+            Some(Outcome::WaitEnded(_)) => Ok(Acquired::WaitEnded),
+            None => Err(ClientError::Invalid("server sent an empty answer".into())),
+        }
+    }
+
+    /// One keepalive for a lease by id (the `Lease` handle does this itself).
+    pub async fn keepalive(&self, lease_id: &str) -> Result<proto::KeepAliveResponse, ClientError> {
+        let principal = self.inner.config.principal.to_string();
+        let timeout = self.inner.config.call_timeout;
+        let lease_id = lease_id.to_string();
+        self.call(timeout, |mut c| {
+            let req = proto::KeepAliveRequest {
+                lease_id: lease_id.clone(),
+                principal: principal.clone(),
+            };
+            async move {
+                let mut stream = c.keep_alive(tokio_stream::once(req)).await?.into_inner();
+                match stream.message().await? {
+                    Some(m) => Ok(tonic::Response::new(m)),
+                    None => Err(Status::unavailable(
+                        "keepalive stream closed without an answer",
+                    )),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Record a checkpoint (≤ 4 KiB) for a lease, with its current token.
+    pub async fn checkpoint(
+        &self,
+        lease_id: &str,
+        token: u64,
+        data: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let req = proto::CheckpointRequest {
+            lease_id: lease_id.to_string(),
+            token,
+            data,
+            principal: self.inner.config.principal.to_string(),
+        };
+        self.call(self.inner.config.call_timeout, |mut c| {
+            let req = req.clone();
+            async move { c.checkpoint(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Release a lease, optionally recording its task's outcome. Safe to retry.
+    pub async fn release(
+        &self,
+        lease_id: &str,
+        outcome: Option<crate::model::ReleaseOutcome>,
+    ) -> Result<proto::ReleaseResponse, ClientError> {
+        let outcome = match outcome {
+            None => proto::ReleaseOutcome::Unspecified,
+            Some(crate::model::ReleaseOutcome::Done) => proto::ReleaseOutcome::Done,
+            Some(crate::model::ReleaseOutcome::Failed) => proto::ReleaseOutcome::Failed,
+        };
+        let req = proto::ReleaseRequest {
+            lease_id: lease_id.to_string(),
+            outcome: outcome as i32,
+            principal: self.inner.config.principal.to_string(),
+        };
+        self.call(self.inner.config.call_timeout, |mut c| {
+            let req = req.clone();
+            async move { c.release(req).await }
+        })
+        .await
+    }
+
+    /// Admin: revoke whoever holds `resource`.
+    pub async fn revoke(
+        &self,
+        resource: &str,
+        reason: &str,
+    ) -> Result<proto::RevokeResponse, ClientError> {
+        let req = proto::RevokeRequest {
+            resource: resource.to_string(),
+            lease_id: String::new(),
+            reason: reason.to_string(),
+            principal: self.inner.config.principal.to_string(),
+        };
+        self.call(self.inner.config.call_timeout, |mut c| {
+            let req = req.clone();
+            async move { c.revoke(req).await }
+        })
+        .await
+    }
+
+    /// Linearizable fence check.
+    pub async fn check_fence(
+        &self,
+        resource: &str,
+        token: u64,
+    ) -> Result<proto::CheckFenceResponse, ClientError> {
+        let req = proto::CheckFenceRequest {
+            resource: resource.to_string(),
+            token,
+        };
+        self.call(self.inner.config.call_timeout, |mut c| {
+            let req = req.clone();
+            async move { c.check_fence(req).await }
+        })
+        .await
+    }
+
+    /// Linearizable read of a resource's holder and fence.
+    pub async fn get(&self, resource: &str) -> Result<proto::GetResponse, ClientError> {
+        let req = proto::GetRequest {
+            resource: resource.to_string(),
+        };
+        self.call(self.inner.config.call_timeout, |mut c| {
+            let req = req.clone();
+            async move { c.get(req).await }
+        })
+        .await
+    }
+
+    /// Live leases under a prefix.
+    pub async fn list(&self, prefix: &str) -> Result<proto::ListResponse, ClientError> {
+        let req = proto::ListRequest {
+            prefix: prefix.to_string(),
+            limit: 0,
+        };
+        self.call(self.inner.config.call_timeout, |mut c| {
+            let req = req.clone();
+            async move { c.list(req).await }
+        })
+        .await
+    }
+
+    /// The status as one endpoint sees it (the first that answers).
+    pub async fn status(&self) -> Result<proto::StatusResponse, ClientError> {
+        let mut last = String::new();
+        for endpoint in self.candidates() {
+            let mut client = WarrantClient::new(self.channel(&endpoint)?);
+            match tokio::time::timeout(
+                Duration::from_secs(3),
+                client.status(proto::StatusRequest {}),
+            )
+            .await
+            {
+                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Err(s)) => last = format!("{endpoint}: {}", s.message()),
+                Err(_) => last = format!("{endpoint}: timed out"),
+            }
+        }
+        Err(ClientError::Unavailable { last })
+    }
+}

@@ -1,0 +1,693 @@
+//! Where a lease is granted and where it ends: `Acquire`, takeover, the FIFO wait queues,
+//! `CancelWait`, and the single `end_lease` every release, expiry, revoke and takeover goes through.
+//!
+//! Invariants kept here:
+//! - a request id yields at most one grant: every answer is recorded in the dedup table and a retry
+//!   gets the recorded answer back;
+//! - a resource has at most one live holder; each grant takes a fresh token from the one counter, so
+//!   tokens strictly increase per resource;
+//! - ending a lease burns a token into the resource's fence, so the ended holder's token is stale
+//!   everywhere (DESIGN rule 2: expiry, release and revoke all raise the fence);
+//! - a task released `done` is never granted again;
+//! - a waiter whose deadline has passed is never granted (etcd#11456).
+
+use super::command::{AcquireCmd, AcquireOutcome, Event};
+use super::error::OpError;
+use super::state::{State, Waiter, MAX_WAITERS_PER_RESOURCE};
+use super::types::{
+    Completion, EndReason, Grant, Lease, LeaseId, Previous, Principal, RequestId, ResourcePath,
+};
+
+impl State {
+    pub(super) fn acquire(&mut self, cmd: &AcquireCmd, events: &mut Vec<Event>) -> AcquireOutcome {
+        // 1. Dedup: a retry gets the first answer and changes nothing.
+        if let Some(rec) = self.requests.get(&cmd.request_id) {
+            if rec.resource != cmd.resource
+                || rec.principal != cmd.principal
+                || rec.instance != cmd.instance
+            {
+                // Not recorded: the id belongs to the first request.
+                return AcquireOutcome::Rejected(OpError::RequestIdReused {
+                    request_id: cmd.request_id.clone(),
+                });
+            }
+            return rec.outcome.clone();
+        }
+
+        let outcome = self.decide_acquire(cmd, events);
+        self.record_request(cmd, outcome.clone());
+        outcome
+    }
+
+    fn decide_acquire(&mut self, cmd: &AcquireCmd, events: &mut Vec<Event>) -> AcquireOutcome {
+        // 2. A task that is done is answered with its completion, never granted again.
+        if let Some(done) = self.task_completion(&cmd.resource, cmd) {
+            return AcquireOutcome::AlreadyDone(done);
+        }
+
+        // 3. Held?
+        let holder = self
+            .resources
+            .get(&cmd.resource)
+            .and_then(|r| r.holder)
+            .and_then(|id| self.leases.get(&id));
+        if let Some(holder) = holder {
+            if cmd.takeover && holder.principal == cmd.principal && holder.instance != cmd.instance
+            {
+                // 3a. A replacement instance ends its predecessor at once and jumps the queue: the
+                // predecessor is fenced out by the token burnt in `end_lease`, and the replacement
+                // learns where it stopped.
+                let holder_id = holder.lease_id;
+                let reason = EndReason::TakenOver {
+                    by_instance: cmd.instance.clone(),
+                };
+                let previous = self
+                    .end_lease(holder_id, reason.clone(), false, events)
+                    .map(|ended| Previous::of(&ended, reason, self.now_ms));
+                return AcquireOutcome::Granted(self.grant(cmd, previous, events));
+            }
+            let holder = holder.clone();
+            return match cmd.wait_ms {
+                Some(wait_ms) if wait_ms > 0 => self.enqueue(cmd, wait_ms, events),
+                _ => AcquireOutcome::Busy { holder },
+            };
+        }
+
+        // 4. Free: grant, passing on what the task's last holder left behind.
+        let previous = self.task_previous(cmd);
+        AcquireOutcome::Granted(self.grant(cmd, previous, events))
+    }
+
+    fn task_completion(&self, resource: &ResourcePath, cmd: &AcquireCmd) -> Option<Completion> {
+        let key = cmd.task_key.as_ref()?;
+        self.tasks
+            .get(&(resource.clone(), key.clone()))
+            .and_then(|t| t.done.clone())
+    }
+
+    fn task_previous(&self, cmd: &AcquireCmd) -> Option<Previous> {
+        let key = cmd.task_key.as_ref()?;
+        self.tasks
+            .get(&(cmd.resource.clone(), key.clone()))
+            .and_then(|t| t.last.clone())
+    }
+
+    /// Make `cmd` the resource's holder. The caller has checked the resource is free.
+    fn grant(
+        &mut self,
+        cmd: &AcquireCmd,
+        previous: Option<Previous>,
+        events: &mut Vec<Event>,
+    ) -> Grant {
+        let token = self.next_token();
+        let lease_id = self.next_lease_id();
+        let lease = Lease {
+            lease_id,
+            resource: cmd.resource.clone(),
+            principal: cmd.principal.clone(),
+            instance: cmd.instance.clone(),
+            token,
+            ttl_ms: cmd.ttl_ms,
+            intent: cmd.intent.clone(),
+            task_key: cmd.task_key.clone(),
+            request_id: cmd.request_id.clone(),
+            granted_at_ms: self.now_ms,
+            // Granted in this term: the new lease's countdown starts now (DESIGN rule 3).
+            renew_term: self.current_term,
+            ttl_checkpoint_ms: None,
+            checkpoint: None,
+        };
+        let resource = self.resources.entry(cmd.resource.clone()).or_default();
+        resource.holder = Some(lease_id);
+        resource.fence = resource.fence.max(token);
+        if let Some(key) = &cmd.task_key {
+            self.tasks
+                .entry((cmd.resource.clone(), key.clone()))
+                .or_default()
+                .current = Some(lease_id);
+        }
+        self.leases.insert(lease_id, lease.clone());
+        let grant = Grant { lease, previous };
+        events.push(Event::Granted {
+            grant: grant.clone(),
+        });
+        grant
+    }
+
+    /// Queue `cmd` FIFO behind the holder until `now + wait_ms`.
+    fn enqueue(
+        &mut self,
+        cmd: &AcquireCmd,
+        wait_ms: u64,
+        events: &mut Vec<Event>,
+    ) -> AcquireOutcome {
+        // Waiters that timed out while the holder kept the resource would otherwise fill the queue.
+        self.drop_expired_waiters(&cmd.resource, events);
+        let deadline_ms = self.now_ms.saturating_add(wait_ms);
+        let resource = self.resources.entry(cmd.resource.clone()).or_default();
+        if resource.waiters.len() >= MAX_WAITERS_PER_RESOURCE {
+            return AcquireOutcome::Rejected(OpError::QueueFull {
+                resource: cmd.resource.clone(),
+                max: MAX_WAITERS_PER_RESOURCE,
+            });
+        }
+        resource.waiters.push_back(Waiter {
+            cmd: cmd.clone(),
+            deadline_ms,
+        });
+        let position = u32::try_from(resource.waiters.len()).unwrap_or(u32::MAX);
+        AcquireOutcome::Queued { position }
+    }
+
+    fn drop_expired_waiters(&mut self, path: &ResourcePath, events: &mut Vec<Event>) {
+        let now = self.now_ms;
+        let Some(resource) = self.resources.get_mut(path) else {
+            return;
+        };
+        let (live, dead): (Vec<Waiter>, Vec<Waiter>) = resource
+            .waiters
+            .drain(..)
+            .partition(|w| w.deadline_ms >= now);
+        resource.waiters = live.into();
+        for waiter in dead {
+            self.finish_waiter(&waiter.cmd.request_id, AcquireOutcome::WaitEnded, events);
+        }
+    }
+
+    /// A waiter leaves the queue without a grant: record its final answer and tell the server.
+    fn finish_waiter(&mut self, id: &RequestId, outcome: AcquireOutcome, events: &mut Vec<Event>) {
+        self.update_request(id, outcome);
+        events.push(Event::WaiterEnded {
+            request_id: id.clone(),
+        });
+    }
+
+    /// End a live lease. The one path for release, expiry, revoke and takeover: it removes the lease,
+    /// burns a token into the fence, records why it ended, closes or annotates its task, and (unless
+    /// a takeover grants the resource itself) hands the resource to the queue. Returns the ended
+    /// lease, or `None` if `id` is not live.
+    pub(super) fn end_lease(
+        &mut self,
+        id: LeaseId,
+        reason: EndReason,
+        hand_over: bool,
+        events: &mut Vec<Event>,
+    ) -> Option<Lease> {
+        let lease = self.leases.remove(&id)?;
+        // Burn a token: the fence moves above the ended holder's token, so a resource checking
+        // fences refuses it from now on, even before anyone else is granted (DESIGN rule 2).
+        let burnt = self.next_token();
+        let resource = self.resources.entry(lease.resource.clone()).or_default();
+        if resource.holder == Some(id) {
+            resource.holder = None;
+        }
+        resource.fence = resource.fence.max(burnt);
+
+        if let Some(key) = &lease.task_key {
+            let task = self
+                .tasks
+                .entry((lease.resource.clone(), key.clone()))
+                .or_default();
+            if task.current == Some(id) {
+                task.current = None;
+            }
+            match reason {
+                EndReason::Done => task.done = Some(Completion::of(&lease, self.now_ms)),
+                _ => task.last = Some(Previous::of(&lease, reason.clone(), self.now_ms)),
+            }
+        }
+
+        self.record_ended(lease.clone(), reason.clone());
+        events.push(Event::Ended {
+            lease: lease.clone(),
+            reason,
+        });
+        if hand_over {
+            self.hand_over(&lease.resource, events);
+        }
+        Some(lease)
+    }
+
+    /// Give a free resource to the first live waiter, FIFO. Waiters past their deadline are dropped,
+    /// never granted: their callers have given up and may act as if refused (etcd#11456).
+    fn hand_over(&mut self, path: &ResourcePath, events: &mut Vec<Event>) {
+        loop {
+            let Some(resource) = self.resources.get_mut(path) else {
+                return;
+            };
+            if resource.holder.is_some() {
+                return;
+            }
+            let Some(waiter) = resource.waiters.pop_front() else {
+                return;
+            };
+            let cmd = waiter.cmd;
+            if waiter.deadline_ms < self.now_ms {
+                self.finish_waiter(&cmd.request_id, AcquireOutcome::WaitEnded, events);
+                continue;
+            }
+            // The task may have been finished by someone else while this request waited.
+            if let Some(done) = self.task_completion(path, &cmd) {
+                self.finish_waiter(&cmd.request_id, AcquireOutcome::AlreadyDone(done), events);
+                continue;
+            }
+            let previous = self.task_previous(&cmd);
+            let grant = self.grant(&cmd, previous, events);
+            self.update_request(&cmd.request_id, AcquireOutcome::Granted(grant));
+            return;
+        }
+    }
+
+    /// Withdraw a queued request. Answers the request's current outcome, so a request granted just
+    /// before the cancel returns its grant (the caller owns that lease, never an orphan).
+    pub(super) fn cancel_wait(
+        &mut self,
+        id: &RequestId,
+        principal: &Principal,
+        events: &mut Vec<Event>,
+    ) -> AcquireOutcome {
+        let Some(rec) = self.requests.get(id) else {
+            return AcquireOutcome::Rejected(OpError::UnknownRequest {
+                request_id: id.clone(),
+            });
+        };
+        if &rec.principal != principal {
+            return AcquireOutcome::Rejected(OpError::NotRequester {
+                request_id: id.clone(),
+                requester: rec.principal.clone(),
+            });
+        }
+        if matches!(rec.outcome, AcquireOutcome::Queued { .. }) {
+            let path = rec.resource.clone();
+            if let Some(resource) = self.resources.get_mut(&path) {
+                resource.waiters.retain(|w| &w.cmd.request_id != id);
+            }
+            self.finish_waiter(id, AcquireOutcome::WaitEnded, events);
+        }
+        self.requests
+            .get(id)
+            .map(|r| r.outcome.clone())
+            .unwrap_or(AcquireOutcome::WaitEnded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::command::{AcquireOutcome, Command, Event, Response};
+    use super::super::error::OpError;
+    use super::super::state::MAX_WAITERS_PER_RESOURCE;
+    use super::super::testkit::{acq, inst, res, rid, task, who, Harness};
+    use super::super::types::{EndReason, FencingToken, LeaseId, ReleaseOutcome};
+    use super::AcquireCmd;
+
+    fn waiting(cmd: AcquireCmd, wait_ms: u64) -> AcquireCmd {
+        AcquireCmd {
+            wait_ms: Some(wait_ms),
+            ..cmd
+        }
+    }
+
+    fn with_task(cmd: AcquireCmd, key: &str) -> AcquireCmd {
+        AcquireCmd {
+            task_key: Some(task(key)),
+            ..cmd
+        }
+    }
+
+    fn takeover(cmd: AcquireCmd) -> AcquireCmd {
+        AcquireCmd {
+            takeover: true,
+            ..cmd
+        }
+    }
+
+    #[test]
+    fn first_grant_gets_token_one_and_lease_one() {
+        let mut h = Harness::new();
+        let g = h.grant(acq("r1", "a", "agent/x", "i1"));
+        assert_eq!(g.lease.token, FencingToken(1));
+        assert_eq!(g.lease.lease_id, LeaseId(1));
+        assert_eq!(g.lease.granted_at_ms, h.now_ms);
+        assert_eq!(g.lease.renew_term, h.term);
+        assert_eq!(g.previous, None);
+        assert_eq!(h.events, vec![Event::Granted { grant: g.clone() }]);
+        let view = h.state.resource(&res("a")).unwrap();
+        assert_eq!(view.holder, Some(&g.lease));
+        assert_eq!(view.fence, FencingToken(1));
+    }
+
+    #[test]
+    fn retried_acquire_returns_first_grant() {
+        let mut h = Harness::new();
+        let first = h.acquire(acq("r1", "a", "agent/x", "i1"));
+        let before = h.state.clone();
+        h.advance(500);
+        let again = h.acquire(acq("r1", "a", "agent/x", "i1"));
+        assert_eq!(again, first);
+        assert!(h.events.is_empty(), "a retry changes nothing");
+        assert_eq!(h.state.live_lease_count(), 1);
+        assert_eq!(h.state.leases, before.leases);
+        // Even after the lease ended, the retry answers the first grant, never a second one.
+        let AcquireOutcome::Granted(g) = &first else {
+            panic!("{first:?}")
+        };
+        h.release(g.lease.lease_id, "agent/x", None).unwrap();
+        assert_eq!(h.acquire(acq("r1", "a", "agent/x", "i1")), first);
+        assert_eq!(h.state.live_lease_count(), 0);
+    }
+
+    #[test]
+    fn reused_request_id_for_another_request_is_rejected() {
+        let mut h = Harness::new();
+        let first = h.acquire(acq("r1", "a", "agent/x", "i1"));
+        for other in [
+            acq("r1", "b", "agent/x", "i1"),
+            acq("r1", "a", "agent/y", "i1"),
+            acq("r1", "a", "agent/x", "i2"),
+        ] {
+            assert_eq!(
+                h.acquire(other),
+                AcquireOutcome::Rejected(OpError::RequestIdReused {
+                    request_id: rid("r1")
+                })
+            );
+        }
+        assert_eq!(
+            h.state.request(&rid("r1")),
+            Some(&first),
+            "first answer kept"
+        );
+    }
+
+    #[test]
+    fn held_resource_answers_busy_with_the_holder() {
+        let mut h = Harness::new();
+        let g = h.grant(acq("r1", "a", "agent/x", "i1"));
+        let busy = h.acquire(acq("r2", "a", "agent/y", "i9"));
+        assert_eq!(
+            busy,
+            AcquireOutcome::Busy {
+                holder: g.lease.clone()
+            }
+        );
+        let zero_wait = h.acquire(waiting(acq("r3", "a", "agent/y", "i9"), 0));
+        assert!(matches!(zero_wait, AcquireOutcome::Busy { .. }));
+        // Takeover by another principal, or by the same instance, is not a takeover.
+        let other = h.acquire(takeover(acq("r4", "a", "agent/y", "i1")));
+        assert!(matches!(other, AcquireOutcome::Busy { .. }));
+        let same = h.acquire(takeover(acq("r5", "a", "agent/x", "i1")));
+        assert!(matches!(same, AcquireOutcome::Busy { .. }));
+        assert_eq!(h.state.lease(&g.lease.lease_id), Some(&g.lease));
+    }
+
+    #[test]
+    fn done_task_answers_already_done() {
+        let mut h = Harness::new();
+        let g = h.grant(with_task(acq("r1", "a", "agent/x", "i1"), "t"));
+        h.checkpoint(g.lease.lease_id, "agent/x", g.lease.token, b"step 3")
+            .unwrap();
+        h.release(g.lease.lease_id, "agent/x", Some(ReleaseOutcome::Done))
+            .unwrap();
+        let again = h.acquire(with_task(acq("r2", "a", "agent/y", "i2"), "t"));
+        let AcquireOutcome::AlreadyDone(done) = again else {
+            panic!("{again:?}")
+        };
+        assert_eq!(done.lease_id, g.lease.lease_id);
+        assert_eq!(done.token, g.lease.token);
+        assert_eq!(done.checkpoint.as_deref(), Some(&b"step 3"[..]));
+        assert!(h.events.is_empty());
+        // Tasks are keyed by (resource, task key): the same key elsewhere is a different task.
+        h.grant(with_task(acq("r3", "b", "agent/y", "i2"), "t"));
+    }
+
+    #[test]
+    fn next_grant_of_an_open_task_learns_the_previous_attempt() {
+        let mut h = Harness::new();
+        let g = h.grant(with_task(acq("r1", "a", "agent/x", "i1"), "t"));
+        h.checkpoint(g.lease.lease_id, "agent/x", g.lease.token, b"half")
+            .unwrap();
+        h.advance(10_000);
+        h.expire(&[g.lease.lease_id]);
+        let next = h.grant(with_task(acq("r2", "a", "agent/x", "i2"), "t"));
+        let prev = next.previous.expect("previous attempt is passed on");
+        assert_eq!(prev.lease_id, g.lease.lease_id);
+        assert_eq!(prev.instance, inst("i1"));
+        assert_eq!(prev.token, g.lease.token);
+        assert_eq!(prev.ended, EndReason::Expired);
+        assert_eq!(prev.ended_at_ms, h.now_ms);
+        assert_eq!(prev.checkpoint.as_deref(), Some(&b"half"[..]));
+        // Without a task key nothing is passed on.
+        h.release(next.lease.lease_id, "agent/x", None).unwrap();
+        assert_eq!(h.grant(acq("r3", "a", "agent/x", "i3")).previous, None);
+    }
+
+    #[test]
+    fn takeover_raises_token_and_carries_checkpoint() {
+        let mut h = Harness::new();
+        let old = h.grant(acq("r1", "a", "agent/x", "i1"));
+        h.checkpoint(old.lease.lease_id, "agent/x", old.lease.token, b"ckpt")
+            .unwrap();
+        h.advance(100);
+        let new = h.grant(takeover(acq("r2", "a", "agent/x", "i2")));
+        assert!(new.lease.token > old.lease.token);
+        let prev = new
+            .previous
+            .clone()
+            .expect("takeover carries the predecessor");
+        assert_eq!(prev.lease_id, old.lease.lease_id);
+        assert_eq!(prev.token, old.lease.token);
+        assert_eq!(
+            prev.ended,
+            EndReason::TakenOver {
+                by_instance: inst("i2")
+            }
+        );
+        assert_eq!(prev.checkpoint.as_deref(), Some(&b"ckpt"[..]));
+        assert_eq!(h.state.lease(&old.lease.lease_id), None);
+        assert_eq!(h.state.ended(&old.lease.lease_id), Some(&prev.ended));
+        assert!(
+            matches!(&h.events[0], Event::Ended { lease, .. } if lease.lease_id == old.lease.lease_id)
+        );
+        assert!(matches!(&h.events[1], Event::Granted { grant } if grant == &new));
+        assert!(matches!(
+            h.state.check_fence(&res("a"), old.lease.token),
+            super::super::state::FenceStatus::Stale { .. }
+        ));
+    }
+
+    #[test]
+    fn takeover_jumps_the_queue() {
+        let mut h = Harness::new();
+        h.grant(acq("r1", "a", "agent/x", "i1"));
+        let queued = h.acquire(waiting(acq("w1", "a", "agent/y", "j1"), 60_000));
+        assert_eq!(queued, AcquireOutcome::Queued { position: 1 });
+        let new = h.grant(takeover(acq("r2", "a", "agent/x", "i2")));
+        assert_eq!(
+            h.state.resource(&res("a")).unwrap().holder,
+            Some(&new.lease)
+        );
+        assert_eq!(h.state.resource(&res("a")).unwrap().waiters, 1);
+        assert_eq!(h.state.request(&rid("w1")), Some(&queued));
+    }
+
+    #[test]
+    fn waiters_are_granted_fifo_when_the_holder_releases() {
+        let mut h = Harness::new();
+        let g = h.grant(acq("r1", "a", "agent/x", "i1"));
+        assert_eq!(
+            h.acquire(waiting(acq("w1", "a", "agent/y", "j1"), 60_000)),
+            AcquireOutcome::Queued { position: 1 }
+        );
+        assert_eq!(
+            h.acquire(waiting(acq("w2", "a", "agent/z", "k1"), 60_000)),
+            AcquireOutcome::Queued { position: 2 }
+        );
+        h.advance(1_000);
+        h.release(g.lease.lease_id, "agent/x", None).unwrap();
+        let Some(AcquireOutcome::Granted(w1)) = h.state.request(&rid("w1")).cloned() else {
+            panic!("w1 should be granted")
+        };
+        assert_eq!(w1.lease.principal, who("agent/y"));
+        assert_eq!(w1.lease.granted_at_ms, h.now_ms);
+        assert!(w1.lease.token > g.lease.token);
+        assert!(h.events.contains(&Event::Granted { grant: w1.clone() }));
+        assert_eq!(
+            h.state.request(&rid("w2")),
+            Some(&AcquireOutcome::Queued { position: 2 })
+        );
+        // A retry of the waiter's acquire now answers its grant.
+        assert_eq!(
+            h.acquire(waiting(acq("w1", "a", "agent/y", "j1"), 60_000)),
+            AcquireOutcome::Granted(w1)
+        );
+    }
+
+    #[test]
+    fn expired_waiter_is_never_granted() {
+        let mut h = Harness::new();
+        let g = h.grant(acq("r1", "a", "agent/x", "i1"));
+        h.acquire(waiting(acq("w1", "a", "agent/y", "j1"), 1_000));
+        h.acquire(waiting(acq("w2", "a", "agent/z", "k1"), 60_000));
+        h.advance(1_001);
+        h.release(g.lease.lease_id, "agent/x", None).unwrap();
+        assert_eq!(
+            h.state.request(&rid("w1")),
+            Some(&AcquireOutcome::WaitEnded)
+        );
+        assert!(h.events.contains(&Event::WaiterEnded {
+            request_id: rid("w1")
+        }));
+        let Some(AcquireOutcome::Granted(w2)) = h.state.request(&rid("w2")) else {
+            panic!("w2 should be granted")
+        };
+        assert_eq!(w2.lease.principal, who("agent/z"));
+        assert_eq!(h.state.resource(&res("a")).unwrap().waiters, 0);
+    }
+
+    #[test]
+    fn waiter_at_its_exact_deadline_is_still_granted() {
+        let mut h = Harness::new();
+        let g = h.grant(acq("r1", "a", "agent/x", "i1"));
+        h.acquire(waiting(acq("w1", "a", "agent/y", "j1"), 1_000));
+        h.advance(1_000);
+        h.release(g.lease.lease_id, "agent/x", None).unwrap();
+        assert!(matches!(
+            h.state.request(&rid("w1")),
+            Some(AcquireOutcome::Granted(_))
+        ));
+    }
+
+    #[test]
+    fn timed_out_waiters_are_dropped_when_someone_else_queues() {
+        let mut h = Harness::new();
+        h.grant(acq("r1", "a", "agent/x", "i1"));
+        h.acquire(waiting(acq("w1", "a", "agent/y", "j1"), 10));
+        h.advance(11);
+        let q = h.acquire(waiting(acq("w2", "a", "agent/z", "k1"), 10));
+        assert_eq!(q, AcquireOutcome::Queued { position: 1 });
+        assert_eq!(
+            h.state.request(&rid("w1")),
+            Some(&AcquireOutcome::WaitEnded)
+        );
+        assert!(h.events.contains(&Event::WaiterEnded {
+            request_id: rid("w1")
+        }));
+    }
+
+    #[test]
+    fn full_queue_is_rejected() {
+        let mut h = Harness::new();
+        h.grant(acq("r1", "a", "agent/x", "i1"));
+        for n in 0..MAX_WAITERS_PER_RESOURCE {
+            let q = h.acquire(waiting(acq(&format!("w{n}"), "a", "agent/y", "j"), 60_000));
+            assert!(matches!(q, AcquireOutcome::Queued { .. }));
+        }
+        let full = h.acquire(waiting(acq("one-more", "a", "agent/y", "j"), 60_000));
+        assert_eq!(
+            full,
+            AcquireOutcome::Rejected(OpError::QueueFull {
+                resource: res("a"),
+                max: MAX_WAITERS_PER_RESOURCE
+            })
+        );
+        assert_eq!(
+            full.clone(),
+            h.acquire(waiting(acq("one-more", "a", "agent/y", "j"), 1))
+        );
+        assert_eq!(
+            h.state.resource(&res("a")).unwrap().waiters,
+            MAX_WAITERS_PER_RESOURCE
+        );
+    }
+
+    #[test]
+    fn waiter_whose_task_got_done_meanwhile_answers_already_done() {
+        let mut h = Harness::new();
+        let g = h.grant(with_task(acq("r1", "a", "agent/x", "i1"), "t"));
+        h.acquire(waiting(
+            with_task(acq("w1", "a", "agent/y", "j1"), "t"),
+            60_000,
+        ));
+        h.acquire(waiting(acq("w2", "a", "agent/z", "k1"), 60_000));
+        h.release(g.lease.lease_id, "agent/x", Some(ReleaseOutcome::Done))
+            .unwrap();
+        assert!(matches!(
+            h.state.request(&rid("w1")),
+            Some(AcquireOutcome::AlreadyDone(c)) if c.lease_id == g.lease.lease_id
+        ));
+        assert!(h.events.contains(&Event::WaiterEnded {
+            request_id: rid("w1")
+        }));
+        assert!(matches!(
+            h.state.request(&rid("w2")),
+            Some(AcquireOutcome::Granted(_))
+        ));
+    }
+
+    #[test]
+    fn cancel_wait_removes_the_queued_request() {
+        let mut h = Harness::new();
+        let g = h.grant(acq("r1", "a", "agent/x", "i1"));
+        h.acquire(waiting(acq("w1", "a", "agent/y", "j1"), 60_000));
+        let r = h.apply(Command::CancelWait {
+            request_id: rid("w1"),
+            principal: who("agent/y"),
+        });
+        assert_eq!(r, Response::CancelWait(AcquireOutcome::WaitEnded));
+        assert_eq!(
+            h.events,
+            vec![Event::WaiterEnded {
+                request_id: rid("w1")
+            }]
+        );
+        assert_eq!(h.state.resource(&res("a")).unwrap().waiters, 0);
+        h.release(g.lease.lease_id, "agent/x", None).unwrap();
+        assert_eq!(h.state.resource(&res("a")).unwrap().holder, None);
+        // A retry of the cancelled acquire answers WaitEnded, not a new wait.
+        assert_eq!(
+            h.acquire(waiting(acq("w1", "a", "agent/y", "j1"), 60_000)),
+            AcquireOutcome::WaitEnded
+        );
+    }
+
+    #[test]
+    fn cancel_after_grant_returns_the_grant() {
+        let mut h = Harness::new();
+        let g = h.grant(acq("r1", "a", "agent/x", "i1"));
+        h.acquire(waiting(acq("w1", "a", "agent/y", "j1"), 60_000));
+        h.release(g.lease.lease_id, "agent/x", None).unwrap();
+        let granted = h.state.request(&rid("w1")).cloned().unwrap();
+        assert!(matches!(granted, AcquireOutcome::Granted(_)));
+        let r = h.apply(Command::CancelWait {
+            request_id: rid("w1"),
+            principal: who("agent/y"),
+        });
+        assert_eq!(r, Response::CancelWait(granted));
+        assert!(h.events.is_empty());
+        assert_eq!(h.state.live_lease_count(), 1, "the grant stands");
+    }
+
+    #[test]
+    fn cancel_wait_by_someone_else_or_unknown_is_rejected() {
+        let mut h = Harness::new();
+        h.grant(acq("r1", "a", "agent/x", "i1"));
+        h.acquire(waiting(acq("w1", "a", "agent/y", "j1"), 60_000));
+        let r = h.apply(Command::CancelWait {
+            request_id: rid("w1"),
+            principal: who("agent/z"),
+        });
+        assert!(matches!(
+            r,
+            Response::CancelWait(AcquireOutcome::Rejected(OpError::NotRequester { .. }))
+        ));
+        let r = h.apply(Command::CancelWait {
+            request_id: rid("nope"),
+            principal: who("agent/z"),
+        });
+        assert!(matches!(
+            r,
+            Response::CancelWait(AcquireOutcome::Rejected(OpError::UnknownRequest { .. }))
+        ));
+        assert_eq!(h.state.resource(&res("a")).unwrap().waiters, 1);
+    }
+}

@@ -1,0 +1,392 @@
+//! Property tests: arbitrary sequences of commands, clock steps and elections must keep the state
+//! machine's safety invariants after every step, and never panic.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+
+use super::command::{AcquireCmd, AcquireOutcome, Command, EntryMeta, Event, Request, Response};
+use super::state::{FenceStatus, State};
+use super::testkit::{inst, res, rid, task, who};
+use super::types::{
+    EndReason, FencingToken, Intent, Lease, LeaseId, ReleaseOutcome, RequestId, ResourcePath,
+    TaskKey,
+};
+use super::RevokeTarget;
+
+const RESOURCES: [&str; 3] = ["a", "a/b", "c"];
+const PRINCIPALS: [&str; 3] = ["agent/x", "agent/y", "human/h"];
+const INSTANCES: [&str; 3] = ["i1", "i2", "i3"];
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// A new leader's blank entry.
+    Elect,
+    /// An entry from an older term arriving late (must be ignored by term tracking).
+    StaleTerm,
+    Apply {
+        advance_ms: u64,
+        cmd: Command,
+    },
+    /// The current holder of a resource acts with its real lease id and token (random ids and
+    /// tokens rarely match a live lease): checkpoint, or release with an outcome.
+    Holder {
+        resource: &'static str,
+        checkpoint_len: Option<usize>,
+        outcome: Option<ReleaseOutcome>,
+    },
+}
+
+/// Turn a `Holder` step into the command its holder would send; `None` if the resource is free.
+fn holder_command(
+    state: &State,
+    resource: &str,
+    checkpoint_len: Option<usize>,
+    outcome: Option<ReleaseOutcome>,
+) -> Option<Command> {
+    let lease = state.resource(&res(resource))?.holder?;
+    Some(match checkpoint_len {
+        Some(len) => Command::Checkpoint {
+            lease_id: lease.lease_id,
+            principal: lease.principal.clone(),
+            token: lease.token,
+            data: vec![len as u8; len],
+        },
+        None => Command::Release {
+            lease_id: lease.lease_id,
+            principal: lease.principal.clone(),
+            outcome,
+        },
+    })
+}
+
+fn pick<T: Clone + std::fmt::Debug + 'static>(items: &'static [T]) -> impl Strategy<Value = T> {
+    prop::sample::select(items)
+}
+
+/// Enough ids that most acquires are new, few enough that retries and reuse happen.
+fn request_id() -> impl Strategy<Value = RequestId> {
+    (0u32..40).prop_map(|n| rid(&format!("r{n}")))
+}
+
+fn lease_id() -> impl Strategy<Value = LeaseId> {
+    (0u64..14).prop_map(LeaseId)
+}
+
+fn acquire() -> impl Strategy<Value = Command> {
+    (
+        request_id(),
+        pick(&RESOURCES),
+        pick(&PRINCIPALS),
+        pick(&INSTANCES),
+        prop::sample::select(vec![1_000u64, 10_000]),
+        prop::sample::select(vec![None, Some("t1"), Some("t2")]),
+        prop::sample::select(vec![None, Some(0u64), Some(500), Some(5_000)]),
+        any::<bool>(),
+    )
+        .prop_map(|(r, resource, p, i, ttl_ms, t, wait_ms, takeover)| {
+            Command::Acquire(AcquireCmd {
+                request_id: r,
+                resource: res(resource),
+                principal: who(p),
+                instance: inst(i),
+                ttl_ms,
+                intent: Intent::default(),
+                task_key: t.map(task),
+                wait_ms,
+                takeover,
+            })
+        })
+}
+
+fn command() -> impl Strategy<Value = Command> {
+    prop_oneof![
+        4 => acquire(),
+        2 => (
+            lease_id(),
+            pick(&PRINCIPALS),
+            prop::sample::select(vec![None, Some(ReleaseOutcome::Done), Some(ReleaseOutcome::Done), Some(ReleaseOutcome::Failed)]),
+        )
+            .prop_map(|(lease_id, p, outcome)| Command::Release {
+                lease_id,
+                principal: who(p),
+                outcome
+            }),
+        1 => (
+            lease_id(),
+            pick(&PRINCIPALS),
+            0u64..40,
+            prop::sample::select(vec![0usize, 3, 4096, 4097]),
+        )
+            .prop_map(|(lease_id, p, token, len)| Command::Checkpoint {
+                lease_id,
+                principal: who(p),
+                token: FencingToken(token),
+                data: vec![len as u8; len],
+            }),
+        1 => (any::<bool>(), pick(&RESOURCES), lease_id()).prop_map(|(by_res, r, id)| {
+            Command::Revoke {
+                target: if by_res {
+                    RevokeTarget::Resource(res(r))
+                } else {
+                    RevokeTarget::Lease(id)
+                },
+                by: who("human/h"),
+                reason: "because".to_owned(),
+            }
+        }),
+        1 => (request_id(), pick(&PRINCIPALS)).prop_map(|(request_id, p)| Command::CancelWait {
+            request_id,
+            principal: who(p)
+        }),
+        1 => prop::collection::vec(lease_id(), 0..4).prop_map(|lease_ids| Command::Renew { lease_ids }),
+        1 => prop::collection::vec(lease_id(), 0..4).prop_map(|lease_ids| Command::Expire { lease_ids }),
+        1 => prop::collection::vec((lease_id(), 0u64..20_000), 0..4)
+            .prop_map(|remaining| Command::CheckpointTtl { remaining }),
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        1 => Just(Step::Elect),
+        1 => Just(Step::StaleTerm),
+        12 => (prop::sample::select(vec![0u64, 1, 100, 700, 3_000]), command())
+            .prop_map(|(advance_ms, cmd)| Step::Apply { advance_ms, cmd }),
+        3 => (
+            pick(&RESOURCES),
+            prop::sample::select(vec![None, Some(5usize), Some(4096), Some(4097)]),
+            prop::sample::select(vec![None, Some(ReleaseOutcome::Done), Some(ReleaseOutcome::Failed)]),
+        )
+            .prop_map(|(resource, checkpoint_len, outcome)| Step::Holder {
+                resource,
+                checkpoint_len,
+                outcome
+            }),
+    ]
+}
+
+/// What the checker remembers across steps.
+#[derive(Default)]
+struct Seen {
+    last_token: BTreeMap<ResourcePath, FencingToken>,
+    fence: BTreeMap<ResourcePath, FencingToken>,
+    grant_of_request: BTreeMap<String, LeaseId>,
+    done_tasks: BTreeSet<(ResourcePath, TaskKey)>,
+    ended_tokens: Vec<(ResourcePath, FencingToken)>,
+}
+
+fn check_step(
+    state: &State,
+    cmd: Option<&Command>,
+    response: Option<&Response>,
+    events: &[Event],
+    seen: &mut Seen,
+) -> Result<(), TestCaseError> {
+    let mut ended_now: BTreeMap<LeaseId, &Lease> = BTreeMap::new();
+    for event in events {
+        match event {
+            Event::Granted { grant } => {
+                let lease = &grant.lease;
+                if let Some(last) = seen.last_token.get(&lease.resource) {
+                    prop_assert!(lease.token > *last, "tokens per resource strictly increase");
+                }
+                seen.last_token.insert(lease.resource.clone(), lease.token);
+                let first = seen
+                    .grant_of_request
+                    .entry(lease.request_id.to_string())
+                    .or_insert(lease.lease_id);
+                prop_assert_eq!(*first, lease.lease_id, "a request id yields one grant");
+                if let Some(key) = &lease.task_key {
+                    prop_assert!(
+                        !seen
+                            .done_tasks
+                            .contains(&(lease.resource.clone(), key.clone())),
+                        "a done task is never granted again"
+                    );
+                }
+                if let Some(prev) = &grant.previous {
+                    prop_assert!(lease.token > prev.token, "successor outranks predecessor");
+                    if let Some(ended) = ended_now.get(&prev.lease_id) {
+                        prop_assert_eq!(&prev.checkpoint, &ended.checkpoint, "checkpoint carried");
+                    }
+                }
+            }
+            Event::Ended { lease, reason } => {
+                if let (EndReason::Done, Some(key)) = (reason, &lease.task_key) {
+                    seen.done_tasks
+                        .insert((lease.resource.clone(), key.clone()));
+                }
+                seen.ended_tokens
+                    .push((lease.resource.clone(), lease.token));
+                ended_now.insert(lease.lease_id, lease);
+            }
+            Event::WaiterEnded { .. } => {}
+        }
+    }
+
+    // An acquire answered Granted names the request's one and only grant.
+    if let (Some(Command::Acquire(cmd)), Some(Response::Acquire(AcquireOutcome::Granted(g)))) =
+        (cmd, response)
+    {
+        if cmd.takeover && g.previous.is_some() {
+            let prev = g.previous.as_ref().map(|p| p.token).unwrap_or_default();
+            prop_assert!(g.lease.token > prev, "takeover yields a higher token");
+        }
+        if let Some(first) = seen.grant_of_request.get(cmd.request_id.as_str()) {
+            prop_assert_eq!(*first, g.lease.lease_id, "retry answers the first grant");
+        }
+    }
+
+    // At most one live holder per resource, consistent with the resource table and fences.
+    let mut holders: BTreeMap<&ResourcePath, usize> = BTreeMap::new();
+    for lease in state.leases() {
+        *holders.entry(&lease.resource).or_default() += 1;
+        let view = state.resource(&lease.resource);
+        prop_assert_eq!(view.and_then(|v| v.holder), Some(lease));
+        prop_assert_eq!(
+            state.check_fence(&lease.resource, lease.token),
+            FenceStatus::Current
+        );
+    }
+    prop_assert!(
+        holders.values().all(|&n| n == 1),
+        "one live holder per resource"
+    );
+    for (resource, token) in &seen.ended_tokens {
+        prop_assert!(
+            matches!(
+                state.check_fence(resource, *token),
+                FenceStatus::Stale { .. }
+            ),
+            "an ended holder's token is stale"
+        );
+    }
+    for r in RESOURCES {
+        let path = res(r);
+        if let Some(view) = state.resource(&path) {
+            let before = seen.fence.get(&path).copied().unwrap_or_default();
+            prop_assert!(view.fence >= before, "fences never decrease");
+            seen.fence.insert(path, view.fence);
+        }
+    }
+
+    let back = State::from_snapshot(&state.to_snapshot());
+    prop_assert_eq!(back.as_ref(), Ok(state), "snapshot round-trips");
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn invariants_hold_after_every_step(steps in prop::collection::vec(step(), 1..80)) {
+        let mut state = State::default();
+        let mut seen = Seen::default();
+        let (mut index, mut term, mut now_ms) = (0u64, 1u64, 1_000u64);
+        for step in steps {
+            index += 1;
+            let mut events = Vec::new();
+            let step = match step {
+                Step::Holder { resource, checkpoint_len, outcome } => {
+                    match holder_command(&state, resource, checkpoint_len, outcome) {
+                        Some(cmd) => Step::Apply { advance_ms: 0, cmd },
+                        None => continue,
+                    }
+                }
+                other => other,
+            };
+            match step {
+                Step::Elect => {
+                    term += 1;
+                    state.observe(EntryMeta { index, term });
+                    check_step(&state, None, None, &events, &mut seen)?;
+                }
+                Step::StaleTerm => {
+                    let before = (state.current_term(), state.prev_term());
+                    state.observe(EntryMeta { index, term: term.saturating_sub(1) });
+                    prop_assert_eq!((state.current_term(), state.prev_term()), before);
+                }
+                Step::Apply { advance_ms, cmd } => {
+                    now_ms += advance_ms;
+                    let req = Request { now_ms, cmd };
+                    let response = state.apply(EntryMeta { index, term }, &req, &mut events);
+                    check_step(&state, Some(&req.cmd), Some(&response), &events, &mut seen)?;
+                }
+                Step::Holder { .. } => {}
+            }
+        }
+    }
+
+    #[test]
+    fn same_entries_give_same_state_and_answers(steps in prop::collection::vec(step(), 1..40)) {
+        let run = |steps: &[Step]| {
+            let mut state = State::default();
+            let mut out = Vec::new();
+            let (mut index, mut term, mut now_ms) = (0u64, 1u64, 1_000u64);
+            for step in steps {
+                index += 1;
+                match step {
+                    Step::Elect => { term += 1; state.observe(EntryMeta { index, term }); }
+                    Step::StaleTerm => state.observe(EntryMeta { index, term: term.saturating_sub(1) }),
+                    Step::Apply { advance_ms, cmd } => {
+                        now_ms += advance_ms;
+                        let mut events = Vec::new();
+                        let req = Request { now_ms, cmd: cmd.clone() };
+                        let r = state.apply(EntryMeta { index, term }, &req, &mut events);
+                        out.push((r, events));
+                    }
+                    Step::Holder { resource, checkpoint_len, outcome } => {
+                        if let Some(cmd) = holder_command(&state, resource, *checkpoint_len, *outcome) {
+                            let mut events = Vec::new();
+                            let req = Request { now_ms, cmd };
+                            let r = state.apply(EntryMeta { index, term }, &req, &mut events);
+                            out.push((r, events));
+                        }
+                    }
+                }
+            }
+            (state.to_snapshot(), out)
+        };
+        prop_assert_eq!(run(&steps), run(&steps));
+    }
+
+    #[test]
+    fn apply_never_panics_at_extreme_times_and_ids(
+        now_ms in prop::sample::select(vec![0u64, 1, u64::MAX - 1, u64::MAX]),
+        wait_ms in prop::sample::select(vec![None, Some(1u64), Some(u64::MAX)]),
+        ttl_ms in prop::sample::select(vec![0u64, u64::MAX]),
+        id in prop::sample::select(vec![0u64, u64::MAX]),
+        term in prop::sample::select(vec![0u64, u64::MAX]),
+    ) {
+        let mut state = State::default();
+        let mut events = Vec::new();
+        let at = EntryMeta { index: 1, term };
+        let base = AcquireCmd {
+            request_id: rid("r"),
+            resource: res("a"),
+            principal: who("agent/x"),
+            instance: inst("i1"),
+            ttl_ms,
+            intent: Intent::default(),
+            task_key: None,
+            wait_ms,
+            takeover: false,
+        };
+        let cmds = vec![
+            Command::Acquire(base.clone()),
+            Command::Acquire(AcquireCmd { request_id: rid("w"), ..base.clone() }),
+            Command::Renew { lease_ids: vec![LeaseId(id), LeaseId(1)] },
+            Command::CheckpointTtl { remaining: vec![(LeaseId(1), u64::MAX)] },
+            Command::Expire { lease_ids: vec![LeaseId(id), LeaseId(1)] },
+            Command::CancelWait { request_id: rid("w"), principal: who("agent/x") },
+        ];
+        for cmd in cmds {
+            state.apply(at, &Request { now_ms, cmd }, &mut events);
+        }
+        if let Some(lease) = state.leases().next() {
+            state.initial_countdown_ms(lease);
+        }
+        let back = State::from_snapshot(&state.to_snapshot());
+        prop_assert_eq!(back.as_ref(), Ok(&state));
+    }
+}

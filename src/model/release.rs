@@ -1,0 +1,353 @@
+//! Holder-driven and operator-driven changes to a live lease: `Release`, `Checkpoint` and `Revoke`.
+//!
+//! Invariants: only the holder's principal may release or checkpoint a lease; a checkpoint is
+//! accepted only with the lease's current token (fenced progress) and at most `MAX_CHECKPOINT_BYTES`;
+//! a retried release that already took effect answers the same success again (`already: true`)
+//! instead of an error, so clients can retry blindly after a lost reply.
+
+use super::command::{Event, ReleaseOk, RevokeTarget};
+use super::error::OpError;
+use super::state::State;
+use super::types::{
+    EndReason, FencingToken, Lease, LeaseId, Principal, ReleaseOutcome, MAX_CHECKPOINT_BYTES,
+};
+
+impl State {
+    pub(super) fn release(
+        &mut self,
+        id: LeaseId,
+        principal: &Principal,
+        outcome: Option<ReleaseOutcome>,
+        events: &mut Vec<Event>,
+    ) -> Result<ReleaseOk, OpError> {
+        let reason = match outcome {
+            Some(ReleaseOutcome::Done) => EndReason::Done,
+            Some(ReleaseOutcome::Failed) => EndReason::Failed,
+            None => EndReason::Released,
+        };
+        if let Some(lease) = self.leases.get(&id) {
+            if &lease.principal != principal {
+                return Err(OpError::NotHolder {
+                    lease_id: id,
+                    holder: lease.principal.clone(),
+                });
+            }
+            let lease = self
+                .end_lease(id, reason.clone(), true, events)
+                .ok_or(OpError::UnknownLease(id))?;
+            return Ok(ReleaseOk {
+                lease,
+                ended: reason,
+                already: false,
+            });
+        }
+        let ended = self.ended.get(&id).ok_or(OpError::UnknownLease(id))?;
+        if &ended.lease.principal != principal {
+            return Err(OpError::NotHolder {
+                lease_id: id,
+                holder: ended.lease.principal.clone(),
+            });
+        }
+        if ended.reason == reason {
+            // The retry of a release that already happened (its reply was lost): same answer.
+            return Ok(ReleaseOk {
+                lease: ended.lease.clone(),
+                ended: reason,
+                already: true,
+            });
+        }
+        Err(OpError::LeaseEnded {
+            lease_id: id,
+            reason: ended.reason.clone(),
+        })
+    }
+
+    pub(super) fn checkpoint(
+        &mut self,
+        id: LeaseId,
+        principal: &Principal,
+        token: FencingToken,
+        data: &[u8],
+    ) -> Result<(), OpError> {
+        let Some(lease) = self.leases.get_mut(&id) else {
+            return Err(self.not_live(id));
+        };
+        if &lease.principal != principal {
+            return Err(OpError::NotHolder {
+                lease_id: id,
+                holder: lease.principal.clone(),
+            });
+        }
+        if token != lease.token {
+            return Err(OpError::StaleToken {
+                given: token,
+                current: lease.token,
+            });
+        }
+        if data.len() > MAX_CHECKPOINT_BYTES {
+            return Err(OpError::CheckpointTooLarge {
+                size: data.len(),
+                max: MAX_CHECKPOINT_BYTES,
+            });
+        }
+        lease.checkpoint = Some(data.to_vec());
+        Ok(())
+    }
+
+    pub(super) fn revoke(
+        &mut self,
+        target: &RevokeTarget,
+        by: &Principal,
+        reason: &str,
+        events: &mut Vec<Event>,
+    ) -> Result<Lease, OpError> {
+        let id = match target {
+            RevokeTarget::Lease(id) => {
+                if !self.leases.contains_key(id) {
+                    return Err(self.not_live(*id));
+                }
+                *id
+            }
+            RevokeTarget::Resource(path) => self
+                .resources
+                .get(path)
+                .and_then(|r| r.holder)
+                .ok_or_else(|| OpError::NotHeld {
+                    resource: path.clone(),
+                })?,
+        };
+        let reason = EndReason::Revoked {
+            by: by.clone(),
+            reason: reason.to_owned(),
+        };
+        self.end_lease(id, reason, true, events)
+            .ok_or(OpError::UnknownLease(id))
+    }
+
+    /// The error for a lease id that is not live: why it ended if we still know, else unknown.
+    pub(super) fn not_live(&self, id: LeaseId) -> OpError {
+        match self.ended.get(&id) {
+            Some(e) => OpError::LeaseEnded {
+                lease_id: id,
+                reason: e.reason.clone(),
+            },
+            None => OpError::UnknownLease(id),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::command::{AcquireCmd, AcquireOutcome, Command, Event, Response};
+    use super::super::error::OpError;
+    use super::super::state::FenceStatus;
+    use super::super::testkit::{acq, res, rid, who, Harness};
+    use super::super::types::{EndReason, FencingToken, LeaseId, ReleaseOutcome};
+    use super::{RevokeTarget, MAX_CHECKPOINT_BYTES};
+
+    #[test]
+    fn release_raises_fence_so_old_token_is_stale() {
+        let mut h = Harness::new();
+        let g = h.grant(acq("r1", "a", "agent/x", "i1"));
+        assert_eq!(
+            h.state.check_fence(&res("a"), g.lease.token),
+            FenceStatus::Current
+        );
+        let ok = h.release(g.lease.lease_id, "agent/x", None).unwrap();
+        assert_eq!(ok.ended, EndReason::Released);
+        assert!(!ok.already);
+        assert_eq!(ok.lease, g.lease);
+        let fence = h.state.resource(&res("a")).unwrap().fence;
+        assert!(fence > g.lease.token, "ending burns a token into the fence");
+        assert_eq!(
+            h.state.check_fence(&res("a"), g.lease.token),
+            FenceStatus::Stale { fence }
+        );
+        assert_eq!(
+            h.events,
+            vec![Event::Ended {
+                lease: g.lease.clone(),
+                reason: EndReason::Released
+            }]
+        );
+        assert_eq!(h.state.ended(&g.lease.lease_id), Some(&EndReason::Released));
+        let next = h.grant(acq("r2", "a", "agent/y", "i1"));
+        assert!(next.lease.token > fence);
+    }
+
+    #[test]
+    fn release_by_someone_else_is_refused() {
+        let mut h = Harness::new();
+        let g = h.grant(acq("r1", "a", "agent/x", "i1"));
+        assert_eq!(
+            h.release(g.lease.lease_id, "agent/y", None),
+            Err(OpError::NotHolder {
+                lease_id: g.lease.lease_id,
+                holder: who("agent/x")
+            })
+        );
+        assert!(h.state.lease(&g.lease.lease_id).is_some());
+        assert!(h.events.is_empty());
+    }
+
+    #[test]
+    fn retried_release_is_idempotent_but_a_different_outcome_is_refused() {
+        let mut h = Harness::new();
+        let g = h.grant(acq("r1", "a", "agent/x", "i1"));
+        let first = h
+            .release(g.lease.lease_id, "agent/x", Some(ReleaseOutcome::Failed))
+            .unwrap();
+        let again = h
+            .release(g.lease.lease_id, "agent/x", Some(ReleaseOutcome::Failed))
+            .unwrap();
+        assert!(again.already);
+        assert_eq!(again.lease, first.lease);
+        assert_eq!(again.ended, EndReason::Failed);
+        assert!(h.events.is_empty(), "a retry ends nothing");
+        assert_eq!(
+            h.release(g.lease.lease_id, "agent/x", Some(ReleaseOutcome::Done)),
+            Err(OpError::LeaseEnded {
+                lease_id: g.lease.lease_id,
+                reason: EndReason::Failed
+            })
+        );
+        assert!(matches!(
+            h.release(g.lease.lease_id, "agent/y", Some(ReleaseOutcome::Failed)),
+            Err(OpError::NotHolder { .. })
+        ));
+        h.advance(10);
+        let expired = h.grant(acq("r2", "a", "agent/x", "i1"));
+        h.expire(&[expired.lease.lease_id]);
+        assert_eq!(
+            h.release(expired.lease.lease_id, "agent/x", None),
+            Err(OpError::LeaseEnded {
+                lease_id: expired.lease.lease_id,
+                reason: EndReason::Expired
+            })
+        );
+    }
+
+    #[test]
+    fn release_of_unknown_lease_is_not_found() {
+        let mut h = Harness::new();
+        let err = h.release(LeaseId(77), "agent/x", None).unwrap_err();
+        assert_eq!(err, OpError::UnknownLease(LeaseId(77)));
+        assert_eq!(err.kind(), super::super::error::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn checkpoint_needs_holder_and_current_token() {
+        let mut h = Harness::new();
+        let g = h.grant(acq("r1", "a", "agent/x", "i1"));
+        let id = g.lease.lease_id;
+        assert_eq!(
+            h.checkpoint(id, "agent/x", FencingToken(99), b"x"),
+            Err(OpError::StaleToken {
+                given: FencingToken(99),
+                current: g.lease.token
+            })
+        );
+        assert!(matches!(
+            h.checkpoint(id, "agent/y", g.lease.token, b"x"),
+            Err(OpError::NotHolder { .. })
+        ));
+        h.checkpoint(id, "agent/x", g.lease.token, b"v1").unwrap();
+        h.checkpoint(id, "agent/x", g.lease.token, b"v2").unwrap();
+        assert_eq!(
+            h.state.lease(&id).unwrap().checkpoint.as_deref(),
+            Some(&b"v2"[..])
+        );
+        h.release(id, "agent/x", None).unwrap();
+        assert_eq!(
+            h.checkpoint(id, "agent/x", g.lease.token, b"v3"),
+            Err(OpError::LeaseEnded {
+                lease_id: id,
+                reason: EndReason::Released
+            })
+        );
+        assert_eq!(
+            h.checkpoint(LeaseId(500), "agent/x", g.lease.token, b"v3"),
+            Err(OpError::UnknownLease(LeaseId(500)))
+        );
+    }
+
+    #[test]
+    fn oversized_checkpoint_is_refused_and_changes_nothing() {
+        let mut h = Harness::new();
+        let g = h.grant(acq("r1", "a", "agent/x", "i1"));
+        let id = g.lease.lease_id;
+        let max = vec![7u8; MAX_CHECKPOINT_BYTES];
+        h.checkpoint(id, "agent/x", g.lease.token, &max).unwrap();
+        let before = h.state.clone();
+        let big = vec![0u8; MAX_CHECKPOINT_BYTES + 1];
+        assert_eq!(
+            h.checkpoint(id, "agent/x", g.lease.token, &big),
+            Err(OpError::CheckpointTooLarge {
+                size: MAX_CHECKPOINT_BYTES + 1,
+                max: MAX_CHECKPOINT_BYTES
+            })
+        );
+        assert_eq!(h.state.lease(&id), before.lease(&id));
+    }
+
+    fn revoke(h: &mut Harness, target: RevokeTarget) -> Result<super::Lease, OpError> {
+        match h.apply(Command::Revoke {
+            target,
+            by: who("human/x"),
+            reason: "incident 42".to_owned(),
+        }) {
+            Response::Revoke(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn revoke_ends_the_lease_and_hands_over_to_the_queue() {
+        let mut h = Harness::new();
+        let g = h.grant(acq("r1", "a", "agent/x", "i1"));
+        h.acquire(AcquireCmd {
+            wait_ms: Some(60_000),
+            ..acq("w1", "a", "agent/y", "j1")
+        });
+        let revoked = revoke(&mut h, RevokeTarget::Resource(res("a"))).unwrap();
+        assert_eq!(revoked, g.lease);
+        let reason = h.state.ended(&g.lease.lease_id).cloned().unwrap();
+        assert_eq!(reason.to_string(), "revoked by human/x: incident 42");
+        assert!(matches!(
+            h.state.request(&rid("w1")),
+            Some(AcquireOutcome::Granted(_))
+        ));
+        assert_eq!(
+            revoke(&mut h, RevokeTarget::Lease(g.lease.lease_id)),
+            Err(OpError::LeaseEnded {
+                lease_id: g.lease.lease_id,
+                reason
+            })
+        );
+        let holder = h
+            .state
+            .resource(&res("a"))
+            .unwrap()
+            .holder
+            .cloned()
+            .unwrap();
+        assert_eq!(
+            revoke(&mut h, RevokeTarget::Lease(holder.lease_id)),
+            Ok(holder)
+        );
+    }
+
+    #[test]
+    fn revoke_of_nothing_is_refused() {
+        let mut h = Harness::new();
+        assert_eq!(
+            revoke(&mut h, RevokeTarget::Resource(res("a"))),
+            Err(OpError::NotHeld { resource: res("a") })
+        );
+        assert_eq!(
+            revoke(&mut h, RevokeTarget::Lease(LeaseId(3))),
+            Err(OpError::UnknownLease(LeaseId(3)))
+        );
+        assert!(h.events.is_empty());
+    }
+}

@@ -1,0 +1,610 @@
+//! The replicated lease state and the entry point that applies log entries to it.
+//!
+//! Owns: the lease table, per-resource fences and wait queues, tasks, the request-id dedup table, the
+//! ended-lease table, the term bookkeeping and the state machine's clock; `apply` dispatches each
+//! command to the file that owns it (`grant.rs`: acquire, grant, ending and queues; `release.rs`:
+//! release, checkpoint, revoke; `lease_time.rs`: renew, expiry, ttl checkpoints and the countdown a
+//! new leader starts). Queries and snapshots live here too.
+//!
+//! Invariants: `apply` is a pure function of the state and the entry (no clock, I/O or randomness;
+//! only `BTreeMap`/`VecDeque`, so snapshot bytes are identical on every replica); it never panics;
+//! a resource has at most one live holder; tokens come from one counter and only grow, and a
+//! resource's `fence` never decreases.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+
+use bincode::Options;
+use serde::{Deserialize, Serialize};
+
+use super::command::{AcquireCmd, AcquireOutcome, Command, EntryMeta, Event, Request, Response};
+use super::error::SnapshotError;
+use super::types::{
+    Completion, EndReason, FencingToken, InstanceId, Lease, LeaseId, Previous, Principal,
+    RequestId, ResourcePath, TaskKey,
+};
+
+/// First byte of every snapshot; bump when the encoding of `State` changes.
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+/// At most this many requests wait on one resource; more are answered `QueueFull`.
+pub const MAX_WAITERS_PER_RESOURCE: usize = 1024;
+/// Dedup and ended-lease records are kept at least this long after their last update (entry time),
+/// far longer than any client retries a request.
+pub const DEDUP_RETENTION_MS: u64 = 600_000;
+/// Bound on the dedup and ended-lease tables; past it the oldest records go first.
+pub const DEDUP_MAX: usize = 100_000;
+
+/// A resource as seen by a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceView<'a> {
+    pub holder: Option<&'a Lease>,
+    /// Highest token value the resource has reached (a live holder's token, or above it once ended).
+    pub fence: FencingToken,
+    pub waiters: usize,
+}
+
+/// Answer of `check_fence`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FenceStatus {
+    /// A live lease holds exactly this token: the caller may act.
+    Current,
+    /// Lower than the fence, or not the live holder's: the caller must stop (DESIGN rule 4).
+    Stale { fence: FencingToken },
+    /// Higher than the fence: never issued for this resource.
+    Unknown { fence: FencingToken },
+}
+
+/// Per-resource state. Kept after the lease ends, because the fence must survive it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub(super) struct ResourceState {
+    pub(super) holder: Option<LeaseId>,
+    pub(super) fence: FencingToken,
+    pub(super) waiters: VecDeque<Waiter>,
+}
+
+/// A queued acquire and the entry time after which it must never be granted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Waiter {
+    pub(super) cmd: AcquireCmd,
+    pub(super) deadline_ms: u64,
+}
+
+/// A unit of work on one resource, keyed by (resource, task key).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub(super) struct TaskState {
+    /// The live lease working on it, if any.
+    pub(super) current: Option<LeaseId>,
+    /// The last lease that ended without `done`: handed to the next holder as `previous`.
+    pub(super) last: Option<Previous>,
+    /// Set once, by a release with outcome `done`; the task is never granted again.
+    pub(super) done: Option<Completion>,
+}
+
+/// One dedup-table entry: who asked, and the answer they get on retry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct RequestRecord {
+    pub(super) resource: ResourcePath,
+    pub(super) principal: Principal,
+    pub(super) instance: InstanceId,
+    pub(super) outcome: AcquireOutcome,
+    /// Entry time of the last update; the retention clock runs from here.
+    pub(super) updated_ms: u64,
+}
+
+/// A lease that ended, kept so retried releases are idempotent and late callers learn why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct EndedLease {
+    pub(super) lease: Lease,
+    pub(super) reason: EndReason,
+}
+
+/// The whole replicated state of one Raft group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// The state machine's clock: the highest `now_ms` of any applied entry.
+    pub(super) now_ms: u64,
+    pub(super) current_term: u64,
+    pub(super) prev_term: u64,
+    /// Source of every fencing token; starts at 1 so token 0 is never issued.
+    pub(super) next_token: u64,
+    pub(super) next_lease_id: u64,
+    pub(super) leases: BTreeMap<LeaseId, Lease>,
+    pub(super) resources: BTreeMap<ResourcePath, ResourceState>,
+    pub(super) tasks: BTreeMap<(ResourcePath, TaskKey), TaskState>,
+    pub(super) requests: BTreeMap<RequestId, RequestRecord>,
+    /// Insertion order of dedup updates (entry time, id); may hold stale pairs for ids updated later,
+    /// which eviction skips by comparing with `RequestRecord::updated_ms`.
+    pub(super) request_order: VecDeque<(u64, RequestId)>,
+    pub(super) ended: BTreeMap<LeaseId, EndedLease>,
+    pub(super) ended_order: VecDeque<(u64, LeaseId)>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            now_ms: 0,
+            current_term: 0,
+            prev_term: 0,
+            next_token: 1,
+            next_lease_id: 1,
+            leases: BTreeMap::new(),
+            resources: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            request_order: VecDeque::new(),
+            ended: BTreeMap::new(),
+            ended_order: VecDeque::new(),
+        }
+    }
+}
+
+impl State {
+    /// Track terms; called for every log entry (blank, membership and before each `apply`). A new
+    /// leader's first entry makes `prev_term` the last term that had entries before it, which
+    /// `initial_countdown_ms` needs (DESIGN rule 3).
+    pub fn observe(&mut self, at: EntryMeta) {
+        if at.term > self.current_term {
+            self.prev_term = self.current_term;
+            self.current_term = at.term;
+        }
+    }
+
+    /// Apply one entry. Deterministic and total: any input gives an answer, never a panic.
+    pub fn apply(&mut self, at: EntryMeta, req: &Request, events: &mut Vec<Event>) -> Response {
+        self.observe(at);
+        self.now_ms = self.now_ms.max(req.now_ms);
+        self.evict_old_records();
+        match &req.cmd {
+            Command::Acquire(cmd) => Response::Acquire(self.acquire(cmd, events)),
+            Command::Release {
+                lease_id,
+                principal,
+                outcome,
+            } => Response::Release(self.release(*lease_id, principal, *outcome, events)),
+            Command::Checkpoint {
+                lease_id,
+                principal,
+                token,
+                data,
+            } => Response::Checkpoint(self.checkpoint(*lease_id, principal, *token, data)),
+            Command::Revoke { target, by, reason } => {
+                Response::Revoke(self.revoke(target, by, reason, events))
+            }
+            Command::CancelWait {
+                request_id,
+                principal,
+            } => Response::CancelWait(self.cancel_wait(request_id, principal, events)),
+            Command::Renew { lease_ids } => Response::Renew(self.renew(lease_ids)),
+            Command::Expire { lease_ids } => Response::Expire {
+                expired: self.expire(lease_ids, events),
+            },
+            Command::CheckpointTtl { remaining } => {
+                self.checkpoint_ttl(remaining);
+                Response::CheckpointTtl
+            }
+        }
+    }
+
+    // ---- queries -------------------------------------------------------------------------------
+
+    pub fn lease(&self, id: &LeaseId) -> Option<&Lease> {
+        self.leases.get(id)
+    }
+
+    /// Why a recently ended lease ended (forgotten after `DEDUP_RETENTION_MS` / `DEDUP_MAX`).
+    pub fn ended(&self, id: &LeaseId) -> Option<&EndReason> {
+        self.ended.get(id).map(|e| &e.reason)
+    }
+
+    pub fn resource(&self, path: &ResourcePath) -> Option<ResourceView<'_>> {
+        self.resources.get(path).map(|r| ResourceView {
+            holder: r.holder.and_then(|id| self.leases.get(&id)),
+            fence: r.fence,
+            waiters: r.waiters.len(),
+        })
+    }
+
+    /// Linearizable fence check (when served from applied state on the leader).
+    pub fn check_fence(&self, path: &ResourcePath, token: FencingToken) -> FenceStatus {
+        let (fence, holder_token) = match self.resources.get(path) {
+            Some(r) => (
+                r.fence,
+                r.holder
+                    .and_then(|id| self.leases.get(&id))
+                    .map(|l| l.token),
+            ),
+            None => (FencingToken(0), None),
+        };
+        if holder_token == Some(token) {
+            FenceStatus::Current
+        } else if token > fence {
+            FenceStatus::Unknown { fence }
+        } else {
+            FenceStatus::Stale { fence }
+        }
+    }
+
+    /// Live leases in lease-id order.
+    pub fn leases(&self) -> impl Iterator<Item = &Lease> {
+        self.leases.values()
+    }
+
+    /// Live leases whose resource is within `prefix` (segment-wise), sorted by resource.
+    pub fn list(&self, prefix: &str) -> Vec<&Lease> {
+        let trimmed = prefix.trim_end_matches('/');
+        // Every path within `trimmed` starts with it as a string, so range from there and stop at the
+        // first path that does not; `is_within` then drops `a/bc` for prefix `a/b`.
+        self.resources
+            .range::<str, _>((Bound::Included(trimmed), Bound::Unbounded))
+            .take_while(|(path, _)| path.as_str().starts_with(trimmed))
+            .filter(|(path, _)| path.is_within(trimmed))
+            .filter_map(|(_, r)| r.holder.and_then(|id| self.leases.get(&id)))
+            .collect()
+    }
+
+    /// The dedup table: the answer a retry of this request gets.
+    pub fn request(&self, id: &RequestId) -> Option<&AcquireOutcome> {
+        self.requests.get(id).map(|r| &r.outcome)
+    }
+
+    pub fn current_term(&self) -> u64 {
+        self.current_term
+    }
+
+    pub fn prev_term(&self) -> u64 {
+        self.prev_term
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    pub fn live_lease_count(&self) -> usize {
+        self.leases.len()
+    }
+
+    // ---- snapshots -----------------------------------------------------------------------------
+
+    /// Fixed-width integers, and trailing bytes refused, so a truncated or padded snapshot is an error.
+    fn codec() -> impl Options {
+        bincode::DefaultOptions::new()
+            .with_fixint_encoding()
+            .reject_trailing_bytes()
+    }
+
+    /// `SNAPSHOT_FORMAT_VERSION`, then the bincode encoding of the state. Identical bytes on every
+    /// replica with the same state (only ordered collections inside).
+    pub fn to_snapshot(&self) -> Vec<u8> {
+        let mut out = vec![SNAPSHOT_FORMAT_VERSION];
+        // Serialising plain structs, ordered maps and strings into a Vec cannot fail; if it ever did,
+        // an empty body makes `from_snapshot` report corruption rather than load a wrong state.
+        if let Ok(body) = Self::codec().serialize(self) {
+            out.extend_from_slice(&body);
+        }
+        out
+    }
+
+    pub fn from_snapshot(bytes: &[u8]) -> Result<State, SnapshotError> {
+        let (&version, body) = bytes.split_first().ok_or(SnapshotError::Empty)?;
+        if version != SNAPSHOT_FORMAT_VERSION {
+            return Err(SnapshotError::UnknownVersion {
+                found: version,
+                supported: SNAPSHOT_FORMAT_VERSION,
+            });
+        }
+        Self::codec()
+            .deserialize(body)
+            .map_err(|e| SnapshotError::Corrupt(e.to_string()))
+    }
+
+    // ---- bounded tables ------------------------------------------------------------------------
+
+    /// Record (or update) a request's answer; retention restarts from this entry's time.
+    pub(super) fn record_request(&mut self, cmd: &AcquireCmd, outcome: AcquireOutcome) {
+        let rec = RequestRecord {
+            resource: cmd.resource.clone(),
+            principal: cmd.principal.clone(),
+            instance: cmd.instance.clone(),
+            outcome,
+            updated_ms: self.now_ms,
+        };
+        self.requests.insert(cmd.request_id.clone(), rec);
+        self.request_order
+            .push_back((self.now_ms, cmd.request_id.clone()));
+    }
+
+    /// Update the answer of a request already in the table (a waiter's final answer).
+    pub(super) fn update_request(&mut self, id: &RequestId, outcome: AcquireOutcome) {
+        if let Some(rec) = self.requests.get_mut(id) {
+            rec.outcome = outcome;
+            rec.updated_ms = self.now_ms;
+            self.request_order.push_back((self.now_ms, id.clone()));
+        }
+    }
+
+    pub(super) fn record_ended(&mut self, lease: Lease, reason: EndReason) {
+        let id = lease.lease_id;
+        self.ended.insert(id, EndedLease { lease, reason });
+        self.ended_order.push_back((self.now_ms, id));
+    }
+
+    /// Drop dedup and ended records older than `DEDUP_RETENTION_MS`, then the oldest past `DEDUP_MAX`.
+    /// Driven by entry time only, so every replica evicts the same records at the same entry.
+    fn evict_old_records(&mut self) {
+        let now = self.now_ms;
+        let expired = |at: u64| now.saturating_sub(at) > DEDUP_RETENTION_MS;
+
+        // A queued request is never evicted: its waiter still needs the record to report its final
+        // answer. Such a record is re-stamped and moved to the back; the pass is bounded by the
+        // deque's length so a table full of waiters cannot loop forever.
+        let mut budget = self.request_order.len();
+        while budget > 0 {
+            let Some((at, _)) = self.request_order.front() else {
+                break;
+            };
+            if !expired(*at) && self.requests.len() <= DEDUP_MAX {
+                break;
+            }
+            budget -= 1;
+            let Some((at, id)) = self.request_order.pop_front() else {
+                break;
+            };
+            let Some(rec) = self.requests.get_mut(&id) else {
+                continue; // already evicted through an earlier pair
+            };
+            if rec.updated_ms != at {
+                continue; // stale pair: a later update pushed a newer one
+            }
+            if matches!(rec.outcome, AcquireOutcome::Queued { .. }) {
+                rec.updated_ms = now;
+                self.request_order.push_back((now, id));
+                continue;
+            }
+            self.requests.remove(&id);
+        }
+
+        while let Some((at, _)) = self.ended_order.front() {
+            if !expired(*at) && self.ended.len() <= DEDUP_MAX {
+                break;
+            }
+            if let Some((_, id)) = self.ended_order.pop_front() {
+                self.ended.remove(&id);
+            }
+        }
+    }
+
+    /// Hand out the next token. One counter for all resources: a token is never reused anywhere.
+    pub(super) fn next_token(&mut self) -> FencingToken {
+        let token = FencingToken(self.next_token);
+        // Saturating: 2^64 tokens is unreachable; if it were reached, repeating the last token would
+        // be refused as Stale by resources, which is the safe failure.
+        self.next_token = self.next_token.saturating_add(1);
+        token
+    }
+
+    pub(super) fn next_lease_id(&mut self) -> LeaseId {
+        let id = LeaseId(self.next_lease_id);
+        self.next_lease_id = self.next_lease_id.saturating_add(1);
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::command::AcquireCmd;
+    use super::super::testkit::{acq, res, rid, Harness};
+    use super::*;
+
+    #[test]
+    fn entry_time_never_goes_backwards() {
+        let mut h = Harness::new();
+        h.now_ms = 5_000;
+        h.grant(acq("r1", "a", "agent/x", "i1"));
+        h.now_ms = 4_000; // a new leader's clock is behind
+        let g = h.grant(acq("r2", "b", "agent/x", "i1"));
+        assert_eq!(h.state.now_ms(), 5_000);
+        assert_eq!(g.lease.granted_at_ms, 5_000);
+    }
+
+    #[test]
+    fn observe_tracks_current_and_previous_term() {
+        let mut s = State::default();
+        s.observe(EntryMeta { index: 1, term: 1 });
+        s.observe(EntryMeta { index: 2, term: 1 });
+        assert_eq!((s.current_term(), s.prev_term()), (1, 0));
+        s.observe(EntryMeta { index: 3, term: 4 });
+        assert_eq!((s.current_term(), s.prev_term()), (4, 1));
+        s.observe(EntryMeta { index: 4, term: 2 }); // stale term: ignored
+        assert_eq!((s.current_term(), s.prev_term()), (4, 1));
+    }
+
+    #[test]
+    fn dedup_records_age_out_after_retention() {
+        let mut h = Harness::new();
+        let g = h.grant(acq("r1", "a", "agent/x", "i1"));
+        h.release(g.lease.lease_id, "agent/x", None).unwrap();
+        h.advance(DEDUP_RETENTION_MS);
+        h.grant(acq("other", "b", "agent/x", "i1"));
+        assert!(
+            h.state.request(&rid("r1")).is_some(),
+            "kept for the full retention"
+        );
+        assert!(h.state.ended(&g.lease.lease_id).is_some());
+        h.advance(1);
+        h.grant(acq("other2", "c", "agent/x", "i1"));
+        assert_eq!(h.state.request(&rid("r1")), None);
+        assert_eq!(h.state.ended(&g.lease.lease_id), None);
+        assert_eq!(
+            h.state.requests.len(),
+            2,
+            "only the two recent requests remain"
+        );
+    }
+
+    #[test]
+    fn queued_request_is_never_evicted() {
+        let mut h = Harness::new();
+        let g = h.grant(acq("r1", "a", "agent/x", "i1"));
+        h.acquire(AcquireCmd {
+            wait_ms: Some(u64::MAX),
+            ..acq("w1", "a", "agent/y", "j1")
+        });
+        h.advance(3 * DEDUP_RETENTION_MS);
+        h.grant(acq("tick", "b", "agent/x", "i1"));
+        assert!(matches!(
+            h.state.request(&rid("w1")),
+            Some(AcquireOutcome::Queued { .. })
+        ));
+        assert_eq!(h.state.request(&rid("r1")), None);
+        h.release(g.lease.lease_id, "agent/x", None).unwrap();
+        assert!(matches!(
+            h.state.request(&rid("w1")),
+            Some(AcquireOutcome::Granted(_))
+        ));
+    }
+
+    #[test]
+    fn dedup_table_is_bounded_oldest_first() {
+        let mut h = Harness::new();
+        h.grant(acq("holder", "a", "agent/x", "i1"));
+        for n in 0..DEDUP_MAX {
+            h.acquire(acq(&format!("b{n}"), "a", "agent/y", "j"));
+        }
+        assert_eq!(h.state.requests.len(), DEDUP_MAX + 1);
+        h.acquire(acq("last", "a", "agent/y", "j"));
+        // Evicted at the next entry: the oldest go first.
+        h.acquire(acq("after", "a", "agent/y", "j"));
+        assert!(h.state.requests.len() <= DEDUP_MAX + 1);
+        assert_eq!(h.state.request(&rid("holder")), None);
+        assert_eq!(h.state.request(&rid("b0")), None);
+        assert!(h.state.request(&rid("last")).is_some());
+        assert!(h.state.request(&rid("after")).is_some());
+    }
+
+    #[test]
+    fn check_fence_tells_current_stale_and_unknown() {
+        let mut h = Harness::new();
+        assert_eq!(
+            h.state.check_fence(&res("a"), FencingToken(1)),
+            FenceStatus::Unknown {
+                fence: FencingToken(0)
+            }
+        );
+        let g = h.grant(acq("r1", "a", "agent/x", "i1"));
+        let t = g.lease.token;
+        assert_eq!(h.state.check_fence(&res("a"), t), FenceStatus::Current);
+        assert_eq!(
+            h.state.check_fence(&res("a"), FencingToken(t.0 + 1)),
+            FenceStatus::Unknown { fence: t }
+        );
+        assert_eq!(
+            h.state.check_fence(&res("a"), FencingToken(0)),
+            FenceStatus::Stale { fence: t }
+        );
+        // Another resource's token is not this resource's holder's.
+        let other = h.grant(acq("r2", "b", "agent/x", "i1"));
+        assert_eq!(
+            h.state.check_fence(&res("b"), t),
+            FenceStatus::Stale {
+                fence: other.lease.token
+            }
+        );
+    }
+
+    #[test]
+    fn list_matches_prefix_by_segment_sorted_by_resource() {
+        let mut h = Harness::new();
+        for (n, path) in ["a/bc", "a/b/z", "a/b", "b", "a/b/c", "ab"]
+            .iter()
+            .enumerate()
+        {
+            h.grant(acq(&format!("r{n}"), path, "agent/x", "i1"));
+        }
+        let names = |v: Vec<&Lease>| -> Vec<String> {
+            v.into_iter().map(|l| l.resource.to_string()).collect()
+        };
+        assert_eq!(names(h.state.list("a/b")), ["a/b", "a/b/c", "a/b/z"]);
+        assert_eq!(names(h.state.list("a/b/")), ["a/b", "a/b/c", "a/b/z"]);
+        assert_eq!(names(h.state.list("a")), ["a/b", "a/b/c", "a/b/z", "a/bc"]);
+        assert_eq!(
+            names(h.state.list("")),
+            ["a/b", "a/b/c", "a/b/z", "a/bc", "ab", "b"]
+        );
+        assert!(h.state.list("c").is_empty());
+        assert_eq!(h.state.leases().count(), 6);
+        assert_eq!(h.state.live_lease_count(), 6);
+    }
+
+    fn busy_state() -> State {
+        let mut h = Harness::new();
+        let g = h.grant(AcquireCmd {
+            task_key: Some(super::super::testkit::task("t")),
+            ..acq("r1", "a", "agent/x", "i1")
+        });
+        h.checkpoint(g.lease.lease_id, "agent/x", g.lease.token, b"ck")
+            .unwrap();
+        h.acquire(AcquireCmd {
+            wait_ms: Some(1_000),
+            ..acq("w1", "a", "agent/y", "j1")
+        });
+        let b = h.grant(acq("r2", "b", "agent/x", "i1"));
+        h.release(b.lease.lease_id, "agent/x", None).unwrap();
+        h.state
+    }
+
+    #[test]
+    fn snapshot_round_trips_and_is_deterministic() {
+        let s = busy_state();
+        let bytes = s.to_snapshot();
+        assert_eq!(bytes[0], SNAPSHOT_FORMAT_VERSION);
+        let back = State::from_snapshot(&bytes).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(back.to_snapshot(), bytes);
+        assert_eq!(
+            busy_state().to_snapshot(),
+            bytes,
+            "same entries, same bytes"
+        );
+        let empty = State::default();
+        assert_eq!(State::from_snapshot(&empty.to_snapshot()).unwrap(), empty);
+    }
+
+    #[test]
+    fn bad_snapshots_are_refused_with_a_clear_error() {
+        let bytes = busy_state().to_snapshot();
+        assert_eq!(State::from_snapshot(&[]), Err(SnapshotError::Empty));
+        let mut v2 = bytes.clone();
+        v2[0] = 2;
+        assert_eq!(
+            State::from_snapshot(&v2),
+            Err(SnapshotError::UnknownVersion {
+                found: 2,
+                supported: 1
+            })
+        );
+        assert!(v2_message_names_versions(&State::from_snapshot(&v2)));
+        let truncated = &bytes[..bytes.len() - 3];
+        assert!(matches!(
+            State::from_snapshot(truncated),
+            Err(SnapshotError::Corrupt(_))
+        ));
+        let mut padded = bytes.clone();
+        padded.push(0);
+        assert!(matches!(
+            State::from_snapshot(&padded),
+            Err(SnapshotError::Corrupt(_))
+        ));
+        let garbage = [1u8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 3];
+        assert!(State::from_snapshot(&garbage).is_err());
+    }
+
+    fn v2_message_names_versions(r: &Result<State, SnapshotError>) -> bool {
+        match r {
+            Err(e) => {
+                let m = e.to_string();
+                m.contains('2') && m.contains('1')
+            }
+            Ok(_) => false,
+        }
+    }
+}

@@ -1,0 +1,725 @@
+//! Domain types that cannot be invalid, and the records the state machine replicates.
+//!
+//! Owns: the validated newtypes (`ResourcePath`, `Principal`, `InstanceId`, `TaskKey`, `RequestId`,
+//! `Intent`), the id/token newtypes (`LeaseId`, `FencingToken`), and the replicated records (`Lease`,
+//! `Previous`, `Completion`, `Grant`).
+//!
+//! Invariant: a value of a validated type always satisfies its rules. Strings are checked once, at the
+//! edge, by `parse`/`new`; deserialisation goes through the same checks (`serde(try_from)`), so a
+//! corrupt log entry or snapshot cannot smuggle in a value that `parse` would have refused.
+
+use std::borrow::Borrow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest checkpoint a holder may store on its lease. Checkpoints are replicated and snapshotted, so
+/// they must stay small: store bulk progress elsewhere and checkpoint a reference to it.
+pub const MAX_CHECKPOINT_BYTES: usize = 4096;
+
+/// Bounds used by validation; public so the server and CLI can quote them in help texts.
+pub const MAX_RESOURCE_BYTES: usize = 256;
+pub const MAX_RESOURCE_SEGMENTS: usize = 32;
+pub const MAX_PRINCIPAL_NAME_CHARS: usize = 128;
+pub const MAX_INSTANCE_CHARS: usize = 128;
+pub const MAX_TASK_KEY_BYTES: usize = 256;
+pub const MAX_REQUEST_ID_CHARS: usize = 128;
+pub const MAX_INTENT_TEXT_BYTES: usize = 1024;
+pub const MAX_INTENT_LABELS: usize = 32;
+pub const MAX_LABEL_KEY_CHARS: usize = 64;
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+
+/// A value that failed validation. Each variant names the field, quotes the (shortened) value and says
+/// what to do about it, so the message can be shown to a user as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("resource {value:?}: {reason}")]
+    Resource { value: String, reason: String },
+    #[error("lease id {value:?}: {reason}")]
+    LeaseId { value: String, reason: String },
+    #[error("principal {value:?}: {reason}")]
+    Principal { value: String, reason: String },
+    #[error("instance {value:?}: {reason}")]
+    Instance { value: String, reason: String },
+    #[error("task key {value:?}: {reason}")]
+    TaskKey { value: String, reason: String },
+    #[error("request id {value:?}: {reason}")]
+    RequestId { value: String, reason: String },
+    #[error("intent text: {reason}")]
+    IntentText { reason: String },
+    #[error("intent labels: {count} given, at most {max} allowed")]
+    TooManyLabels { count: usize, max: usize },
+    #[error("intent label {key:?}: {reason}")]
+    IntentLabel { key: String, reason: String },
+}
+
+/// Quote at most 80 chars of a rejected value: enough to recognise it, short enough for a log line.
+fn shown(s: &str) -> String {
+    const MAX: usize = 80;
+    match s.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &s[..cut]),
+        None => s.to_owned(),
+    }
+}
+
+fn is_control_or_space(c: char) -> bool {
+    c.is_control() || c.is_whitespace()
+}
+
+/// First character that `bad` rejects, with its byte offset, described for a message.
+fn first_bad(s: &str, bad: impl Fn(char) -> bool) -> Option<String> {
+    s.char_indices()
+        .find(|&(_, c)| bad(c))
+        .map(|(at, c)| format!("character {:?} at byte {at} is not allowed", c))
+}
+
+/// Implements `serde(try_from = "String", into = "String")` plumbing and the usual accessors for a
+/// validated string newtype.
+macro_rules! validated_string {
+    ($ty:ident) => {
+        impl $ty {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+        impl FromStr for $ty {
+            type Err = ValidationError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+        impl TryFrom<String> for $ty {
+            type Error = ValidationError;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                Self::parse(&s)
+            }
+        }
+        impl From<$ty> for String {
+            fn from(v: $ty) -> String {
+                v.0
+            }
+        }
+        impl AsRef<str> for $ty {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+/// A slash-separated resource path such as `k8s/prod/payments/deploy`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ResourcePath(String);
+validated_string!(ResourcePath);
+
+impl ResourcePath {
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        let err = |reason: String| ValidationError::Resource {
+            value: shown(s),
+            reason,
+        };
+        if s.is_empty() {
+            return Err(err("must not be empty (e.g. k8s/prod/payments)".to_owned()));
+        }
+        if s.len() > MAX_RESOURCE_BYTES {
+            return Err(err(format!(
+                "{} bytes long; at most {MAX_RESOURCE_BYTES} allowed",
+                s.len()
+            )));
+        }
+        if let Some(why) = first_bad(s, is_control_or_space) {
+            return Err(err(format!("{why} (no whitespace or control characters)")));
+        }
+        let segments: Vec<&str> = s.split('/').collect();
+        if segments.iter().any(|seg| seg.is_empty()) {
+            let fixed: Vec<&str> = segments.into_iter().filter(|seg| !seg.is_empty()).collect();
+            let reason = if fixed.is_empty() {
+                "empty segment (segments are non-empty names between single slashes)".to_owned()
+            } else {
+                format!("empty segment (use {})", fixed.join("/"))
+            };
+            return Err(err(reason));
+        }
+        if segments.len() > MAX_RESOURCE_SEGMENTS {
+            return Err(err(format!(
+                "{} segments; at most {MAX_RESOURCE_SEGMENTS} allowed",
+                segments.len()
+            )));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// Segment-wise prefix match: `a/b` is within `a` and `a/b`; `a/bc` is not within `a/b`. An empty
+    /// prefix matches everything; trailing slashes on the prefix are ignored (`a/` means `a`).
+    pub fn is_within(&self, prefix: &str) -> bool {
+        let prefix = prefix.trim_end_matches('/');
+        if prefix.is_empty() {
+            return true;
+        }
+        match self.0.strip_prefix(prefix) {
+            Some(rest) => rest.is_empty() || rest.starts_with('/'),
+            None => false,
+        }
+    }
+}
+
+/// Lets maps keyed by `ResourcePath` be searched and ranged by `&str` (Ord/Eq agree with `String`'s).
+impl Borrow<str> for ResourcePath {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A lease's id; shown as 16 lowercase hex digits so ids line up in logs and CLIs.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
+pub struct LeaseId(pub u64);
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl FromStr for LeaseId {
+    type Err = ValidationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason: &str| ValidationError::LeaseId {
+            value: shown(s),
+            reason: reason.to_owned(),
+        };
+        // Checked by hand: `from_str_radix` would also accept a leading `+`.
+        if s.is_empty() || s.len() > 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(err(
+                "must be 1 to 16 hex digits (as printed, e.g. 000000000000002a)",
+            ));
+        }
+        u64::from_str_radix(s, 16)
+            .map(LeaseId)
+            .map_err(|_| err("must be 1 to 16 hex digits"))
+    }
+}
+
+/// A fencing token: strictly increasing per resource; a resource rejects any token lower than the
+/// highest it has seen (DESIGN rule 4).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
+pub struct FencingToken(pub u64);
+
+impl fmt::Display for FencingToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Whether a principal is an agent or a human.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum PrincipalKind {
+    Agent,
+    Human,
+}
+
+/// The authenticated caller: `agent/NAME` or `human/NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Principal(String);
+validated_string!(Principal);
+
+impl Principal {
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        let err = |reason: String| ValidationError::Principal {
+            value: shown(s),
+            reason,
+        };
+        let Some(name) = s
+            .strip_prefix("agent/")
+            .or_else(|| s.strip_prefix("human/"))
+        else {
+            return Err(err("must look like agent/NAME or human/NAME".to_owned()));
+        };
+        let chars = name.chars().count();
+        if chars == 0 || chars > MAX_PRINCIPAL_NAME_CHARS {
+            return Err(err(format!(
+                "NAME must be 1 to {MAX_PRINCIPAL_NAME_CHARS} characters, got {chars}"
+            )));
+        }
+        if let Some(why) = first_bad(name, |c| {
+            !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | '-'))
+        }) {
+            return Err(err(format!("{why} (NAME uses A-Z a-z 0-9 . _ @ -)")));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn kind(&self) -> PrincipalKind {
+        if self.0.starts_with("agent/") {
+            PrincipalKind::Agent
+        } else {
+            PrincipalKind::Human
+        }
+    }
+
+    /// The NAME after `agent/` or `human/` (both prefixes are 6 bytes, checked by `parse`).
+    pub fn name(&self) -> &str {
+        self.0.get(6..).unwrap_or_default()
+    }
+}
+
+/// One incarnation of an agent process: a restarted process is a new instance.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct InstanceId(String);
+validated_string!(InstanceId);
+
+impl InstanceId {
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        let err = |reason: String| ValidationError::Instance {
+            value: shown(s),
+            reason,
+        };
+        let chars = s.chars().count();
+        if chars == 0 || chars > MAX_INSTANCE_CHARS {
+            return Err(err(format!(
+                "must be 1 to {MAX_INSTANCE_CHARS} characters, got {chars}"
+            )));
+        }
+        if let Some(why) = first_bad(s, is_control_or_space) {
+            return Err(err(format!("{why} (no whitespace or control characters)")));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// Names a unit of work, for duplicate-execution protection and recovery (see DESIGN "Task").
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TaskKey(String);
+validated_string!(TaskKey);
+
+impl TaskKey {
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        let err = |reason: String| ValidationError::TaskKey {
+            value: shown(s),
+            reason,
+        };
+        if s.is_empty() || s.len() > MAX_TASK_KEY_BYTES {
+            return Err(err(format!(
+                "must be 1 to {MAX_TASK_KEY_BYTES} bytes, got {}",
+                s.len()
+            )));
+        }
+        if let Some(why) = first_bad(s, char::is_control) {
+            return Err(err(format!("{why} (no control characters)")));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// Client-chosen id that makes an acquire idempotent: a retry returns the first answer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RequestId(String);
+validated_string!(RequestId);
+
+impl RequestId {
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        let err = |reason: String| ValidationError::RequestId {
+            value: shown(s),
+            reason,
+        };
+        let chars = s.chars().count();
+        if chars == 0 || chars > MAX_REQUEST_ID_CHARS {
+            return Err(err(format!(
+                "must be 1 to {MAX_REQUEST_ID_CHARS} characters, got {chars}"
+            )));
+        }
+        if let Some(why) = first_bad(s, is_control_or_space) {
+            return Err(err(format!("{why} (no whitespace or control characters)")));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// What the holder means to do: a short sentence plus optional labels, kept in the audit and usable by
+/// policy. Fields are private so an `Intent` always satisfies `Intent::new`'s rules.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(try_from = "IntentWire")]
+pub struct Intent {
+    text: String,
+    labels: BTreeMap<String, String>,
+}
+
+/// Unvalidated shape of `Intent` on the wire; converted through `Intent::new`.
+#[derive(Deserialize)]
+struct IntentWire {
+    text: String,
+    labels: BTreeMap<String, String>,
+}
+
+impl TryFrom<IntentWire> for Intent {
+    type Error = ValidationError;
+    fn try_from(w: IntentWire) -> Result<Self, Self::Error> {
+        Intent::new(w.text, w.labels)
+    }
+}
+
+impl Intent {
+    pub fn new(
+        text: impl Into<String>,
+        labels: BTreeMap<String, String>,
+    ) -> Result<Self, ValidationError> {
+        let text = text.into();
+        if text.len() > MAX_INTENT_TEXT_BYTES {
+            return Err(ValidationError::IntentText {
+                reason: format!(
+                    "{} bytes long; at most {MAX_INTENT_TEXT_BYTES} allowed (one short sentence)",
+                    text.len()
+                ),
+            });
+        }
+        if let Some(why) = first_bad(&text, char::is_control) {
+            return Err(ValidationError::IntentText {
+                reason: format!("{why} (one line, no control characters)"),
+            });
+        }
+        if labels.len() > MAX_INTENT_LABELS {
+            return Err(ValidationError::TooManyLabels {
+                count: labels.len(),
+                max: MAX_INTENT_LABELS,
+            });
+        }
+        for (key, value) in &labels {
+            let err = |reason: String| ValidationError::IntentLabel {
+                key: shown(key),
+                reason,
+            };
+            let chars = key.chars().count();
+            if chars == 0 || chars > MAX_LABEL_KEY_CHARS {
+                return Err(err(format!(
+                    "key must be 1 to {MAX_LABEL_KEY_CHARS} characters, got {chars}"
+                )));
+            }
+            if let Some(why) = first_bad(key, |c| {
+                !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '/' | '-'))
+            }) {
+                return Err(err(format!("key: {why} (use A-Z a-z 0-9 . _ : / -)")));
+            }
+            if value.len() > MAX_LABEL_VALUE_BYTES {
+                return Err(err(format!(
+                    "value is {} bytes; at most {MAX_LABEL_VALUE_BYTES} allowed",
+                    value.len()
+                )));
+            }
+            if let Some(why) = first_bad(value, char::is_control) {
+                return Err(err(format!("value: {why} (no control characters)")));
+            }
+        }
+        Ok(Self { text, labels })
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
+    }
+}
+
+/// How a holder says its work went when it releases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ReleaseOutcome {
+    /// The task is complete: a later acquire with the same task key answers `AlreadyDone`.
+    Done,
+    /// The work failed: the task stays open and the next holder learns about this attempt.
+    Failed,
+}
+
+/// Why a lease ended. Recorded in the ended table and in the task's `Previous`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EndReason {
+    Released,
+    Done,
+    Failed,
+    Expired,
+    Revoked { by: Principal, reason: String },
+    TakenOver { by_instance: InstanceId },
+}
+
+impl fmt::Display for EndReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndReason::Released => f.write_str("released"),
+            EndReason::Done => f.write_str("done"),
+            EndReason::Failed => f.write_str("failed"),
+            EndReason::Expired => f.write_str("expired"),
+            EndReason::Revoked { by, reason } => write!(f, "revoked by {by}: {reason}"),
+            // Exactly this text: the CLI prints it.
+            EndReason::TakenOver { .. } => f.write_str("taken over"),
+        }
+    }
+}
+
+/// A live grant: who may act on `resource`, with which token, for how long.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub lease_id: LeaseId,
+    pub resource: ResourcePath,
+    pub principal: Principal,
+    pub instance: InstanceId,
+    pub token: FencingToken,
+    pub ttl_ms: u64,
+    pub intent: Intent,
+    pub task_key: Option<TaskKey>,
+    pub request_id: RequestId,
+    pub granted_at_ms: u64,
+    /// Term in which the lease was granted or last renewed through the log (DESIGN rule 3).
+    pub renew_term: u64,
+    /// Remaining ttl persisted by a leader that saw no keepalive in its term (DESIGN rule 3).
+    pub ttl_checkpoint_ms: Option<u64>,
+    /// The holder's last fenced progress record (at most `MAX_CHECKPOINT_BYTES`).
+    pub checkpoint: Option<Vec<u8>>,
+}
+
+/// What a replacement learns about its predecessor on the same task or resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Previous {
+    pub lease_id: LeaseId,
+    pub principal: Principal,
+    pub instance: InstanceId,
+    pub token: FencingToken,
+    pub ended: EndReason,
+    pub ended_at_ms: u64,
+    pub checkpoint: Option<Vec<u8>>,
+}
+
+impl Previous {
+    pub(crate) fn of(lease: &Lease, ended: EndReason, ended_at_ms: u64) -> Self {
+        Self {
+            lease_id: lease.lease_id,
+            principal: lease.principal.clone(),
+            instance: lease.instance.clone(),
+            token: lease.token,
+            ended,
+            ended_at_ms,
+            checkpoint: lease.checkpoint.clone(),
+        }
+    }
+}
+
+/// The record of a task released with outcome `done`; answers later acquires with the same key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Completion {
+    pub lease_id: LeaseId,
+    pub principal: Principal,
+    pub instance: InstanceId,
+    pub token: FencingToken,
+    pub completed_at_ms: u64,
+    pub checkpoint: Option<Vec<u8>>,
+}
+
+impl Completion {
+    pub(crate) fn of(lease: &Lease, completed_at_ms: u64) -> Self {
+        Self {
+            lease_id: lease.lease_id,
+            principal: lease.principal.clone(),
+            instance: lease.instance.clone(),
+            token: lease.token,
+            completed_at_ms,
+            checkpoint: lease.checkpoint.clone(),
+        }
+    }
+}
+
+/// A successful acquire: the new lease, and what its predecessor left behind (if any).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub lease: Lease,
+    pub previous: Option<Previous>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_resource_paths_are_rejected() {
+        let long = "a".repeat(257);
+        let many = vec!["s"; 33].join("/");
+        for bad in [
+            "a//b", "", "/a", "a/", "/", "a\u{7}b", "a\nb", "a b", "a\tb", &long, &many,
+        ] {
+            assert!(
+                ResourcePath::parse(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
+        }
+        let err = ResourcePath::parse("a//b").unwrap_err().to_string();
+        assert_eq!(err, r#"resource "a//b": empty segment (use a/b)"#);
+        let err = ResourcePath::parse("/a").unwrap_err().to_string();
+        assert!(err.contains("use a)"), "{err}");
+    }
+
+    #[test]
+    fn good_resource_paths_are_accepted() {
+        let max = "a".repeat(256);
+        let segs = vec!["s"; 32].join("/");
+        for good in [
+            "a",
+            "k8s/prod/payments/deploy",
+            "ü/ß",
+            "a.b-c_d:e",
+            &max,
+            &segs,
+        ] {
+            let p = ResourcePath::parse(good).unwrap();
+            assert_eq!(p.as_str(), good);
+            assert_eq!(p.to_string(), good);
+        }
+    }
+
+    #[test]
+    fn is_within_matches_whole_segments() {
+        let p = ResourcePath::parse("a/b").unwrap();
+        assert!(p.is_within("a"));
+        assert!(p.is_within("a/b"));
+        assert!(p.is_within(""));
+        assert!(p.is_within("a/"));
+        assert!(!p.is_within("a/b/c"));
+        assert!(!p.is_within("b"));
+        let q = ResourcePath::parse("a/bc").unwrap();
+        assert!(!q.is_within("a/b"));
+    }
+
+    #[test]
+    fn lease_id_prints_16_hex_digits_and_parses_back() {
+        let id = LeaseId(42);
+        assert_eq!(id.to_string(), "000000000000002a");
+        assert_eq!("000000000000002a".parse::<LeaseId>().unwrap(), id);
+        assert_eq!("2a".parse::<LeaseId>().unwrap(), id);
+        assert_eq!("2A".parse::<LeaseId>().unwrap(), id);
+        assert_eq!(
+            "ffffffffffffffff".parse::<LeaseId>().unwrap(),
+            LeaseId(u64::MAX)
+        );
+        for bad in ["", "+2a", "0x2a", "g", "10000000000000000", " 2a"] {
+            assert!(bad.parse::<LeaseId>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn fencing_token_prints_decimal_and_orders() {
+        assert_eq!(FencingToken(42).to_string(), "42");
+        assert!(FencingToken(2) > FencingToken(1));
+    }
+
+    #[test]
+    fn principals_parse_kind_and_name() {
+        let a = Principal::parse("agent/deployer-1@team.x").unwrap();
+        assert_eq!(a.kind(), PrincipalKind::Agent);
+        assert_eq!(a.name(), "deployer-1@team.x");
+        let h = Principal::parse("human/alice").unwrap();
+        assert_eq!(h.kind(), PrincipalKind::Human);
+        assert_eq!(h.name(), "alice");
+        let err = Principal::parse("bob").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            r#"principal "bob": must look like agent/NAME or human/NAME"#
+        );
+        let long = format!("agent/{}", "x".repeat(129));
+        for bad in [
+            "agent/",
+            "robot/x",
+            "agent/a b",
+            "agent/a/b",
+            "Agent/x",
+            &long,
+        ] {
+            assert!(Principal::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ids_and_keys_are_validated() {
+        assert!(InstanceId::parse("pod-7f9c").is_ok());
+        assert!(InstanceId::parse("").is_err());
+        assert!(InstanceId::parse("a b").is_err());
+        assert!(InstanceId::parse(&"i".repeat(129)).is_err());
+        assert!(
+            TaskKey::parse("deploy v1.2 to prod").is_ok(),
+            "spaces allowed"
+        );
+        assert!(TaskKey::parse("").is_err());
+        assert!(TaskKey::parse("a\u{0}").is_err());
+        assert!(TaskKey::parse(&"k".repeat(257)).is_err());
+        assert!(RequestId::parse("req-1").is_ok());
+        assert!(RequestId::parse("req 1").is_err());
+        assert!(RequestId::parse(&"r".repeat(129)).is_err());
+        let err = TaskKey::parse("").unwrap_err().to_string();
+        assert!(err.starts_with("task key"), "{err}");
+    }
+
+    #[test]
+    fn intents_are_validated() {
+        let mut labels = BTreeMap::new();
+        labels.insert("scale:up".to_owned(), "12".to_owned());
+        let i = Intent::new("scale web to 12 replicas", labels.clone()).unwrap();
+        assert_eq!(i.text(), "scale web to 12 replicas");
+        assert_eq!(i.labels(), &labels);
+        assert_eq!(Intent::default().text(), "");
+        assert!(Intent::new("a\nb", BTreeMap::new()).is_err());
+        assert!(Intent::new("x".repeat(1025), BTreeMap::new()).is_err());
+        let bad_key = BTreeMap::from([("bad key".to_owned(), String::new())]);
+        let err = Intent::new("", bad_key).unwrap_err().to_string();
+        assert!(err.starts_with(r#"intent label "bad key""#), "{err}");
+        let empty_key = BTreeMap::from([(String::new(), String::new())]);
+        assert!(Intent::new("", empty_key).is_err());
+        let bad_value = BTreeMap::from([("k".to_owned(), "\u{1b}".to_owned())]);
+        assert!(Intent::new("", bad_value).is_err());
+        let too_many: BTreeMap<_, _> = (0..33).map(|n| (format!("k{n}"), String::new())).collect();
+        assert!(matches!(
+            Intent::new("", too_many),
+            Err(ValidationError::TooManyLabels { count: 33, max: 32 })
+        ));
+    }
+
+    #[test]
+    fn end_reasons_display_short_words() {
+        let by = Principal::parse("human/x").unwrap();
+        assert_eq!(EndReason::Released.to_string(), "released");
+        assert_eq!(EndReason::Done.to_string(), "done");
+        assert_eq!(EndReason::Failed.to_string(), "failed");
+        assert_eq!(EndReason::Expired.to_string(), "expired");
+        let revoked = EndReason::Revoked {
+            by,
+            reason: "incident 42".to_owned(),
+        };
+        assert_eq!(revoked.to_string(), "revoked by human/x: incident 42");
+        let taken = EndReason::TakenOver {
+            by_instance: InstanceId::parse("i2").unwrap(),
+        };
+        assert_eq!(taken.to_string(), "taken over");
+    }
+
+    #[test]
+    fn deserialising_refuses_invalid_values() {
+        let raw = bincode::serialize(&"a//b".to_owned()).unwrap();
+        assert!(bincode::deserialize::<ResourcePath>(&raw).is_err());
+        let good = ResourcePath::parse("a/b").unwrap();
+        let raw = bincode::serialize(&good).unwrap();
+        assert_eq!(bincode::deserialize::<ResourcePath>(&raw).unwrap(), good);
+        let intent = Intent::new("x", BTreeMap::from([("k".into(), "v".into())])).unwrap();
+        let raw = bincode::serialize(&intent).unwrap();
+        assert_eq!(bincode::deserialize::<Intent>(&raw).unwrap(), intent);
+    }
+}

@@ -1,0 +1,52 @@
+//! openraft glue: the type configuration and the node-to-node transport, nothing else.
+//!
+//! Log entries carry a [`model::Request`] (a command stamped with the leader's wall clock); applying
+//! one yields a [`CommandResponse`]. Storage lives in [`crate::storage`].
+
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model;
+
+pub mod network;
+pub mod service;
+
+/// Where a member listens: its Raft transport and its client API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeAddr {
+    /// host:port of the node-to-node Raft service.
+    pub raft: String,
+    /// host:port of the client API.
+    pub client: String,
+}
+
+impl std::fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client {} raft {}", self.client, self.raft)
+    }
+}
+
+/// The state machine's answer to one log entry; `None` for blank and membership entries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandResponse(pub Option<model::Response>);
+
+openraft::declare_raft_types!(
+    /// Warrant's openraft type configuration.
+    pub TypeConfig:
+        D = model::Request,
+        R = CommandResponse,
+        NodeId = u64,
+        Node = NodeAddr,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type NodeId = u64;
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, NodeAddr>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeAddr>;
+pub type Snapshot = openraft::Snapshot<TypeConfig>;

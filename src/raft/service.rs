@@ -1,0 +1,54 @@
+//! The incoming side of the node-to-node transport: decodes openraft RPCs and hands them to the
+//! local Raft instance.
+
+use tonic::{Request, Response, Status};
+
+use super::Raft;
+use crate::proto::raft::raft_server;
+use crate::proto::raft::RaftMessage;
+
+/// Serves `warrant.raft.v1.Raft` for one node.
+pub struct RaftService {
+    raft: Raft,
+}
+
+impl RaftService {
+    pub fn new(raft: Raft) -> raft_server::RaftServer<Self> {
+        raft_server::RaftServer::new(Self { raft }).max_decoding_message_size(64 * 1024 * 1024)
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(msg: Request<RaftMessage>) -> Result<T, Status> {
+    bincode::deserialize(&msg.into_inner().payload)
+        .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
+}
+
+fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
+    let payload = bincode::serialize(value)
+        .map_err(|e| Status::internal(format!("cannot encode reply: {e}")))?;
+    Ok(Response::new(RaftMessage { payload }))
+}
+
+#[tonic::async_trait]
+impl raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let req = decode(request)?;
+        reply(&self.raft.append_entries(req).await)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let req = decode(request)?;
+        reply(&self.raft.vote(req).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let req = decode(request)?;
+        reply(&self.raft.install_snapshot(req).await)
+    }
+}

@@ -1,0 +1,491 @@
+//! The client API (`warrant.v1.Warrant`): validate input into model types, propose, map the answer.
+//!
+//! Calls that need the leader answer UNAVAILABLE with the leader's address on any other node.
+//! Get, CheckFence and List confirm leadership with a quorum first, so they are linearizable.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::{self, invalid, op_error};
+use super::Shared;
+use crate::model::{
+    AcquireCmd, AcquireOutcome, Command, FenceStatus, FencingToken, InstanceId, LeaseId, Principal,
+    ReleaseOutcome, RequestId, ResourcePath, RevokeTarget, TaskKey, MAX_CHECKPOINT_BYTES,
+};
+use crate::proto::{self, warrant_server};
+
+/// Longest revoke reason, in bytes.
+const MAX_REASON_BYTES: usize = 1024;
+/// Cap on a List answer.
+const MAX_LIST: usize = 10_000;
+/// Largest client request accepted (checkpoints are the largest legitimate payload).
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+pub fn service(shared: Arc<Shared>) -> warrant_server::WarrantServer<Api> {
+    warrant_server::WarrantServer::new(Api { shared }).max_decoding_message_size(MAX_REQUEST_BYTES)
+}
+
+pub struct Api {
+    shared: Arc<Shared>,
+}
+
+fn principal(s: &str) -> Result<Principal, Status> {
+    if s.is_empty() {
+        return Err(Status::invalid_argument(
+            "principal is required (agent/NAME or human/NAME; the CLI takes --principal or WARRANT_PRINCIPAL)",
+        ));
+    }
+    Principal::parse(s).map_err(invalid)
+}
+
+fn lease_id(s: &str) -> Result<LeaseId, Status> {
+    s.parse::<LeaseId>().map_err(|_| {
+        Status::invalid_argument(format!(
+            "lease_id {s:?} is not a lease id (1 to 16 hex digits)"
+        ))
+    })
+}
+
+fn resource(s: &str) -> Result<ResourcePath, Status> {
+    ResourcePath::parse(s).map_err(invalid)
+}
+
+impl Api {
+    fn check_ttl(&self, ttl_ms: u64) -> Result<(), Status> {
+        let l = &self.shared.config.lease;
+        let ttl = Duration::from_millis(ttl_ms);
+        if ttl < l.min_ttl || ttl > l.max_ttl {
+            return Err(Status::invalid_argument(format!(
+                "ttl {} is outside this cluster's bounds [{}, {}]",
+                humantime::format_duration(ttl),
+                humantime::format_duration(l.min_ttl),
+                humantime::format_duration(l.max_ttl)
+            )));
+        }
+        Ok(())
+    }
+
+    fn remaining(&self, id: LeaseId) -> Option<Duration> {
+        self.shared.clock.remaining(id)
+    }
+
+    fn outcome(&self, outcome: AcquireOutcome) -> Result<proto::AcquireResponse, Status> {
+        use proto::acquire_response::Outcome;
+        let out = match outcome {
+            AcquireOutcome::Granted(g) => {
+                let remaining = self
+                    .remaining(g.lease.lease_id)
+                    .or(Some(Duration::from_millis(g.lease.ttl_ms)));
+                Outcome::Granted(proto::Granted {
+                    lease: Some(convert::lease(&g.lease, remaining)),
+                    previous: g.previous.as_ref().map(convert::previous),
+                })
+            }
+            AcquireOutcome::Busy { holder } => Outcome::Busy(proto::Busy {
+                holder: holder.principal.to_string(),
+                holder_instance: holder.instance.to_string(),
+                expires_in_ms: self
+                    .remaining(holder.lease_id)
+                    .unwrap_or(Duration::from_millis(holder.ttl_ms))
+                    .as_millis() as u64,
+            }),
+            AcquireOutcome::AlreadyDone(c) => Outcome::AlreadyDone(proto::AlreadyDone {
+                record: Some(convert::completion(&c)),
+            }),
+            AcquireOutcome::WaitEnded => Outcome::WaitEnded(proto::WaitEnded {}),
+            AcquireOutcome::Queued { .. } => {
+                return Err(Status::internal(
+                    "a queued acquire was answered before its wait ended",
+                ))
+            }
+            AcquireOutcome::Rejected(e) => return Err(op_error(&e)),
+        };
+        Ok(proto::AcquireResponse { outcome: Some(out) })
+    }
+
+    /// One keepalive: confirm leadership (shared among concurrent keepalives), or log one `Renew` for
+    /// a lease's first keepalive in this term, then move its deadline.
+    async fn keepalive_one(
+        &self,
+        req: proto::KeepAliveRequest,
+    ) -> Result<proto::KeepAliveResponse, Status> {
+        use proto::keep_alive_response::Result as KaResult;
+        let id = lease_id(&req.lease_id)?;
+        let who = principal(&req.principal)?;
+        let lost = |reason: String| {
+            Ok(proto::KeepAliveResponse {
+                lease_id: req.lease_id.clone(),
+                result: Some(KaResult::Lost(reason)),
+            })
+        };
+        let Some(term) = self.shared.clock.active_term() else {
+            return Err(self.shared.redirect());
+        };
+        let (ttl_ms, renewed_this_term) = {
+            let sm = self.shared.sm.read();
+            match sm.state.lease(&id) {
+                Some(l) if l.principal != who => {
+                    return Err(Status::permission_denied(format!(
+                        "lease {id} is held by {}, not {who}",
+                        l.principal
+                    )))
+                }
+                Some(l) => (l.ttl_ms, l.renew_term == term),
+                None => {
+                    return match sm.state.ended(&id) {
+                        Some(reason) => lost(reason.to_string()),
+                        None => lost("unknown lease".to_string()),
+                    }
+                }
+            }
+        };
+        if renewed_this_term {
+            self.shared
+                .confirmer
+                .submit(())
+                .await
+                .unwrap_or_else(|| Err(Status::unavailable("node is shutting down")))?;
+        } else {
+            match self.shared.renewer.submit(id).await {
+                Some(Ok(Ok(_))) => {}
+                Some(Ok(Err(e))) => return lost(e.to_string()),
+                Some(Err(status)) => return Err(status),
+                None => return Err(Status::unavailable("node is shutting down")),
+            }
+        }
+        // Rule 3: only a leader that just confirmed its leadership moves the deadline.
+        if self.shared.clock.active_term() != Some(term) {
+            return Err(self.shared.redirect());
+        }
+        let ttl = Duration::from_millis(ttl_ms);
+        if self.shared.clock.renew(id, ttl) {
+            Ok(proto::KeepAliveResponse {
+                lease_id: req.lease_id.clone(),
+                result: Some(KaResult::TtlMs(ttl_ms)),
+            })
+        } else {
+            lost("expired".to_string())
+        }
+    }
+}
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<proto::KeepAliveResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl warrant_server::Warrant for Api {
+    async fn acquire(
+        &self,
+        request: Request<proto::AcquireRequest>,
+    ) -> Result<Response<proto::AcquireResponse>, Status> {
+        let r = request.into_inner();
+        let request_id = RequestId::parse(&r.request_id).map_err(invalid)?;
+        let cmd = AcquireCmd {
+            request_id: request_id.clone(),
+            resource: resource(&r.resource)?,
+            principal: principal(&r.principal)?,
+            instance: InstanceId::parse(&r.instance).map_err(invalid)?,
+            ttl_ms: r.ttl_ms,
+            intent: convert::intent_to_model(r.intent)?,
+            task_key: if r.task_key.is_empty() {
+                None
+            } else {
+                Some(TaskKey::parse(&r.task_key).map_err(invalid)?)
+            },
+            wait_ms: (r.wait_ms > 0).then_some(r.wait_ms),
+            takeover: r.takeover,
+        };
+        self.check_ttl(r.ttl_ms)?;
+        let max_wait = self.shared.config.lease.max_wait;
+        if Duration::from_millis(r.wait_ms) > max_wait {
+            return Err(Status::invalid_argument(format!(
+                "wait {} is longer than this cluster's maximum {}",
+                humantime::format_duration(Duration::from_millis(r.wait_ms)),
+                humantime::format_duration(max_wait)
+            )));
+        }
+        let principal = cmd.principal.clone();
+        let woken = self.shared.waiters.register(&request_id);
+        let answer = match self.shared.propose(Command::Acquire(cmd)).await {
+            Ok(crate::model::Response::Acquire(a)) => a,
+            Ok(_) => return Err(Status::internal("unexpected answer to Acquire")),
+            Err(status) => {
+                self.shared.waiters.unregister(&request_id);
+                return Err(status);
+            }
+        };
+        let outcome = match answer {
+            AcquireOutcome::Queued { .. } => {
+                match tokio::time::timeout(Duration::from_millis(r.wait_ms), woken).await {
+                    Ok(Ok(outcome)) => outcome,
+                    // The wait is over (or we missed the wake-up): cancel, which answers with the final
+                    // outcome — the grant if it happened meanwhile, so no lease is ever orphaned here.
+                    _ => match self
+                        .shared
+                        .propose(Command::CancelWait {
+                            request_id: request_id.clone(),
+                            principal,
+                        })
+                        .await?
+                    {
+                        crate::model::Response::CancelWait(outcome) => outcome,
+                        _ => return Err(Status::internal("unexpected answer to CancelWait")),
+                    },
+                }
+            }
+            other => {
+                self.shared.waiters.unregister(&request_id);
+                other
+            }
+        };
+        Ok(Response::new(self.outcome(outcome)?))
+    }
+
+    type KeepAliveStream = KeepAliveStream;
+
+    async fn keep_alive(
+        &self,
+        request: Request<Streaming<proto::KeepAliveRequest>>,
+    ) -> Result<Response<Self::KeepAliveStream>, Status> {
+        if self.shared.clock.active_term().is_none() {
+            return Err(self.shared.redirect());
+        }
+        let mut incoming = request.into_inner();
+        let (tx, rx) = mpsc::channel(256);
+        let api = Api {
+            shared: self.shared.clone(),
+        };
+        tokio::spawn(async move {
+            let api = Arc::new(api);
+            while let Some(msg) = incoming.next().await {
+                let Ok(req) = msg else { break };
+                let (api, tx) = (api.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let _ = tx.send(api.keepalive_one(req).await).await;
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn checkpoint(
+        &self,
+        request: Request<proto::CheckpointRequest>,
+    ) -> Result<Response<proto::CheckpointResponse>, Status> {
+        let r = request.into_inner();
+        if r.data.len() > MAX_CHECKPOINT_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "checkpoint is {} bytes; the limit is {MAX_CHECKPOINT_BYTES}",
+                r.data.len()
+            )));
+        }
+        let cmd = Command::Checkpoint {
+            lease_id: lease_id(&r.lease_id)?,
+            principal: principal(&r.principal)?,
+            token: FencingToken(r.token),
+            data: r.data,
+        };
+        match self.shared.propose(cmd).await? {
+            crate::model::Response::Checkpoint(Ok(())) => {
+                Ok(Response::new(proto::CheckpointResponse {}))
+            }
+            crate::model::Response::Checkpoint(Err(e)) => Err(op_error(&e)),
+            _ => Err(Status::internal("unexpected answer to Checkpoint")),
+        }
+    }
+
+    async fn release(
+        &self,
+        request: Request<proto::ReleaseRequest>,
+    ) -> Result<Response<proto::ReleaseResponse>, Status> {
+        let r = request.into_inner();
+        let outcome = match proto::ReleaseOutcome::try_from(r.outcome) {
+            Ok(proto::ReleaseOutcome::Unspecified) => None,
+            Ok(proto::ReleaseOutcome::Done) => Some(ReleaseOutcome::Done),
+            Ok(proto::ReleaseOutcome::Failed) => Some(ReleaseOutcome::Failed),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "outcome {} is not done, failed or unspecified",
+                    r.outcome
+                )))
+            }
+        };
+        let cmd = Command::Release {
+            lease_id: lease_id(&r.lease_id)?,
+            principal: principal(&r.principal)?,
+            outcome,
+        };
+        match self.shared.propose(cmd).await? {
+            crate::model::Response::Release(Ok(ok)) => Ok(Response::new(proto::ReleaseResponse {
+                ended: ok.ended.to_string(),
+                already: ok.already,
+            })),
+            crate::model::Response::Release(Err(e)) => Err(op_error(&e)),
+            _ => Err(Status::internal("unexpected answer to Release")),
+        }
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<proto::RevokeRequest>,
+    ) -> Result<Response<proto::RevokeResponse>, Status> {
+        let r = request.into_inner();
+        let by = principal(&r.principal)?;
+        let target = match (r.resource.is_empty(), r.lease_id.is_empty()) {
+            (false, true) => RevokeTarget::Resource(resource(&r.resource)?),
+            (true, false) => RevokeTarget::Lease(lease_id(&r.lease_id)?),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "give exactly one of resource or lease_id",
+                ))
+            }
+        };
+        if r.reason.trim().is_empty()
+            || r.reason.len() > MAX_REASON_BYTES
+            || r.reason.chars().any(char::is_control)
+        {
+            return Err(Status::invalid_argument(format!(
+                "reason is required: 1 to {MAX_REASON_BYTES} bytes of text without control characters"
+            )));
+        }
+        if !self.shared.admins.contains(&by) {
+            return Err(Status::permission_denied(format!(
+                "{by} is not an admin of this cluster (see `admins` in its config)"
+            )));
+        }
+        match self
+            .shared
+            .propose(Command::Revoke {
+                target,
+                by,
+                reason: r.reason,
+            })
+            .await?
+        {
+            crate::model::Response::Revoke(Ok(lease)) => Ok(Response::new(proto::RevokeResponse {
+                revoked: Some(convert::lease(&lease, None)),
+            })),
+            crate::model::Response::Revoke(Err(e)) => Err(op_error(&e)),
+            _ => Err(Status::internal("unexpected answer to Revoke")),
+        }
+    }
+
+    async fn check_fence(
+        &self,
+        request: Request<proto::CheckFenceRequest>,
+    ) -> Result<Response<proto::CheckFenceResponse>, Status> {
+        let r = request.into_inner();
+        let res = resource(&r.resource)?;
+        self.shared.confirm_leadership().await?;
+        use proto::check_fence_response::Status as Fs;
+        let (status, fence) = match self
+            .shared
+            .sm
+            .read()
+            .state
+            .check_fence(&res, FencingToken(r.token))
+        {
+            FenceStatus::Current => (Fs::Current, r.token),
+            FenceStatus::Stale { fence } => (Fs::Stale, fence.0),
+            FenceStatus::Unknown { fence } => (Fs::Unknown, fence.0),
+        };
+        Ok(Response::new(proto::CheckFenceResponse {
+            status: status as i32,
+            fence,
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<proto::GetRequest>,
+    ) -> Result<Response<proto::GetResponse>, Status> {
+        let r = request.into_inner();
+        let res = resource(&r.resource)?;
+        self.shared.confirm_leadership().await?;
+        let sm = self.shared.sm.read();
+        let view = sm.state.resource(&res);
+        let (holder, fence, waiters) = match view {
+            Some(v) => (
+                v.holder
+                    .map(|l| convert::lease(l, self.remaining(l.lease_id))),
+                v.fence.0,
+                v.waiters as u32,
+            ),
+            None => (None, 0, 0),
+        };
+        Ok(Response::new(proto::GetResponse {
+            resource: res.to_string(),
+            holder,
+            fence,
+            waiters,
+        }))
+    }
+
+    async fn list(
+        &self,
+        request: Request<proto::ListRequest>,
+    ) -> Result<Response<proto::ListResponse>, Status> {
+        let r = request.into_inner();
+        if !r.prefix.is_empty() {
+            resource(&r.prefix)?;
+        }
+        self.shared.confirm_leadership().await?;
+        let limit = if r.limit == 0 {
+            MAX_LIST
+        } else {
+            (r.limit as usize).min(MAX_LIST)
+        };
+        let sm = self.shared.sm.read();
+        let leases = sm
+            .state
+            .list(&r.prefix)
+            .into_iter()
+            .take(limit)
+            .map(|l| convert::lease(l, self.remaining(l.lease_id)))
+            .collect();
+        Ok(Response::new(proto::ListResponse { leases }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<proto::StatusRequest>,
+    ) -> Result<Response<proto::StatusResponse>, Status> {
+        let m = self.shared.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| proto::Member {
+                id: *id,
+                address: node.client.clone(),
+                raft_address: node.raft.clone(),
+                role: if Some(*id) == m.current_leader {
+                    "leader"
+                } else if voters.contains(id) {
+                    "follower"
+                } else {
+                    "learner"
+                }
+                .to_string(),
+            })
+            .collect();
+        let leader_address = m
+            .current_leader
+            .and_then(|id| membership.get_node(&id).map(|n| n.client.clone()))
+            .unwrap_or_default();
+        Ok(Response::new(proto::StatusResponse {
+            node_id: self.shared.node_id,
+            leader: m.current_leader.unwrap_or(0),
+            leader_address,
+            term: m.current_term,
+            members,
+            last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+            live_leases: self.shared.sm.read().state.live_lease_count() as u64,
+        }))
+    }
+}

@@ -1,0 +1,83 @@
+//! A small batcher: callers submit items; one task takes everything queued, handles it in one go and
+//! answers each caller. Keepalives use it so that many share one quorum confirmation (or one `Renew`
+//! entry), and every item in a batch arrived before the batch's work started.
+
+use std::future::Future;
+
+use tokio::sync::{mpsc, oneshot};
+
+/// Most items handled in one batch.
+const MAX_BATCH: usize = 8192;
+
+/// A handle to submit items to a batching task.
+pub struct Batcher<I, O> {
+    tx: mpsc::UnboundedSender<(I, oneshot::Sender<O>)>,
+}
+
+impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
+    /// Spawn the task; `handle` gets the items of one batch and returns one output per item, in order.
+    pub fn spawn<F, Fut>(handle: F) -> Self
+    where
+        F: Fn(Vec<I>) -> Fut + Send + 'static,
+        Fut: Future<Output = Vec<O>> + Send,
+    {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(I, oneshot::Sender<O>)>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut items = vec![first];
+                while items.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(item) => items.push(item),
+                        Err(_) => break,
+                    }
+                }
+                let (inputs, replies): (Vec<I>, Vec<oneshot::Sender<O>>) =
+                    items.into_iter().unzip();
+                let outputs = handle(inputs).await;
+                for (reply, output) in replies.into_iter().zip(outputs) {
+                    let _ = reply.send(output);
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// Submit one item and wait for its answer; None if the batching task is gone (shutdown).
+    pub async fn submit(&self, item: I) -> Option<O> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send((item, tx)).ok()?;
+        rx.await.ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn concurrent_items_share_batches_and_each_gets_its_answer() {
+        let batches = Arc::new(AtomicUsize::new(0));
+        let counter = batches.clone();
+        let b = Arc::new(Batcher::spawn(move |items: Vec<u32>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                items.into_iter().map(|i| i * 2).collect()
+            }
+        }));
+        let tasks: Vec<_> = (0..50u32)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move { (i, b.submit(i).await) })
+            })
+            .collect();
+        for t in tasks {
+            let (i, out) = t.await.unwrap();
+            assert_eq!(out, Some(i * 2));
+        }
+        assert!(batches.load(Ordering::SeqCst) < 50, "items were batched");
+    }
+}

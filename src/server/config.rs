@@ -1,0 +1,346 @@
+//! The node's configuration: one TOML file, defaults in one place, validation that names the bad key.
+//!
+//! Relative paths (`data_dir`) are resolved against the directory of the config file, so
+//! `cluster/local-3/node1.toml` keeps its data in `cluster/local-3/data/node1` wherever it is started.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::model::Principal;
+
+/// Errors loading a config file; each names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config {path}: key `{key}`: {message}")]
+    Invalid {
+        path: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// A peer's addresses.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// host:port of its Raft transport.
+    pub raft: String,
+    /// host:port of its client API.
+    pub client: String,
+}
+
+/// Lease time bounds and the leader's lease clock.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaseConfig {
+    /// Smallest TTL a client may ask for.
+    #[serde(with = "humantime_serde_compat")]
+    pub min_ttl: Duration,
+    /// Largest TTL a client may ask for.
+    #[serde(with = "humantime_serde_compat")]
+    pub max_ttl: Duration,
+    /// Longest `wait` a queued acquire may ask for.
+    #[serde(with = "humantime_serde_compat")]
+    pub max_wait: Duration,
+    /// How often the leader looks for leases whose countdown ran out (the expiry batch interval):
+    /// a lease expires no later than ttl + this after its last acknowledged keepalive.
+    #[serde(with = "humantime_serde_compat")]
+    pub expiry_interval: Duration,
+    /// How often the leader records the remaining ttl of leases that got no keepalive this term.
+    #[serde(with = "humantime_serde_compat")]
+    pub ttl_checkpoint_interval: Duration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(3600),
+            max_wait: Duration::from_secs(300),
+            expiry_interval: Duration::from_millis(100),
+            ttl_checkpoint_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Raft timing and log compaction.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftConfig {
+    #[serde(with = "humantime_serde_compat")]
+    pub heartbeat_interval: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub election_timeout_min: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub election_timeout_max: Duration,
+    /// Build a snapshot (and compact the log) after this many entries.
+    pub snapshot_after_entries: u64,
+    /// Log entries kept behind the snapshot, so a briefly lagging follower needs no snapshot.
+    pub keep_entries_after_snapshot: u64,
+}
+
+impl Default for RaftConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_millis(1000),
+            snapshot_after_entries: 10_000,
+            keep_entries_after_snapshot: 1_000,
+        }
+    }
+}
+
+/// One node's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's id; must be a key of `peers`.
+    pub node_id: u64,
+    /// A name shared by the cluster's members; recorded in the data directory.
+    pub cluster_name: String,
+    /// Where this node keeps its RocksDB database (relative to the config file's directory).
+    pub data_dir: PathBuf,
+    /// Every voting member at bootstrap, by id (including this node).
+    #[serde(deserialize_with = "peers_by_id")]
+    pub peers: BTreeMap<u64, PeerConfig>,
+    /// When true, this node initialises the cluster (with all `peers` as voters) on its first start.
+    #[serde(default)]
+    pub bootstrap: bool,
+    /// Must be true for now: clients are not authenticated yet, and the server says so at start.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Principals allowed to revoke (and, later, to manage policy).
+    #[serde(default)]
+    pub admins: Vec<String>,
+    #[serde(default)]
+    pub lease: LeaseConfig,
+    #[serde(default)]
+    pub raft: RaftConfig,
+}
+
+impl Config {
+    /// Read, parse and validate a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let mut config = Self::parse(&text, &shown)?;
+        if config.data_dir.is_relative() {
+            let base = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            config.data_dir = base.join(&config.data_dir);
+        }
+        Ok(config)
+    }
+
+    /// Parse and validate TOML text; `path` only names the source in errors.
+    pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_string(),
+            message: e.to_string(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_string(),
+            key: key.to_string(),
+            message,
+        };
+        if self.cluster_name.trim().is_empty() {
+            return Err(bad("cluster_name", "must not be empty".into()));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(bad("data_dir", "must not be empty".into()));
+        }
+        if self.peers.is_empty() {
+            return Err(bad("peers", "list every member, e.g. [peers.1] raft = \"127.0.0.1:7101\" client = \"127.0.0.1:7001\"".into()));
+        }
+        if !self.peers.contains_key(&self.node_id) {
+            return Err(bad(
+                "node_id",
+                format!(
+                    "{} is not one of the peers {:?}",
+                    self.node_id,
+                    self.peers.keys().collect::<Vec<_>>()
+                ),
+            ));
+        }
+        for (id, peer) in &self.peers {
+            for (field, addr) in [("raft", &peer.raft), ("client", &peer.client)] {
+                if addr.parse::<SocketAddr>().is_err() {
+                    return Err(bad(
+                        &format!("peers.{id}.{field}"),
+                        format!("{addr:?} is not an ip:port address"),
+                    ));
+                }
+            }
+        }
+        for (i, admin) in self.admins.iter().enumerate() {
+            Principal::parse(admin).map_err(|e| bad(&format!("admins[{i}]"), e.to_string()))?;
+        }
+        let l = &self.lease;
+        if l.min_ttl.is_zero() {
+            return Err(bad("lease.min_ttl", "must be greater than zero".into()));
+        }
+        if l.max_ttl < l.min_ttl {
+            return Err(bad(
+                "lease.max_ttl",
+                "must be at least lease.min_ttl".into(),
+            ));
+        }
+        if l.expiry_interval.is_zero() || l.ttl_checkpoint_interval.is_zero() {
+            return Err(bad(
+                "lease.expiry_interval",
+                "intervals must be greater than zero".into(),
+            ));
+        }
+        let r = &self.raft;
+        if r.heartbeat_interval.is_zero() || r.election_timeout_min <= r.heartbeat_interval {
+            return Err(bad(
+                "raft.election_timeout_min",
+                "must be greater than raft.heartbeat_interval".into(),
+            ));
+        }
+        if r.election_timeout_max <= r.election_timeout_min {
+            return Err(bad(
+                "raft.election_timeout_max",
+                "must be greater than raft.election_timeout_min".into(),
+            ));
+        }
+        if r.snapshot_after_entries == 0 {
+            return Err(bad(
+                "raft.snapshot_after_entries",
+                "must be greater than zero".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// This node's own addresses.
+    pub fn me(&self) -> &PeerConfig {
+        &self.peers[&self.node_id]
+    }
+
+    /// Admins as parsed principals (validated at load).
+    pub fn admin_principals(&self) -> Vec<Principal> {
+        self.admins
+            .iter()
+            .filter_map(|a| Principal::parse(a).ok())
+            .collect()
+    }
+}
+
+/// TOML table keys are strings: `[peers.1]` has the key "1", parsed here as a node id.
+fn peers_by_id<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<u64, PeerConfig>, D::Error> {
+    let raw = BTreeMap::<String, PeerConfig>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| {
+            k.parse::<u64>().map(|id| (id, v)).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "peers.{k}: a peer's key must be its numeric node id"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// `Duration` fields written as humantime strings ("500ms", "1h").
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("{s:?}: {e} (write e.g. \"500ms\" or \"10s\")"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+node_id = 1
+cluster_name = "t"
+data_dir = "data/node1"
+insecure = true
+admins = ["human/admin"]
+[peers.1]
+raft = "127.0.0.1:7101"
+client = "127.0.0.1:7001"
+[lease]
+min_ttl = "2s"
+"#;
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = Config::parse(GOOD, "x.toml").unwrap();
+        assert_eq!(c.lease.min_ttl, Duration::from_secs(2));
+        assert_eq!(c.lease.max_ttl, Duration::from_secs(3600));
+        assert_eq!(c.me().client, "127.0.0.1:7001");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::parse(&format!("{GOOD}\nbogus = 1\n"), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn missing_key_is_named() {
+        let err = Config::parse(&GOOD.replace("node_id = 1", ""), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("node_id"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (from, to, key) in [
+            ("node_id = 1", "node_id = 9", "node_id"),
+            (
+                "raft = \"127.0.0.1:7101\"",
+                "raft = \"nowhere\"",
+                "peers.1.raft",
+            ),
+            ("min_ttl = \"2s\"", "min_ttl = \"soon\"", "min_ttl"),
+            ("min_ttl = \"2s\"", "min_ttl = \"2h\"", "lease.max_ttl"),
+            (
+                "admins = [\"human/admin\"]",
+                "admins = [\"root\"]",
+                "admins[0]",
+            ),
+        ] {
+            let err = Config::parse(&GOOD.replace(from, to), "x.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+}

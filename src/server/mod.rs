@@ -1,0 +1,492 @@
+//! A Warrant node: opens storage, starts openraft, serves the Raft transport and the client API, and
+//! runs the leader's duties (the lease clock: expiry and ttl checkpoints).
+//!
+//! Decisions are never made here: every mutation is a [`model::Command`] proposed through Raft and
+//! decided in the state machine's apply. This module validates input, proposes, and carries out the
+//! effects (waking waiting acquires, moving lease deadlines).
+
+mod api;
+mod batch;
+pub mod config;
+mod convert;
+mod lease_clock;
+mod waiters;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::SnapshotPolicy;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Status;
+
+pub use config::Config;
+
+use crate::model::{self, Command, Event, LeaseId, Principal};
+use crate::raft::{network::Network, service::RaftService, NodeAddr, Raft};
+use crate::storage::{self, AppliedEvents, SmReader};
+use batch::Batcher;
+use lease_clock::LeaseClock;
+use waiters::Waiters;
+
+/// How long a proposal may take to commit before the caller is told the outcome is unknown.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a leadership confirmation may take.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most leases named in one leader maintenance entry (Expire / CheckpointTtl).
+const MAX_PER_ENTRY: usize = 10_000;
+/// Metadata key naming the leader's client address on a "not the leader" answer.
+pub const LEADER_METADATA: &str = "warrant-leader";
+
+/// Errors starting a node.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Storage(#[from] storage::Error),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        addr: String,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Wall-clock milliseconds since the Unix epoch: stamped into entries for audit and policy only;
+/// durations are measured with the monotonic clock.
+pub(crate) fn wall_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Everything the services and background tasks of one node share.
+pub(crate) struct Shared {
+    pub node_id: u64,
+    pub raft: Raft,
+    pub sm: SmReader,
+    pub config: Config,
+    pub admins: Vec<Principal>,
+    pub clock: LeaseClock,
+    pub waiters: Waiters,
+    /// Shares one quorum confirmation among concurrent keepalives (DESIGN rule 3).
+    pub confirmer: Batcher<(), Result<(), Status>>,
+    /// Shares one `Renew` entry among the first keepalives of leases in a new term.
+    pub renewer: Batcher<LeaseId, Result<Result<model::Lease, model::OpError>, Status>>,
+}
+
+impl Shared {
+    /// Propose a command and wait for the state machine's answer.
+    pub async fn propose(&self, cmd: Command) -> Result<model::Response, Status> {
+        let request = model::Request {
+            now_ms: wall_now_ms(),
+            cmd,
+        };
+        match tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(request)).await {
+            Err(_) => Err(Status::deadline_exceeded(
+                "the cluster did not commit the request in time; its outcome is unknown: retry with the same request_id",
+            )),
+            Ok(Ok(resp)) => resp.data.0.ok_or_else(|| Status::internal("the state machine gave no answer")),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(not_leader(f.leader_node.as_ref()))
+            }
+            Ok(Err(e)) => Err(Status::unavailable(format!("cannot commit: {e}"))),
+        }
+    }
+
+    /// Confirm this node leads (quorum round trip) and that its state machine has applied everything
+    /// committed before the call: after this, reads are linearizable.
+    pub async fn confirm_leadership(&self) -> Result<(), Status> {
+        match tokio::time::timeout(CONFIRM_TIMEOUT, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(Status::unavailable(
+                "could not confirm leadership with a quorum in time; retry",
+            )),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                Err(not_leader(f.leader_node.as_ref()))
+            }
+            Ok(Err(e)) => Err(Status::unavailable(format!(
+                "cannot confirm leadership: {e}"
+            ))),
+        }
+    }
+
+    /// A "not the leader" answer naming the leader this node knows of.
+    pub fn redirect(&self) -> Status {
+        let m = self.raft.metrics().borrow().clone();
+        let node = m
+            .current_leader
+            .and_then(|id| m.membership_config.membership().get_node(&id).cloned());
+        not_leader(node.as_ref())
+    }
+}
+
+fn not_leader(leader: Option<&NodeAddr>) -> Status {
+    match leader {
+        Some(node) => {
+            let mut status = Status::unavailable(format!(
+                "not the leader; the leader is at {} (clients retry there)",
+                node.client
+            ));
+            if let Ok(v) = node.client.parse() {
+                status.metadata_mut().insert(LEADER_METADATA, v);
+            }
+            status
+        }
+        None => Status::unavailable(
+            "not the leader, and no leader is known yet (an election is under way); retry shortly",
+        ),
+    }
+}
+
+/// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
+pub struct NodeHandle {
+    pub raft: Raft,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    /// Stop serving and shut Raft down.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.raft.shutdown().await;
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Start a node from its config: storage, Raft, both gRPC servers and the leader's duties.
+pub async fn start(config: Config) -> Result<NodeHandle, Error> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Bind {
+        addr: config.data_dir.display().to_string(),
+        what: "data directory",
+        source,
+    })?;
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (log_store, sm_store) = storage::open(
+        &config.data_dir,
+        &config.cluster_name,
+        config.node_id,
+        events_tx,
+    )?;
+    let sm = sm_store.reader();
+
+    let rc = &config.raft;
+    let raft_config = openraft::Config {
+        cluster_name: config.cluster_name.clone(),
+        heartbeat_interval: rc.heartbeat_interval.as_millis() as u64,
+        election_timeout_min: rc.election_timeout_min.as_millis() as u64,
+        election_timeout_max: rc.election_timeout_max.as_millis() as u64,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(rc.snapshot_after_entries),
+        max_in_snapshot_log_to_keep: rc.keep_entries_after_snapshot,
+        install_snapshot_timeout: 2000,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| Error::Raft(e.to_string()))?;
+    let raft = Raft::new(
+        config.node_id,
+        Arc::new(raft_config),
+        Network,
+        log_store,
+        sm_store,
+    )
+    .await
+    .map_err(|e| Error::Raft(e.to_string()))?;
+
+    let me = config.me().clone();
+    let raft_listener = TcpListener::bind(&me.raft)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: me.raft.clone(),
+            what: "raft",
+            source,
+        })?;
+    let client_listener = TcpListener::bind(&me.client)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: me.client.clone(),
+            what: "client API",
+            source,
+        })?;
+
+    let confirm_raft = raft.clone();
+    let confirmer = Batcher::spawn(move |items: Vec<()>| {
+        let raft = confirm_raft.clone();
+        async move {
+            let result =
+                match tokio::time::timeout(CONFIRM_TIMEOUT, raft.ensure_linearizable()).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(Status::unavailable(format!(
+                        "leadership not confirmed: {e}"
+                    ))),
+                    Err(_) => Err(Status::unavailable("leadership not confirmed in time")),
+                };
+            vec![result; items.len()]
+        }
+    });
+    let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
+        let weak = weak.clone();
+        let renewer = Batcher::spawn(move |ids: Vec<LeaseId>| {
+            let weak = weak.clone();
+            async move { renew_batch(weak, ids).await }
+        });
+        Shared {
+            node_id: config.node_id,
+            raft: raft.clone(),
+            sm,
+            admins: config.admin_principals(),
+            config: config.clone(),
+            clock: LeaseClock::default(),
+            waiters: Waiters::default(),
+            confirmer,
+            renewer,
+        }
+    });
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let stop = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tasks.push(tokio::spawn({
+        let svc = RaftService::new(raft.clone());
+        let stop = stop(shutdown_rx.clone());
+        async move {
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(raft_listener), stop)
+                .await
+            {
+                tracing::error!(error = %e, "raft transport stopped");
+            }
+        }
+    }));
+    tasks.push(tokio::spawn({
+        let svc = api::service(shared.clone());
+        let stop = stop(shutdown_rx.clone());
+        async move {
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), stop)
+                .await
+            {
+                tracing::error!(error = %e, "client API stopped");
+            }
+        }
+    }));
+    tasks.push(tokio::spawn(dispatch_events(shared.clone(), events_rx)));
+    tasks.push(tokio::spawn(leader_duties(shared.clone())));
+
+    if config.bootstrap
+        && !raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?
+    {
+        let members: BTreeMap<u64, NodeAddr> = config
+            .peers
+            .iter()
+            .map(|(id, p)| {
+                (
+                    *id,
+                    NodeAddr {
+                        raft: p.raft.clone(),
+                        client: p.client.clone(),
+                    },
+                )
+            })
+            .collect();
+        // Another start may have initialised it already (e.g. a restart before the first commit).
+        if let Err(e) = raft.initialize(members).await {
+            tracing::warn!(error = %e, "cluster initialisation skipped");
+        } else {
+            tracing::info!("initialised the cluster with {} voters", config.peers.len());
+        }
+    }
+    tracing::info!(node = config.node_id, client = %me.client, raft = %me.raft, "node started");
+    Ok(NodeHandle {
+        raft,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Carry out the state machine's events: wake waiting acquires, keep the lease clock in step.
+async fn dispatch_events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<AppliedEvents>) {
+    while let Some(events) = rx.recv().await {
+        for event in events {
+            match event {
+                Event::Granted { grant } => {
+                    shared.clock.on_granted(
+                        grant.lease.lease_id,
+                        Duration::from_millis(grant.lease.ttl_ms),
+                    );
+                    tracing::info!(resource = %grant.lease.resource, lease = %grant.lease.lease_id,
+                        token = grant.lease.token.0, principal = %grant.lease.principal, "granted");
+                    let request_id = grant.lease.request_id.clone();
+                    shared
+                        .waiters
+                        .notify(&request_id, model::AcquireOutcome::Granted(grant));
+                }
+                Event::Ended { lease, reason } => {
+                    shared.clock.on_ended(lease.lease_id);
+                    tracing::info!(resource = %lease.resource, lease = %lease.lease_id, token = lease.token.0,
+                        ended = %reason, "lease ended");
+                }
+                Event::WaiterEnded { request_id } => {
+                    shared
+                        .waiters
+                        .notify(&request_id, model::AcquireOutcome::WaitEnded);
+                }
+            }
+        }
+    }
+}
+
+/// Renew a batch of leases with one `Renew` entry (the first keepalive of each in this term).
+async fn renew_batch(
+    shared: std::sync::Weak<Shared>,
+    ids: Vec<LeaseId>,
+) -> Vec<Result<Result<model::Lease, model::OpError>, Status>> {
+    let Some(shared) = shared.upgrade() else {
+        return ids
+            .iter()
+            .map(|_| Err(Status::unavailable("node is shutting down")))
+            .collect();
+    };
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    match shared.propose(Command::Renew { lease_ids: unique }).await {
+        Ok(model::Response::Renew(results)) => {
+            let by_id: std::collections::HashMap<_, _> = results.into_iter().collect();
+            ids.iter()
+                .map(|id| {
+                    Ok(by_id
+                        .get(id)
+                        .cloned()
+                        .unwrap_or(Err(model::OpError::UnknownLease(*id))))
+                })
+                .collect()
+        }
+        Ok(_) => ids
+            .iter()
+            .map(|_| Err(Status::internal("unexpected answer to Renew")))
+            .collect(),
+        Err(status) => ids.iter().map(|_| Err(status.clone())).collect(),
+    }
+}
+
+/// The leader's duties: initialise the lease clock on winning an election, propose expiries of leases
+/// whose countdown ran out (batched), and checkpoint the remaining ttl of quiet leases.
+async fn leader_duties(shared: Arc<Shared>) {
+    let mut metrics = shared.raft.metrics();
+    let lease = shared.config.lease.clone();
+    let mut ticker = tokio::time::interval(lease.expiry_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_checkpoint = tokio::time::Instant::now();
+    loop {
+        let leading = {
+            let m = metrics.borrow();
+            (m.state.is_leader() && m.current_leader == Some(shared.node_id))
+                .then_some(m.current_term)
+        };
+        match (leading, shared.clock.active_term()) {
+            (Some(term), Some(active)) if term == active => {
+                expire_due(&shared).await;
+                if last_checkpoint.elapsed() >= lease.ttl_checkpoint_interval {
+                    last_checkpoint = tokio::time::Instant::now();
+                    checkpoint_quiet(&shared, term).await;
+                }
+            }
+            (Some(term), _) => activate(&shared, term).await,
+            (None, Some(_)) => shared.clock.deactivate(),
+            (None, None) => {}
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = ticker.tick() => {}
+        }
+    }
+}
+
+/// Start counting on a new leader: once its first entry is applied, every live lease gets the
+/// countdown the state machine's rule gives it (DESIGN rule 3).
+async fn activate(shared: &Shared, term: u64) {
+    if shared.confirm_leadership().await.is_err() {
+        return;
+    }
+    let countdowns: Vec<(LeaseId, Duration)> = {
+        let sm = shared.sm.read();
+        if sm.state.current_term() != term {
+            return; // our first entry is not applied yet; try again on the next tick
+        }
+        sm.state
+            .leases()
+            .map(|l| {
+                (
+                    l.lease_id,
+                    Duration::from_millis(sm.state.initial_countdown_ms(l)),
+                )
+            })
+            .collect()
+    };
+    tracing::info!(
+        term,
+        leases = countdowns.len(),
+        "leader: lease clock started"
+    );
+    shared.clock.activate(term, countdowns);
+}
+
+async fn expire_due(shared: &Shared) {
+    let due = shared.clock.due(MAX_PER_ENTRY);
+    if due.is_empty() {
+        return;
+    }
+    match shared
+        .propose(Command::Expire {
+            lease_ids: due.clone(),
+        })
+        .await
+    {
+        Ok(_) => tracing::debug!(count = due.len(), "expired leases"),
+        Err(e) => tracing::warn!(error = %e, "could not propose expiry"),
+    }
+}
+
+async fn checkpoint_quiet(shared: &Shared, term: u64) {
+    let quiet: Vec<LeaseId> = {
+        let sm = shared.sm.read();
+        sm.state
+            .leases()
+            .filter(|l| l.renew_term != term)
+            .map(|l| l.lease_id)
+            .take(MAX_PER_ENTRY)
+            .collect()
+    };
+    let remaining: Vec<(LeaseId, u64)> = quiet
+        .into_iter()
+        .filter_map(|id| {
+            shared
+                .clock
+                .remaining(id)
+                .map(|d| (id, d.as_millis() as u64))
+        })
+        .collect();
+    if remaining.is_empty() {
+        return;
+    }
+    if let Err(e) = shared.propose(Command::CheckpointTtl { remaining }).await {
+        tracing::warn!(error = %e, "could not checkpoint remaining ttl");
+    }
+}

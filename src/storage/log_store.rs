@@ -1,0 +1,187 @@
+//! The Raft log and vote in RocksDB (`logs` keyed by big-endian index, `meta` for vote, committed and
+//! last purged). Appends are one synced write batch, so concurrent client requests that openraft gathers
+//! into one `append` share one fsync (group commit).
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{RaftLogReader, StorageIOError, Vote};
+use rocksdb::{Direction, IteratorMode, DB};
+
+use super::{cf, decode, encode, sync_write, CF_LOGS, CF_META};
+use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig};
+
+/// RocksDB-backed Raft log storage; cheap to clone (shares the database).
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+}
+
+fn key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+fn read_err(e: impl std::error::Error + Send + Sync + 'static) -> StorageError {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn write_err(e: impl std::error::Error + Send + Sync + 'static) -> StorageError {
+    StorageIOError::write_logs(&e).into()
+}
+
+impl LogStore {
+    pub(super) fn new(db: Arc<DB>) -> Self {
+        Self { db }
+    }
+
+    fn meta_get<T: serde::de::DeserializeOwned>(
+        &self,
+        k: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        match self.db.get_cf(cf(&self.db, CF_META), k).map_err(read_err)? {
+            Some(bytes) => Ok(Some(decode(&bytes).map_err(read_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn meta_put<T: serde::Serialize>(
+        &self,
+        k: &[u8],
+        v: &T,
+        sync: bool,
+    ) -> Result<(), StorageError> {
+        let wo = if sync {
+            sync_write()
+        } else {
+            rocksdb::WriteOptions::default()
+        };
+        self.db
+            .put_cf_opt(cf(&self.db, CF_META), k, encode(v), &wo)
+            .map_err(write_err)
+    }
+
+    fn last_entry_id(&self) -> Result<Option<LogId>, StorageError> {
+        let mut it = self
+            .db
+            .iterator_cf(cf(&self.db, CF_LOGS), IteratorMode::End);
+        match it.next() {
+            Some(Ok((_, v))) => Ok(Some(decode::<Entry>(&v).map_err(read_err)?.log_id)),
+            Some(Err(e)) => Err(read_err(e)),
+            None => Ok(None),
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            cf(&self.db, CF_LOGS),
+            IteratorMode::From(&key(start), Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item.map_err(read_err)?;
+            let index = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
+                read_err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "log key is not 8 bytes",
+                ))
+            })?);
+            if !range.contains(&index) {
+                break;
+            }
+            out.push(decode::<Entry>(&v).map_err(read_err)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.meta_get(b"last_purged")?;
+        let last = self.last_entry_id()?.or(last_purged);
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        self.meta_put(b"vote", vote, true)
+            .map_err(|e| StorageIOError::write_vote(&std::io::Error::other(e.to_string())).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
+        self.meta_get(b"vote")
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not synced: after a crash openraft learns the commit index from the leader again; this only
+        // lets a restarted node re-apply its own committed entries without waiting for it.
+        self.meta_put(b"committed", &committed, false)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.meta_get::<Option<LogId>>(b"committed")?.flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let logs = cf(&self.db, CF_LOGS);
+        let mut batch = rocksdb::WriteBatch::default();
+        for entry in entries {
+            batch.put_cf(logs, key(entry.log_id.index), encode(&entry));
+        }
+        let result = self.db.write_opt(batch, &sync_write());
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(write_err(e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let logs = cf(&self.db, CF_LOGS);
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.delete_range_cf(logs, key(log_id.index), key(u64::MAX));
+        batch.delete_cf(logs, key(u64::MAX));
+        self.db.write_opt(batch, &sync_write()).map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Record the purge point first, so a crash in between leaves extra entries, never a gap.
+        self.meta_put(b"last_purged", &log_id, true)?;
+        let logs = cf(&self.db, CF_LOGS);
+        self.db
+            .delete_range_cf(logs, key(0), key(log_id.index + 1))
+            .map_err(write_err)
+    }
+}

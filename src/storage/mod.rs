@@ -1,0 +1,152 @@
+//! RocksDB storage: the Raft log, the vote, and the state machine's snapshots, in one database with
+//! column families.
+//!
+//! Invariant (DESIGN rule 5): nothing is acknowledged before it is on disk. Log appends, truncations
+//! and the vote are written with `sync = true` (fsync) before openraft is told they are durable; a
+//! snapshot is synced before it replaces the previous one. The state machine itself is held in memory
+//! and rebuilt at start from the last snapshot plus the committed log that follows it, so every
+//! acknowledged grant, release and checkpoint survives `kill -9`.
+//!
+//! The data directory records its format version, cluster name and node id; a node refuses to start
+//! on another cluster's (or another node's) data.
+
+mod log_store;
+mod state_machine;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+
+pub use log_store::LogStore;
+pub use state_machine::{AppliedEvents, SmReader, StateMachineStore};
+
+/// On-disk format of the data directory. Bump when entries or snapshots change incompatibly.
+pub const DATA_FORMAT_VERSION: u32 = 1;
+
+const CF_META: &str = "meta";
+const CF_LOGS: &str = "logs";
+const CF_SNAPSHOT: &str = "snapshot";
+
+/// Errors opening or checking the data directory.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open the data directory {path}: {source}")]
+    Open {
+        path: String,
+        source: rocksdb::Error,
+    },
+    #[error("storage I/O failed: {0}")]
+    Io(#[from] rocksdb::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error(
+        "the data directory {path} belongs to cluster {found_cluster:?} node {found_node}, but this \
+         config is cluster {cluster:?} node {node}; point data_dir at this node's own directory (or an \
+         empty one to join afresh)"
+    )]
+    ForeignData {
+        path: String,
+        found_cluster: String,
+        found_node: u64,
+        cluster: String,
+        node: u64,
+    },
+    #[error(
+        "the data directory {path} has format version {found}, this build reads version {supported}; \
+         run the Warrant version that wrote it"
+    )]
+    UnknownFormat {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
+}
+
+/// The identity recorded in a data directory on first start.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+struct Identity {
+    format: u32,
+    cluster: String,
+    node: u64,
+}
+
+/// Open (creating if needed) the node's database and check it belongs to `cluster` / `node`.
+pub fn open(
+    dir: &Path,
+    cluster: &str,
+    node: u64,
+    events: tokio::sync::mpsc::UnboundedSender<AppliedEvents>,
+) -> Result<(LogStore, StateMachineStore), Error> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    let cfs = [CF_META, CF_LOGS, CF_SNAPSHOT]
+        .into_iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| Error::Open {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let db = Arc::new(db);
+    check_identity(&db, dir, cluster, node)?;
+    let sm = StateMachineStore::open(db.clone(), events)?;
+    Ok((LogStore::new(db), sm))
+}
+
+fn check_identity(db: &DB, dir: &Path, cluster: &str, node: u64) -> Result<(), Error> {
+    let meta = cf(db, CF_META);
+    let path = dir.display().to_string();
+    match db.get_cf(meta, b"identity")? {
+        Some(bytes) => {
+            let found: Identity = decode(&bytes)?;
+            if found.format != DATA_FORMAT_VERSION {
+                return Err(Error::UnknownFormat {
+                    path,
+                    found: found.format,
+                    supported: DATA_FORMAT_VERSION,
+                });
+            }
+            if found.cluster != cluster || found.node != node {
+                return Err(Error::ForeignData {
+                    path,
+                    found_cluster: found.cluster,
+                    found_node: found.node,
+                    cluster: cluster.to_string(),
+                    node,
+                });
+            }
+            Ok(())
+        }
+        None => {
+            let me = Identity {
+                format: DATA_FORMAT_VERSION,
+                cluster: cluster.to_string(),
+                node,
+            };
+            let mut wo = rocksdb::WriteOptions::default();
+            wo.set_sync(true);
+            db.put_cf_opt(meta, b"identity", encode(&me), &wo)?;
+            Ok(())
+        }
+    }
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name)
+        .expect("column families are created at open")
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    bincode::serialize(value).expect("bincode serialises every in-memory value")
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    bincode::deserialize(bytes).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn sync_write() -> rocksdb::WriteOptions {
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(true);
+    wo
+}

@@ -1,0 +1,239 @@
+//! The replicated state machine as openraft sees it: the pure [`model::State`] in memory, its snapshots
+//! in RocksDB (`snapshot` column family), and the events each applied batch produced, handed to the
+//! server (to wake waiting acquires and to keep the leader's lease clock in step).
+//!
+//! At start the last snapshot is loaded; openraft then re-applies the committed log after it.
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
+use rocksdb::DB;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::{cf, decode, encode, sync_write, Error, CF_SNAPSHOT};
+use crate::model::{self, EntryMeta, Event};
+use crate::raft::{
+    CommandResponse, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
+};
+
+/// The events produced by one applied batch of entries, in log order.
+pub type AppliedEvents = Vec<Event>;
+
+/// What the state machine holds besides the model: where it is in the log.
+#[derive(Default)]
+pub struct SmData {
+    pub state: model::State,
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+}
+
+/// A snapshot as stored on disk and sent to followers: openraft's meta plus the model's own bytes
+/// (which start with the model's snapshot format version).
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// Read access to the state machine for the server (queries, leader duties).
+#[derive(Clone)]
+pub struct SmReader(Arc<RwLock<SmData>>);
+
+impl SmReader {
+    /// Read the current state. Hold the guard briefly: applies wait for it.
+    pub fn read(&self) -> RwLockReadGuard<'_, SmData> {
+        self.0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// openraft's state machine and snapshot builder; cheap to clone.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    data: Arc<RwLock<SmData>>,
+    db: Arc<DB>,
+    events: UnboundedSender<AppliedEvents>,
+}
+
+impl StateMachineStore {
+    pub(super) fn open(db: Arc<DB>, events: UnboundedSender<AppliedEvents>) -> Result<Self, Error> {
+        let mut data = SmData::default();
+        if let Some(bytes) = db.get_cf(cf(&db, CF_SNAPSHOT), b"current")? {
+            let snap: StoredSnapshot = decode(&bytes)?;
+            data.state = model::State::from_snapshot(&snap.data)
+                .map_err(|e| Error::Corrupt(e.to_string()))?;
+            data.last_applied = snap.meta.last_log_id;
+            data.membership = snap.meta.last_membership.clone();
+        }
+        Ok(Self {
+            data: Arc::new(RwLock::new(data)),
+            db,
+            events,
+        })
+    }
+
+    /// A handle for reading the state from the server.
+    pub fn reader(&self) -> SmReader {
+        SmReader(self.data.clone())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, SmData> {
+        self.data
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, SmData> {
+        self.data
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn load_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
+        let bytes = self
+            .db
+            .get_cf(cf(&self.db, CF_SNAPSHOT), b"current")
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        match bytes {
+            Some(b) => Ok(Some(
+                decode(&b).map_err(|e| StorageIOError::read_snapshot(None, &e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    fn save_snapshot(&self, snap: &StoredSnapshot) -> Result<(), StorageError> {
+        self.db
+            .put_cf_opt(
+                cf(&self.db, CF_SNAPSHOT),
+                b"current",
+                encode(snap),
+                &sync_write(),
+            )
+            .map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), &e).into())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let (data, meta) = {
+            let sm = self.read();
+            let id = match sm.last_applied {
+                Some(l) => format!(
+                    "{}-{}-{}",
+                    l.leader_id.term,
+                    l.index,
+                    uuid::Uuid::new_v4().simple()
+                ),
+                None => format!("empty-{}", uuid::Uuid::new_v4().simple()),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: sm.last_applied,
+                last_membership: sm.membership.clone(),
+                snapshot_id: id,
+            };
+            (sm.state.to_snapshot(), meta)
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        self.save_snapshot(&stored)?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = stored.data.len(), "built snapshot");
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(encode(&stored))),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let sm = self.read();
+        Ok((sm.last_applied, sm.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut responses = Vec::new();
+        let mut events = Vec::new();
+        {
+            let mut sm = self.write();
+            for entry in entries {
+                let at = EntryMeta {
+                    index: entry.log_id.index,
+                    term: entry.log_id.leader_id.term,
+                };
+                sm.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => {
+                        sm.state.observe(at);
+                        responses.push(CommandResponse(None));
+                    }
+                    EntryPayload::Normal(ref request) => {
+                        let response = sm.state.apply(at, request, &mut events);
+                        responses.push(CommandResponse(Some(response)));
+                    }
+                    EntryPayload::Membership(ref m) => {
+                        sm.state.observe(at);
+                        sm.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                        responses.push(CommandResponse(None));
+                    }
+                }
+            }
+        }
+        if !events.is_empty() {
+            // The receiver lives as long as the node; if it is gone the node is shutting down.
+            let _ = self.events.send(events);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let bytes = snapshot.into_inner();
+        let stored: StoredSnapshot = decode(&bytes)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let state = model::State::from_snapshot(&stored.data)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: stored.data,
+        };
+        self.save_snapshot(&stored)?;
+        let mut sm = self.write();
+        sm.state = state;
+        sm.last_applied = meta.last_log_id;
+        sm.membership = meta.last_membership.clone();
+        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        Ok(self.load_snapshot()?.map(|stored| Snapshot {
+            meta: stored.meta.clone(),
+            snapshot: Box::new(Cursor::new(encode(&stored))),
+        }))
+    }
+}

@@ -1,0 +1,237 @@
+//! The one test harness: real `warrant server` processes on 127.0.0.1 (free ports, temp dirs),
+//! killed with SIGKILL and restarted like a user would; and the `warrant` CLI run as a process.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use warrant::client::{Client, ClientConfig};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_warrant");
+
+/// Knobs a test may turn.
+#[derive(Clone)]
+pub struct Opts {
+    pub nodes: usize,
+    pub snapshot_after_entries: u64,
+    pub keep_entries_after_snapshot: u64,
+    pub min_ttl: &'static str,
+    pub max_ttl: &'static str,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            snapshot_after_entries: 10_000,
+            keep_entries_after_snapshot: 1_000,
+            min_ttl: "500ms",
+            max_ttl: "1h",
+        }
+    }
+}
+
+pub struct Node {
+    pub id: u64,
+    pub client_addr: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    /// Write configs and start every node.
+    pub fn start(opts: Opts) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports: Vec<(u16, u16)> = (0..opts.nodes)
+            .map(|_| (free_port(), free_port()))
+            .collect();
+        let mut peers = String::new();
+        for (i, (raft, client)) in ports.iter().enumerate() {
+            peers.push_str(&format!(
+                "[peers.{}]\nraft = \"127.0.0.1:{raft}\"\nclient = \"127.0.0.1:{client}\"\n",
+                i + 1
+            ));
+        }
+        let mut nodes = Vec::new();
+        for (i, (_, client)) in ports.iter().enumerate() {
+            let id = i as u64 + 1;
+            let config = dir.path().join(format!("node{id}.toml"));
+            let text = format!(
+                "node_id = {id}\ncluster_name = \"test\"\ndata_dir = \"data{id}\"\nbootstrap = {}\ninsecure = true\n\
+                 admins = [\"human/admin\"]\n[lease]\nmin_ttl = \"{}\"\nmax_ttl = \"{}\"\nexpiry_interval = \"50ms\"\n\
+                 ttl_checkpoint_interval = \"500ms\"\n[raft]\nheartbeat_interval = \"100ms\"\nelection_timeout_min = \"500ms\"\n\
+                 election_timeout_max = \"1000ms\"\nsnapshot_after_entries = {}\nkeep_entries_after_snapshot = {}\n{peers}",
+                id == 1,
+                opts.min_ttl,
+                opts.max_ttl,
+                opts.snapshot_after_entries,
+                opts.keep_entries_after_snapshot
+            );
+            std::fs::write(&config, text).expect("write config");
+            let log = dir.path().join(format!("node{id}.log"));
+            nodes.push(Node {
+                id,
+                client_addr: format!("127.0.0.1:{client}"),
+                config,
+                log,
+                child: None,
+            });
+        }
+        let mut cluster = Cluster { dir, nodes };
+        for id in 1..=opts.nodes as u64 {
+            cluster.start_node(id);
+        }
+        cluster
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    /// Start (or restart) a node process; its stderr goes to its log file.
+    pub fn start_node(&mut self, id: u64) {
+        let node = &mut self.nodes[(id - 1) as usize];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("open log");
+        let child = Command::new(BIN)
+            .args(["server", "--config"])
+            .arg(&node.config)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn warrant server");
+        node.child = Some(child);
+    }
+
+    /// kill -9 a node.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.nodes[(id - 1) as usize].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.client_addr.clone()).collect()
+    }
+
+    pub fn endpoints_csv(&self) -> String {
+        self.endpoints().join(",")
+    }
+
+    pub fn client(&self, principal: &str) -> Client {
+        Client::new(ClientConfig::new(self.endpoints(), principal).unwrap()).unwrap()
+    }
+
+    /// A client that talks to one node only.
+    pub fn node_client(&self, id: u64, principal: &str) -> Client {
+        Client::new(ClientConfig::new([self.node(id).client_addr.clone()], principal).unwrap())
+            .unwrap()
+    }
+
+    /// Wait until some live node reports a leader that the others agree on; returns its id.
+    pub async fn wait_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+                if let Ok(s) = self.node_client(n.id, "human/test").status().await {
+                    let alive = self
+                        .nodes
+                        .iter()
+                        .any(|m| m.id == s.leader && m.child.is_some());
+                    if s.leader != 0 && alive {
+                        // Confirm the leader itself agrees.
+                        if let Ok(ls) = self.node_client(s.leader, "human/test").status().await {
+                            if ls.leader == s.leader {
+                                return s.leader;
+                            }
+                        }
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader within {timeout:?}; logs in {}",
+                self.dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Run the CLI against this cluster.
+    pub fn cli(&self, principal: &str, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .env("WARRANT_ENDPOINTS", self.endpoints_csv())
+            .env("WARRANT_PRINCIPAL", principal)
+            .output()
+            .expect("run warrant")
+    }
+
+    pub fn log_of(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.node(id).log).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// Poll `check` until it returns Some, at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("not json ({e}): {} / {}", stdout(o), stderr(o)))
+}
