@@ -152,6 +152,8 @@ impl AcquireOptions {
 }
 
 /// The answer to an acquire.
+// Returned once per call and matched at once; boxing the lease would only cost callers a deref.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Acquired {
     /// Granted: the lease keeps itself alive until released or dropped.

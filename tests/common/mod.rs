@@ -182,6 +182,7 @@ impl Cluster {
     pub fn cli(&self, principal: &str, args: &[&str]) -> Output {
         Command::new(BIN)
             .args(args)
+            .env("PATH", path_with_warrant())
             .env("WARRANT_ENDPOINTS", self.endpoints_csv())
             .env("WARRANT_PRINCIPAL", principal)
             .output()
@@ -221,6 +222,19 @@ where
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// PATH with the built `warrant` first, as an installed binary would be (children of `warrant run`
+/// call it).
+pub fn path_with_warrant() -> String {
+    let bin_dir = std::path::Path::new(BIN)
+        .parent()
+        .expect("binary has a directory");
+    format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
 }
 
 pub fn stdout(o: &Output) -> String {

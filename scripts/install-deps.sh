@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Install the system packages the build needs on Debian/Ubuntu: clang and libclang for RocksDB's
+# bindgen, a C++ compiler for RocksDB itself. protoc is vendored (protoc-bin-vendored), so no
+# protobuf-compiler package is needed. Skips apt entirely when everything is already there.
+set -euo pipefail
+need=()
+for pkg in clang libclang-dev g++ make pkg-config; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "installing: ${need[*]}" >&2
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
