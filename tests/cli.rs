@@ -331,9 +331,11 @@ async fn run_passes_the_lease_to_the_child_and_releases_on_exit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_kills_the_child_when_its_lease_is_revoked() {
+async fn run_kills_the_child_and_its_children_when_its_lease_is_revoked() {
     let cluster = Cluster::start(Opts::default());
     cluster.wait_leader(WAIT).await;
+    let pid_file = cluster.dir.path().join("grandchild.pid");
+    let script = format!("sleep 60 & echo $! > {}; wait", pid_file.display());
     let mut child = Command::new(BIN)
         .args([
             "run",
@@ -343,8 +345,9 @@ async fn run_kills_the_child_when_its_lease_is_revoked() {
             "--grace",
             "500ms",
             "--",
-            "sleep",
-            "60",
+            "sh",
+            "-c",
+            &script,
         ])
         .env("WARRANT_ENDPOINTS", cluster.endpoints_csv())
         .env("WARRANT_PRINCIPAL", "agent/a")
@@ -376,6 +379,23 @@ async fn run_kills_the_child_when_its_lease_is_revoked() {
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(err.contains("revoked by human/admin: incident 7"), "{err}");
+    // The grandchild (what `sh -c` started) was stopped too.
+    let pid = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .next()
+        .unwrap_or("gone");
+    assert!(
+        matches!(state, "gone" | "Z" | "X"),
+        "grandchild {pid} still running: state {state}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

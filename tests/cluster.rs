@@ -321,3 +321,32 @@ async fn a_queued_waiter_is_granted_when_the_holder_releases() {
     o.wait = Some(Duration::from_millis(500));
     assert!(matches!(c.acquire(o).await.unwrap(), Acquired::WaitEnded));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_quorum_acknowledges_no_keepalive() {
+    let cluster = Cluster::start(Opts::default());
+    let leader = cluster.wait_leader(WAIT).await;
+    let a = cluster.client("agent/a");
+    let lease = granted(&a, opts("svc/partitioned", 3_000)).await;
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    for f in &followers {
+        cluster.pause(*f);
+    }
+    // Straight to the old leader: it cannot confirm its leadership, so it must not extend the lease.
+    let mut cfg = ClientConfig::new([cluster.node(leader).client_addr.clone()], "agent/a").unwrap();
+    cfg.call_timeout = Duration::from_secs(5);
+    let direct = Client::new(cfg).unwrap();
+    let answer = direct.keepalive(lease.lease_id()).await;
+    assert!(
+        answer.is_err(),
+        "an unconfirmed leader acknowledged a keepalive: {answer:?}"
+    );
+    // And the holder learns by its own clock that it may no longer act.
+    let lost = tokio::time::timeout(Duration::from_secs(5), lease.lost())
+        .await
+        .expect("lapse within ttl");
+    assert_eq!(lost, warrant::client::LostReason::Lapsed);
+    for f in &followers {
+        cluster.resume(*f);
+    }
+}

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 
 use super::{exit, fail, wait_for_shutdown_signal};
@@ -55,6 +55,8 @@ pub async fn run(client: Client, opts: AcquireOptions, grace: Duration, cmd: Vec
     let mut command = tokio::process::Command::new(&cmd[0]);
     command
         .args(&cmd[1..])
+        // Its own process group, so stopping it reaches everything it started (`sh -c 'deploy.sh'`).
+        .process_group(0)
         .env("WARRANT_TOKEN", lease.token().to_string())
         .env("WARRANT_LEASE_ID", lease.lease_id())
         .env("WARRANT_RESOURCE", lease.resource())
@@ -101,13 +103,20 @@ pub async fn run(client: Client, opts: AcquireOptions, grace: Duration, cmd: Vec
     }
 }
 
-/// SIGTERM, then SIGKILL if CMD is still running after `grace`.
+/// SIGTERM to CMD's process group, then SIGKILL to the group if CMD is still running after `grace`.
 async fn stop(child: &mut tokio::process::Child, grace: Duration) {
-    if let Some(pid) = child.id() {
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    let group = child.id().map(|pid| Pid::from_raw(pid as i32));
+    if let Some(pgid) = group {
+        let _ = killpg(pgid, Signal::SIGTERM);
     }
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        if let Some(pgid) = group {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
         let _ = child.kill().await;
+    } else if let Some(pgid) = group {
+        // CMD is gone; anything it left running in its group must not outlive the lease either.
+        let _ = killpg(pgid, Signal::SIGKILL);
     }
 }
 

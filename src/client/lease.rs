@@ -79,6 +79,7 @@ impl Lease {
         let (tx, rx) = watch::channel(Validity::Until(t_send + ttl.mul_f64(1.0 - drift)));
         let keeper = tokio::spawn(keep_alive(
             client.clone(),
+            t_send,
             lease.lease_id.clone(),
             ttl,
             drift,
@@ -195,13 +196,16 @@ impl Lease {
 
 async fn keep_alive(
     client: Client,
+    granted_send: Instant,
     lease_id: String,
     ttl: Duration,
     drift: f64,
     tx: watch::Sender<Validity>,
 ) {
     let period = (ttl / 3).max(Duration::from_millis(50));
-    let mut next = Instant::now() + period;
+    // Counted from when the acquire was sent: if it took long to answer, the first keepalive is due
+    // at once.
+    let mut next = granted_send + period;
     loop {
         tokio::time::sleep_until(next).await;
         let t_send = Instant::now();

@@ -38,6 +38,9 @@ use crate::proto;
 use crate::proto::warrant_client::WarrantClient;
 use crate::server::LEADER_METADATA;
 
+/// Longest a single attempt at one node may take before the next node is tried.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Errors of the client library.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -227,6 +230,10 @@ impl Client {
             .map_err(|_| ClientError::Invalid(format!("endpoint {endpoint:?} is not host:port")))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
+            // Notice a paused or partitioned node within seconds instead of waiting on a dead stream.
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(1))
+            .keep_alive_while_idle(true)
             .connect_lazy();
         channels.insert(endpoint.to_string(), c.clone());
         Ok(c)
@@ -259,12 +266,13 @@ impl Client {
             .unwrap_or_else(|p| p.into_inner()) = endpoint;
     }
 
-    /// Run a call against the leader: follow redirects, move past unreachable nodes, back off while
-    /// an election is under way, all within the call timeout. `f` must be safe to repeat (acquire
-    /// reuses its request id).
+    /// Run a call against the leader: follow redirects, move past unreachable or silent nodes (each
+    /// attempt gets at most `attempt`), back off while an election is under way, all within
+    /// `timeout`. `f` must be safe to repeat (acquire reuses its request id).
     pub(crate) async fn call<T, F, Fut>(
         &self,
         timeout: Duration,
+        attempt: Duration,
         mut f: F,
     ) -> Result<T, ClientError>
     where
@@ -277,7 +285,14 @@ impl Client {
         let mut followed: Option<String> = None;
         'rounds: loop {
             for endpoint in self.candidates() {
-                match f(WarrantClient::new(self.channel(&endpoint)?)).await {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let answer = tokio::time::timeout(
+                    attempt.min(left).max(Duration::from_millis(50)),
+                    f(WarrantClient::new(self.channel(&endpoint)?)),
+                )
+                .await
+                .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer in time")));
+                match answer {
                     Ok(resp) => {
                         self.prefer(Some(endpoint));
                         return Ok(resp.into_inner());
@@ -322,7 +337,7 @@ impl Client {
             }
             // No node could serve it: an election is probably under way.
             tokio::time::sleep(backoff.min(deadline - now)).await;
-            backoff = (backoff * 2).min(Duration::from_millis(400));
+            backoff = (backoff * 2).min(Duration::from_millis(100));
             followed = None;
         }
     }
@@ -352,8 +367,9 @@ impl Client {
         // DESIGN rule 1: validity counts from when the *first* attempt was sent; a retry can only
         // return that same grant, so using the earliest send time is conservative.
         let t_send = tokio::time::Instant::now();
+        let attempt = ATTEMPT_TIMEOUT + opts.wait.unwrap_or_default();
         let resp = self
-            .call(timeout, |mut c| {
+            .call(timeout, attempt, |mut c| {
                 let req = req.clone();
                 async move { c.acquire(req).await }
             })
@@ -364,6 +380,20 @@ impl Client {
                 let lease = g.lease.ok_or_else(|| {
                     ClientError::Invalid("server sent a grant without a lease".into())
                 })?;
+                let mut t_send = t_send;
+                if opts.wait.is_some() {
+                    // A queued grant's countdown started when it was granted, which may be long after
+                    // the acquire was sent: take validity from a keepalive sent now instead.
+                    let t_ka = tokio::time::Instant::now();
+                    if let Ok(resp) = self.keepalive(&lease.lease_id).await {
+                        if matches!(
+                            resp.result,
+                            Some(proto::keep_alive_response::Result::TtlMs(_))
+                        ) {
+                            t_send = t_ka;
+                        }
+                    }
+                }
                 Ok(Acquired::Granted(Lease::start(
                     self.clone(),
                     lease,
@@ -389,7 +419,7 @@ impl Client {
         let principal = self.inner.config.principal.to_string();
         let timeout = self.inner.config.call_timeout;
         let lease_id = lease_id.to_string();
-        self.call(timeout, |mut c| {
+        self.call(timeout, ATTEMPT_TIMEOUT, |mut c| {
             let req = proto::KeepAliveRequest {
                 lease_id: lease_id.clone(),
                 principal: principal.clone(),
@@ -420,7 +450,7 @@ impl Client {
             data,
             principal: self.inner.config.principal.to_string(),
         };
-        self.call(self.inner.config.call_timeout, |mut c| {
+        self.call(self.inner.config.call_timeout, ATTEMPT_TIMEOUT, |mut c| {
             let req = req.clone();
             async move { c.checkpoint(req).await }
         })
@@ -444,7 +474,7 @@ impl Client {
             outcome: outcome as i32,
             principal: self.inner.config.principal.to_string(),
         };
-        self.call(self.inner.config.call_timeout, |mut c| {
+        self.call(self.inner.config.call_timeout, ATTEMPT_TIMEOUT, |mut c| {
             let req = req.clone();
             async move { c.release(req).await }
         })
@@ -463,7 +493,7 @@ impl Client {
             reason: reason.to_string(),
             principal: self.inner.config.principal.to_string(),
         };
-        self.call(self.inner.config.call_timeout, |mut c| {
+        self.call(self.inner.config.call_timeout, ATTEMPT_TIMEOUT, |mut c| {
             let req = req.clone();
             async move { c.revoke(req).await }
         })
@@ -480,7 +510,7 @@ impl Client {
             resource: resource.to_string(),
             token,
         };
-        self.call(self.inner.config.call_timeout, |mut c| {
+        self.call(self.inner.config.call_timeout, ATTEMPT_TIMEOUT, |mut c| {
             let req = req.clone();
             async move { c.check_fence(req).await }
         })
@@ -492,7 +522,7 @@ impl Client {
         let req = proto::GetRequest {
             resource: resource.to_string(),
         };
-        self.call(self.inner.config.call_timeout, |mut c| {
+        self.call(self.inner.config.call_timeout, ATTEMPT_TIMEOUT, |mut c| {
             let req = req.clone();
             async move { c.get(req).await }
         })
@@ -505,7 +535,7 @@ impl Client {
             prefix: prefix.to_string(),
             limit: 0,
         };
-        self.call(self.inner.config.call_timeout, |mut c| {
+        self.call(self.inner.config.call_timeout, ATTEMPT_TIMEOUT, |mut c| {
             let req = req.clone();
             async move { c.list(req).await }
         })

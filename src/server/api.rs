@@ -159,9 +159,20 @@ impl Api {
                 None => return Err(Status::unavailable("node is shutting down")),
             }
         }
-        // Rule 3: only a leader that just confirmed its leadership moves the deadline.
-        if self.shared.clock.active_term() != Some(term) {
+        // Rule 3: only a leader that just confirmed its leadership, in the term its clock counts
+        // for, moves the deadline.
+        let raft_term = self.shared.raft.metrics().borrow().current_term;
+        if self.shared.clock.active_term() != Some(term) || raft_term != term {
             return Err(self.shared.redirect());
+        }
+        // The confirmation waited until everything committed before it was applied: a revoke,
+        // release or takeover that won the race is visible now, with its reason (etcd#14758).
+        {
+            let sm = self.shared.sm.read();
+            if sm.state.lease(&id).is_none() {
+                let reason = sm.state.ended(&id).map(|r| r.to_string());
+                return lost(reason.unwrap_or_else(|| "unknown lease".to_string()));
+            }
         }
         let ttl = Duration::from_millis(ttl_ms);
         if self.shared.clock.renew(id, ttl) {

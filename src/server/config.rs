@@ -69,7 +69,7 @@ impl Default for LeaseConfig {
             max_ttl: Duration::from_secs(3600),
             max_wait: Duration::from_secs(300),
             expiry_interval: Duration::from_millis(100),
-            ttl_checkpoint_interval: Duration::from_secs(1),
+            ttl_checkpoint_interval: Duration::from_millis(250),
         }
     }
 }
@@ -94,8 +94,8 @@ impl Default for RaftConfig {
     fn default() -> Self {
         Self {
             heartbeat_interval: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(500),
-            election_timeout_max: Duration::from_millis(1000),
+            election_timeout_min: Duration::from_millis(400),
+            election_timeout_max: Duration::from_millis(800),
             snapshot_after_entries: 10_000,
             keep_entries_after_snapshot: 1_000,
         }

@@ -408,7 +408,17 @@ async fn leader_duties(shared: Arc<Shared>) {
                     checkpoint_quiet(&shared, term).await;
                 }
             }
-            (Some(term), _) => activate(&shared, term).await,
+            (Some(term), active) => {
+                // A clock left over from an earlier term must never answer a keepalive in this one.
+                if active.is_some() {
+                    shared.clock.deactivate();
+                }
+                if activate(&shared, term).await {
+                    // The first checkpoint comes one interval after activation, so each leader that
+                    // lives that long lowers the remaining ttl of quiet leases (DESIGN rule 3).
+                    last_checkpoint = tokio::time::Instant::now();
+                }
+            }
             (None, Some(_)) => shared.clock.deactivate(),
             (None, None) => {}
         }
@@ -420,32 +430,34 @@ async fn leader_duties(shared: Arc<Shared>) {
 }
 
 /// Start counting on a new leader: once its first entry is applied, every live lease gets the
-/// countdown the state machine's rule gives it (DESIGN rule 3).
-async fn activate(shared: &Shared, term: u64) {
+/// countdown the state machine's rule gives it (DESIGN rule 3). True once the clock runs.
+async fn activate(shared: &Shared, term: u64) -> bool {
     if shared.confirm_leadership().await.is_err() {
-        return;
+        return false;
     }
-    let countdowns: Vec<(LeaseId, Duration)> = {
-        let sm = shared.sm.read();
-        if sm.state.current_term() != term {
-            return; // our first entry is not applied yet; try again on the next tick
-        }
-        sm.state
-            .leases()
-            .map(|l| {
-                (
-                    l.lease_id,
-                    Duration::from_millis(sm.state.initial_countdown_ms(l)),
-                )
-            })
-            .collect()
-    };
+    // Hold the state machine's read guard while the clock starts: no entry is applied in between,
+    // so every grant or end after this point reaches the clock as an event, and none before is lost.
+    let sm = shared.sm.read();
+    if sm.state.current_term() != term {
+        return false; // our first entry is not applied yet; try again on the next tick
+    }
+    let countdowns: Vec<(LeaseId, Duration)> = sm
+        .state
+        .leases()
+        .map(|l| {
+            (
+                l.lease_id,
+                Duration::from_millis(sm.state.initial_countdown_ms(l)),
+            )
+        })
+        .collect();
     tracing::info!(
         term,
         leases = countdowns.len(),
         "leader: lease clock started"
     );
     shared.clock.activate(term, countdowns);
+    true
 }
 
 async fn expire_due(shared: &Shared) {
@@ -459,7 +471,14 @@ async fn expire_due(shared: &Shared) {
         })
         .await
     {
-        Ok(_) => tracing::debug!(count = due.len(), "expired leases"),
+        Ok(_) => {
+            // Every id proposed is gone from the state machine now (expired by this entry, or ended
+            // earlier by one whose event has not reached the clock yet): stop counting it either way.
+            for id in &due {
+                shared.clock.on_ended(*id);
+            }
+            tracing::debug!(count = due.len(), "expired leases");
+        }
         Err(e) => tracing::warn!(error = %e, "could not propose expiry"),
     }
 }

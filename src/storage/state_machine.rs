@@ -56,6 +56,9 @@ impl SmReader {
 #[derive(Clone)]
 pub struct StateMachineStore {
     data: Arc<RwLock<SmData>>,
+    /// Serialises snapshot saves: openraft builds snapshots in a task of their own, which may finish
+    /// after a newer snapshot was installed.
+    snapshot_save: Arc<std::sync::Mutex<()>>,
     db: Arc<DB>,
     events: UnboundedSender<AppliedEvents>,
 }
@@ -72,6 +75,7 @@ impl StateMachineStore {
         }
         Ok(Self {
             data: Arc::new(RwLock::new(data)),
+            snapshot_save: Default::default(),
             db,
             events,
         })
@@ -107,7 +111,15 @@ impl StateMachineStore {
         }
     }
 
-    fn save_snapshot(&self, snap: &StoredSnapshot) -> Result<(), StorageError> {
+    /// Store `snap` as the current snapshot unless a newer one is already stored (a build that
+    /// finished after an install must not replace it, or a restart would miss the purged log between).
+    fn save_snapshot(&self, snap: &StoredSnapshot) -> Result<bool, StorageError> {
+        let _guard = self.snapshot_save.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(stored) = self.load_snapshot()? {
+            if stored.meta.last_log_id > snap.meta.last_log_id {
+                return Ok(false);
+            }
+        }
         self.db
             .put_cf_opt(
                 cf(&self.db, CF_SNAPSHOT),
@@ -115,7 +127,8 @@ impl StateMachineStore {
                 encode(snap),
                 &sync_write(),
             )
-            .map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), &e).into())
+            .map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), &e))?;
+        Ok(true)
     }
 }
 

@@ -75,8 +75,8 @@ impl Cluster {
             let text = format!(
                 "node_id = {id}\ncluster_name = \"test\"\ndata_dir = \"data{id}\"\nbootstrap = {}\ninsecure = true\n\
                  admins = [\"human/admin\"]\n[lease]\nmin_ttl = \"{}\"\nmax_ttl = \"{}\"\nexpiry_interval = \"50ms\"\n\
-                 ttl_checkpoint_interval = \"500ms\"\n[raft]\nheartbeat_interval = \"100ms\"\nelection_timeout_min = \"500ms\"\n\
-                 election_timeout_max = \"1000ms\"\nsnapshot_after_entries = {}\nkeep_entries_after_snapshot = {}\n{peers}",
+                 ttl_checkpoint_interval = \"250ms\"\n[raft]\nheartbeat_interval = \"100ms\"\nelection_timeout_min = \"400ms\"\n\
+                 election_timeout_max = \"800ms\"\nsnapshot_after_entries = {}\nkeep_entries_after_snapshot = {}\n{peers}",
                 id == 1,
                 opts.min_ttl,
                 opts.max_ttl,
@@ -129,6 +129,25 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// SIGSTOP a node: it keeps its sockets but answers nothing (a GC pause, a frozen VM).
+    pub fn pause(&self, id: u64) {
+        self.signal(id, nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT a paused node.
+    pub fn resume(&self, id: u64) {
+        self.signal(id, nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, id: u64, sig: nix::sys::signal::Signal) {
+        let child = self.nodes[(id - 1) as usize]
+            .child
+            .as_ref()
+            .expect("node is running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig)
+            .expect("signal node");
     }
 
     pub fn endpoints(&self) -> Vec<String> {
@@ -198,6 +217,11 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for n in &mut self.nodes {
             if let Some(mut c) = n.child.take() {
+                // A paused node must be resumed to die promptly.
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(c.id() as i32),
+                    nix::sys::signal::Signal::SIGCONT,
+                );
                 let _ = c.kill();
                 let _ = c.wait();
             }
