@@ -350,3 +350,32 @@ async fn a_leader_cut_off_from_its_quorum_acknowledges_no_keepalive() {
         cluster.resume(*f);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_knows_only_a_follower_is_redirected_to_the_leader() {
+    let cluster = Cluster::start(Opts::default());
+    let leader = cluster.wait_leader(WAIT).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let via_follower = cluster.node_client(follower, "agent/a");
+    let lease = granted(&via_follower, opts("redirect/me", 10_000)).await;
+    let got = via_follower.get("redirect/me").await.unwrap();
+    assert_eq!(got.holder.map(|h| h.token), Some(lease.token()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_five_node_cluster_keeps_granting_with_two_nodes_down() {
+    let mut cluster = Cluster::start(Opts { nodes: 5, ..Opts::default() });
+    let leader = cluster.wait_leader(WAIT).await;
+    let a = cluster.client("agent/a");
+    let first = granted(&a, opts("five/r", 10_000)).await;
+    let t = first.token();
+    first.release(None).await.unwrap();
+    // Lose two members, the leader among them: three of five are still a quorum.
+    let other = (1..=5).find(|id| *id != leader).unwrap();
+    cluster.kill(leader);
+    cluster.kill(other);
+    let next = granted(&a, opts("five/r", 10_000)).await;
+    assert!(next.token() > t);
+    let status = a.status().await.unwrap();
+    assert_eq!(status.members.len(), 5);
+}
