@@ -330,7 +330,7 @@ async fn dispatch_events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ap
                         grant.lease.lease_id,
                         Duration::from_millis(grant.lease.ttl_ms),
                     );
-                    tracing::info!(resource = %grant.lease.resource, lease = %grant.lease.lease_id,
+                    tracing::info!(node = shared.node_id, resource = %grant.lease.resource, lease = %grant.lease.lease_id,
                         token = grant.lease.token.0, principal = %grant.lease.principal, "granted");
                     let request_id = grant.lease.request_id.clone();
                     shared
@@ -339,7 +339,7 @@ async fn dispatch_events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ap
                 }
                 Event::Ended { lease, reason } => {
                     shared.clock.on_ended(lease.lease_id);
-                    tracing::info!(resource = %lease.resource, lease = %lease.lease_id, token = lease.token.0,
+                    tracing::info!(node = shared.node_id, resource = %lease.resource, lease = %lease.lease_id, token = lease.token.0,
                         ended = %reason, "lease ended");
                 }
                 Event::WaiterEnded { request_id } => {
