@@ -364,7 +364,10 @@ async fn a_client_that_knows_only_a_follower_is_redirected_to_the_leader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_five_node_cluster_keeps_granting_with_two_nodes_down() {
-    let mut cluster = Cluster::start(Opts { nodes: 5, ..Opts::default() });
+    let mut cluster = Cluster::start(Opts {
+        nodes: 5,
+        ..Opts::default()
+    });
     let leader = cluster.wait_leader(WAIT).await;
     let a = cluster.client("agent/a");
     let first = granted(&a, opts("five/r", 10_000)).await;
