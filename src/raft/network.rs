@@ -11,6 +11,9 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
@@ -19,22 +22,39 @@ use super::{NodeAddr, NodeId, TypeConfig};
 use crate::proto::raft::raft_client::RaftClient;
 use crate::proto::raft::RaftMessage;
 
-/// Creates a [`PeerClient`] per peer for openraft.
+/// Creates a [`PeerClient`] per peer for openraft. One HTTP/2 channel per peer address is shared by
+/// every client openraft asks for: openraft makes a fresh client for each leadership check
+/// (`ensure_linearizable`), and a new TCP connection per check would cost more than the check.
 #[derive(Clone, Default)]
-pub struct Network;
+pub struct Network {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Network {
+    fn channel(&self, addr: &str) -> Option<Channel> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(addr) {
+            return Some(c.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{addr}"))
+            .ok()?
+            .connect_timeout(std::time::Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(std::time::Duration::from_secs(1))
+            .keep_alive_timeout(std::time::Duration::from_secs(1))
+            .connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Some(channel)
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> PeerClient {
-        let channel = Endpoint::from_shared(format!("http://{}", node.raft)).map(|e| {
-            e.connect_timeout(std::time::Duration::from_secs(1))
-                .tcp_nodelay(true)
-                .connect_lazy()
-        });
         PeerClient {
             target,
-            client: channel.ok().map(RaftClient::new),
+            client: self.channel(&node.raft).map(RaftClient::new),
             addr: node.raft.clone(),
         }
     }

@@ -195,7 +195,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     let raft = Raft::new(
         config.node_id,
         Arc::new(raft_config),
-        Network,
+        Network::default(),
         log_store,
         sm_store,
     )

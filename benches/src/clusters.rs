@@ -1,0 +1,220 @@
+//! Local 3-node clusters of Warrant (`warrant server` processes) and etcd (Debian's `etcd`), on
+//! 127.0.0.1 with their data in a temp dir, stopped (by PID) when dropped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use procfs::WithCurrentSystemInfo;
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A server process we started.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    pub restart: Command,
+}
+
+impl Proc {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// kill -9.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn start(&mut self) -> Result<()> {
+        self.child = Some(
+            self.restart
+                .spawn()
+                .with_context(|| format!("start {}", self.name))?,
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running 3-node cluster of either system.
+pub struct Cluster {
+    pub endpoints: Vec<String>,
+    pub procs: Vec<Proc>,
+    /// Data and logs, removed when the cluster is dropped.
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// CPU seconds used so far by each server process (utime + stime).
+    pub fn cpu_seconds(&self) -> f64 {
+        let tps = procfs::ticks_per_second() as f64;
+        self.procs
+            .iter()
+            .filter_map(|p| p.pid())
+            .filter_map(|pid| procfs::process::Process::new(pid as i32).ok()?.stat().ok())
+            .map(|s| (s.utime + s.stime) as f64 / tps)
+            .sum()
+    }
+
+    /// Resident memory of each live server process, in bytes.
+    pub fn rss_bytes(&self) -> Vec<u64> {
+        self.procs
+            .iter()
+            .filter_map(|p| p.pid())
+            .filter_map(|pid| {
+                let p = procfs::process::Process::new(pid as i32).ok()?;
+                Some(p.stat().ok()?.rss_bytes().get())
+            })
+            .collect()
+    }
+}
+
+/// Start a 3-node Warrant cluster from the `warrant` binary.
+pub fn start_warrant(bin: &Path) -> Result<Cluster> {
+    let dir = tempfile::tempdir()?;
+    let ports: Vec<(u16, u16)> = (0..3)
+        .map(|_| Ok((free_port()?, free_port()?)))
+        .collect::<Result<_>>()?;
+    let mut peers = String::new();
+    for (i, (raft, client)) in ports.iter().enumerate() {
+        peers.push_str(&format!(
+            "[peers.{}]\nraft = \"127.0.0.1:{raft}\"\nclient = \"127.0.0.1:{client}\"\n",
+            i + 1
+        ));
+    }
+    let mut procs = Vec::new();
+    for id in 1..=3u64 {
+        let config = dir.path().join(format!("node{id}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "node_id = {id}\ncluster_name = \"bench\"\ndata_dir = \"data{id}\"\nbootstrap = {}\ninsecure = true\n\
+                 admins = [\"human/admin\"]\n{peers}",
+                id == 1
+            ),
+        )?;
+        let log = std::fs::File::create(dir.path().join(format!("node{id}.log")))?;
+        let mut cmd = Command::new(bin);
+        cmd.args(["server", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log);
+        let mut p = Proc {
+            name: format!("warrant-{id}"),
+            child: None,
+            restart: cmd,
+        };
+        p.start()?;
+        procs.push(p);
+    }
+    let endpoints = ports
+        .iter()
+        .map(|(_, c)| format!("127.0.0.1:{c}"))
+        .collect();
+    Ok(Cluster {
+        endpoints,
+        procs,
+        _dir: dir,
+    })
+}
+
+/// Start a 3-node etcd cluster (default durability: fsync on every commit).
+pub fn start_etcd(bin: &Path) -> Result<Cluster> {
+    let dir = tempfile::tempdir()?;
+    let ports: Vec<(u16, u16)> = (0..3)
+        .map(|_| Ok((free_port()?, free_port()?)))
+        .collect::<Result<_>>()?;
+    let initial: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (peer, _))| format!("n{}=http://127.0.0.1:{peer}", i + 1))
+        .collect();
+    let mut procs = Vec::new();
+    for (i, (peer, client)) in ports.iter().enumerate() {
+        let name = format!("n{}", i + 1);
+        let log = std::fs::File::create(dir.path().join(format!("{name}.log")))?;
+        let mut cmd = Command::new(bin);
+        cmd.args(["--name", &name])
+            .arg("--data-dir")
+            .arg(dir.path().join(&name))
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://127.0.0.1:{client}"),
+            ])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args([
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                "warrant-bench",
+            ])
+            .args(["--log-level", "warn", "--logger", "zap"])
+            .stdout(Stdio::null())
+            .stderr(log);
+        let mut p = Proc {
+            name: format!("etcd-{name}"),
+            child: None,
+            restart: cmd,
+        };
+        p.start()?;
+        procs.push(p);
+    }
+    let endpoints = ports
+        .iter()
+        .map(|(_, c)| format!("127.0.0.1:{c}"))
+        .collect();
+    Ok(Cluster {
+        endpoints,
+        procs,
+        _dir: dir,
+    })
+}
+
+/// Wait until `ready` answers true, at most `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut ready: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ready().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{what} not ready within {timeout:?}")
+}
+
+/// The `warrant` binary next to this one (both built by one `cargo build`).
+pub fn sibling_warrant() -> Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let bin = me.parent().context("exe has a directory")?.join("warrant");
+    if !bin.exists() {
+        bail!("{} not found: build it with `cargo build --release -p warrant` (or pass --warrant-bin)", bin.display());
+    }
+    Ok(bin)
+}

@@ -1,0 +1,297 @@
+//! warrant-bench: Warrant against etcd's lock recipe, side by side, in one run on one machine.
+//!
+//! ```sh
+//! cargo build --release -p warrant -p warrant-bench
+//! target/release/warrant-bench all            # every workload, Markdown table on stdout
+//! ```
+//! Both 3-node clusters run on 127.0.0.1 with their data in temp dirs and are stopped at the end.
+
+mod clusters;
+mod workloads;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use warrant::client::{AcquireOptions, Acquired, Client, ClientConfig};
+
+use clusters::{start_etcd, start_warrant, wait_until, Cluster};
+use workloads::{Contention, Stats, System};
+
+#[derive(Parser)]
+#[command(about = "Warrant vs etcd's lock recipe, side by side")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Every workload against both systems; prints a Markdown table.
+    All {
+        /// The warrant binary (default: next to this one).
+        #[arg(long)]
+        warrant_bin: Option<PathBuf>,
+        #[arg(long, default_value = "/usr/bin/etcd")]
+        etcd_bin: PathBuf,
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+        clients: Vec<usize>,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+        duration: Duration,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+        warmup: Duration,
+        #[arg(long, default_value_t = 2)]
+        repeats: usize,
+        /// Keepalive streams (one lease each) and keepalives in flight per stream.
+        #[arg(long, default_value_t = 64)]
+        keepalive_streams: usize,
+        #[arg(long, default_value_t = 32)]
+        keepalive_window: usize,
+    },
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn lat(h: &Histogram<u64>) -> String {
+    if h.is_empty() {
+        return "–".into();
+    }
+    format!(
+        "{:.2} / {:.2} / {:.2}",
+        ms(h, 0.5),
+        ms(h, 0.99),
+        ms(h, 0.999)
+    )
+}
+
+struct Row {
+    workload: String,
+    clients: usize,
+    run: usize,
+    system: System,
+    stats: Stats,
+}
+
+async fn ready(system: System, cluster: &Cluster) -> Result<()> {
+    let endpoints = cluster.endpoints.clone();
+    wait_until(Duration::from_secs(30), system.name(), || {
+        let endpoints = endpoints.clone();
+        async move {
+            match system {
+                System::Warrant => {
+                    match Client::new(ClientConfig::new(endpoints, "agent/bench").unwrap())
+                        .unwrap()
+                        .status()
+                        .await
+                    {
+                        Ok(s) => s.leader != 0,
+                        Err(_) => false,
+                    }
+                }
+                System::Etcd => match etcd_client::Client::connect(endpoints, None).await {
+                    Ok(mut c) => c.put("bench/ready", "1", None).await.is_ok(),
+                    Err(_) => false,
+                },
+            }
+        }
+    })
+    .await
+}
+
+/// Kill -9 Warrant's leader under load (16 clients cycling); report the time from the kill to the
+/// next successful grant, and check that no acknowledged grant was lost (each resource's fence is at
+/// least every token acknowledged for it).
+async fn failover(cluster: &mut Cluster) -> Result<String> {
+    let client = Client::new(ClientConfig::new(cluster.endpoints.clone(), "agent/bench")?)?;
+    let leader = client.status().await?.leader as usize;
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let stop_at = Instant::now() + Duration::from_secs(8);
+    let kill_at = Instant::now() + Duration::from_secs(3);
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let endpoints = cluster.endpoints.clone();
+        let run = run.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = Client::new(ClientConfig::new(endpoints, &format!("agent/fo-{i}"))?)?;
+            let mut acked: Vec<(String, u64, Instant)> = Vec::new();
+            let mut n = 0;
+            while Instant::now() < stop_at {
+                let key = format!("fo/{run}/c{i}/r{}", n % 4);
+                n += 1;
+                if let Ok(Acquired::Granted(l)) = c
+                    .acquire(AcquireOptions::new(&key, Duration::from_secs(10)))
+                    .await
+                {
+                    acked.push((key, l.token(), Instant::now()));
+                    let _ = l.release(None).await;
+                }
+            }
+            anyhow::Ok(acked)
+        }));
+    }
+    tokio::time::sleep_until(kill_at.into()).await;
+    let killed = Instant::now();
+    cluster.procs[leader - 1].kill();
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await??);
+    }
+    let first_after = acked
+        .iter()
+        .map(|(_, _, at)| *at)
+        .filter(|at| *at > killed)
+        .min();
+    let gap = first_after.map(|t| t - killed);
+    let mut lost = 0;
+    let mut checked = std::collections::BTreeMap::<String, u64>::new();
+    for (key, token, _) in &acked {
+        let e = checked.entry(key.clone()).or_default();
+        *e = (*e).max(*token);
+    }
+    for (key, token) in &checked {
+        if client.get(key).await?.fence < *token {
+            lost += 1;
+        }
+    }
+    cluster.procs[leader - 1].start()?;
+    Ok(format!(
+        "leader (node {leader}) killed with 16 clients cycling: next grant after {}; {} acknowledged grants on {} resources, {} lost",
+        gap.map(|g| format!("{:.0} ms", g.as_secs_f64() * 1000.0)).unwrap_or_else(|| "never (within 5 s)".into()),
+        acked.len(),
+        checked.len(),
+        lost
+    ))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let Cmd::All {
+        warrant_bin,
+        etcd_bin,
+        clients,
+        duration,
+        warmup,
+        repeats,
+        keepalive_streams,
+        keepalive_window,
+    } = Cli::parse().command;
+    let warrant_bin = match warrant_bin {
+        Some(b) => b,
+        None => clusters::sibling_warrant()?,
+    };
+    anyhow::ensure!(
+        etcd_bin.exists(),
+        "{} not found: apt-get install etcd-server",
+        etcd_bin.display()
+    );
+    let mut warrant = start_warrant(&warrant_bin).context("start warrant")?;
+    let etcd = start_etcd(&etcd_bin).context("start etcd")?;
+    ready(System::Warrant, &warrant).await?;
+    ready(System::Etcd, &etcd).await?;
+
+    let mut rows = Vec::new();
+    for run in 1..=repeats {
+        for (workload, contention) in [
+            ("uncontended", Contention::Uncontended),
+            ("contended (8 resources)", Contention::Contended),
+        ] {
+            for &c in &clients {
+                for (system, cluster) in [(System::Warrant, &warrant), (System::Etcd, &etcd)] {
+                    let stats =
+                        workloads::cycles(system, cluster, contention, c, warmup, duration).await?;
+                    eprintln!(
+                        "{workload} C={c} run {run} {}: {:.0} cycles/s",
+                        system.name(),
+                        stats.ops_per_sec()
+                    );
+                    rows.push(Row {
+                        workload: workload.into(),
+                        clients: c,
+                        run,
+                        system,
+                        stats,
+                    });
+                }
+            }
+        }
+        for (system, cluster) in [(System::Warrant, &warrant), (System::Etcd, &etcd)] {
+            let stats = workloads::keepalives(
+                system,
+                cluster,
+                keepalive_streams,
+                keepalive_window,
+                warmup,
+                duration,
+            )
+            .await?;
+            eprintln!(
+                "keepalive run {run} {}: {:.0}/s",
+                system.name(),
+                stats.ops_per_sec()
+            );
+            rows.push(Row {
+                workload: format!("keepalive ({keepalive_streams}×{keepalive_window} in flight)"),
+                clients: keepalive_streams,
+                run,
+                system,
+                stats,
+            });
+        }
+    }
+    let failover = failover(&mut warrant).await?;
+
+    let mut out = String::new();
+    writeln!(out, "| workload | C | run | system | ops/s | acquire p50 / p99 / p99.9 ms | cycle p50 / p99 / p99.9 ms | busy answers / grant | server CPU % | Warrant ÷ etcd ops/s |")?;
+    writeln!(out, "|---|---|---|---|---|---|---|---|---|---|")?;
+    for pair in rows.chunks(2) {
+        let ratio =
+            pair[0].stats.ops_per_sec() / pair[1].stats.ops_per_sec().max(f64::MIN_POSITIVE);
+        for r in pair {
+            let keepalive = r.workload.starts_with("keepalive");
+            writeln!(
+                out,
+                "| {} | {} | {} | {} | {:.0} | {} | {} | {:.2} | {:.0} | {} |",
+                r.workload,
+                r.clients,
+                r.run,
+                r.system.name(),
+                r.stats.ops_per_sec(),
+                if keepalive {
+                    format!("keepalive: {}", lat(&r.stats.acquire))
+                } else {
+                    lat(&r.stats.acquire)
+                },
+                if keepalive {
+                    "–".to_string()
+                } else {
+                    lat(&r.stats.cycle)
+                },
+                r.stats.busy as f64 / r.stats.ops.max(1) as f64,
+                r.stats.cpu_percent,
+                if r.system == System::Warrant {
+                    format!("**{ratio:.2}×**")
+                } else {
+                    String::new()
+                },
+            )?;
+        }
+    }
+    writeln!(out, "\nFailover: {failover}")?;
+    writeln!(
+        out,
+        "\nRSS after the run: warrant {:?} MiB, etcd {:?} MiB",
+        mib(&warrant.rss_bytes()),
+        mib(&etcd.rss_bytes())
+    )?;
+    println!("{out}");
+    Ok(())
+}
+
+fn mib(v: &[u64]) -> Vec<u64> {
+    v.iter().map(|b| b / (1024 * 1024)).collect()
+}
