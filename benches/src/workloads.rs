@@ -60,7 +60,7 @@ fn hist() -> Histogram<u64> {
 /// One client's connection to either system.
 enum Conn {
     Warrant(Client),
-    Etcd(etcd_client::Client),
+    Etcd(Box<etcd_client::Client>),
 }
 
 async fn connect(system: System, endpoints: &[String], principal: &str) -> Result<Conn> {
@@ -69,7 +69,9 @@ async fn connect(system: System, endpoints: &[String], principal: &str) -> Resul
             endpoints.to_vec(),
             principal,
         )?)?),
-        System::Etcd => Conn::Etcd(etcd_client::Client::connect(endpoints.to_vec(), None).await?),
+        System::Etcd => Conn::Etcd(Box::new(
+            etcd_client::Client::connect(endpoints.to_vec(), None).await?,
+        )),
     })
 }
 
