@@ -337,6 +337,14 @@ async fn a_leader_cut_off_from_its_quorum_acknowledges_no_keepalive() {
     cfg.call_timeout = Duration::from_secs(5);
     let direct = Client::new(cfg).unwrap();
     let answer = direct.keepalive(lease.lease_id()).await;
+    if answer.is_ok() {
+        for id in 1..=3 {
+            eprintln!(
+                "==== node {id} (leader {leader}) ====\n{}",
+                cluster.log_of(id)
+            );
+        }
+    }
     assert!(
         answer.is_err(),
         "an unconfirmed leader acknowledged a keepalive: {answer:?}"

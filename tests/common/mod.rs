@@ -131,9 +131,39 @@ impl Cluster {
         }
     }
 
-    /// SIGSTOP a node: it keeps its sockets but answers nothing (a GC pause, a frozen VM).
+    /// SIGSTOP a node: it keeps its sockets but answers nothing (a GC pause, a frozen VM). Returns
+    /// once the kernel reports every thread of the process stopped.
     pub fn pause(&self, id: u64) {
         self.signal(id, nix::sys::signal::Signal::SIGSTOP);
+        let pid = self.nodes[(id - 1) as usize]
+            .child
+            .as_ref()
+            .expect("node is running")
+            .id();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let stopped = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|tasks| {
+                    tasks.flatten().all(|t| {
+                        let stat =
+                            std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                        let state = stat
+                            .rsplit(')')
+                            .next()
+                            .unwrap_or("")
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or("");
+                        state == "T" || state == "t"
+                    })
+                })
+                .unwrap_or(false);
+            if stopped {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {id} did not stop");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// SIGCONT a paused node.
