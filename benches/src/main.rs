@@ -50,6 +50,9 @@ enum Cmd {
         keepalive_streams: usize,
         #[arg(long, default_value_t = 32)]
         keepalive_window: usize,
+        /// Only these systems (profiling one side); the ratio column needs both.
+        #[arg(long, value_delimiter = ',', default_value = "warrant,etcd")]
+        systems: Vec<String>,
     },
 }
 
@@ -179,6 +182,7 @@ async fn main() -> Result<()> {
         repeats,
         keepalive_streams,
         keepalive_window,
+        systems,
     } = Cli::parse().command;
     let warrant_bin = match warrant_bin {
         Some(b) => b,
@@ -220,6 +224,9 @@ async fn main() -> Result<()> {
             }
         }
         for (system, cluster) in [(System::Warrant, &warrant), (System::Etcd, &etcd)] {
+            if !systems.iter().any(|s| s == system.name()) {
+                continue;
+            }
             let stats = workloads::keepalives(
                 system,
                 cluster,
@@ -248,38 +255,46 @@ async fn main() -> Result<()> {
     let mut out = String::new();
     writeln!(out, "| workload | C | run | system | ops/s | acquire p50 / p99 / p99.9 ms | cycle p50 / p99 / p99.9 ms | busy answers / grant | server CPU % | Warrant ÷ etcd ops/s |")?;
     writeln!(out, "|---|---|---|---|---|---|---|---|---|---|")?;
-    for pair in rows.chunks(2) {
-        let ratio =
-            pair[0].stats.ops_per_sec() / pair[1].stats.ops_per_sec().max(f64::MIN_POSITIVE);
-        for r in pair {
-            let keepalive = r.workload.starts_with("keepalive");
-            writeln!(
-                out,
-                "| {} | {} | {} | {} | {:.0} | {} | {} | {:.2} | {:.0} | {} |",
-                r.workload,
-                r.clients,
-                r.run,
-                r.system.name(),
-                r.stats.ops_per_sec(),
-                if keepalive {
-                    format!("keepalive: {}", lat(&r.stats.acquire))
-                } else {
-                    lat(&r.stats.acquire)
-                },
-                if keepalive {
-                    "–".to_string()
-                } else {
-                    lat(&r.stats.cycle)
-                },
-                r.stats.busy as f64 / r.stats.ops.max(1) as f64,
-                r.stats.cpu_percent,
-                if r.system == System::Warrant {
-                    format!("**{ratio:.2}×**")
-                } else {
-                    String::new()
-                },
-            )?;
-        }
+    for r in &rows {
+        // The ratio pairs each Warrant row with etcd's row of the same workload, C and run.
+        let etcd = rows.iter().find(|e| {
+            e.system == System::Etcd
+                && e.workload == r.workload
+                && e.clients == r.clients
+                && e.run == r.run
+        });
+        let ratio = match (r.system, etcd) {
+            (System::Warrant, Some(e)) => {
+                format!(
+                    "**{:.2}×**",
+                    r.stats.ops_per_sec() / e.stats.ops_per_sec().max(f64::MIN_POSITIVE)
+                )
+            }
+            _ => String::new(),
+        };
+        let keepalive = r.workload.starts_with("keepalive");
+        writeln!(
+            out,
+            "| {} | {} | {} | {} | {:.0} | {} | {} | {:.2} | {:.0} | {} |",
+            r.workload,
+            r.clients,
+            r.run,
+            r.system.name(),
+            r.stats.ops_per_sec(),
+            if keepalive {
+                format!("keepalive: {}", lat(&r.stats.acquire))
+            } else {
+                lat(&r.stats.acquire)
+            },
+            if keepalive {
+                "–".to_string()
+            } else {
+                lat(&r.stats.cycle)
+            },
+            r.stats.busy as f64 / r.stats.ops.max(1) as f64,
+            r.stats.cpu_percent,
+            ratio,
+        )?;
     }
     writeln!(out, "\nFailover: {failover}")?;
     writeln!(

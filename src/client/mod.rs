@@ -266,9 +266,10 @@ impl Client {
             .unwrap_or_else(|p| p.into_inner()) = endpoint;
     }
 
-    /// Run a call against the leader: follow redirects, move past unreachable or silent nodes (each
-    /// attempt gets at most `attempt`), back off while an election is under way, all within
-    /// `timeout`. `f` must be safe to repeat (acquire reuses its request id).
+    /// Run a call against the leader: follow redirects, move past unreachable, dying (tonic reports a
+    /// connection lost mid-call as `Unknown`) or silent nodes (each attempt gets at most `attempt`),
+    /// back off while an election is under way, all within `timeout`. `f` must be safe to repeat
+    /// (acquire reuses its request id).
     pub(crate) async fn call<T, F, Fut>(
         &self,
         timeout: Duration,
@@ -300,7 +301,10 @@ impl Client {
                     Err(s)
                         if matches!(
                             s.code(),
-                            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+                            Code::Unavailable
+                                | Code::DeadlineExceeded
+                                | Code::Cancelled
+                                | Code::Unknown
                         ) =>
                     {
                         last = format!("{endpoint}: {}", s.message());

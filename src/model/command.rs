@@ -55,6 +55,9 @@ pub enum RevokeTarget {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
+    /// Several commands in one log entry (group commit), applied in order as if each were its own
+    /// entry. Never nested.
+    Batch(Vec<Command>),
     Acquire(AcquireCmd),
     Release {
         lease_id: LeaseId,
@@ -118,6 +121,8 @@ pub struct ReleaseOk {
 /// The result of applying one `Request`, one variant per `Command`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
+    /// One answer per command of a [`Command::Batch`], in order.
+    Batch(Vec<Response>),
     Acquire(AcquireOutcome),
     Release(Result<ReleaseOk, OpError>),
     Checkpoint(Result<(), OpError>),

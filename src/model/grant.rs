@@ -39,6 +39,42 @@ impl State {
         outcome
     }
 
+    /// The answer to `cmd` when it needs no log entry, or `None` when it must be proposed.
+    ///
+    /// An acquire changes nothing when its request id is already known (the first answer stands),
+    /// when its task is done, or when the resource is held and the caller neither waits nor takes
+    /// over its own predecessor (busy). The server answers those from the leader's state after a
+    /// quorum confirmation, so a busy answer costs no log write. Must agree with [`State::apply`]:
+    /// for any state, proposing `cmd` would give the same outcome and leave the state unchanged
+    /// except for the dedup record.
+    pub fn answer_without_write(&self, cmd: &AcquireCmd) -> Option<AcquireOutcome> {
+        if let Some(rec) = self.requests.get(&cmd.request_id) {
+            if rec.resource != cmd.resource
+                || rec.principal != cmd.principal
+                || rec.instance != cmd.instance
+            {
+                return Some(AcquireOutcome::Rejected(OpError::RequestIdReused {
+                    request_id: cmd.request_id.clone(),
+                }));
+            }
+            return Some(rec.outcome.clone());
+        }
+        if let Some(done) = self.task_completion(&cmd.resource, cmd) {
+            return Some(AcquireOutcome::AlreadyDone(done));
+        }
+        let holder = self
+            .resources
+            .get(&cmd.resource)
+            .and_then(|r| r.holder)
+            .and_then(|id| self.leases.get(&id))?;
+        let takes_over =
+            cmd.takeover && holder.principal == cmd.principal && holder.instance != cmd.instance;
+        let waits = cmd.wait_ms.is_some_and(|w| w > 0);
+        (!takes_over && !waits).then(|| AcquireOutcome::Busy {
+            holder: holder.clone(),
+        })
+    }
+
     fn decide_acquire(&mut self, cmd: &AcquireCmd, events: &mut Vec<Event>) -> AcquireOutcome {
         // 2. A task that is done is answered with its completion, never granted again.
         if let Some(done) = self.task_completion(&cmd.resource, cmd) {

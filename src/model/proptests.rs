@@ -308,8 +308,17 @@ proptest! {
                 }
                 Step::Apply { advance_ms, cmd } => {
                     now_ms += advance_ms;
+                    // The read-only answer (busy without a log write) must be what apply decides.
+                    let predicted = match &cmd {
+                        Command::Acquire(a) => state.answer_without_write(a),
+                        _ => None,
+                    };
                     let req = Request { now_ms, cmd };
                     let response = state.apply(EntryMeta { index, term }, &req, &mut events);
+                    if let Some(outcome) = predicted {
+                        prop_assert_eq!(&response, &Response::Acquire(outcome), "answer_without_write agrees with apply");
+                        prop_assert!(events.is_empty(), "an answer without a write grants and ends nothing");
+                    }
                     check_step(&state, Some(&req.cmd), Some(&response), &events, &mut seen)?;
                 }
                 Step::Holder { .. } => {}
@@ -388,5 +397,38 @@ proptest! {
         }
         let back = State::from_snapshot(&state.to_snapshot());
         prop_assert_eq!(back.as_ref(), Ok(&state));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Group commit changes nothing observable: a batch entry gives the same state, answers and
+    /// events as its commands applied one entry each.
+    #[test]
+    fn a_batch_applies_like_its_commands_one_by_one(
+        before in prop::collection::vec(command(), 0..20),
+        batch in prop::collection::vec(command(), 1..12),
+    ) {
+        let mut one_by_one = State::default();
+        let mut events = Vec::new();
+        let mut index = 0;
+        for cmd in &before {
+            index += 1;
+            one_by_one.apply(EntryMeta { index, term: 1 }, &Request { now_ms: 5_000, cmd: cmd.clone() }, &mut events);
+        }
+        let mut batched = one_by_one.clone();
+        let (mut single_events, mut batch_events) = (Vec::new(), Vec::new());
+        let mut answers = Vec::new();
+        for cmd in &batch {
+            index += 1;
+            let req = Request { now_ms: 6_000, cmd: cmd.clone() };
+            answers.push(one_by_one.apply(EntryMeta { index, term: 1 }, &req, &mut single_events));
+        }
+        let req = Request { now_ms: 6_000, cmd: Command::Batch(batch.clone()) };
+        let response = batched.apply(EntryMeta { index, term: 1 }, &req, &mut batch_events);
+        prop_assert_eq!(response, Response::Batch(answers));
+        prop_assert_eq!(batch_events, single_events);
+        prop_assert_eq!(batched, one_by_one);
     }
 }

@@ -155,6 +155,24 @@ impl State {
         self.now_ms = self.now_ms.max(req.now_ms);
         self.evict_old_records();
         match &req.cmd {
+            // Group commit: many client commands in one entry, each applied as if it were its own
+            // entry (tokens and lease ids come from counters, not from the entry's index). The server
+            // never nests batches; a nested one is answered empty and changes nothing.
+            Command::Batch(cmds) => Response::Batch(
+                cmds.iter()
+                    .map(|cmd| match cmd {
+                        Command::Batch(_) => Response::Batch(Vec::new()),
+                        cmd => self.apply_command(cmd, events),
+                    })
+                    .collect(),
+            ),
+            cmd => self.apply_command(cmd, events),
+        }
+    }
+
+    fn apply_command(&mut self, cmd: &Command, events: &mut Vec<Event>) -> Response {
+        match cmd {
+            Command::Batch(_) => Response::Batch(Vec::new()),
             Command::Acquire(cmd) => Response::Acquire(self.acquire(cmd, events)),
             Command::Release {
                 lease_id,

@@ -109,6 +109,32 @@ impl Api {
         Ok(proto::AcquireResponse { outcome: Some(out) })
     }
 
+    /// Answer an acquire that changes nothing (busy, a known request id, a done task) from the
+    /// leader's state, with no log write. A local look first: only when the answer would need no
+    /// write is leadership confirmed (shared with concurrent keepalives) and the state read again,
+    /// so the answer is linearizable; anything else is proposed at once.
+    async fn answer_without_write(
+        &self,
+        cmd: &AcquireCmd,
+    ) -> Result<Option<AcquireOutcome>, Status> {
+        if self
+            .shared
+            .sm
+            .read()
+            .state
+            .answer_without_write(cmd)
+            .is_none()
+        {
+            return Ok(None);
+        }
+        self.shared
+            .confirmer
+            .submit(())
+            .await
+            .unwrap_or_else(|| Err(Status::unavailable("node is shutting down")))?;
+        Ok(self.shared.sm.read().state.answer_without_write(cmd))
+    }
+
     /// One keepalive: confirm leadership (shared among concurrent keepalives), or log one `Renew` for
     /// a lease's first keepalive in this term, then move its deadline.
     async fn keepalive_one(
@@ -222,9 +248,19 @@ impl warrant_server::Warrant for Api {
         }
         let principal = cmd.principal.clone();
         let woken = self.shared.waiters.register(&request_id);
-        let answer = match self.shared.propose(Command::Acquire(cmd)).await {
-            Ok(crate::model::Response::Acquire(a)) => a,
-            Ok(_) => return Err(Status::internal("unexpected answer to Acquire")),
+        let answer = match self.answer_without_write(&cmd).await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => match self.shared.propose(Command::Acquire(cmd)).await {
+                Ok(crate::model::Response::Acquire(a)) => a,
+                Ok(_) => {
+                    self.shared.waiters.unregister(&request_id);
+                    return Err(Status::internal("unexpected answer to Acquire"));
+                }
+                Err(status) => {
+                    self.shared.waiters.unregister(&request_id);
+                    return Err(status);
+                }
+            },
             Err(status) => {
                 self.shared.waiters.unregister(&request_id);
                 return Err(status);

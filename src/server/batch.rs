@@ -15,15 +15,23 @@ pub struct Batcher<I, O> {
 }
 
 impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
-    /// Spawn the task; `handle` gets the items of one batch and returns one output per item, in order.
-    pub fn spawn<F, Fut>(handle: F) -> Self
+    /// Spawn the task; `handle` gets the items of one batch and returns one output per item, in
+    /// order. At most `max_in_flight` batches are handled at once; items arriving meanwhile wait and
+    /// form the next batch.
+    pub fn spawn<F, Fut>(max_in_flight: usize, handle: F) -> Self
     where
-        F: Fn(Vec<I>) -> Fut + Send + 'static,
-        Fut: Future<Output = Vec<O>> + Send,
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<O>> + Send + 'static,
     {
         let (tx, mut rx) = mpsc::unbounded_channel::<(I, oneshot::Sender<O>)>();
+        let handle = std::sync::Arc::new(handle);
+        let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
+            loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let Some(first) = rx.recv().await else { return };
                 let mut items = vec![first];
                 while items.len() < MAX_BATCH {
                     match rx.try_recv() {
@@ -31,12 +39,16 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                         Err(_) => break,
                     }
                 }
-                let (inputs, replies): (Vec<I>, Vec<oneshot::Sender<O>>) =
-                    items.into_iter().unzip();
-                let outputs = handle(inputs).await;
-                for (reply, output) in replies.into_iter().zip(outputs) {
-                    let _ = reply.send(output);
-                }
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    let (inputs, replies): (Vec<I>, Vec<oneshot::Sender<O>>) =
+                        items.into_iter().unzip();
+                    let outputs = handle(inputs).await;
+                    for (reply, output) in replies.into_iter().zip(outputs) {
+                        let _ = reply.send(output);
+                    }
+                    drop(slot);
+                });
             }
         });
         Self { tx }
@@ -61,7 +73,7 @@ mod tests {
     async fn concurrent_items_share_batches_and_each_gets_its_answer() {
         let batches = Arc::new(AtomicUsize::new(0));
         let counter = batches.clone();
-        let b = Arc::new(Batcher::spawn(move |items: Vec<u32>| {
+        let b = Arc::new(Batcher::spawn(1, move |items: Vec<u32>| {
             counter.fetch_add(1, Ordering::SeqCst);
             async move {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;

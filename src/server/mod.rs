@@ -21,7 +21,6 @@ use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Status;
 
 pub use config::Config;
@@ -77,27 +76,20 @@ pub(crate) struct Shared {
     pub waiters: Waiters,
     /// Shares one quorum confirmation among concurrent keepalives (DESIGN rule 3).
     pub confirmer: Batcher<(), Result<(), Status>>,
+    /// Gathers concurrent proposals into batch entries.
+    pub proposer: Batcher<Command, Result<model::Response, Status>>,
     /// Shares one `Renew` entry among the first keepalives of leases in a new term.
     pub renewer: Batcher<LeaseId, Result<Result<model::Lease, model::OpError>, Status>>,
 }
 
 impl Shared {
-    /// Propose a command and wait for the state machine's answer.
+    /// Propose a command and wait for the state machine's answer. Concurrent proposals share one
+    /// log entry (group commit; DESIGN "Performance stance").
     pub async fn propose(&self, cmd: Command) -> Result<model::Response, Status> {
-        let request = model::Request {
-            now_ms: wall_now_ms(),
-            cmd,
-        };
-        match tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.client_write(request)).await {
-            Err(_) => Err(Status::deadline_exceeded(
-                "the cluster did not commit the request in time; its outcome is unknown: retry with the same request_id",
-            )),
-            Ok(Ok(resp)) => resp.data.0.ok_or_else(|| Status::internal("the state machine gave no answer")),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(not_leader(f.leader_node.as_ref()))
-            }
-            Ok(Err(e)) => Err(Status::unavailable(format!("cannot commit: {e}"))),
-        }
+        self.proposer
+            .submit(cmd)
+            .await
+            .unwrap_or_else(|| Err(Status::unavailable("node is shutting down")))
     }
 
     /// Confirm this node leads (quorum round trip) and that its state machine has applied everything
@@ -124,6 +116,42 @@ impl Shared {
             .current_leader
             .and_then(|id| m.membership_config.membership().get_node(&id).cloned());
         not_leader(node.as_ref())
+    }
+}
+
+/// Batches of proposals in flight at once: enough to keep openraft's pipeline full.
+const PROPOSALS_IN_FLIGHT: usize = 8;
+
+/// Propose one entry and wait until it is applied.
+async fn propose_entry(raft: &Raft, cmd: Command) -> Result<model::Response, Status> {
+    let request = model::Request {
+        now_ms: wall_now_ms(),
+        cmd,
+    };
+    match tokio::time::timeout(PROPOSE_TIMEOUT, raft.client_write(request)).await {
+        Err(_) => Err(Status::deadline_exceeded(
+            "the cluster did not commit the request in time; its outcome is unknown: retry with the same request_id",
+        )),
+        Ok(Ok(resp)) => resp.data.0.ok_or_else(|| Status::internal("the state machine gave no answer")),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(not_leader(f.leader_node.as_ref())),
+        Ok(Err(e)) => Err(Status::unavailable(format!("cannot commit: {e}"))),
+    }
+}
+
+/// Propose a batch of commands as one entry (a single command as itself) and answer each.
+async fn propose_batch(raft: Raft, mut cmds: Vec<Command>) -> Vec<Result<model::Response, Status>> {
+    let n = cmds.len();
+    if n == 1 {
+        return vec![propose_entry(&raft, cmds.remove(0)).await];
+    }
+    match propose_entry(&raft, Command::Batch(cmds)).await {
+        Ok(model::Response::Batch(answers)) if answers.len() == n => {
+            answers.into_iter().map(Ok).collect()
+        }
+        Ok(_) => (0..n)
+            .map(|_| Err(Status::internal("a batch entry was answered out of shape")))
+            .collect(),
+        Err(status) => (0..n).map(|_| Err(status.clone())).collect(),
     }
 }
 
@@ -219,7 +247,11 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         })?;
 
     let confirm_raft = raft.clone();
-    let confirmer = Batcher::spawn(move |items: Vec<()>| {
+    let propose_raft = raft.clone();
+    let proposer = Batcher::spawn(PROPOSALS_IN_FLIGHT, move |cmds: Vec<Command>| {
+        propose_batch(propose_raft.clone(), cmds)
+    });
+    let confirmer = Batcher::spawn(1, move |items: Vec<()>| {
         let raft = confirm_raft.clone();
         async move {
             let result =
@@ -235,7 +267,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     });
     let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
         let weak = weak.clone();
-        let renewer = Batcher::spawn(move |ids: Vec<LeaseId>| {
+        let renewer = Batcher::spawn(1, move |ids: Vec<LeaseId>| {
             let weak = weak.clone();
             async move { renew_batch(weak, ids).await }
         });
@@ -247,6 +279,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             config: config.clone(),
             clock: LeaseClock::default(),
             waiters: Waiters::default(),
+            proposer,
             confirmer,
             renewer,
         }
@@ -263,7 +296,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         async move {
             if let Err(e) = tonic::transport::Server::builder()
                 .add_service(svc)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(raft_listener), stop)
+                .serve_with_incoming_shutdown(incoming(raft_listener), stop)
                 .await
             {
                 tracing::error!(error = %e, "raft transport stopped");
@@ -276,7 +309,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         async move {
             if let Err(e) = tonic::transport::Server::builder()
                 .add_service(svc)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), stop)
+                .serve_with_incoming_shutdown(incoming(client_listener), stop)
                 .await
             {
                 tracing::error!(error = %e, "client API stopped");
@@ -318,6 +351,12 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         shutdown,
         tasks,
     })
+}
+
+/// Accepted connections with Nagle's algorithm off: small request/response messages must not wait
+/// for delayed ACKs (a 40 ms stall per exchange otherwise).
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Carry out the state machine's events: wake waiting acquires, keep the lease clock in step.
@@ -389,7 +428,9 @@ async fn renew_batch(
 /// The leader's duties: initialise the lease clock on winning an election, propose expiries of leases
 /// whose countdown ran out (batched), and checkpoint the remaining ttl of quiet leases.
 async fn leader_duties(shared: Arc<Shared>) {
-    let mut metrics = shared.raft.metrics();
+    // Server metrics change only with the node's role, leader or term (the full metrics change with
+    // every log write, which would wake this loop thousands of times a second).
+    let mut metrics = shared.raft.server_metrics();
     let lease = shared.config.lease.clone();
     let mut ticker = tokio::time::interval(lease.expiry_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -398,7 +439,7 @@ async fn leader_duties(shared: Arc<Shared>) {
         let leading = {
             let m = metrics.borrow();
             (m.state.is_leader() && m.current_leader == Some(shared.node_id))
-                .then_some(m.current_term)
+                .then_some(m.vote.leader_id().get_term())
         };
         match (leading, shared.clock.active_term()) {
             (Some(term), Some(active)) if term == active => {

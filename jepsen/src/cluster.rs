@@ -1,0 +1,511 @@
+//! The cluster under test: real `warrant server` processes, either each in its own network namespace
+//! joined by a veth pair to the bridge `wjbr0` (10.77.0.0/24; node i listens on 10.77.0.(10+i)), or
+//! on 127.0.0.1 ports (local mode, the fallback).
+//!
+//! Invariant: everything this module creates — processes, namespaces `wj-n*`, veths `wj-v*`, the
+//! bridge, nft tables (they live inside the namespaces) — is registered in one process-wide registry
+//! and removed by [`cleanup`], which the harness calls on every exit path: normal end, failed check,
+//! Ctrl-C / SIGTERM and panic. [`cleanup_leftovers`] removes what a previous, killed run left behind.
+//! Processes are only ever signalled by the PIDs this harness started (or found inside its own
+//! namespaces).
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use warrant::client::{Client, ClientConfig};
+
+pub const BRIDGE: &str = "wjbr0";
+const BRIDGE_ADDR: &str = "10.77.0.1/24";
+const MAX_NODES: u64 = 9;
+/// The nft table a partition installs inside a namespace.
+const PART_TABLE: &str = "wjpart";
+
+/// Where the nodes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Netns,
+    Local,
+}
+
+/// What the process-wide registry holds for cleanup.
+struct Registry {
+    children: BTreeMap<u64, Child>,
+    netns: bool,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    children: BTreeMap::new(),
+    netns: false,
+});
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// PIDs of running nodes, so a run that was itself killed (SIGKILL) can be cleaned up by the next one.
+fn pidfile() -> PathBuf {
+    std::env::temp_dir().join("warrant-jepsen.pids")
+}
+
+fn write_pidfile(r: &Registry) {
+    let pids: Vec<String> = r.children.values().map(|c| c.id().to_string()).collect();
+    let _ = std::fs::write(pidfile(), pids.join("\n"));
+}
+
+/// Is `pid` a node this harness started (a warrant server on a `wj-node*.toml` config)?
+fn is_our_node(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            let c = String::from_utf8_lossy(&c);
+            c.contains("server") && c.contains("wj-node")
+        })
+        .unwrap_or(false)
+}
+
+fn ns_name(id: u64) -> String {
+    format!("wj-n{id}")
+}
+
+fn ip_of(id: u64) -> String {
+    format!("10.77.0.{}", 10 + id)
+}
+
+/// Run a short administrative command (ip, nft); fail with its stderr.
+fn run(cmd: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("run {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Kill every process this harness started and remove every network object it created. Safe to call
+/// many times and from a signal or panic path; after it, no node is (re)started.
+pub fn cleanup() {
+    SHUTTING_DOWN.store(true, Ordering::SeqCst);
+    let (children, netns) = {
+        let mut r = registry();
+        (
+            std::mem::take(&mut r.children),
+            std::mem::take(&mut r.netns),
+        )
+    };
+    for (_, mut child) in children {
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = kill(pid, Signal::SIGCONT);
+        let _ = kill(pid, Signal::SIGKILL);
+        let _ = child.wait();
+    }
+    let _ = std::fs::remove_file(pidfile());
+    if netns {
+        teardown_network();
+    }
+}
+
+/// Held for a whole run: one run at a time per machine, since runs share the bridge, the namespace
+/// names and the pidfile.
+pub struct RunLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+/// Take the machine-wide run lock, or say that another run is in progress.
+pub fn lock_run() -> anyhow::Result<RunLock> {
+    let path = std::env::temp_dir().join("warrant-jepsen.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map(RunLock)
+        .map_err(|(_, e)| {
+            anyhow::anyhow!(
+                "another warrant-jepsen run holds {} ({e}); one run at a time",
+                path.display()
+            )
+        })
+}
+
+/// Remove what an earlier run may have left: processes inside our namespaces (by the PIDs the kernel
+/// lists for those namespaces), the namespaces, the bridge.
+pub fn cleanup_leftovers() {
+    if let Ok(text) = std::fs::read_to_string(pidfile()) {
+        for pid in text
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            if is_our_node(pid) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        let _ = std::fs::remove_file(pidfile());
+    }
+    let have_ns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("wj-n"))
+        .unwrap_or(false);
+    if have_ns {
+        for id in 1..=MAX_NODES {
+            if let Ok(out) = Command::new("ip")
+                .args(["netns", "pids", &ns_name(id)])
+                .output()
+            {
+                for pid in String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGCONT);
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    teardown_network();
+}
+
+fn teardown_network() {
+    for id in 1..=MAX_NODES {
+        let _ = run(&["ip", "netns", "del", &ns_name(id)]);
+        let _ = run(&["ip", "link", "del", &format!("wj-v{id}")]);
+    }
+    let _ = run(&["ip", "link", "del", BRIDGE]);
+}
+
+fn setup_network(nodes: u64) -> anyhow::Result<()> {
+    registry().netns = true;
+    run(&["ip", "link", "add", BRIDGE, "type", "bridge"])?;
+    run(&["ip", "addr", "add", BRIDGE_ADDR, "dev", BRIDGE])?;
+    run(&["ip", "link", "set", BRIDGE, "up"])?;
+    for id in 1..=nodes {
+        let ns = ns_name(id);
+        let (host, peer) = (format!("wj-v{id}"), format!("wj-p{id}"));
+        run(&["ip", "netns", "add", &ns])?;
+        run(&[
+            "ip", "link", "add", &host, "type", "veth", "peer", "name", &peer,
+        ])?;
+        run(&["ip", "link", "set", &peer, "netns", &ns])?;
+        run(&["ip", "link", "set", &host, "master", BRIDGE])?;
+        run(&["ip", "link", "set", &host, "up"])?;
+        run(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{}/24", ip_of(id)),
+            "dev",
+            &peer,
+        ])?;
+        run(&["ip", "-n", &ns, "link", "set", &peer, "up"])?;
+        run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+    }
+    Ok(())
+}
+
+/// Can this process create namespaces (root, `ip` present)?
+pub fn netns_available() -> bool {
+    nix::unistd::geteuid().is_root()
+        && Command::new("ip")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        && Command::new("nft")
+            .arg("-v")
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+/// One node's addresses and files.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub id: u64,
+    pub client_addr: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+/// The nodes of one run.
+pub struct Cluster {
+    pub mode: Mode,
+    pub nodes: Vec<Node>,
+    bin: PathBuf,
+}
+
+/// Settings that make faults matter: short elections and fast expiry.
+const LEASE_AND_RAFT: &str = "[lease]\nmin_ttl = \"500ms\"\nmax_ttl = \"1h\"\nmax_wait = \"30s\"\n\
+expiry_interval = \"50ms\"\nttl_checkpoint_interval = \"250ms\"\n[raft]\nheartbeat_interval = \"100ms\"\n\
+election_timeout_min = \"400ms\"\nelection_timeout_max = \"800ms\"\nsnapshot_after_entries = 2000\n\
+keep_entries_after_snapshot = 500\n";
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Cluster {
+    /// Write configs under `dir`, set up the network (netns mode) and start every node.
+    pub fn start(mode: Mode, nodes: u64, bin: &Path, dir: &Path) -> anyhow::Result<Cluster> {
+        if !(1..=MAX_NODES).contains(&nodes) {
+            bail!("--nodes must be 1..={MAX_NODES}");
+        }
+        if mode == Mode::Netns {
+            setup_network(nodes)?;
+        }
+        let mut addrs = Vec::new();
+        for id in 1..=nodes {
+            addrs.push(match mode {
+                Mode::Netns => (format!("{}:7100", ip_of(id)), format!("{}:7000", ip_of(id))),
+                Mode::Local => (
+                    format!("127.0.0.1:{}", free_port()?),
+                    format!("127.0.0.1:{}", free_port()?),
+                ),
+            });
+        }
+        let mut peers = String::new();
+        for (i, (raft, client)) in addrs.iter().enumerate() {
+            peers.push_str(&format!(
+                "[peers.{}]\nraft = \"{raft}\"\nclient = \"{client}\"\n",
+                i + 1
+            ));
+        }
+        let mut list = Vec::new();
+        for (i, (_, client)) in addrs.iter().enumerate() {
+            let id = i as u64 + 1;
+            let config = dir.join(format!("wj-node{id}.toml"));
+            let text = format!(
+                "node_id = {id}\ncluster_name = \"jepsen\"\ndata_dir = \"data{id}\"\nbootstrap = {}\n\
+                 insecure = true\nadmins = [\"human/admin\"]\n{LEASE_AND_RAFT}{peers}",
+                id == 1
+            );
+            std::fs::write(&config, text)?;
+            list.push(Node {
+                id,
+                client_addr: client.clone(),
+                config,
+                log: dir.join(format!("node{id}.log")),
+            });
+        }
+        let cluster = Cluster {
+            mode,
+            nodes: list,
+            bin: bin.to_path_buf(),
+        };
+        for id in 1..=nodes {
+            cluster.start_node(id)?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        &self.nodes[(id - 1) as usize]
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.client_addr.clone()).collect()
+    }
+
+    /// Start (or restart after a kill) a node; its stderr is appended to its log.
+    pub fn start_node(&self, id: u64) -> anyhow::Result<()> {
+        if SHUTTING_DOWN.load(Ordering::SeqCst) {
+            bail!("shutting down");
+        }
+        let node = self.node(id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
+        let mut cmd = match self.mode {
+            // `ip netns exec` execs the server in place: the child's PID is the server's.
+            Mode::Netns => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns_name(id)]).arg(&self.bin);
+                c
+            }
+            Mode::Local => Command::new(&self.bin),
+        };
+        cmd.args(["server", "--config"])
+            .arg(&node.config)
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        // Own process group: a terminal's Ctrl-C reaches the harness, which then cleans up in order.
+        use std::os::unix::process::CommandExt;
+        cmd.process_group(0);
+        let mut r = registry();
+        if SHUTTING_DOWN.load(Ordering::SeqCst) {
+            bail!("shutting down");
+        }
+        if r.children.contains_key(&id) {
+            bail!("node {id} is already running");
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("start node {id} ({})", self.bin.display()))?;
+        r.children.insert(id, child);
+        write_pidfile(&r);
+        Ok(())
+    }
+
+    pub fn is_running(&self, id: u64) -> bool {
+        registry().children.contains_key(&id)
+    }
+
+    /// kill -9 a node (also when paused) and reap it.
+    pub fn kill(&self, id: u64) -> bool {
+        let child = {
+            let mut r = registry();
+            let c = r.children.remove(&id);
+            write_pidfile(&r);
+            c
+        };
+        match child {
+            Some(mut c) => {
+                let _ = c.kill();
+                let _ = c.wait();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// SIGSTOP or SIGCONT a running node.
+    pub fn signal(&self, id: u64, sig: Signal) -> bool {
+        let r = registry();
+        match r.children.get(&id) {
+            Some(c) => kill(Pid::from_raw(c.id() as i32), sig).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Cut the nodes of `a` from those of `b` (both directions), with nft rules inside each
+    /// namespace. The harness (10.77.0.1) still reaches every node, as Jepsen's clients do.
+    pub fn partition(&self, a: &[u64], b: &[u64]) -> anyhow::Result<()> {
+        if self.mode != Mode::Netns {
+            bail!("partitions need netns mode");
+        }
+        self.heal()?;
+        for (side, other) in [(a, b), (b, a)] {
+            let ips: Vec<String> = other.iter().map(|&i| ip_of(i)).collect();
+            let set = ips.join(", ");
+            for &id in side {
+                let rules = format!(
+                    "table inet {PART_TABLE} {{\n chain input {{ type filter hook input priority 0; policy accept; ip saddr {{ {set} }} drop; }}\n chain output {{ type filter hook output priority 0; policy accept; ip daddr {{ {set} }} drop; }}\n}}\n"
+                );
+                let path = std::env::temp_dir().join(format!("wj-part-{id}.nft"));
+                std::fs::write(&path, rules)?;
+                let r = run(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &ns_name(id),
+                    "nft",
+                    "-f",
+                    &path.to_string_lossy(),
+                ]);
+                let _ = std::fs::remove_file(&path);
+                r?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove every partition rule.
+    pub fn heal(&self) -> anyhow::Result<()> {
+        if self.mode != Mode::Netns {
+            return Ok(());
+        }
+        for id in self.ids() {
+            // Absent table is fine (nothing to heal).
+            let _ = run(&[
+                "ip",
+                "netns",
+                "exec",
+                &ns_name(id),
+                "nft",
+                "delete",
+                "table",
+                "inet",
+                PART_TABLE,
+            ]);
+        }
+        Ok(())
+    }
+
+    /// A client that talks to one node only.
+    pub fn node_client(&self, id: u64) -> anyhow::Result<Client> {
+        let mut cfg = ClientConfig::new([self.node(id).client_addr.clone()], "human/jepsen")?;
+        cfg.call_timeout = Duration::from_secs(2);
+        Ok(Client::new(cfg)?)
+    }
+
+    /// The leader as the running nodes see it: the leader named by the highest term any node
+    /// reports (a partitioned old leader may still think it leads). None if nobody knows.
+    pub async fn leader(&self) -> Option<u64> {
+        let mut set = tokio::task::JoinSet::new();
+        for id in self.ids() {
+            if !self.is_running(id) {
+                continue;
+            }
+            let Ok(client) = self.node_client(id) else {
+                continue;
+            };
+            set.spawn(async move {
+                tokio::time::timeout(Duration::from_secs(1), client.status())
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+            });
+        }
+        let mut best: Option<(u64, u64)> = None;
+        while let Some(r) = set.join_next().await {
+            if let Ok(Some(s)) = r {
+                if s.leader != 0 && best.is_none_or(|(term, _)| s.term > term) {
+                    best = Some((s.term, s.leader));
+                }
+            }
+        }
+        best.map(|(_, l)| l)
+    }
+
+    /// Wait (bounded) until a leader is known and answers as leader.
+    pub async fn wait_leader(&self, timeout: Duration) -> Option<u64> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(l) = self.leader().await {
+                if let Ok(c) = self.node_client(l) {
+                    if let Ok(Ok(s)) =
+                        tokio::time::timeout(Duration::from_secs(1), c.status()).await
+                    {
+                        if s.leader == l {
+                            return Some(l);
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+}

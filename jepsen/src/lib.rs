@@ -1,0 +1,199 @@
+//! warrant-jepsen: a Jepsen-style fault-injection suite for Warrant (issue 4).
+//!
+//! A run starts real `warrant server` processes ([`cluster`]), drives the fenced-register workload
+//! against them ([`workload`]) while a seeded nemesis injects faults ([`nemesis`]), heals, reads the
+//! final state, and checks the recorded history ([`checker`]). Everything lands in one directory:
+//! history.jsonl, nemesis.jsonl, node logs and results.json.
+
+pub mod checker;
+pub mod cluster;
+pub mod history;
+pub mod nemesis;
+pub mod workload;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use cluster::{Cluster, Mode};
+use history::{Clock, Kind, Recorder};
+use nemesis::{Fault, Timeline};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunOpts {
+    pub nodes: u64,
+    pub time: Duration,
+    pub seed: u64,
+    pub nemesis: String,
+    pub mode: Mode,
+    pub out: PathBuf,
+    pub bin: PathBuf,
+    pub clients: u64,
+    pub resources: u64,
+    pub ttl: Duration,
+    pub broken: Option<workload::Broken>,
+}
+
+/// results.json.
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub valid: bool,
+    pub mode: Mode,
+    pub nodes: u64,
+    pub seed: u64,
+    pub time_s: f64,
+    pub nemesis: Vec<Fault>,
+    pub clients: u64,
+    pub resources: u64,
+    pub ttl_ms: u64,
+    /// A deliberately broken mode, if one was asked for (then the run is expected to fail).
+    pub broken: Option<workload::Broken>,
+    /// Completions per operation and outcome, e.g. "acquire.ok".
+    pub ops: BTreeMap<String, u64>,
+    pub faults: BTreeMap<String, u64>,
+    pub checkers: BTreeMap<String, checker::Verdict>,
+    pub final_registers: BTreeMap<String, Option<String>>,
+    pub notes: Vec<String>,
+}
+
+/// Run the whole test. The caller must call [`cluster::cleanup`] afterwards on every path (this
+/// function also does on its own normal and error paths).
+pub async fn run(opts: RunOpts) -> anyhow::Result<Results> {
+    let r = run_inner(&opts).await;
+    cluster::cleanup();
+    r
+}
+
+async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
+    std::fs::create_dir_all(&opts.out)?;
+    let faults = Fault::parse_list(&opts.nemesis, opts.mode)?;
+    let mut notes = Vec::new();
+    let _lock = cluster::lock_run()?;
+    cluster::cleanup_leftovers();
+    let clock = Clock::new();
+    let rec = Recorder::new(clock, Some(&opts.out.join("history.jsonl")))?;
+    let timeline = Timeline::new(clock, &opts.out.join("nemesis.jsonl"))?;
+
+    let cluster = Arc::new(Cluster::start(opts.mode, opts.nodes, &opts.bin, &opts.out)?);
+    let Some(leader) = cluster.wait_leader(Duration::from_secs(30)).await else {
+        anyhow::bail!(
+            "no leader within 30 s of start; see the node logs in {}",
+            opts.out.display()
+        );
+    };
+    eprintln!(
+        "cluster up ({:?} mode, {} nodes, leader {leader}); running {:?} with nemesis {faults:?}",
+        opts.mode, opts.nodes, opts.time
+    );
+
+    let deadline = tokio::time::Instant::now() + opts.time;
+    let regs = workload::Registers::new(opts.broken);
+    let params = workload::Params {
+        clients: opts.clients,
+        resources: opts.resources,
+        ttl: opts.ttl,
+        seed: opts.seed,
+        p_pause: 0.08,
+        broken: opts.broken,
+    };
+    let nem = tokio::spawn(nemesis::run(
+        cluster.clone(),
+        faults.clone(),
+        opts.seed,
+        deadline,
+        timeline.clone(),
+    ));
+    let work = workload::run(
+        cluster.endpoints(),
+        params,
+        deadline,
+        rec.clone(),
+        regs.clone(),
+    )
+    .await;
+    if let Err(e) = &work {
+        notes.push(format!("workload: {e:#}"));
+    }
+    // The nemesis heals everything once the deadline passes.
+    if tokio::time::timeout(Duration::from_secs(30), nem)
+        .await
+        .is_err()
+    {
+        notes.push("nemesis did not finish in time; healed by force".into());
+        nemesis::heal_all(&cluster, &timeline);
+    }
+    if cluster.wait_leader(Duration::from_secs(20)).await.is_none() {
+        notes.push("no leader within 20 s after healing".into());
+    }
+    workload::final_reads(
+        cluster.endpoints(),
+        opts.resources,
+        Duration::from_secs(20),
+        &rec,
+    )
+    .await?;
+    rec.flush();
+
+    let events = rec.events();
+    let checkers = checker::check_all(&events);
+    let mut ops: BTreeMap<String, u64> = BTreeMap::new();
+    for e in &events {
+        if e.kind != Kind::Invoke {
+            let key = format!(
+                "{}.{}",
+                serde_json::to_value(e.f)?.as_str().unwrap_or("?"),
+                serde_json::to_value(e.kind)?.as_str().unwrap_or("?")
+            );
+            *ops.entry(key).or_default() += 1;
+        }
+    }
+    ops.insert(
+        "total_invocations".into(),
+        events.iter().filter(|e| e.kind == Kind::Invoke).count() as u64,
+    );
+    let valid = checkers.values().all(|v| v.valid) && work.is_ok();
+    let results = Results {
+        valid,
+        mode: opts.mode,
+        nodes: opts.nodes,
+        seed: opts.seed,
+        time_s: opts.time.as_secs_f64(),
+        nemesis: faults,
+        clients: opts.clients,
+        resources: opts.resources,
+        ttl_ms: opts.ttl.as_millis() as u64,
+        broken: opts.broken,
+        ops,
+        faults: timeline.counts(),
+        checkers,
+        final_registers: regs.values().into_iter().collect(),
+        notes,
+    };
+    std::fs::write(
+        opts.out.join("results.json"),
+        serde_json::to_string_pretty(&results)?,
+    )?;
+    Ok(results)
+}
+
+/// Where the `warrant` binary is: `$WARRANT_BIN`, else next to this executable (cargo puts both in
+/// one target directory), else `warrant` on PATH.
+pub fn find_warrant_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("WARRANT_BIN") {
+        return PathBuf::from(p);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        // target/debug/warrant-jepsen, or target/debug/deps/<test> for tests.
+        for dir in exe.ancestors().skip(1).take(2) {
+            let candidate = dir.join("warrant");
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    Path::new("warrant").to_path_buf()
+}

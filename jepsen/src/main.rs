@@ -1,0 +1,238 @@
+//! `warrant-jepsen`: run the fault-injection suite against real `warrant server` processes, or
+//! re-check a recorded history. Exit 0 only if every checker passed; 1 if one failed; 2 if the run
+//! itself could not be carried out; 130 if interrupted. Cleanup runs on every one of those paths.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use warrant_jepsen::cluster::{self, Mode};
+use warrant_jepsen::{checker, history, RunOpts};
+
+#[derive(Parser)]
+#[command(name = "warrant-jepsen", about = "Fault-injection suite for Warrant")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    /// Each node in its own network namespace (needs root); partitions are real packet loss.
+    Netns,
+    /// Nodes on 127.0.0.1 ports; no partitions.
+    Local,
+    /// netns when available, else local.
+    Auto,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BrokenArg {
+    /// The protected register skips the fence check.
+    SkipFence,
+    /// A process waking from a pause acts as if it still held its lease.
+    IgnoreExpiry,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start a cluster, run the workload under faults, check the history.
+    Run {
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// How long the workload and nemesis run (e.g. 60s, 10m).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        time: Duration,
+        /// Seed for the nemesis schedule and the workload's choices (random if absent).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Comma list of kill, pause, partition; or mixed; or none.
+        #[arg(long, default_value = "mixed")]
+        nemesis: String,
+        /// Only "register" exists so far ("all" is the same).
+        #[arg(long, default_value = "register")]
+        workload: String,
+        /// Output directory (default: jepsen-runs/<seed>-<unix time>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+        mode: ModeArg,
+        /// Client processes.
+        #[arg(long, default_value_t = 6)]
+        clients: u64,
+        /// Protected resources (registers).
+        #[arg(long, default_value_t = 3)]
+        resources: u64,
+        /// Lease ttl.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// The warrant binary (default: $WARRANT_BIN, next to this program, or on PATH).
+        #[arg(long)]
+        warrant_bin: Option<PathBuf>,
+        /// Deliberately break the harness side (the run should then FAIL): skip-fence or
+        /// ignore-expiry.
+        #[arg(long = "break", value_enum)]
+        broken: Option<BrokenArg>,
+    },
+    /// Re-run the checkers over a recorded history.jsonl.
+    Check { history: PathBuf },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    // A panic anywhere (also in a task) tears the cluster and network down before anything else.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        cluster::cleanup();
+        default_hook(info);
+    }));
+    let code = match cli.cmd {
+        Cmd::Check { history } => check(&history),
+        Cmd::Run {
+            nodes,
+            time,
+            seed,
+            nemesis,
+            workload,
+            out,
+            mode,
+            clients,
+            resources,
+            ttl,
+            warrant_bin,
+            broken,
+        } => {
+            if workload != "register" && workload != "all" {
+                eprintln!("--workload: only \"register\" exists so far");
+                std::process::exit(2);
+            }
+            let seed = seed.unwrap_or_else(|| history::wall_ms() % 1_000_000);
+            let mode = match mode {
+                ModeArg::Netns => Mode::Netns,
+                ModeArg::Local => Mode::Local,
+                ModeArg::Auto if cluster::netns_available() => Mode::Netns,
+                ModeArg::Auto => Mode::Local,
+            };
+            let out = out.unwrap_or_else(|| {
+                PathBuf::from(format!("jepsen-runs/{seed}-{}", history::wall_ms() / 1000))
+            });
+            let opts = RunOpts {
+                nodes,
+                time,
+                seed,
+                nemesis,
+                mode,
+                out,
+                bin: warrant_bin.unwrap_or_else(warrant_jepsen::find_warrant_bin),
+                clients,
+                resources,
+                ttl,
+                broken: broken.map(|b| match b {
+                    BrokenArg::SkipFence => warrant_jepsen::workload::Broken::SkipFence,
+                    BrokenArg::IgnoreExpiry => warrant_jepsen::workload::Broken::IgnoreExpiry,
+                }),
+            };
+            run(opts)
+        }
+    };
+    cluster::cleanup();
+    std::process::exit(code);
+}
+
+fn run(opts: RunOpts) -> i32 {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return 2;
+        }
+    };
+    let out = opts.out.clone();
+    eprintln!(
+        "warrant-jepsen: seed {} mode {:?} output {}",
+        opts.seed,
+        opts.mode,
+        out.display()
+    );
+    let code = rt.block_on(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("cannot watch SIGTERM: {e}");
+                    return 2;
+                }
+            };
+        tokio::select! {
+            r = warrant_jepsen::run(opts) => match r {
+                Ok(results) => {
+                    print_summary(&results);
+                    if results.valid { 0 } else { 1 }
+                }
+                Err(e) => {
+                    eprintln!("run failed: {e:#}");
+                    2
+                }
+            },
+            _ = tokio::signal::ctrl_c() => { eprintln!("interrupted; cleaning up"); 130 }
+            _ = term.recv() => { eprintln!("terminated; cleaning up"); 130 }
+        }
+    });
+    cluster::cleanup();
+    // Client tasks may still be waiting on dead nodes: do not wait for them.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    eprintln!("output in {}", out.display());
+    code
+}
+
+fn print_summary(r: &warrant_jepsen::Results) {
+    println!(
+        "{} — {:?} mode, {} nodes, seed {}, {} s, nemesis {:?}",
+        if r.valid { "PASS" } else { "FAIL" },
+        r.mode,
+        r.nodes,
+        r.seed,
+        r.time_s,
+        r.nemesis
+    );
+    if let Some(b) = r.broken {
+        println!("deliberately broken mode: {b:?} (a FAIL is the expected outcome)");
+    }
+    println!("ops: {:?}", r.ops);
+    println!("faults: {:?}", r.faults);
+    for (name, v) in &r.checkers {
+        println!(
+            "  {:<18} {}  {:?}",
+            name,
+            if v.valid { "ok  " } else { "FAIL" },
+            v.counts
+        );
+        for x in &v.violations {
+            println!("      {x}");
+        }
+    }
+    for n in &r.notes {
+        println!("note: {n}");
+    }
+}
+
+fn check(path: &std::path::Path) -> i32 {
+    let events = match history::load(path) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("cannot read {}: {e:#}", path.display());
+            return 2;
+        }
+    };
+    let verdicts = checker::check_all(&events);
+    let valid = verdicts.values().all(|v| v.valid);
+    match serde_json::to_string_pretty(&verdicts) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("{e}"),
+    }
+    if valid {
+        0
+    } else {
+        1
+    }
+}

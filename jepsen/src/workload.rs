@@ -1,0 +1,346 @@
+//! The fenced-register workload.
+//!
+//! Each resource has a protected register in this process, guarded by Warrant's `FenceGuard`: it
+//! accepts a write only with a token ≥ the highest it has seen. Client processes (each with its own
+//! `Client`, principal and instance id) loop: acquire a random resource (ttl 2 s, sometimes queueing),
+//! write a few times — checking `Lease::remaining()` before every write, which is the claim the
+//! exclusivity checker counts — checkpoint now and then, and release. Sometimes a process "pauses":
+//! it stops keeping its lease alive, sleeps past the ttl and then writes with its old token without
+//! checking, as a process waking from a GC pause would; only the fence can stop that write.
+//!
+//! Every acquire uses the task key "jepsen", so each grant carries its predecessor's last checkpoint
+//! (`previous`), which the durability checker compares with the acknowledged checkpoints.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tokio::time::Instant;
+use warrant::client::{AcquireOptions, Acquired, Client, ClientConfig, ClientError, FenceGuard};
+use warrant::model::InstanceId;
+
+use crate::history::{Event, Kind, Op, Recorder};
+
+pub const TASK_KEY: &str = "jepsen";
+
+/// Workload knobs.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub clients: u64,
+    pub resources: u64,
+    pub ttl: Duration,
+    pub seed: u64,
+    /// Probability that a holder simulates a pause after its first write.
+    pub p_pause: f64,
+    /// A deliberately broken mode, to show the checkers catch it.
+    pub broken: Option<Broken>,
+}
+
+/// Deliberately broken behaviour (`--break`): the suite must be able to fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Broken {
+    /// The protected register accepts every write without the fence check.
+    SkipFence,
+    /// A process waking from a pause believes it still holds its lease (ignores expiry) and acts on
+    /// that belief: its write counts as a claim.
+    IgnoreExpiry,
+}
+
+pub fn resource_name(i: u64) -> String {
+    format!("jepsen/reg/{i}")
+}
+
+/// A protected resource: a register whose writes are fenced.
+#[derive(Default)]
+struct Register {
+    guard: FenceGuard,
+    value: Option<String>,
+}
+
+/// All registers; a write is decided and recorded under the register's lock, so the history lists
+/// writes in the order the register saw them.
+#[derive(Clone, Default)]
+pub struct Registers {
+    inner: Arc<Mutex<HashMap<String, Register>>>,
+    skip_fence: bool,
+}
+
+impl Registers {
+    pub fn new(broken: Option<Broken>) -> Self {
+        Self {
+            inner: Default::default(),
+            skip_fence: broken == Some(Broken::SkipFence),
+        }
+    }
+
+    fn write(&self, rec: &Recorder, process: u64, resource: &str, token: u64, value: String) {
+        let mut regs = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let reg = regs.entry(resource.to_string()).or_default();
+        let admitted = if self.skip_fence {
+            Ok(())
+        } else {
+            reg.guard.admit(token)
+        };
+        match admitted {
+            Ok(()) => {
+                let mut e = Event::new(Kind::Ok, Op::Write, process, resource).token(token);
+                e.value = Some(value.clone());
+                reg.value = Some(value);
+                rec.record(e);
+            }
+            Err(stale) => {
+                let mut e = Event::new(Kind::Fail, Op::Write, process, resource)
+                    .token(token)
+                    .error(stale);
+                e.value = Some(value);
+                e.fence = Some(stale.highest);
+                rec.record(e);
+            }
+        }
+    }
+
+    /// The final value of each register.
+    pub fn values(&self) -> HashMap<String, Option<String>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, r)| (k.clone(), r.value.clone()))
+            .collect()
+    }
+}
+
+/// Completion kind for a failed call: a refusal is `fail`; anything that may have taken effect
+/// (timeout, unreachable) is `info`.
+fn kind_of(e: &ClientError) -> Kind {
+    use tonic::Code;
+    match e.code() {
+        Code::InvalidArgument
+        | Code::NotFound
+        | Code::FailedPrecondition
+        | Code::PermissionDenied
+        | Code::ResourceExhausted
+        | Code::AlreadyExists => Kind::Fail,
+        _ => Kind::Info,
+    }
+}
+
+/// An error as recorded: its gRPC code and message.
+fn describe(e: &ClientError) -> String {
+    format!("{:?}: {e}", e.code())
+}
+
+/// Run the client processes until `deadline`; each finishes its current lease (bounded) and stops.
+pub async fn run(
+    endpoints: Vec<String>,
+    params: Params,
+    deadline: Instant,
+    rec: Recorder,
+    regs: Registers,
+) -> anyhow::Result<()> {
+    let mut set = tokio::task::JoinSet::new();
+    for p in 0..params.clients {
+        let mut cfg = ClientConfig::new(endpoints.clone(), &format!("agent/jepsen-{p}"))?;
+        cfg.instance = InstanceId::parse(&format!("jepsen-{p}-{}", params.seed))?;
+        cfg.call_timeout = Duration::from_secs(5);
+        let client = Client::new(cfg)?;
+        let (rec, regs, params) = (rec.clone(), regs.clone(), params.clone());
+        set.spawn(process(client, p, params, deadline, rec, regs));
+    }
+    // Each process stops starting work at the deadline; one lease's worth of work plus a few call
+    // timeouts later it must be done.
+    let grace = Duration::from_secs(30);
+    let all = async { while set.join_next().await.is_some() {} };
+    if tokio::time::timeout_at(deadline + grace, all)
+        .await
+        .is_err()
+    {
+        set.abort_all();
+        anyhow::bail!("client processes did not finish within {grace:?} after the deadline");
+    }
+    Ok(())
+}
+
+async fn process(
+    client: Client,
+    p: u64,
+    params: Params,
+    deadline: Instant,
+    rec: Recorder,
+    regs: Registers,
+) {
+    let mut rng = ChaCha8Rng::seed_from_u64(params.seed.wrapping_mul(1_000_003).wrapping_add(p));
+    let clock = rec.clock();
+    let mut seq = 0u64;
+    // Bounded: every iteration takes at least a few ms of sleeping, and stops at the deadline.
+    for _iteration in 0..1_000_000u32 {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let resource = resource_name(rng.gen_range(0..params.resources));
+        let wait = rng
+            .gen_bool(0.4)
+            .then(|| Duration::from_millis(rng.gen_range(200..1500)));
+        let mut opts = AcquireOptions::new(&resource, params.ttl);
+        opts.task_key = Some(TASK_KEY.to_string());
+        opts.intent = format!("jepsen process {p}");
+        opts.wait = wait;
+        let mut inv = Event::new(Kind::Invoke, Op::Acquire, p, &resource);
+        inv.wait_ms = wait.map(|w| w.as_millis() as u64);
+        rec.record(inv);
+        let lease = match client.acquire(opts).await {
+            Ok(Acquired::Granted(lease)) => {
+                // Stamped after the answer arrived: an upper bound on when the holder learned.
+                let mut e = Event::new(Kind::Ok, Op::Acquire, p, &resource).token(lease.token());
+                e.lease_id = Some(lease.lease_id().to_string());
+                if let Some(prev) = lease.previous() {
+                    e.prev_token = Some(prev.token);
+                    e.prev_checkpoint = prev
+                        .checkpoint
+                        .as_ref()
+                        .map(|c| String::from_utf8_lossy(c).into_owned());
+                }
+                rec.record(e);
+                lease
+            }
+            Ok(other) => {
+                let what = match other {
+                    Acquired::Busy { .. } => "busy",
+                    Acquired::WaitEnded => "wait ended",
+                    Acquired::AlreadyDone(_) => "already done",
+                    Acquired::Granted(_) => unreachable!("handled above"),
+                };
+                rec.record(Event::new(Kind::Fail, Op::Acquire, p, &resource).error(what));
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(20..200))).await;
+                continue;
+            }
+            Err(e) => {
+                rec.record(Event::new(kind_of(&e), Op::Acquire, p, &resource).error(describe(&e)));
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(50..300))).await;
+                continue;
+            }
+        };
+        let token = lease.token();
+        let writes = rng.gen_range(1..=6);
+        let mut paused = false;
+        for w in 0..writes {
+            if w > 0 {
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(50..700))).await;
+            }
+            // The claim: stamped *before* the check, a lower bound on when the holder believed it.
+            let t_check = clock.now_ns();
+            let Some(remaining) = lease.remaining() else {
+                rec.record(Event::new(Kind::Info, Op::Lapse, p, &resource).token(token));
+                break;
+            };
+            seq += 1;
+            let value = format!("p{p}:t{token}:s{seq}");
+            let mut inv = Event::new(Kind::Invoke, Op::Write, p, &resource).token(token);
+            inv.claim = Some(true);
+            inv.remaining_ms = Some(remaining.as_millis() as u64);
+            inv.value = Some(value.clone());
+            rec.record_at(inv, t_check);
+            regs.write(&rec, p, &resource, token, value);
+
+            if rng.gen_bool(0.4) {
+                let data = format!("{token}:{seq}");
+                let mut inv = Event::new(Kind::Invoke, Op::Checkpoint, p, &resource).token(token);
+                inv.value = Some(data.clone());
+                rec.record(inv);
+                let mut done = match lease.checkpoint(data.clone().into_bytes()).await {
+                    Ok(()) => Event::new(Kind::Ok, Op::Checkpoint, p, &resource),
+                    Err(e) => {
+                        Event::new(kind_of(&e), Op::Checkpoint, p, &resource).error(describe(&e))
+                    }
+                };
+                done.token = Some(token);
+                done.value = Some(data);
+                rec.record(done);
+            }
+            if w == 0 && rng.gen_bool(params.p_pause) {
+                paused = true;
+                break;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        if paused {
+            // A simulated process pause: keepalives stop with the process, and on waking it writes
+            // with its old token without looking at the clock.
+            let nap = params.ttl + Duration::from_millis(rng.gen_range(300..2000));
+            let mut e = Event::new(Kind::Info, Op::Pause, p, &resource).token(token);
+            e.error = Some(format!("pausing {} ms without keepalives", nap.as_millis()));
+            rec.record(e);
+            drop(lease);
+            tokio::time::sleep(nap).await;
+            seq += 1;
+            let value = format!("p{p}:t{token}:s{seq}:zombie");
+            let mut inv = Event::new(Kind::Invoke, Op::Write, p, &resource).token(token);
+            inv.claim = Some(params.broken == Some(Broken::IgnoreExpiry));
+            inv.value = Some(value.clone());
+            rec.record(inv);
+            regs.write(&rec, p, &resource, token, value);
+            continue;
+        }
+        let lease_id = lease.lease_id().to_string();
+        let mut inv = Event::new(Kind::Invoke, Op::Release, p, &resource).token(token);
+        inv.lease_id = Some(lease_id.clone());
+        rec.record(inv);
+        let mut done = match lease.release(None).await {
+            Ok(r) => {
+                let mut e = Event::new(Kind::Ok, Op::Release, p, &resource);
+                e.value = Some(r.ended);
+                e
+            }
+            Err(e) => Event::new(kind_of(&e), Op::Release, p, &resource).error(describe(&e)),
+        };
+        done.token = Some(token);
+        done.lease_id = Some(lease_id);
+        rec.record(done);
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(10..150))).await;
+    }
+}
+
+/// After healing: read every resource's fence (linearizable Get), retrying within `timeout`.
+pub async fn final_reads(
+    endpoints: Vec<String>,
+    resources: u64,
+    timeout: Duration,
+    rec: &Recorder,
+) -> anyhow::Result<()> {
+    const READER: u64 = 1_000_000;
+    let mut cfg = ClientConfig::new(endpoints, "human/jepsen-reader")?;
+    cfg.call_timeout = Duration::from_secs(5);
+    let client = Client::new(cfg)?;
+    let deadline = Instant::now() + timeout;
+    for i in 0..resources {
+        let resource = resource_name(i);
+        // Bounded by the deadline; each attempt by the call timeout.
+        for _attempt in 0..100u32 {
+            rec.record(Event::new(Kind::Invoke, Op::Read, READER, &resource));
+            match client.get(&resource).await {
+                Ok(resp) => {
+                    let mut e = Event::new(Kind::Ok, Op::Read, READER, &resource);
+                    e.fence = Some(resp.fence);
+                    e.token = resp.holder.map(|h| h.token);
+                    rec.record(e);
+                    break;
+                }
+                Err(e) => {
+                    rec.record(
+                        Event::new(kind_of(&e), Op::Read, READER, &resource).error(describe(&e)),
+                    );
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        }
+    }
+    Ok(())
+}
