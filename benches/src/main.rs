@@ -206,6 +206,9 @@ async fn main() -> Result<()> {
         ] {
             for &c in &clients {
                 for (system, cluster) in [(System::Warrant, &warrant), (System::Etcd, &etcd)] {
+                    if !systems.iter().any(|s| s == system.name()) {
+                        continue;
+                    }
                     let stats =
                         workloads::cycles(system, cluster, contention, c, warmup, duration).await?;
                     eprintln!(

@@ -115,19 +115,30 @@ impl StateMachineStore {
     /// finished after an install must not replace it, or a restart would miss the purged log between).
     fn save_snapshot(&self, snap: &StoredSnapshot) -> Result<bool, StorageError> {
         let _guard = self.snapshot_save.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(stored) = self.load_snapshot()? {
-            if stored.meta.last_log_id > snap.meta.last_log_id {
+        let snapshots = cf(&self.db, CF_SNAPSHOT);
+        let write_err =
+            |e: rocksdb::Error| StorageIOError::write_snapshot(Some(snap.meta.signature()), &e);
+        // The last log id of the stored snapshot is kept under its own key: checking it must not
+        // read and decode the whole snapshot.
+        if let Some(bytes) = self
+            .db
+            .get_cf(snapshots, b"current_last_log_id")
+            .map_err(write_err)?
+        {
+            let stored: Option<LogId> =
+                decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+            if stored > snap.meta.last_log_id {
                 return Ok(false);
             }
         }
-        self.db
-            .put_cf_opt(
-                cf(&self.db, CF_SNAPSHOT),
-                b"current",
-                encode(snap),
-                &sync_write(),
-            )
-            .map_err(|e| StorageIOError::write_snapshot(Some(snap.meta.signature()), &e))?;
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(snapshots, b"current", encode(snap));
+        batch.put_cf(
+            snapshots,
+            b"current_last_log_id",
+            encode(&snap.meta.last_log_id),
+        );
+        self.db.write_opt(batch, &sync_write()).map_err(write_err)?;
         Ok(true)
     }
 }
@@ -150,8 +161,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 last_membership: sm.membership.clone(),
                 snapshot_id: id,
             };
-            (sm.state.to_snapshot(), meta)
+            // Clone under the lock, encode after releasing it: applies wait only for the copy.
+            (sm.state.clone(), meta)
         };
+        let data = data.to_snapshot();
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
