@@ -50,6 +50,9 @@ enum Cmd {
         keepalive_streams: usize,
         #[arg(long, default_value_t = 32)]
         keepalive_window: usize,
+        /// Live leases for the scale workload (0 skips it): RSS per node, restart-and-catch-up time.
+        #[arg(long, default_value_t = 100_000)]
+        scale_leases: usize,
         /// Only these systems (profiling one side); the ratio column needs both.
         #[arg(long, value_delimiter = ',', default_value = "warrant,etcd")]
         systems: Vec<String>,
@@ -182,6 +185,7 @@ async fn main() -> Result<()> {
         repeats,
         keepalive_streams,
         keepalive_window,
+        scale_leases,
         systems,
     } = Cli::parse().command;
     let warrant_bin = match warrant_bin {
@@ -194,7 +198,7 @@ async fn main() -> Result<()> {
         etcd_bin.display()
     );
     let mut warrant = start_warrant(&warrant_bin).context("start warrant")?;
-    let etcd = start_etcd(&etcd_bin).context("start etcd")?;
+    let mut etcd = start_etcd(&etcd_bin).context("start etcd")?;
     ready(System::Warrant, &warrant).await?;
     ready(System::Etcd, &etcd).await?;
 
@@ -254,6 +258,15 @@ async fn main() -> Result<()> {
         }
     }
     let failover = failover(&mut warrant).await?;
+    let mut scale_lines = Vec::new();
+    if scale_leases > 0 {
+        for (system, cluster) in [(System::Warrant, &mut warrant), (System::Etcd, &mut etcd)] {
+            if !systems.iter().any(|s| s == system.name()) {
+                continue;
+            }
+            scale_lines.push(scale(system, cluster, scale_leases).await?);
+        }
+    }
 
     let mut out = String::new();
     writeln!(out, "| workload | C | run | system | ops/s | acquire p50 / p99 / p99.9 ms | cycle p50 / p99 / p99.9 ms | busy answers / grant | server CPU % | Warrant ÷ etcd ops/s |")?;
@@ -300,6 +313,9 @@ async fn main() -> Result<()> {
         )?;
     }
     writeln!(out, "\nFailover: {failover}")?;
+    for line in &scale_lines {
+        writeln!(out, "\n{line}")?;
+    }
     writeln!(
         out,
         "\nRSS after the run: warrant {:?} MiB, etcd {:?} MiB",
@@ -308,6 +324,58 @@ async fn main() -> Result<()> {
     )?;
     println!("{out}");
     Ok(())
+}
+
+/// Fill `n` live leases, report RSS per node, then kill -9 a follower (Warrant) or a member (etcd),
+/// restart it and time until it serves the full state again.
+async fn scale(system: System, cluster: &mut Cluster, n: usize) -> Result<String> {
+    let rss_before = mib(&cluster.rss_bytes());
+    let rate = workloads::fill(system, cluster, n, 64).await?;
+    let rss = mib(&cluster.rss_bytes());
+    let (victim, probe) = match system {
+        System::Warrant => {
+            let c = Client::new(ClientConfig::new(cluster.endpoints.clone(), "agent/bench")?)?;
+            let status = c.status().await?;
+            let victim = (1..=3)
+                .find(|id| *id != status.leader as usize)
+                .context("a follower")?;
+            (victim, status.live_leases)
+        }
+        System::Etcd => (3, 0),
+    };
+    cluster.procs[victim - 1].kill();
+    let restarted = Instant::now();
+    cluster.procs[victim - 1].start()?;
+    let endpoint = cluster.endpoints[victim - 1].clone();
+    wait_until(Duration::from_secs(600), "restart and catch-up", || {
+        let endpoint = endpoint.clone();
+        async move {
+            match system {
+                System::Warrant => {
+                    match Client::new(ClientConfig::new([endpoint], "agent/bench").unwrap())
+                        .unwrap()
+                        .status()
+                        .await
+                    {
+                        Ok(s) => s.live_leases >= probe && s.leader != 0,
+                        Err(_) => false,
+                    }
+                }
+                System::Etcd => match etcd_client::Client::connect([endpoint], None).await {
+                    Ok(mut c) => c.status().await.is_ok(),
+                    Err(_) => false,
+                },
+            }
+        }
+    })
+    .await?;
+    let catch_up = restarted.elapsed();
+    Ok(format!(
+        "Scale, {}: {n} live leases created at {rate:.0}/s; RSS per node {rss_before:?} → {rss:?} MiB; \
+         kill -9 + restart of a member until it serves all of them: {:.1} s",
+        system.name(),
+        catch_up.as_secs_f64()
+    ))
 }
 
 fn mib(v: &[u64]) -> Vec<u64> {

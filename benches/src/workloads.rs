@@ -330,3 +330,40 @@ pub async fn keepalives(
         cpu_percent,
     })
 }
+
+/// Create `count` live leases (ttl 30 min) with `clients` concurrent clients; returns the rate.
+pub async fn fill(system: System, cluster: &Cluster, count: usize, clients: usize) -> Result<f64> {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let endpoints = cluster.endpoints.clone();
+        let run = run.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = connect(system, &endpoints, &format!("agent/scale-{i}")).await?;
+            for n in (i..count).step_by(clients) {
+                let key = format!("scale/{run}/{n}");
+                match &mut conn {
+                    Conn::Warrant(c) => match c
+                        .acquire(AcquireOptions::new(&key, Duration::from_secs(1800)))
+                        .await?
+                    {
+                        // Dropping the handle stops its keepalives; the lease lives on for its ttl.
+                        Acquired::Granted(lease) => drop(lease),
+                        other => return Err(anyhow!("not granted: {other:?}")),
+                    },
+                    Conn::Etcd(c) => {
+                        let lease = c.lease_grant(1800, None).await?.id();
+                        c.put(key, "", Some(PutOptions::new().with_lease(lease)))
+                            .await?;
+                    }
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(count as f64 / start.elapsed().as_secs_f64())
+}
