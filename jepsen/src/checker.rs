@@ -31,7 +31,7 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             valid: true,
             counts: BTreeMap::new(),
@@ -39,11 +39,11 @@ impl Verdict {
         }
     }
 
-    fn count(&mut self, what: &str) {
+    pub(crate) fn count(&mut self, what: &str) {
         *self.counts.entry(what.to_string()).or_default() += 1;
     }
 
-    fn violation(&mut self, v: serde_json::Value) {
+    pub(crate) fn violation(&mut self, v: serde_json::Value) {
         self.valid = false;
         self.count("violations");
         if self.violations.len() < MAX_LISTED {
@@ -59,6 +59,7 @@ pub fn check_all(events: &[Event]) -> BTreeMap<String, Verdict> {
     out.insert("token_order".to_string(), token_order(events));
     out.insert("lease_exclusivity".to_string(), lease_exclusivity(events));
     out.insert("durability".to_string(), durability(events));
+    out.extend(crate::deploy_check::check_all(events));
     out
 }
 
@@ -206,10 +207,9 @@ pub fn lease_exclusivity(events: &[Event]) -> Verdict {
     for g in grants(events) {
         intervals.insert((g.process, g.resource, g.token), (g.ok_ns, None));
     }
-    for e in events
-        .iter()
-        .filter(|e| e.kind == Kind::Invoke && e.f == Op::Write && e.claim == Some(true))
-    {
+    for e in events.iter().filter(|e| {
+        e.kind == Kind::Invoke && matches!(e.f, Op::Write | Op::Step) && e.claim == Some(true)
+    }) {
         let Some(token) = e.token else { continue };
         v.count("claimed_writes");
         if let Some(iv) = intervals.get_mut(&(e.process, e.resource.as_str(), token)) {

@@ -41,6 +41,12 @@ pub enum Op {
     Pause,
     /// A linearizable read of a resource's fence after the cluster healed.
     Read,
+    /// Deploy workload: apply one deploy step to the protected deployment (value = step index).
+    Step,
+    /// Deploy workload: an instance is killed (drops its lease and stops).
+    Kill,
+    /// Deploy workload: after healing, an acquire with a task key that should answer AlreadyDone.
+    Probe,
 }
 
 /// One line of history.jsonl.
@@ -80,6 +86,9 @@ pub struct Event {
     pub wait_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Deploy workload: the task key the operation works on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_key: Option<String>,
     pub t_ns: u64,
     pub wall_ms: u64,
 }
@@ -103,6 +112,7 @@ impl Event {
             prev_checkpoint: None,
             wait_ms: None,
             error: None,
+            task_key: None,
             t_ns: 0,
             wall_ms: 0,
         }
@@ -110,6 +120,25 @@ impl Event {
 
     pub fn token(mut self, t: u64) -> Self {
         self.token = Some(t);
+        self
+    }
+
+    /// What a grant carries: its token and lease id, and the predecessor's token and checkpoint.
+    pub fn granted(mut self, lease: &warrant::client::Lease) -> Self {
+        self.token = Some(lease.token());
+        self.lease_id = Some(lease.lease_id().to_string());
+        if let Some(prev) = lease.previous() {
+            self.prev_token = Some(prev.token);
+            self.prev_checkpoint = prev
+                .checkpoint
+                .as_ref()
+                .map(|c| String::from_utf8_lossy(c).into_owned());
+        }
+        self
+    }
+
+    pub fn key(mut self, k: &str) -> Self {
+        self.task_key = Some(k.to_string());
         self
     }
 

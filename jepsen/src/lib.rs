@@ -1,12 +1,15 @@
 //! warrant-jepsen: a Jepsen-style fault-injection suite for Warrant (issue 4).
 //!
 //! A run starts real `warrant server` processes ([`cluster`]), drives the fenced-register workload
-//! against them ([`workload`]) while a seeded nemesis injects faults ([`nemesis`]), heals, reads the
+//! ([`workload`]) and the replacement-mid-deploy workload ([`deploy`], checked by [`deploy_check`])
+//! against them while a seeded nemesis injects faults ([`nemesis`]), heals, reads the
 //! final state, and checks the recorded history ([`checker`]). Everything lands in one directory:
 //! history.jsonl, nemesis.jsonl, node logs and results.json.
 
 pub mod checker;
 pub mod cluster;
+pub mod deploy;
+pub mod deploy_check;
 pub mod history;
 pub mod nemesis;
 pub mod workload;
@@ -36,6 +39,10 @@ pub struct RunOpts {
     pub resources: u64,
     pub ttl: Duration,
     pub broken: Option<workload::Broken>,
+    /// Run the fenced-register workload.
+    pub register: bool,
+    /// Run the replacement-mid-deploy workload.
+    pub deploy: bool,
 }
 
 /// results.json.
@@ -57,6 +64,10 @@ pub struct Results {
     pub faults: BTreeMap<String, u64>,
     pub checkers: BTreeMap<String, checker::Verdict>,
     pub final_registers: BTreeMap<String, Option<String>>,
+    pub workloads: Vec<String>,
+    /// Deploy workload: deploys started (task keys) and steps each deployment accepted.
+    pub deploys_started: u64,
+    pub deploy_steps_applied: BTreeMap<String, u64>,
     pub notes: Vec<String>,
 }
 
@@ -107,17 +118,47 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
         deadline,
         timeline.clone(),
     ));
-    let work = workload::run(
-        cluster.endpoints(),
-        params,
-        deadline,
-        rec.clone(),
-        regs.clone(),
-    )
-    .await;
+    let deps = deploy::Deployments::new(opts.broken == Some(workload::Broken::SkipFence));
+    let register_work = async {
+        if opts.register {
+            workload::run(
+                cluster.endpoints(),
+                params.clone(),
+                deadline,
+                rec.clone(),
+                regs.clone(),
+            )
+            .await
+        } else {
+            Ok(())
+        }
+    };
+    let deploy_work = async {
+        if opts.deploy {
+            deploy::run(
+                cluster.endpoints(),
+                params.clone(),
+                deadline,
+                rec.clone(),
+                deps.clone(),
+            )
+            .await
+        } else {
+            Ok(Vec::new())
+        }
+    };
+    let (work, deploy_keys) = tokio::join!(register_work, deploy_work);
     if let Err(e) = &work {
         notes.push(format!("workload: {e:#}"));
     }
+    let deploy_keys = match deploy_keys {
+        Ok(k) => k,
+        Err(e) => {
+            notes.push(format!("deploy workload: {e:#}"));
+            Vec::new()
+        }
+    };
+    let work = if notes.is_empty() { Ok(()) } else { Err(()) };
     // The nemesis heals everything once the deadline passes.
     if tokio::time::timeout(Duration::from_secs(30), nem)
         .await
@@ -129,13 +170,24 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
     if cluster.wait_leader(Duration::from_secs(20)).await.is_none() {
         notes.push("no leader within 20 s after healing".into());
     }
-    workload::final_reads(
-        cluster.endpoints(),
-        opts.resources,
-        Duration::from_secs(20),
-        &rec,
-    )
-    .await?;
+    let mut names: Vec<String> = Vec::new();
+    if opts.register {
+        names.extend((0..opts.resources).map(workload::resource_name));
+    }
+    if opts.deploy {
+        names.extend((0..deploy::SLOTS).map(deploy::deploy_resource));
+    }
+    workload::final_reads(cluster.endpoints(), &names, Duration::from_secs(20), &rec).await?;
+    if opts.deploy {
+        deploy::probe(
+            cluster.endpoints(),
+            &deploy_keys,
+            opts.ttl,
+            Duration::from_secs(60),
+            &rec,
+        )
+        .await?;
+    }
     rec.flush();
 
     let events = rec.events();
@@ -171,6 +223,13 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
         faults: timeline.counts(),
         checkers,
         final_registers: regs.values().into_iter().collect(),
+        workloads: [("register", opts.register), ("deploy", opts.deploy)]
+            .iter()
+            .filter(|w| w.1)
+            .map(|w| w.0.to_string())
+            .collect(),
+        deploys_started: deploy_keys.len() as u64,
+        deploy_steps_applied: deps.applied().into_iter().collect(),
         notes,
     };
     std::fs::write(

@@ -49,8 +49,8 @@ enum Cmd {
         /// Comma list of kill, pause, partition; or mixed; or none.
         #[arg(long, default_value = "mixed")]
         nemesis: String,
-        /// Only "register" exists so far ("all" is the same).
-        #[arg(long, default_value = "register")]
+        /// register (fenced register), deploy (replacement mid-deploy), or all.
+        #[arg(long, default_value = "all")]
         workload: String,
         /// Output directory (default: jepsen-runs/<seed>-<unix time>).
         #[arg(long)]
@@ -102,10 +102,15 @@ fn main() {
             warrant_bin,
             broken,
         } => {
-            if workload != "register" && workload != "all" {
-                eprintln!("--workload: only \"register\" exists so far");
-                std::process::exit(2);
-            }
+            let (register, deploy) = match workload.as_str() {
+                "register" => (true, false),
+                "deploy" => (false, true),
+                "all" => (true, true),
+                _ => {
+                    eprintln!("--workload: register, deploy or all");
+                    std::process::exit(2);
+                }
+            };
             let seed = seed.unwrap_or_else(|| history::wall_ms() % 1_000_000);
             let mode = match mode {
                 ModeArg::Netns => Mode::Netns,
@@ -131,6 +136,8 @@ fn main() {
                     BrokenArg::SkipFence => warrant_jepsen::workload::Broken::SkipFence,
                     BrokenArg::IgnoreExpiry => warrant_jepsen::workload::Broken::IgnoreExpiry,
                 }),
+                register,
+                deploy,
             };
             run(opts)
         }

@@ -115,7 +115,7 @@ impl Registers {
 
 /// Completion kind for a failed call: a refusal is `fail`; anything that may have taken effect
 /// (timeout, unreachable) is `info`.
-fn kind_of(e: &ClientError) -> Kind {
+pub(crate) fn kind_of(e: &ClientError) -> Kind {
     use tonic::Code;
     match e.code() {
         Code::InvalidArgument
@@ -129,7 +129,7 @@ fn kind_of(e: &ClientError) -> Kind {
 }
 
 /// An error as recorded: its gRPC code and message.
-fn describe(e: &ClientError) -> String {
+pub(crate) fn describe(e: &ClientError) -> String {
     format!("{:?}: {e}", e.code())
 }
 
@@ -194,16 +194,7 @@ async fn process(
         let lease = match client.acquire(opts).await {
             Ok(Acquired::Granted(lease)) => {
                 // Stamped after the answer arrived: an upper bound on when the holder learned.
-                let mut e = Event::new(Kind::Ok, Op::Acquire, p, &resource).token(lease.token());
-                e.lease_id = Some(lease.lease_id().to_string());
-                if let Some(prev) = lease.previous() {
-                    e.prev_token = Some(prev.token);
-                    e.prev_checkpoint = prev
-                        .checkpoint
-                        .as_ref()
-                        .map(|c| String::from_utf8_lossy(c).into_owned());
-                }
-                rec.record(e);
+                rec.record(Event::new(Kind::Ok, Op::Acquire, p, &resource).granted(&lease));
                 lease
             }
             Ok(other) => {
@@ -308,7 +299,7 @@ async fn process(
 /// After healing: read every resource's fence (linearizable Get), retrying within `timeout`.
 pub async fn final_reads(
     endpoints: Vec<String>,
-    resources: u64,
+    names: &[String],
     timeout: Duration,
     rec: &Recorder,
 ) -> anyhow::Result<()> {
@@ -317,14 +308,13 @@ pub async fn final_reads(
     cfg.call_timeout = Duration::from_secs(5);
     let client = Client::new(cfg)?;
     let deadline = Instant::now() + timeout;
-    for i in 0..resources {
-        let resource = resource_name(i);
+    for resource in names.iter().map(String::as_str) {
         // Bounded by the deadline; each attempt by the call timeout.
         for _attempt in 0..100u32 {
-            rec.record(Event::new(Kind::Invoke, Op::Read, READER, &resource));
-            match client.get(&resource).await {
+            rec.record(Event::new(Kind::Invoke, Op::Read, READER, resource));
+            match client.get(resource).await {
                 Ok(resp) => {
-                    let mut e = Event::new(Kind::Ok, Op::Read, READER, &resource);
+                    let mut e = Event::new(Kind::Ok, Op::Read, READER, resource);
                     e.fence = Some(resp.fence);
                     e.token = resp.holder.map(|h| h.token);
                     rec.record(e);
@@ -332,7 +322,7 @@ pub async fn final_reads(
                 }
                 Err(e) => {
                     rec.record(
-                        Event::new(kind_of(&e), Op::Read, READER, &resource).error(describe(&e)),
+                        Event::new(kind_of(&e), Op::Read, READER, resource).error(describe(&e)),
                     );
                     if Instant::now() >= deadline {
                         break;

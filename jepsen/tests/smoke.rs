@@ -1,5 +1,5 @@
 //! A bounded smoke run in local mode (no root needed): 3 real nodes, kills and pauses for 20 s, and
-//! every checker must pass. Needs the `warrant` binary built next to this test
+//! every checker must pass (both workloads: register and deploy). Needs the `warrant` binary built next to this test
 //! (`cargo build -p warrant --bin warrant`) or named by `$WARRANT_BIN`.
 
 use std::process::Command;
@@ -62,11 +62,22 @@ fn smoke_run_in_local_mode_passes_every_checker() {
         v["faults"]["kill"].as_u64().unwrap_or(0) + v["faults"]["pause"].as_u64().unwrap_or(0) >= 1,
         "{results}"
     );
+    assert!(
+        v["checkers"]["deploy_once"]["counts"]["deploys_completed"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{results}"
+    );
     for c in [
         "fenced_register",
         "token_order",
         "lease_exclusivity",
         "durability",
+        "deploy_fencing",
+        "deploy_once",
+        "deploy_previous",
+        "deploy_duplicates",
     ] {
         assert_eq!(v["checkers"][c]["valid"], true, "{c}: {results}");
     }

@@ -247,9 +247,20 @@ impl State {
             if task.current == Some(id) {
                 task.current = None;
             }
+            // The task's progress outlives a holder that never checkpointed: such a holder passes on
+            // the checkpoint it inherited, so a replacement always learns where the work stopped.
+            let inherited = task.last.as_ref().and_then(|p| p.checkpoint.clone());
             match reason {
-                EndReason::Done => task.done = Some(Completion::of(&lease, self.now_ms)),
-                _ => task.last = Some(Previous::of(&lease, reason.clone(), self.now_ms)),
+                EndReason::Done => {
+                    let mut done = Completion::of(&lease, self.now_ms);
+                    done.checkpoint = done.checkpoint.or(inherited);
+                    task.done = Some(done);
+                }
+                _ => {
+                    let mut last = Previous::of(&lease, reason.clone(), self.now_ms);
+                    last.checkpoint = last.checkpoint.or(inherited);
+                    task.last = Some(last);
+                }
             }
         }
 
@@ -509,6 +520,44 @@ mod tests {
             h.state.check_fence(&res("a"), old.lease.token),
             super::super::state::FenceStatus::Stale { .. }
         ));
+    }
+
+    #[test]
+    fn a_holder_that_never_checkpointed_passes_on_the_task_checkpoint_it_inherited() {
+        let mut h = Harness::new();
+        let first = h.grant(with_task(acq("r1", "a", "agent/x", "i1"), "deploy"));
+        h.checkpoint(
+            first.lease.lease_id,
+            "agent/x",
+            first.lease.token,
+            b"step 2",
+        )
+        .unwrap();
+        h.expire(&[first.lease.lease_id]);
+        let second = h.grant(with_task(acq("r2", "a", "agent/x", "i2"), "deploy"));
+        assert_eq!(
+            second
+                .previous
+                .as_ref()
+                .and_then(|p| p.checkpoint.as_deref()),
+            Some(&b"step 2"[..])
+        );
+        // The second holder dies before checkpointing anything itself.
+        h.expire(&[second.lease.lease_id]);
+        let third = h.grant(with_task(acq("r3", "a", "agent/x", "i3"), "deploy"));
+        let prev = third
+            .previous
+            .expect("a task's next grant carries its predecessor");
+        assert_eq!(
+            prev.instance,
+            inst("i2"),
+            "the predecessor is the holder that died"
+        );
+        assert_eq!(
+            prev.checkpoint.as_deref(),
+            Some(&b"step 2"[..]),
+            "its inherited progress is not lost"
+        );
     }
 
     #[test]
