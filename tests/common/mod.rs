@@ -57,6 +57,53 @@ fn free_port() -> u16 {
 impl Cluster {
     /// Write configs and start every node.
     pub fn start(opts: Opts) -> Cluster {
+        // Free ports are found by binding and releasing them, so a test running in parallel can take
+        // one first; then a node cannot listen and exits. Start afresh on new ports when that happens.
+        for _attempt in 0..3 {
+            let mut cluster = Self::start_once(&opts);
+            if cluster.all_listening() {
+                return cluster;
+            }
+            for n in &mut cluster.nodes {
+                if let Some(mut c) = n.child.take() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+        }
+        panic!("could not start a cluster on free ports in 3 attempts");
+    }
+
+    /// Wait until every node logged that it listens (true), or one exited first (false).
+    fn all_listening(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut up = 0;
+            for n in &mut self.nodes {
+                if std::fs::read_to_string(&n.log)
+                    .unwrap_or_default()
+                    .contains("node started")
+                {
+                    up += 1;
+                } else if let Some(c) = n.child.as_mut() {
+                    if c.try_wait().ok().flatten().is_some() {
+                        return false;
+                    }
+                }
+            }
+            if up == self.nodes.len() {
+                return true;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nodes did not start within 20s; logs in {}",
+                self.dir.path().display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn start_once(opts: &Opts) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<(u16, u16)> = (0..opts.nodes)
             .map(|_| (free_port(), free_port()))
