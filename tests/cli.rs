@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{eventually, json, stderr, stdout, Cluster, Opts, BIN};
+use common::{eventually, free_port, json, stderr, stdout, Cluster, Opts, BIN};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -384,16 +384,10 @@ async fn run_kills_the_child_and_its_children_when_its_lease_is_revoked() {
         .unwrap()
         .trim()
         .to_string();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .next()
-        .unwrap_or("gone");
+    let state = common::proc_state(std::path::Path::new(&format!("/proc/{pid}/stat")))
+        .unwrap_or_else(|| "gone".to_string());
     assert!(
-        matches!(state, "gone" | "Z" | "X"),
+        matches!(state.as_str(), "gone" | "Z" | "X"),
         "grandchild {pid} still running: state {state}"
     );
 }
@@ -509,12 +503,4 @@ fn server_refuses_bad_configs_and_foreign_data_naming_the_problem() {
     let (code, err) = serve(&write("two.toml", &good(1, "two")));
     assert_eq!(code, Some(1));
     assert!(err.contains("belongs to cluster \"one\""), "{err}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

@@ -21,6 +21,16 @@ pub struct Proc {
 }
 
 impl Proc {
+    fn spawn(name: String, restart: Command) -> Result<Self> {
+        let mut p = Proc {
+            name,
+            child: None,
+            restart,
+        };
+        p.start()?;
+        Ok(p)
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }
@@ -58,6 +68,19 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A cluster whose clients reach member i at 127.0.0.1:ports[i].1.
+    fn of(ports: &[(u16, u16)], procs: Vec<Proc>, dir: tempfile::TempDir) -> Self {
+        let endpoints = ports
+            .iter()
+            .map(|(_, c)| format!("127.0.0.1:{c}"))
+            .collect();
+        Cluster {
+            endpoints,
+            procs,
+            _dir: dir,
+        }
+    }
+
     /// CPU seconds used so far by each server process (utime + stime).
     pub fn cpu_seconds(&self) -> f64 {
         let tps = procfs::ticks_per_second() as f64;
@@ -113,23 +136,9 @@ pub fn start_warrant(bin: &Path) -> Result<Cluster> {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log);
-        let mut p = Proc {
-            name: format!("warrant-{id}"),
-            child: None,
-            restart: cmd,
-        };
-        p.start()?;
-        procs.push(p);
+        procs.push(Proc::spawn(format!("warrant-{id}"), cmd)?);
     }
-    let endpoints = ports
-        .iter()
-        .map(|(_, c)| format!("127.0.0.1:{c}"))
-        .collect();
-    Ok(Cluster {
-        endpoints,
-        procs,
-        _dir: dir,
-    })
+    Ok(Cluster::of(&ports, procs, dir))
 }
 
 /// Start a 3-node etcd cluster (default durability: fsync on every commit).
@@ -174,23 +183,9 @@ pub fn start_etcd(bin: &Path) -> Result<Cluster> {
             .args(["--log-level", "warn", "--logger", "zap"])
             .stdout(Stdio::null())
             .stderr(log);
-        let mut p = Proc {
-            name: format!("etcd-{name}"),
-            child: None,
-            restart: cmd,
-        };
-        p.start()?;
-        procs.push(p);
+        procs.push(Proc::spawn(format!("etcd-{name}"), cmd)?);
     }
-    let endpoints = ports
-        .iter()
-        .map(|(_, c)| format!("127.0.0.1:{c}"))
-        .collect();
-    Ok(Cluster {
-        endpoints,
-        procs,
-        _dir: dir,
-    })
+    Ok(Cluster::of(&ports, procs, dir))
 }
 
 /// Wait until `ready` answers true, at most `timeout`.

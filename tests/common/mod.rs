@@ -46,7 +46,17 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
 }
 
-fn free_port() -> u16 {
+/// The state letter of a process or thread from its `/proc/.../stat` file (None if it is gone).
+pub fn proc_state(stat: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(stat).ok()?;
+    text.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+}
+
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind an ephemeral port")
         .local_addr()
@@ -192,16 +202,10 @@ impl Cluster {
             let stopped = std::fs::read_dir(format!("/proc/{pid}/task"))
                 .map(|tasks| {
                     tasks.flatten().all(|t| {
-                        let stat =
-                            std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-                        let state = stat
-                            .rsplit(')')
-                            .next()
-                            .unwrap_or("")
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or("");
-                        state == "T" || state == "t"
+                        matches!(
+                            proc_state(&t.path().join("stat")).as_deref(),
+                            Some("T" | "t")
+                        )
                     })
                 })
                 .unwrap_or(false);
