@@ -200,6 +200,40 @@ pub async fn cycles(
     })
 }
 
+/// Keepalives in flight on one stream, answered in order: send times and measured latencies.
+struct InFlight {
+    sent: std::collections::VecDeque<Instant>,
+    measure_from: Instant,
+    latency: Histogram<u64>,
+    ops: u64,
+}
+
+impl InFlight {
+    fn new(measure_from: Instant) -> Self {
+        Self {
+            sent: Default::default(),
+            measure_from,
+            latency: hist(),
+            ops: 0,
+        }
+    }
+
+    fn sent(&mut self) {
+        self.sent.push_back(Instant::now());
+    }
+
+    /// The oldest keepalive in flight was answered: count it if it was sent after the warm-up.
+    fn answered(&mut self) -> Result<()> {
+        if let Some(t) = self.sent.pop_front() {
+            if t >= self.measure_from {
+                self.latency.record(t.elapsed().as_micros() as u64)?;
+                self.ops += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Keepalive throughput: `streams` streams, each keeping one lease alive with `window` keepalives in
 /// flight, for `duration` after a warm-up.
 pub async fn keepalives(
@@ -231,9 +265,7 @@ pub async fn keepalives(
         let leader = leader.clone();
         let key = format!("ka/{run}/{i}");
         tasks.push(tokio::spawn(async move {
-            let mut lat = hist();
-            let mut ops = 0u64;
-            let mut sent: std::collections::VecDeque<Instant> = Default::default();
+            let mut flight = InFlight::new(measure_from);
             match system {
                 System::Warrant => {
                     let client =
@@ -261,23 +293,18 @@ pub async fn keepalives(
                         principal,
                     };
                     for _ in 0..window {
-                        sent.push_back(Instant::now());
+                        flight.sent();
                         tx.send(req.clone()).await?;
                     }
                     while let Some(answer) = answers.message().await? {
                         if answer.result.is_none() {
                             return Err(anyhow!("empty keepalive answer"));
                         }
-                        if let Some(t) = sent.pop_front() {
-                            if t >= measure_from {
-                                lat.record(t.elapsed().as_micros() as u64)?;
-                                ops += 1;
-                            }
-                        }
+                        flight.answered()?;
                         if Instant::now() >= end {
                             break;
                         }
-                        sent.push_back(Instant::now());
+                        flight.sent();
                         tx.send(req.clone()).await?;
                     }
                     drop(lease);
@@ -287,25 +314,20 @@ pub async fn keepalives(
                     let id = c.lease_grant(60, None).await?.id();
                     let (mut keeper, mut answers) = c.lease_keep_alive(id).await?;
                     for _ in 0..window {
-                        sent.push_back(Instant::now());
+                        flight.sent();
                         keeper.keep_alive().await?;
                     }
                     while let Some(_answer) = answers.message().await? {
-                        if let Some(t) = sent.pop_front() {
-                            if t >= measure_from {
-                                lat.record(t.elapsed().as_micros() as u64)?;
-                                ops += 1;
-                            }
-                        }
+                        flight.answered()?;
                         if Instant::now() >= end {
                             break;
                         }
-                        sent.push_back(Instant::now());
+                        flight.sent();
                         keeper.keep_alive().await?;
                     }
                 }
             }
-            anyhow::Ok((lat, ops))
+            anyhow::Ok((flight.latency, flight.ops))
         }));
     }
     let now = Instant::now();
