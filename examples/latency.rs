@@ -1,9 +1,10 @@
 //! Single-client latency against a running cluster: acquire, and acquire + release cycle.
 //!
 //! ```sh
-//! cargo run --release --example latency -- 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 [N]
+//! cargo run --release --example latency -- 127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003 [N] [PREFIX]
 //! ```
-//! Prints median, p99 and max for N (default 500) sequential operations.
+//! Prints median, p99 and max for N (default 500) sequential operations on resources under PREFIX
+//! (default `bench`; with the example policy loaded, `k8s/staging` is one agents may acquire).
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +32,8 @@ async fn main() -> anyhow::Result<()> {
         .map(str::to_string)
         .collect();
     let n: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(500);
+    // Where to acquire: a prefix the loaded policy permits (e.g. k8s/staging with the example policy).
+    let prefix = args.next().unwrap_or_else(|| "bench".into());
     let client = Client::new(ClientConfig::new(endpoints, "agent/latency")?)?;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let (mut acquire, mut cycle) = (Vec::with_capacity(n), Vec::with_capacity(n));
@@ -38,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
         let start = Instant::now();
         let lease = match client
             .acquire(AcquireOptions::new(
-                &format!("bench/{run}/{}", i % 16),
+                &format!("{prefix}/{run}/{}", i % 16),
                 Duration::from_secs(10),
             ))
             .await?

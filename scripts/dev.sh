@@ -21,5 +21,14 @@ demo acquire "$res" --ttl 30s --instance demo-2
 demo get "$res"
 demo run "demo/db/migrate-$(date +%s)" --ttl 10s -- sh -c 'echo "child sees token $WARRANT_TOKEN for $WARRANT_RESOURCE"'
 demo cluster status
+# Governance: load the example never-automate policy, get denied with a reason, wait for two humans.
+demo policy put cluster/policies/example.cedar --entities cluster/policies/example.entities.json --principal human/admin
+demo acquire k8s/prod/web --ttl 20m --principal agent/deployer
+pay="pay-$(date +%s)"
+demo acquire k8s/prod/payments --ttl 5m --request-id "$pay" --instance deployer-1 --principal agent/deployer
+demo approve "$pay" --comment "change ticket 4711" --principal human/alice
+demo approve "$pay" --principal human/bob
+demo audit query --resource k8s/prod
+demo audit verify
 echo; echo "The cluster is still running (see the guide above). Ctrl-C stops it."
 wait $dev

@@ -8,9 +8,11 @@
 //! - [`client`]: the Rust client library (`Client`, `Lease`, `FenceGuard`);
 //! - [`cli`]: the `warrant` command line.
 
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod model;
+pub mod policy;
 pub mod raft;
 pub mod server;
 pub mod storage;

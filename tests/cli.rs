@@ -437,7 +437,7 @@ fn server_refuses_bad_configs_and_foreign_data_naming_the_problem() {
     };
     let good = |node: u64, cluster: &str| {
         format!(
-            "node_id = {node}\ncluster_name = \"{cluster}\"\ndata_dir = \"data\"\ninsecure = true\nbootstrap = true\n\
+            "node_id = {node}\ncluster_name = \"{cluster}\"\ndata_dir = \"data\"\ninsecure = true\ndefault_decision = \"allow\"\nbootstrap = true\n\
              [peers.{node}]\nraft = \"127.0.0.1:{}\"\nclient = \"127.0.0.1:{}\"\n",
             free_port(),
             free_port()

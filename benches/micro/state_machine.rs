@@ -9,8 +9,8 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use warrant::model::{
-    AcquireCmd, Command, EntryMeta, InstanceId, Intent, LeaseId, Principal, Request, RequestId,
-    ResourcePath, State,
+    AcquireCmd, Command, Effects, EntryMeta, InstanceId, Intent, LeaseId, PolicyDefaults,
+    Principal, Request, RequestId, ResourcePath, State,
 };
 
 fn acquire(i: u64) -> Request {
@@ -27,6 +27,7 @@ fn acquire(i: u64) -> Request {
             task_key: None,
             wait_ms: None,
             takeover: false,
+            defaults: PolicyDefaults::default(),
         }),
     }
 }
@@ -50,7 +51,7 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(
             State::default,
             |mut state| {
-                let mut events = Vec::new();
+                let mut events = Effects::default();
                 for (i, req) in batch.iter().enumerate() {
                     black_box(state.apply(
                         EntryMeta {
@@ -71,7 +72,7 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(
             State::default,
             |mut state| {
-                let mut events = Vec::new();
+                let mut events = Effects::default();
                 for (i, (a, r)) in batch.iter().zip(&releases).enumerate() {
                     let at = EntryMeta {
                         index: 2 * i as u64 + 1,
@@ -100,7 +101,7 @@ fn bench(c: &mut Criterion) {
     });
 
     let mut state = State::default();
-    let mut events = Vec::new();
+    let mut events = Effects::default();
     for (i, req) in (0..10_000).map(acquire).enumerate() {
         state.apply(
             EntryMeta {

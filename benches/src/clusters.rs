@@ -124,7 +124,7 @@ pub fn start_warrant(bin: &Path) -> Result<Cluster> {
         std::fs::write(
             &config,
             format!(
-                "node_id = {id}\ncluster_name = \"bench\"\ndata_dir = \"data{id}\"\nbootstrap = {}\ninsecure = true\n\
+                "node_id = {id}\ncluster_name = \"bench\"\ndata_dir = \"data{id}\"\nbootstrap = {}\ninsecure = true\ndefault_decision = \"allow\"\n\
                  admins = [\"human/admin\"]\n{peers}",
                 id == 1
             ),

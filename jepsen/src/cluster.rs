@@ -291,7 +291,7 @@ impl Cluster {
             let config = dir.join(format!("wj-node{id}.toml"));
             let text = format!(
                 "node_id = {id}\ncluster_name = \"jepsen\"\ndata_dir = \"data{id}\"\nbootstrap = {}\n\
-                 insecure = true\nadmins = [\"human/admin\"]\n{LEASE_AND_RAFT}{peers}",
+                 insecure = true\ndefault_decision = \"allow\"\nadmins = [\"human/admin\"]\n{LEASE_AND_RAFT}{peers}",
                 id == 1
             );
             std::fs::write(&config, text)?;

@@ -492,7 +492,8 @@ pub async fn probe(
                     let _ = l.release(None).await;
                     break;
                 }
-                Ok(Acquired::Busy { .. }) | Ok(Acquired::WaitEnded) => {
+                // Busy, wait ended, or (not expected without a policy) any governance answer.
+                Ok(_) => {
                     let mut e = e;
                     e.value = Some("busy".into());
                     rec.record(e);

@@ -17,7 +17,7 @@ fn config_text(id: u64, port: u16, data_dir: &Path) -> String {
         ));
     }
     format!(
-        "node_id = {id}\ncluster_name = \"warrant-dev\"\ndata_dir = {:?}\nbootstrap = {}\ninsecure = true\n\
+        "node_id = {id}\ncluster_name = \"warrant-dev\"\ndata_dir = {:?}\nbootstrap = {}\ninsecure = true\ndefault_decision = \"allow\"\n\
          admins = [\"human/admin\"]\n{peers}",
         data_dir.join(format!("node{id}")).display().to_string(),
         id == 1

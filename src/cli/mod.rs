@@ -2,10 +2,23 @@
 //! code. Scripts and agents rely on the shapes below; keep them.
 //!
 //! Exit codes (every client command): 0 success (granted / current), 2 invalid input or usage,
-//! 3 busy / stale fence / lease lost, 4 denied, 5 pending approval or wait deadline passed,
-//! 6 already done, 1 anything else (unreachable, internal).
+//! 3 busy / stale fence / lease lost, 4 denied (also: not approved), 5 pending approval, queued or
+//! wait deadline passed, 6 already done, 1 anything else (unreachable, internal; `audit verify`:
+//! the chain is broken).
 
+/// `println!` that does not panic when stdout is closed early (`warrant audit query | head`).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+mod answer;
+mod approvals;
+mod audit;
 mod dev;
+mod policy;
 mod run;
 
 use std::path::PathBuf;
@@ -14,6 +27,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
+
+use audit::AuditCommand;
+use policy::PolicyCommand;
 
 use crate::client::{AcquireOptions, Acquired, Client, ClientConfig, ClientError};
 use crate::model::{InstanceId, ReleaseOutcome};
@@ -66,9 +82,9 @@ enum LogFormat {
     Json,
 }
 
-/// Options every client command takes.
+/// Where the cluster is and how to print: every client command takes these.
 #[derive(Args, Clone)]
-struct Conn {
+struct Common {
     /// Cluster client endpoints, host:port,...
     #[arg(
         long,
@@ -81,6 +97,15 @@ struct Conn {
     /// Output format.
     #[arg(long, value_enum, default_value = "text", global = true)]
     output: Output,
+}
+
+/// [`Common`] plus who the caller is: every client command whose `--principal` is not about
+/// someone else (`policy test` and `audit query` use `--principal` for the principal they are
+/// about, and take only [`Common`]).
+#[derive(Args, Clone)]
+struct Conn {
+    #[command(flatten)]
+    common: Common,
     /// Who you are: agent/NAME or human/NAME (until authentication lands, a claim).
     #[arg(
         long,
@@ -171,6 +196,39 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// The cluster's Cedar policy: put, get, validate (offline), test.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Acquisitions waiting for human approval.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
+    /// Approve a pending acquisition (as --principal); the grant happens when the quorum is reached.
+    Approve {
+        request_id: String,
+        /// Why you approve, kept in the audit trail.
+        #[arg(long, default_value = "")]
+        comment: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Reject a pending acquisition (as --principal): it ends at once.
+    Reject {
+        request_id: String,
+        /// Why, shown to the requester and kept in the audit trail.
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// The hash-chained audit trail: query, export, verify.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Acquire RESOURCE, run CMD while the lease is alive, release on exit.
     Run {
         resource: String,
@@ -196,6 +254,15 @@ enum ClusterCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum ApprovalsCommand {
+    /// Pending requests: id, resource, requester, intent, approvals so far, expiry.
+    List {
+        #[command(flatten)]
+        conn: Conn,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum OutcomeArg {
     Done,
@@ -216,13 +283,15 @@ struct AcquireArgs {
     /// Unit-of-work key: a done task is never granted again; a successor learns where you stopped.
     #[arg(long)]
     task_key: Option<String>,
-    /// Wait in line up to this long if busy.
+    /// Wait up to this long: in line if busy, and for the humans' decision if policy requires
+    /// approval (the cluster caps each wait: lease.max_wait, approval_timeout).
     #[arg(long, value_parser = parse_duration)]
     wait: Option<Duration>,
     /// End your own predecessor's lease (another instance of you) and take over.
     #[arg(long)]
     takeover: bool,
-    /// Idempotency key; retrying with the same id returns the first answer.
+    /// Idempotency key; retrying with the same id returns the first answer (or, for a request
+    /// pending approval, its outcome so far).
     #[arg(long)]
     request_id: Option<String>,
     /// This process's incarnation (default: a fresh one).
@@ -320,6 +389,22 @@ async fn dispatch(command: Command) -> u8 {
             Ok(client) => run::run(client, acquire_options(&resource, &opts), grace, cmd).await,
             Err(e) => fail(&e),
         },
+        // Offline: no cluster, no connection.
+        Command::Policy {
+            command:
+                PolicyCommand::Validate {
+                    file,
+                    entities,
+                    common,
+                },
+        } => policy::validate(&file, entities.as_deref(), common.output),
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    file: Some(file),
+                    conn,
+                },
+        } => audit::verify_file(&file, conn.common.output),
         other => client_command(other).await,
     }
 }
@@ -366,7 +451,18 @@ pub(crate) async fn wait_for_shutdown_signal() {
 }
 
 fn connect(conn: &Conn, instance: Option<&str>) -> Result<Client, ClientError> {
-    let mut config = ClientConfig::new(conn.endpoints.clone(), &conn.principal)?;
+    connect_as(&conn.common, &conn.principal, instance)
+}
+
+/// Principal of a client made for calls that carry none (`policy test`, `audit query`).
+const NO_PRINCIPAL: &str = "agent/cli";
+
+fn connect_as(
+    common: &Common,
+    principal: &str,
+    instance: Option<&str>,
+) -> Result<Client, ClientError> {
+    let mut config = ClientConfig::new(common.endpoints.clone(), principal)?;
     if let Some(i) = instance {
         config.instance = InstanceId::parse(i)?;
     }
@@ -386,30 +482,46 @@ fn acquire_options(resource: &str, a: &AcquireArgs) -> AcquireOptions {
         labels: a.labels.clone(),
         task_key: a.task_key.clone(),
         wait: a.wait,
+        // One --wait covers both: a caller willing to wait for the resource is willing to wait for
+        // the humans who must approve it.
+        approval_wait: a.wait,
         takeover: a.takeover,
         request_id: a.request_id.clone(),
     }
 }
 
-fn checkpoint_json(c: &Option<Vec<u8>>) -> Value {
-    match c {
-        Some(bytes) => Value::String(String::from_utf8_lossy(bytes).into_owned()),
-        None => Value::Null,
+/// Rows under a header, columns padded to their widest cell (by characters).
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
     }
-}
-
-pub(crate) fn previous_json(p: &proto::Previous) -> Value {
-    json!({
-        "lease_id": p.lease_id, "principal": p.principal, "instance": p.instance, "token": p.token,
-        "ended": p.ended, "ended_at_ms": p.ended_at_ms, "checkpoint": checkpoint_json(&p.checkpoint),
-    })
-}
-
-fn completion_json(c: &proto::Completion) -> Value {
-    json!({
-        "lease_id": c.lease_id, "principal": c.principal, "instance": c.instance, "token": c.token,
-        "completed_at_ms": c.completed_at_ms, "checkpoint": checkpoint_json(&c.checkpoint),
-    })
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == last {
+                    c.to_string()
+                } else {
+                    format!("{c}{}", " ".repeat(widths[i] - c.chars().count()))
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    std::iter::once(line(headers.to_vec()))
+        .chain(
+            rows.iter()
+                .map(|r| line(r.iter().map(String::as_str).collect())),
+        )
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn lease_json(l: &proto::Lease) -> Value {
@@ -422,8 +534,13 @@ fn lease_json(l: &proto::Lease) -> Value {
 }
 
 async fn client_command(command: Command) -> u8 {
-    let (conn, instance) = match &command {
-        Command::Acquire { conn, opts, .. } => (conn.clone(), opts.instance.clone()),
+    // (where and how to print, who is calling, which instance)
+    let (common, principal, instance) = match &command {
+        Command::Acquire { conn, opts, .. } => (
+            conn.common.clone(),
+            conn.principal.clone(),
+            opts.instance.clone(),
+        ),
         Command::Keepalive { conn, .. }
         | Command::Checkpoint { conn, .. }
         | Command::Release { conn, .. }
@@ -433,19 +550,41 @@ async fn client_command(command: Command) -> u8 {
         | Command::Get { conn, .. }
         | Command::Cluster {
             command: ClusterCommand::Status { conn },
-        } => (conn.clone(), None),
+        }
+        | Command::Policy {
+            command: PolicyCommand::Put { conn, .. } | PolicyCommand::Get { conn },
+        }
+        | Command::Approvals {
+            command: ApprovalsCommand::List { conn },
+        }
+        | Command::Approve { conn, .. }
+        | Command::Reject { conn, .. }
+        | Command::Audit {
+            command: AuditCommand::Export { conn, .. } | AuditCommand::Verify { conn, .. },
+        } => (conn.common.clone(), conn.principal.clone(), None),
+        // `--principal` names who the command is about; the calls carry no caller.
+        Command::Policy {
+            command: PolicyCommand::Test { common, .. } | PolicyCommand::Validate { common, .. },
+        }
+        | Command::Audit {
+            command: AuditCommand::Query { common, .. },
+        } => (common.clone(), NO_PRINCIPAL.to_string(), None),
         Command::Server { .. } | Command::Dev { .. } | Command::Run { .. } => return exit::OTHER,
     };
-    let client = match connect(&conn, instance.as_deref()) {
+    let client = match connect_as(&common, &principal, instance.as_deref()) {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    if let Command::Audit { command } = command {
+        // Prints as it streams.
+        return audit::run(&client, command, common.output).await;
+    }
     let result = execute(&client, command).await;
     match result {
         Ok(out) => {
-            match conn.output {
-                Output::Text => println!("{}", out.text),
-                Output::Json => println!("{}", out.json),
+            match common.output {
+                Output::Text => say!("{}", out.text),
+                Output::Json => say!("{}", out.json),
             }
             out.code
         }
@@ -456,60 +595,26 @@ async fn client_command(command: Command) -> u8 {
 async fn execute(client: &Client, command: Command) -> Result<Outcome, ClientError> {
     Ok(match command {
         Command::Acquire { resource, opts, .. } => {
-            match client.acquire(acquire_options(&resource, &opts)).await? {
-                Acquired::Granted(lease) => {
-                    let l = &lease.info().lease;
-                    let previous = lease.previous().map(previous_json).unwrap_or(Value::Null);
-                    let mut text = format!(
-                        "granted {} lease {} token {} ttl {}ms",
-                        l.resource, l.lease_id, l.token, l.ttl_ms
-                    );
-                    if let Some(p) = lease.previous() {
-                        text.push_str(&format!(
-                            "\nprevious: instance {} token {} ended {}{}",
-                            p.instance,
-                            p.token,
-                            p.ended,
-                            p.checkpoint
-                                .as_ref()
-                                .map(|c| format!(", checkpoint {:?}", String::from_utf8_lossy(c)))
-                                .unwrap_or_default()
-                        ));
-                    }
-                    let json = json!({"outcome": "granted", "lease_id": l.lease_id, "token": l.token, "ttl_ms": l.ttl_ms,
-                        "resource": l.resource, "previous": previous});
-                    // The CLI exits now: the lease lives on until its ttl unless kept alive.
-                    std::mem::forget(lease);
-                    Outcome::ok(text, json)
-                }
-                Acquired::Busy {
-                    holder,
-                    holder_instance,
-                    expires_in,
-                } => Outcome {
-                    text: format!(
-                        "busy: held by {holder} (instance {holder_instance}), expires in {}ms",
-                        expires_in.as_millis()
-                    ),
-                    json: json!({"outcome": "busy", "holder": holder, "holder_instance": holder_instance,
-                        "expires_in_ms": expires_in.as_millis() as u64}),
-                    code: exit::BUSY_OR_STALE,
-                },
-                Acquired::AlreadyDone(record) => Outcome {
-                    text: format!(
-                        "already done: task completed by {} (token {})",
-                        record.principal, record.token
-                    ),
-                    json: json!({"outcome": "already_done", "record": completion_json(&record)}),
-                    code: exit::ALREADY_DONE,
-                },
-                Acquired::WaitEnded => Outcome {
-                    text: "wait ended: the resource stayed busy until the wait deadline".into(),
-                    json: json!({"outcome": "wait_ended"}),
-                    code: exit::PENDING_OR_WAIT_ENDED,
-                },
+            let answer = client.acquire(acquire_options(&resource, &opts)).await?;
+            let out = answer::acquired(&answer, client.config().instance.as_ref());
+            if let Acquired::Granted(lease) = answer {
+                // The CLI exits now: the lease lives on until its ttl unless kept alive.
+                std::mem::forget(lease);
             }
+            out
         }
+        Command::Policy { command } => policy::execute(client, command).await?,
+        Command::Approvals {
+            command: ApprovalsCommand::List { .. },
+        } => approvals::list(client).await?,
+        Command::Approve {
+            request_id,
+            comment,
+            ..
+        } => approvals::approve(client, &request_id, &comment).await?,
+        Command::Reject {
+            request_id, reason, ..
+        } => approvals::reject(client, &request_id, &reason).await?,
         Command::Keepalive { lease_id, .. } => {
             let resp = client.keepalive(&lease_id).await?;
             match resp.result {
@@ -674,8 +779,100 @@ async fn execute(client: &Client, command: Command) -> Result<Outcome, ClientErr
                 "term": s.term, "members": members, "last_applied": s.last_applied, "live_leases": s.live_leases});
             Outcome::ok(text, json)
         }
-        Command::Server { .. } | Command::Dev { .. } | Command::Run { .. } => {
-            return Err(ClientError::Invalid("not a client command".into()))
+        Command::Server { .. }
+        | Command::Dev { .. }
+        | Command::Run { .. }
+        | Command::Audit { .. } => {
+            return Err(ClientError::Invalid(
+                "not a command answered in one piece".into(),
+            ))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn principal_means_the_subject_in_policy_test_and_audit_query() {
+        let cli = Cli::try_parse_from([
+            "warrant",
+            "policy",
+            "test",
+            "--principal",
+            "agent/x",
+            "--action",
+            "acquire",
+            "--resource",
+            "k8s/prod",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Policy {
+                command: PolicyCommand::Test { principal, .. }
+            } if principal.to_string() == "agent/x"
+        ));
+        // Required there: the environment's caller identity does not fill it.
+        assert!(Cli::try_parse_from(["warrant", "policy", "test", "--action", "admin"]).is_err());
+        let cli = Cli::try_parse_from([
+            "warrant",
+            "audit",
+            "query",
+            "--principal",
+            "agent/y",
+            "--since",
+            "10m",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Audit {
+                command: AuditCommand::Query { principal: Some(p), since: Some(_), .. }
+            } if p == "agent/y"
+        ));
+    }
+
+    #[test]
+    fn acquire_wait_also_waits_for_approval() {
+        let cli = Cli::try_parse_from([
+            "warrant",
+            "acquire",
+            "k8s/prod/payments",
+            "--ttl",
+            "5m",
+            "--wait",
+            "10m",
+        ])
+        .unwrap();
+        let Command::Acquire { resource, opts, .. } = cli.command else {
+            panic!("not an acquire");
+        };
+        let o = acquire_options(&resource, &opts);
+        assert_eq!(o.wait, Some(Duration::from_secs(600)));
+        assert_eq!(o.approval_wait, Some(Duration::from_secs(600)));
+    }
+
+    #[test]
+    fn tables_pad_columns_to_their_widest_cell() {
+        let t = table(
+            &["SEQ", "PRINCIPAL", "REASON"],
+            vec![
+                vec!["1".into(), "agent/a".into(), "".into()],
+                vec!["10".into(), "human/é".into(), "why".into()],
+            ],
+        );
+        assert_eq!(
+            t,
+            "SEQ  PRINCIPAL  REASON\n1    agent/a\n10   human/é    why"
+        );
+    }
 }

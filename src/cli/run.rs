@@ -50,6 +50,12 @@ pub async fn run(client: Client, opts: AcquireOptions, grace: Duration, cmd: Vec
             );
             return exit::PENDING_OR_WAIT_ENDED;
         }
+        // Denied, pending approval, not approved, queued: shown as `warrant acquire` shows them.
+        Ok(other) => {
+            let out = super::answer::acquired(&other, client.config().instance.as_ref());
+            eprintln!("{}\nnot running CMD", out.text);
+            return out.code;
+        }
         Err(e) => return fail(&e),
     };
     let mut command = tokio::process::Command::new(&cmd[0]);

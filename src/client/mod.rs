@@ -20,8 +20,16 @@
 //!
 //! Calls go to any endpoint; a follower answers with the leader's address and the client retries
 //! there. Every retry of an acquire reuses its request id, so a retry never yields a second grant.
+//!
+//! Beyond leases: the governance plane ([`Client::put_policy`], [`Client::test_policy`],
+//! [`Client::approve`], …) and the audit trail ([`Client::query_audit`], [`Client::export_audit`],
+//! [`Client::verify_audit`]). An acquire that policy sends to human approval answers
+//! [`Acquired::PendingApproval`]; ask again with its request id, or set
+//! [`AcquireOptions::approval_wait`] to wait for the humans.
 
+mod audit;
 mod fence;
+mod governance;
 mod lease;
 
 use std::sync::{Arc, Mutex};
@@ -30,7 +38,9 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
+pub use audit::audit_record_from_proto;
 pub use fence::{FenceGuard, StaleToken};
+pub use governance::PolicyTest;
 pub use lease::{Lease, LeaseInfo, LostReason};
 
 use crate::model::{InstanceId, Principal, ValidationError};
@@ -80,6 +90,16 @@ fn from_status(s: Status) -> ClientError {
             message: s.message().to_string(),
         },
     }
+}
+
+/// Milliseconds of an optional duration; 0 (the wire's "none") when absent.
+fn millis(d: Option<Duration>) -> u64 {
+    d.map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The wire's empty string as `None`.
+fn non_empty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
 }
 
 /// Where and as whom to connect.
@@ -133,6 +153,10 @@ pub struct AcquireOptions {
     pub task_key: Option<String>,
     /// Queue (FIFO) up to this long if busy.
     pub wait: Option<Duration>,
+    /// When policy sends the request to human approval, wait up to this long for the decision
+    /// (the grant, or [`Acquired::NotApproved`]) instead of answering [`Acquired::PendingApproval`]
+    /// at once. The cluster refuses a wait longer than its `approval_timeout`.
+    pub approval_wait: Option<Duration>,
     /// End this principal's own predecessor's lease and take over.
     pub takeover: bool,
     /// Idempotency key; a fresh one if None. Retries inside one `acquire` call always reuse it.
@@ -148,6 +172,7 @@ impl AcquireOptions {
             labels: Vec::new(),
             task_key: None,
             wait: None,
+            approval_wait: None,
             takeover: false,
             request_id: None,
         }
@@ -171,6 +196,41 @@ pub enum Acquired {
     AlreadyDone(proto::Completion),
     /// The wait deadline passed before a grant.
     WaitEnded,
+    /// Policy (or, with no policy loaded, the cluster's default decision) refused the request.
+    Denied {
+        /// The action evaluated (`acquire`, `takeover`, …).
+        action: String,
+        /// The policy set's version; 0 when none is loaded.
+        policy_version: u64,
+        /// Ids of the determining policies (empty when nothing permitted it).
+        policies: Vec<String>,
+        /// The `@reason("…")` text of the determining forbid, if it has one.
+        reason: Option<String>,
+        /// A full sentence for humans and logs.
+        message: String,
+    },
+    /// Policy requires human approval. To learn the outcome, ask again with the same options and
+    /// request id ([`AcquireOptions::request_id`] = `pending.request_id`) as the same instance
+    /// ([`ClientConfig::instance`] = `pending.instance`: an approval is bound to the exact request),
+    /// or set [`AcquireOptions::approval_wait`] to block until it is decided.
+    PendingApproval(proto::PendingApproval),
+    /// The request needed approval and did not get it.
+    NotApproved {
+        /// `rejected`, `expired` or `cancelled` (by a policy change that now denies it).
+        kind: String,
+        /// The human who rejected it (kind `rejected`).
+        by: Option<String>,
+        /// Why, in words.
+        reason: String,
+    },
+    /// Approved, and queued because the resource is held: ask again with this request id, as the
+    /// same instance, with a [`AcquireOptions::wait`] to wait for the grant.
+    Queued {
+        /// Place in the resource's FIFO queue (1 = next).
+        position: u32,
+        /// The request's id (the one given, or the one this call generated).
+        request_id: String,
+    },
 }
 
 /// A connection to a Warrant cluster; cheap to clone.
@@ -361,17 +421,21 @@ impl Client {
                 labels: opts.labels.iter().cloned().collect(),
             }),
             task_key: opts.task_key.clone().unwrap_or_default(),
-            wait_ms: opts.wait.map(|w| w.as_millis() as u64).unwrap_or(0),
+            wait_ms: millis(opts.wait),
             takeover: opts.takeover,
-            request_id,
+            request_id: request_id.clone(),
             principal: cfg.principal.to_string(),
             instance: cfg.instance.to_string(),
+            approval_wait_ms: millis(opts.approval_wait),
         };
-        let timeout = cfg.call_timeout + opts.wait.unwrap_or_default();
+        // The server may hold the call for the approval wait and then the queue wait: one attempt
+        // must be allowed both, or the wait would be cut at ATTEMPT_TIMEOUT and retried.
+        let waits = opts.wait.unwrap_or_default() + opts.approval_wait.unwrap_or_default();
+        let timeout = cfg.call_timeout + waits;
         // DESIGN rule 1: validity counts from when the *first* attempt was sent; a retry can only
         // return that same grant, so using the earliest send time is conservative.
         let t_send = tokio::time::Instant::now();
-        let attempt = ATTEMPT_TIMEOUT + opts.wait.unwrap_or_default();
+        let attempt = ATTEMPT_TIMEOUT + waits;
         let resp = self
             .call(timeout, attempt, |mut c| {
                 let req = req.clone();
@@ -385,9 +449,16 @@ impl Client {
                     ClientError::Invalid("server sent a grant without a lease".into())
                 })?;
                 let mut t_send = t_send;
-                if opts.wait.is_some() {
-                    // A queued grant's countdown started when it was granted, which may be long after
-                    // the acquire was sent: take validity from a keepalive sent now instead.
+                // A grant may be older than this call: a queued grant, or one made when an approval
+                // quorum was reached, started its countdown when it was granted, and a caller-chosen
+                // request id may return a grant made for an earlier call. Count validity as if sent
+                // `ttl - expires_in` earlier, so it never outlasts the leader's own count.
+                if lease.expires_in_ms > 0 && lease.expires_in_ms < lease.ttl_ms {
+                    let behind = Duration::from_millis(lease.ttl_ms - lease.expires_in_ms);
+                    t_send = t_send.checked_sub(behind).unwrap_or(t_send);
+                }
+                if waits > Duration::ZERO || opts.request_id.is_some() {
+                    // Take validity from a keepalive sent now instead, when one is acknowledged.
                     let t_ka = tokio::time::Instant::now();
                     if let Ok(resp) = self.keepalive(&lease.lease_id).await {
                         if matches!(
@@ -414,6 +485,23 @@ impl Client {
                 Ok(Acquired::AlreadyDone(d.record.unwrap_or_default()))
             }
             Some(Outcome::WaitEnded(_)) => Ok(Acquired::WaitEnded),
+            Some(Outcome::Denied(d)) => Ok(Acquired::Denied {
+                action: d.action,
+                policy_version: d.policy_version,
+                policies: d.policies,
+                reason: non_empty(d.reason),
+                message: d.message,
+            }),
+            Some(Outcome::PendingApproval(p)) => Ok(Acquired::PendingApproval(p)),
+            Some(Outcome::NotApproved(n)) => Ok(Acquired::NotApproved {
+                kind: n.kind,
+                by: non_empty(n.by),
+                reason: n.reason,
+            }),
+            Some(Outcome::Queued(q)) => Ok(Acquired::Queued {
+                position: q.position,
+                request_id,
+            }),
             None => Err(ClientError::Invalid("server sent an empty answer".into())),
         }
     }

@@ -11,6 +11,7 @@ use super::types::{
     Completion, EndReason, FencingToken, Grant, InstanceId, Intent, Lease, LeaseId, Principal,
     ReleaseOutcome, RequestId, ResourcePath, TaskKey,
 };
+use crate::audit::AuditRecord;
 
 /// Position of an entry in the Raft log.
 #[derive(
@@ -44,6 +45,28 @@ pub struct AcquireCmd {
     pub wait_ms: Option<u64>,
     /// End the holder's lease at once if it is held by another instance of the same principal.
     pub takeover: bool,
+    /// The leader's configured defaults, stamped into the entry so every replica decides the same.
+    pub defaults: PolicyDefaults,
+}
+
+/// What the cluster decides when no policy is loaded, and how long an approval may stay pending.
+/// Come from the leader's config and travel in each acquire, so the decision is a pure function of
+/// the log (a node with a different config cannot decide differently when it replays the entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyDefaults {
+    /// `default_decision = "allow"`: with no policy loaded, every acquisition is allowed.
+    pub allow_without_policy: bool,
+    /// A pending approval not decided within this long (entry time) expires.
+    pub approval_timeout_ms: u64,
+}
+
+impl Default for PolicyDefaults {
+    fn default() -> Self {
+        Self {
+            allow_without_policy: true,
+            approval_timeout_ms: 3_600_000,
+        }
+    }
 }
 
 /// What to revoke: whatever lease holds a resource, or one lease by id.
@@ -74,6 +97,40 @@ pub enum Command {
         target: RevokeTarget,
         by: Principal,
         reason: String,
+        /// The server found `by` in its config's `admins` (the break-glass path when no policy is
+        /// loaded; with a policy, Cedar decides).
+        by_admin: bool,
+    },
+    /// Replace the active policy set. Validated again in apply; a bad one changes nothing.
+    PutPolicy {
+        by: Principal,
+        /// `by` is one of the config's `admins`: may always put policy (break-glass, audited).
+        by_admin: bool,
+        policies: String,
+        entities: Option<String>,
+        intent_window_ms: u64,
+    },
+    /// One human's approval of a pending acquire.
+    Approve {
+        request_id: RequestId,
+        by: Principal,
+        comment: String,
+    },
+    /// One human's rejection of a pending acquire: it ends at once.
+    Reject {
+        request_id: RequestId,
+        by: Principal,
+        reason: String,
+    },
+    /// Proposed by the leader for pending approvals whose time ran out.
+    ExpireApprovals {
+        request_ids: Vec<RequestId>,
+    },
+    /// Proposed by the leader after it answered an acquire from its state without a log write
+    /// (busy, already done): the answer joins the audit trail, batched and off the caller's path.
+    NoteAnswer {
+        cmd: Box<AcquireCmd>,
+        outcome: Box<AcquireOutcome>,
     },
     CancelWait {
         request_id: RequestId,
@@ -108,6 +165,109 @@ pub enum AcquireOutcome {
     /// The wait's deadline passed or it was cancelled before a grant.
     WaitEnded,
     Rejected(OpError),
+    /// Policy (or the default decision) refused it.
+    Denied(Denial),
+    /// Policy sent it to humans; the current state of the approval.
+    PendingApproval(PendingView),
+    /// It needed approval and did not get it.
+    NotApproved(NotApproved),
+}
+
+/// Why policy refused a request: the policy version, the determining policies and the `@reason` text
+/// a human wrote on the determining forbid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denial {
+    pub action: String,
+    pub policy_version: u64,
+    pub policies: Vec<String>,
+    pub reason: Option<String>,
+}
+
+impl std::fmt::Display for Denial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.reason, self.policy_version) {
+            (_, 0) if self.action == "acquire" || self.action == "takeover" => write!(
+                f,
+                "{} denied: no policy is loaded and the cluster's default_decision is deny",
+                self.action
+            ),
+            (_, 0) => write!(
+                f,
+                "{} denied: no policy is loaded, so only the config's admins may {}",
+                self.action, self.action
+            ),
+            (Some(reason), v) => write!(
+                f,
+                "{} denied by policy {} (version {v}): {reason}",
+                self.action,
+                self.policies.join(", ")
+            ),
+            (None, v) if self.policies.is_empty() => write!(
+                f,
+                "{} denied: no policy of version {v} permits it",
+                self.action
+            ),
+            (None, v) => write!(
+                f,
+                "{} denied by policy {} (version {v})",
+                self.action,
+                self.policies.join(", ")
+            ),
+        }
+    }
+}
+
+/// A pending approval as callers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingView {
+    pub request_id: RequestId,
+    pub resource: ResourcePath,
+    pub principal: Principal,
+    pub instance: InstanceId,
+    pub ttl_ms: u64,
+    pub intent: Intent,
+    /// Distinct approvals needed in all.
+    pub needed: u32,
+    /// Who approved so far, in order, with their comments.
+    pub approvers: Vec<(Principal, String)>,
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    pub policy_version: u64,
+    pub policies: Vec<String>,
+}
+
+/// How an approval ended without a grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NotApproved {
+    Rejected {
+        by: Principal,
+        reason: String,
+    },
+    Expired,
+    /// A policy change now denies it.
+    Cancelled {
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for NotApproved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotApproved::Rejected { by, reason } => write!(f, "rejected by {by}: {reason}"),
+            NotApproved::Expired => write!(f, "the approval expired before it reached its quorum"),
+            NotApproved::Cancelled { reason } => {
+                write!(f, "cancelled by a policy change: {reason}")
+            }
+        }
+    }
+}
+
+/// The answer to an `Approve`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalProgress {
+    pub pending: PendingView,
+    /// Set when this approval reached the quorum: what the request got then.
+    pub outcome: Option<AcquireOutcome>,
 }
 
 /// A successful release. `already` is true for an idempotent retry of a release that already happened.
@@ -135,6 +295,22 @@ pub enum Response {
         expired: Vec<LeaseId>,
     },
     CheckpointTtl,
+    /// The new policy version.
+    PutPolicy(Result<u64, OpError>),
+    Approve(Result<Box<ApprovalProgress>, OpError>),
+    Reject(Result<Box<PendingView>, OpError>),
+    ExpireApprovals {
+        expired: Vec<RequestId>,
+    },
+    NoteAnswer,
+}
+
+/// What one apply produced besides its answers: events for the server and audit records for
+/// storage, both in log order.
+#[derive(Debug, Default)]
+pub struct Effects {
+    pub events: Vec<Event>,
+    pub audit: Vec<AuditRecord>,
 }
 
 /// Side effects of an apply the server acts on: waking waiting acquires and keepalive streams.

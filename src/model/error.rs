@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::command::Denial;
 use super::types::{EndReason, FencingToken, LeaseId, Principal, RequestId, ResourcePath};
 
 /// Why the state machine refused an operation. Replicated (it is part of responses and the dedup
@@ -52,6 +53,28 @@ pub enum OpError {
         request_id: RequestId,
         requester: Principal,
     },
+    /// Policy (or the default decision) refused the operation.
+    #[error("{0}")]
+    Denied(Denial),
+    #[error("policy rejected, nothing changed: {message}")]
+    InvalidPolicy { message: String },
+    #[error("request {request_id} is not pending approval: {state}")]
+    NotPending {
+        request_id: RequestId,
+        state: String,
+    },
+    #[error("{by} made request {request_id} and cannot approve or reject it; another human must")]
+    OwnRequest {
+        request_id: RequestId,
+        by: Principal,
+    },
+    #[error("{max} acquisitions already wait for approval; decide some before asking for more")]
+    TooManyPending { max: usize },
+    #[error("{by} already approved request {request_id}; an approver counts once")]
+    AlreadyApproved {
+        request_id: RequestId,
+        by: Principal,
+    },
 }
 
 /// Coarse class of an `OpError`, mapped to a gRPC status code (and CLI exit code) in one place.
@@ -71,11 +94,19 @@ impl OpError {
         match self {
             OpError::UnknownLease(_) | OpError::UnknownRequest { .. } => ErrorKind::NotFound,
             OpError::LeaseEnded { .. } | OpError::NotHeld { .. } => ErrorKind::FailedPrecondition,
-            OpError::NotHolder { .. } | OpError::NotRequester { .. } => ErrorKind::PermissionDenied,
-            OpError::CheckpointTooLarge { .. } | OpError::RequestIdReused { .. } => {
-                ErrorKind::InvalidArgument
+            OpError::NotHolder { .. }
+            | OpError::NotRequester { .. }
+            | OpError::Denied(_)
+            | OpError::OwnRequest { .. } => ErrorKind::PermissionDenied,
+            OpError::CheckpointTooLarge { .. }
+            | OpError::RequestIdReused { .. }
+            | OpError::InvalidPolicy { .. } => ErrorKind::InvalidArgument,
+            OpError::NotPending { .. } | OpError::AlreadyApproved { .. } => {
+                ErrorKind::FailedPrecondition
             }
-            OpError::QueueFull { .. } => ErrorKind::ResourceExhausted,
+            OpError::QueueFull { .. } | OpError::TooManyPending { .. } => {
+                ErrorKind::ResourceExhausted
+            }
             OpError::StaleToken { .. } => ErrorKind::Stale,
         }
     }

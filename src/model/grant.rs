@@ -11,15 +11,17 @@
 //! - a task released `done` is never granted again;
 //! - a waiter whose deadline has passed is never granted (etcd#11456).
 
-use super::command::{AcquireCmd, AcquireOutcome, Event};
+use super::command::{AcquireCmd, AcquireOutcome, Effects, Event};
 use super::error::OpError;
+use super::governance::Verdict;
 use super::state::{State, Waiter, MAX_WAITERS_PER_RESOURCE};
 use super::types::{
     Completion, EndReason, Grant, Lease, LeaseId, Previous, Principal, RequestId, ResourcePath,
 };
+use crate::audit::{AuditDecision, AuditEntry};
 
 impl State {
-    pub(super) fn acquire(&mut self, cmd: &AcquireCmd, events: &mut Vec<Event>) -> AcquireOutcome {
+    pub(super) fn acquire(&mut self, cmd: &AcquireCmd, fx: &mut Effects) -> AcquireOutcome {
         // 1. Dedup: a retry gets the first answer and changes nothing.
         if let Some(rec) = self.requests.get(&cmd.request_id) {
             if rec.resource != cmd.resource
@@ -27,15 +29,30 @@ impl State {
                 || rec.instance != cmd.instance
             {
                 // Not recorded: the id belongs to the first request.
-                return AcquireOutcome::Rejected(OpError::RequestIdReused {
+                let outcome = AcquireOutcome::Rejected(OpError::RequestIdReused {
                     request_id: cmd.request_id.clone(),
                 });
+                self.audit_acquire(cmd, &outcome, Vec::new(), Vec::new(), fx);
+                return outcome;
             }
             return rec.outcome.clone();
         }
 
-        let outcome = self.decide_acquire(cmd, events);
+        // 2. Policy, before anything about the resource is revealed: deny wins.
+        let (outcome, policies) = match self.acquire_verdict(cmd, self.now_ms) {
+            Verdict::Deny(denial) => (AcquireOutcome::Denied(denial), Vec::new()),
+            Verdict::Approval {
+                needed,
+                policy_version,
+                policies,
+            } => (
+                self.open_approval(cmd, needed, policy_version, policies),
+                Vec::new(),
+            ),
+            Verdict::Allow { policies, .. } => (self.decide_acquire(cmd, None, fx), policies),
+        };
         self.record_request(cmd, outcome.clone());
+        self.audit_acquire(cmd, &outcome, policies, Vec::new(), fx);
         outcome
     }
 
@@ -47,7 +64,11 @@ impl State {
     /// quorum confirmation, so a busy answer costs no log write. Must agree with [`State::apply`]:
     /// for any state, proposing `cmd` would give the same outcome and leave the state unchanged
     /// except for the dedup record.
-    pub fn answer_without_write(&self, cmd: &AcquireCmd) -> Option<AcquireOutcome> {
+    ///
+    /// Policy is evaluated first at `max(state time, now_ms)`; anything but a plain allow (a denial
+    /// or an approval) must be written, so it is `None`. The server proposes a `NoteAnswer` for what it
+    /// answered here, so the audit trail still has it.
+    pub fn answer_without_write(&self, cmd: &AcquireCmd, now_ms: u64) -> Option<AcquireOutcome> {
         if let Some(rec) = self.requests.get(&cmd.request_id) {
             if rec.resource != cmd.resource
                 || rec.principal != cmd.principal
@@ -58,6 +79,12 @@ impl State {
                 }));
             }
             return Some(rec.outcome.clone());
+        }
+        if !matches!(
+            self.acquire_verdict(cmd, self.now_ms.max(now_ms)),
+            Verdict::Allow { .. }
+        ) {
+            return None;
         }
         if let Some(done) = self.task_completion(&cmd.resource, cmd) {
             return Some(AcquireOutcome::AlreadyDone(done));
@@ -75,7 +102,14 @@ impl State {
         })
     }
 
-    fn decide_acquire(&mut self, cmd: &AcquireCmd, events: &mut Vec<Event>) -> AcquireOutcome {
+    /// Decide an allowed acquire: done, take over, busy, queue or grant. `wait_override` replaces the
+    /// request's own wait (an approved request waits for what is left of its approval's time).
+    pub(super) fn decide_acquire(
+        &mut self,
+        cmd: &AcquireCmd,
+        wait_override: Option<u64>,
+        fx: &mut Effects,
+    ) -> AcquireOutcome {
         // 2. A task that is done is answered with its completion, never granted again.
         if let Some(done) = self.task_completion(&cmd.resource, cmd) {
             return AcquireOutcome::AlreadyDone(done);
@@ -98,20 +132,20 @@ impl State {
                     by_instance: cmd.instance.clone(),
                 };
                 let previous = self
-                    .end_lease(holder_id, reason.clone(), false, events)
+                    .end_lease(holder_id, reason.clone(), false, fx)
                     .map(|ended| Previous::of(&ended, reason, self.now_ms));
-                return AcquireOutcome::Granted(self.grant(cmd, previous, events));
+                return AcquireOutcome::Granted(self.grant(cmd, previous, fx));
             }
             let holder = holder.clone();
-            return match cmd.wait_ms {
-                Some(wait_ms) if wait_ms > 0 => self.enqueue(cmd, wait_ms, events),
+            return match wait_override.or(cmd.wait_ms) {
+                Some(wait_ms) if wait_ms > 0 => self.enqueue(cmd, wait_ms, fx),
                 _ => AcquireOutcome::Busy { holder },
             };
         }
 
         // 4. Free: grant, passing on what the task's last holder left behind.
         let previous = self.task_previous(cmd);
-        AcquireOutcome::Granted(self.grant(cmd, previous, events))
+        AcquireOutcome::Granted(self.grant(cmd, previous, fx))
     }
 
     fn task_completion(&self, resource: &ResourcePath, cmd: &AcquireCmd) -> Option<Completion> {
@@ -129,12 +163,7 @@ impl State {
     }
 
     /// Make `cmd` the resource's holder. The caller has checked the resource is free.
-    fn grant(
-        &mut self,
-        cmd: &AcquireCmd,
-        previous: Option<Previous>,
-        events: &mut Vec<Event>,
-    ) -> Grant {
+    fn grant(&mut self, cmd: &AcquireCmd, previous: Option<Previous>, fx: &mut Effects) -> Grant {
         let token = self.next_token();
         let lease_id = self.next_lease_id();
         let lease = Lease {
@@ -163,22 +192,18 @@ impl State {
                 .current = Some(lease_id);
         }
         self.leases.insert(lease_id, lease.clone());
+        self.remember_intent(cmd);
         let grant = Grant { lease, previous };
-        events.push(Event::Granted {
+        fx.events.push(Event::Granted {
             grant: grant.clone(),
         });
         grant
     }
 
     /// Queue `cmd` FIFO behind the holder until `now + wait_ms`.
-    fn enqueue(
-        &mut self,
-        cmd: &AcquireCmd,
-        wait_ms: u64,
-        events: &mut Vec<Event>,
-    ) -> AcquireOutcome {
+    fn enqueue(&mut self, cmd: &AcquireCmd, wait_ms: u64, fx: &mut Effects) -> AcquireOutcome {
         // Waiters that timed out while the holder kept the resource would otherwise fill the queue.
-        self.drop_expired_waiters(&cmd.resource, events);
+        self.drop_expired_waiters(&cmd.resource, fx);
         let deadline_ms = self.now_ms.saturating_add(wait_ms);
         let resource = self.resources.entry(cmd.resource.clone()).or_default();
         if resource.waiters.len() >= MAX_WAITERS_PER_RESOURCE {
@@ -195,7 +220,7 @@ impl State {
         AcquireOutcome::Queued { position }
     }
 
-    fn drop_expired_waiters(&mut self, path: &ResourcePath, events: &mut Vec<Event>) {
+    fn drop_expired_waiters(&mut self, path: &ResourcePath, fx: &mut Effects) {
         let now = self.now_ms;
         let Some(resource) = self.resources.get_mut(path) else {
             return;
@@ -206,14 +231,26 @@ impl State {
             .partition(|w| w.deadline_ms >= now);
         resource.waiters = live.into();
         for waiter in dead {
-            self.finish_waiter(&waiter.cmd.request_id, AcquireOutcome::WaitEnded, events);
+            self.finish_waiter(&waiter.cmd.request_id, AcquireOutcome::WaitEnded, fx);
         }
     }
 
     /// A waiter leaves the queue without a grant: record its final answer and tell the server.
-    fn finish_waiter(&mut self, id: &RequestId, outcome: AcquireOutcome, events: &mut Vec<Event>) {
+    fn finish_waiter(&mut self, id: &RequestId, outcome: AcquireOutcome, fx: &mut Effects) {
+        if let Some(rec) = self.requests.get(id) {
+            let decision = match &outcome {
+                AcquireOutcome::AlreadyDone(_) => AuditDecision::AlreadyDone,
+                _ => AuditDecision::WaitEnded,
+            };
+            let mut entry = AuditEntry::new("acquire", decision);
+            entry.principal = rec.principal.to_string();
+            entry.instance = rec.instance.to_string();
+            entry.resource = rec.resource.to_string();
+            entry.request_id = id.to_string();
+            self.audit(fx, entry);
+        }
         self.update_request(id, outcome);
-        events.push(Event::WaiterEnded {
+        fx.events.push(Event::WaiterEnded {
             request_id: id.clone(),
         });
     }
@@ -227,7 +264,7 @@ impl State {
         id: LeaseId,
         reason: EndReason,
         hand_over: bool,
-        events: &mut Vec<Event>,
+        fx: &mut Effects,
     ) -> Option<Lease> {
         let lease = self.leases.remove(&id)?;
         // Burn a token: the fence moves above the ended holder's token, so a resource checking
@@ -265,19 +302,20 @@ impl State {
         }
 
         self.record_ended(lease.clone(), reason.clone());
-        events.push(Event::Ended {
+        self.audit_end(&lease, &reason, fx);
+        fx.events.push(Event::Ended {
             lease: lease.clone(),
             reason,
         });
         if hand_over {
-            self.hand_over(&lease.resource, events);
+            self.hand_over(&lease.resource, fx);
         }
         Some(lease)
     }
 
     /// Give a free resource to the first live waiter, FIFO. Waiters past their deadline are dropped,
     /// never granted: their callers have given up and may act as if refused (etcd#11456).
-    fn hand_over(&mut self, path: &ResourcePath, events: &mut Vec<Event>) {
+    fn hand_over(&mut self, path: &ResourcePath, fx: &mut Effects) {
         loop {
             let Some(resource) = self.resources.get_mut(path) else {
                 return;
@@ -290,17 +328,18 @@ impl State {
             };
             let cmd = waiter.cmd;
             if waiter.deadline_ms < self.now_ms {
-                self.finish_waiter(&cmd.request_id, AcquireOutcome::WaitEnded, events);
+                self.finish_waiter(&cmd.request_id, AcquireOutcome::WaitEnded, fx);
                 continue;
             }
             // The task may have been finished by someone else while this request waited.
             if let Some(done) = self.task_completion(path, &cmd) {
-                self.finish_waiter(&cmd.request_id, AcquireOutcome::AlreadyDone(done), events);
+                self.finish_waiter(&cmd.request_id, AcquireOutcome::AlreadyDone(done), fx);
                 continue;
             }
             let previous = self.task_previous(&cmd);
-            let grant = self.grant(&cmd, previous, events);
-            self.update_request(&cmd.request_id, AcquireOutcome::Granted(grant));
+            let outcome = AcquireOutcome::Granted(self.grant(&cmd, previous, fx));
+            self.audit_acquire(&cmd, &outcome, Vec::new(), Vec::new(), fx);
+            self.update_request(&cmd.request_id, outcome);
             return;
         }
     }
@@ -311,7 +350,7 @@ impl State {
         &mut self,
         id: &RequestId,
         principal: &Principal,
-        events: &mut Vec<Event>,
+        fx: &mut Effects,
     ) -> AcquireOutcome {
         let Some(rec) = self.requests.get(id) else {
             return AcquireOutcome::Rejected(OpError::UnknownRequest {
@@ -329,7 +368,7 @@ impl State {
             if let Some(resource) = self.resources.get_mut(&path) {
                 resource.waiters.retain(|w| &w.cmd.request_id != id);
             }
-            self.finish_waiter(id, AcquireOutcome::WaitEnded, events);
+            self.finish_waiter(id, AcquireOutcome::WaitEnded, fx);
         }
         self.requests
             .get(id)

@@ -12,7 +12,7 @@
 //! passed without a keepalive it is bounded by the ttl checkpointed then, so repeated elections cannot
 //! keep a dead holder's lease alive forever.
 
-use super::command::Event;
+use super::command::Effects;
 use super::error::OpError;
 use super::state::State;
 use super::types::{EndReason, Lease, LeaseId};
@@ -39,10 +39,10 @@ impl State {
 
     /// End each still-live lease as expired; ids that already ended or are unknown are ignored (the
     /// leader may propose an expiry that races a release). Returns the ids actually expired.
-    pub(super) fn expire(&mut self, ids: &[LeaseId], events: &mut Vec<Event>) -> Vec<LeaseId> {
+    pub(super) fn expire(&mut self, ids: &[LeaseId], fx: &mut Effects) -> Vec<LeaseId> {
         ids.iter()
             .filter_map(|&id| {
-                self.end_lease(id, EndReason::Expired, true, events)
+                self.end_lease(id, EndReason::Expired, true, fx)
                     .map(|l| l.lease_id)
             })
             .collect()

@@ -9,11 +9,15 @@
 //!
 //! Where to look: `grant.rs` (where a lease is granted and where it ends), `release.rs` (release,
 //! checkpoint, revoke), `lease_time.rs` (renewal, expiry, the countdown after an election),
-//! `state.rs` (the state, `apply`, queries, snapshots), `types.rs` (validated domain types),
+//! `governance.rs` (policy decisions, pending approvals, policy changes), `audit_trail.rs` (what
+//! goes into the audit chain), `state.rs` (the state, `apply`, queries, snapshots), `types.rs`
+//! (validated domain types),
 //! `command.rs` (log entries and responses), `error.rs`.
 
+mod audit_trail;
 pub mod command;
 pub mod error;
+pub mod governance;
 mod grant;
 mod lease_time;
 mod release;
@@ -26,10 +30,11 @@ mod proptests;
 mod testkit;
 
 pub use command::{
-    AcquireCmd, AcquireOutcome, Command, EntryMeta, Event, ReleaseOk, Request, Response,
-    RevokeTarget,
+    AcquireCmd, AcquireOutcome, ApprovalProgress, Command, Denial, Effects, EntryMeta, Event,
+    NotApproved, PendingView, PolicyDefaults, ReleaseOk, Request, Response, RevokeTarget,
 };
 pub use error::{ErrorKind, OpError, SnapshotError};
+pub use governance::{Facts, Verdict, MAX_PENDING_APPROVALS};
 pub use state::{
     FenceStatus, ResourceView, State, DEDUP_MAX, DEDUP_RETENTION_MS, MAX_WAITERS_PER_RESOURCE,
     SNAPSHOT_FORMAT_VERSION,

@@ -5,7 +5,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 
-use super::command::{AcquireCmd, AcquireOutcome, Command, EntryMeta, Event, Request, Response};
+use super::command::{
+    AcquireCmd, AcquireOutcome, Command, Effects, EntryMeta, Event, PolicyDefaults, Request,
+    Response,
+};
 use super::state::{FenceStatus, State};
 use super::testkit::{inst, res, rid, task, who};
 use super::types::{
@@ -18,6 +21,8 @@ const RESOURCES: [&str; 3] = ["a", "a/b", "c"];
 const PRINCIPALS: [&str; 3] = ["agent/x", "agent/y", "human/h"];
 const INSTANCES: [&str; 3] = ["i1", "i2", "i3"];
 
+// Test steps are generated and consumed once; boxing the command would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 enum Step {
     /// A new leader's blank entry.
@@ -95,6 +100,7 @@ fn acquire() -> impl Strategy<Value = Command> {
                 task_key: t.map(task),
                 wait_ms,
                 takeover,
+                defaults: PolicyDefaults::default(),
             })
         })
 }
@@ -133,6 +139,7 @@ fn command() -> impl Strategy<Value = Command> {
                 },
                 by: who("human/h"),
                 reason: "because".to_owned(),
+                by_admin: true,
             }
         }),
         1 => (request_id(), pick(&PRINCIPALS)).prop_map(|(request_id, p)| Command::CancelWait {
@@ -293,7 +300,7 @@ proptest! {
         let (mut index, mut term, mut now_ms) = (0u64, 1u64, 1_000u64);
         for step in steps {
             index += 1;
-            let mut events = Vec::new();
+            let mut fx = Effects::default();
             let step = match step {
                 Step::Holder { resource, checkpoint_len, outcome } => {
                     match holder_command(&state, resource, checkpoint_len, outcome) {
@@ -307,7 +314,7 @@ proptest! {
                 Step::Elect => {
                     term += 1;
                     state.observe(EntryMeta { index, term });
-                    check_step(&state, None, None, &events, &mut seen)?;
+                    check_step(&state, None, None, &fx.events, &mut seen)?;
                 }
                 Step::StaleTerm => {
                     let before = (state.current_term(), state.prev_term());
@@ -318,16 +325,16 @@ proptest! {
                     now_ms += advance_ms;
                     // The read-only answer (busy without a log write) must be what apply decides.
                     let predicted = match &cmd {
-                        Command::Acquire(a) => state.answer_without_write(a),
+                        Command::Acquire(a) => state.answer_without_write(a, now_ms),
                         _ => None,
                     };
                     let req = Request { now_ms, cmd };
-                    let response = state.apply(EntryMeta { index, term }, &req, &mut events);
+                    let response = state.apply(EntryMeta { index, term }, &req, &mut fx);
                     if let Some(outcome) = predicted {
                         prop_assert_eq!(&response, &Response::Acquire(outcome), "answer_without_write agrees with apply");
-                        prop_assert!(events.is_empty(), "an answer without a write grants and ends nothing");
+                        prop_assert!(fx.events.is_empty(), "an answer without a write grants and ends nothing");
                     }
-                    check_step(&state, Some(&req.cmd), Some(&response), &events, &mut seen)?;
+                    check_step(&state, Some(&req.cmd), Some(&response), &fx.events, &mut seen)?;
                 }
                 Step::Holder { .. } => {}
             }
@@ -347,17 +354,17 @@ proptest! {
                     Step::StaleTerm => state.observe(EntryMeta { index, term: term.saturating_sub(1) }),
                     Step::Apply { advance_ms, cmd } => {
                         now_ms += advance_ms;
-                        let mut events = Vec::new();
+                        let mut fx = Effects::default();
                         let req = Request { now_ms, cmd: cmd.clone() };
-                        let r = state.apply(EntryMeta { index, term }, &req, &mut events);
-                        out.push((r, events));
+                        let r = state.apply(EntryMeta { index, term }, &req, &mut fx);
+                        out.push((r, fx.events, fx.audit));
                     }
                     Step::Holder { resource, checkpoint_len, outcome } => {
                         if let Some(cmd) = holder_command(&state, resource, *checkpoint_len, *outcome) {
-                            let mut events = Vec::new();
+                            let mut fx = Effects::default();
                             let req = Request { now_ms, cmd };
-                            let r = state.apply(EntryMeta { index, term }, &req, &mut events);
-                            out.push((r, events));
+                            let r = state.apply(EntryMeta { index, term }, &req, &mut fx);
+                            out.push((r, fx.events, fx.audit));
                         }
                     }
                 }
@@ -376,7 +383,7 @@ proptest! {
         term in prop::sample::select(vec![0u64, u64::MAX]),
     ) {
         let mut state = State::default();
-        let mut events = Vec::new();
+        let mut fx = Effects::default();
         let at = EntryMeta { index: 1, term };
         let base = AcquireCmd {
             request_id: rid("r"),
@@ -388,6 +395,7 @@ proptest! {
             task_key: None,
             wait_ms,
             takeover: false,
+            defaults: PolicyDefaults::default(),
         };
         let cmds = vec![
             Command::Acquire(base.clone()),
@@ -398,7 +406,7 @@ proptest! {
             Command::CancelWait { request_id: rid("w"), principal: who("agent/x") },
         ];
         for cmd in cmds {
-            state.apply(at, &Request { now_ms, cmd }, &mut events);
+            state.apply(at, &Request { now_ms, cmd }, &mut fx);
         }
         if let Some(lease) = state.leases().next() {
             state.initial_countdown_ms(lease);
@@ -419,24 +427,27 @@ proptest! {
         batch in prop::collection::vec(command(), 1..12),
     ) {
         let mut one_by_one = State::default();
-        let mut events = Vec::new();
+        let mut fx = Effects::default();
         let mut index = 0;
         for cmd in &before {
             index += 1;
-            one_by_one.apply(EntryMeta { index, term: 1 }, &Request { now_ms: 5_000, cmd: cmd.clone() }, &mut events);
+            one_by_one.apply(EntryMeta { index, term: 1 }, &Request { now_ms: 5_000, cmd: cmd.clone() }, &mut fx);
         }
         let mut batched = one_by_one.clone();
-        let (mut single_events, mut batch_events) = (Vec::new(), Vec::new());
+        let (mut single, mut batch_fx) = (Effects::default(), Effects::default());
         let mut answers = Vec::new();
+        // The batch is one entry: its commands' audit records carry that entry's index, so the
+        // one-by-one run applies them at the same index.
+        index += 1;
         for cmd in &batch {
-            index += 1;
             let req = Request { now_ms: 6_000, cmd: cmd.clone() };
-            answers.push(one_by_one.apply(EntryMeta { index, term: 1 }, &req, &mut single_events));
+            answers.push(one_by_one.apply(EntryMeta { index, term: 1 }, &req, &mut single));
         }
         let req = Request { now_ms: 6_000, cmd: Command::Batch(batch.clone()) };
-        let response = batched.apply(EntryMeta { index, term: 1 }, &req, &mut batch_events);
+        let response = batched.apply(EntryMeta { index, term: 1 }, &req, &mut batch_fx);
         prop_assert_eq!(response, Response::Batch(answers));
-        prop_assert_eq!(batch_events, single_events);
+        prop_assert_eq!(batch_fx.events, single.events);
+        prop_assert_eq!(batch_fx.audit, single.audit);
         prop_assert_eq!(batched, one_by_one);
     }
 }

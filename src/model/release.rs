@@ -5,12 +5,14 @@
 //! a retried release that already took effect answers the same success again (`already: true`)
 //! instead of an error, so clients can retry blindly after a lost reply.
 
-use super::command::{Event, ReleaseOk, RevokeTarget};
+use super::command::{Effects, ReleaseOk, RevokeTarget};
 use super::error::OpError;
 use super::state::State;
 use super::types::{
     EndReason, FencingToken, Lease, LeaseId, Principal, ReleaseOutcome, MAX_CHECKPOINT_BYTES,
 };
+use crate::audit::AuditDecision;
+use crate::policy::Action;
 
 impl State {
     pub(super) fn release(
@@ -18,7 +20,30 @@ impl State {
         id: LeaseId,
         principal: &Principal,
         outcome: Option<ReleaseOutcome>,
-        events: &mut Vec<Event>,
+        fx: &mut Effects,
+    ) -> Result<ReleaseOk, OpError> {
+        let result = self.try_release(id, principal, outcome, fx);
+        if let Err(e) = &result {
+            let decision = refusal(e);
+            let lease = self.leases.get(&id).cloned();
+            self.audit_lease_op(
+                lease.as_ref(),
+                principal.as_str(),
+                "release",
+                decision,
+                e.to_string(),
+                fx,
+            );
+        }
+        result
+    }
+
+    fn try_release(
+        &mut self,
+        id: LeaseId,
+        principal: &Principal,
+        outcome: Option<ReleaseOutcome>,
+        fx: &mut Effects,
     ) -> Result<ReleaseOk, OpError> {
         let reason = match outcome {
             Some(ReleaseOutcome::Done) => EndReason::Done,
@@ -32,8 +57,9 @@ impl State {
                     holder: lease.principal.clone(),
                 });
             }
+            self.holder_action_allowed(principal, Action::Release, lease)?;
             let lease = self
-                .end_lease(id, reason.clone(), true, events)
+                .end_lease(id, reason.clone(), true, fx)
                 .ok_or(OpError::UnknownLease(id))?;
             return Ok(ReleaseOk {
                 lease,
@@ -68,7 +94,37 @@ impl State {
         principal: &Principal,
         token: FencingToken,
         data: &[u8],
+        fx: &mut Effects,
     ) -> Result<(), OpError> {
+        let result = self.try_checkpoint(id, principal, token, data);
+        let (decision, reason) = match &result {
+            Ok(()) => (AuditDecision::Checkpoint, format!("{} bytes", data.len())),
+            Err(e) => (refusal(e), e.to_string()),
+        };
+        let lease = self.leases.get(&id).cloned();
+        self.audit_lease_op(
+            lease.as_ref(),
+            principal.as_str(),
+            "checkpoint",
+            decision,
+            reason,
+            fx,
+        );
+        result
+    }
+
+    fn try_checkpoint(
+        &mut self,
+        id: LeaseId,
+        principal: &Principal,
+        token: FencingToken,
+        data: &[u8],
+    ) -> Result<(), OpError> {
+        if let Some(lease) = self.leases.get(&id) {
+            if &lease.principal == principal {
+                self.holder_action_allowed(principal, Action::Checkpoint, lease)?;
+            }
+        }
         let Some(lease) = self.leases.get_mut(&id) else {
             return Err(self.not_live(id));
         };
@@ -99,7 +155,36 @@ impl State {
         target: &RevokeTarget,
         by: &Principal,
         reason: &str,
-        events: &mut Vec<Event>,
+        by_admin: bool,
+        fx: &mut Effects,
+    ) -> Result<Lease, OpError> {
+        let result = self.try_revoke(target, by, reason, by_admin, fx);
+        if let Err(e) = &result {
+            let lease = match target {
+                RevokeTarget::Lease(id) => self.leases.get(id).cloned(),
+                RevokeTarget::Resource(path) => self
+                    .resources
+                    .get(path)
+                    .and_then(|r| r.holder)
+                    .and_then(|id| self.leases.get(&id))
+                    .cloned(),
+            };
+            let mut why = e.to_string();
+            if let (None, RevokeTarget::Resource(path)) = (&lease, target) {
+                why = format!("{path}: {why}");
+            }
+            self.audit_lease_op(lease.as_ref(), by.as_str(), "revoke", refusal(e), why, fx);
+        }
+        result
+    }
+
+    fn try_revoke(
+        &mut self,
+        target: &RevokeTarget,
+        by: &Principal,
+        reason: &str,
+        by_admin: bool,
+        fx: &mut Effects,
     ) -> Result<Lease, OpError> {
         let id = match target {
             RevokeTarget::Lease(id) => {
@@ -116,11 +201,14 @@ impl State {
                     resource: path.clone(),
                 })?,
         };
+        if let Some(lease) = self.leases.get(&id) {
+            self.revoke_allowed(by, by_admin, lease)?;
+        }
         let reason = EndReason::Revoked {
             by: by.clone(),
             reason: reason.to_owned(),
         };
-        self.end_lease(id, reason, true, events)
+        self.end_lease(id, reason, true, fx)
             .ok_or(OpError::UnknownLease(id))
     }
 
@@ -133,6 +221,14 @@ impl State {
             },
             None => OpError::UnknownLease(id),
         }
+    }
+}
+
+/// How a refused operation appears in the audit trail.
+fn refusal(e: &OpError) -> AuditDecision {
+    match e {
+        OpError::Denied(_) => AuditDecision::Denied,
+        _ => AuditDecision::Invalid,
     }
 }
 
@@ -295,6 +391,7 @@ mod tests {
             target,
             by: who("human/x"),
             reason: "incident 42".to_owned(),
+            by_admin: true,
         }) {
             Response::Revoke(r) => r,
             other => panic!("{other:?}"),

@@ -17,15 +17,16 @@ use std::ops::Bound;
 use bincode::Options;
 use serde::{Deserialize, Serialize};
 
-use super::command::{AcquireCmd, AcquireOutcome, Command, EntryMeta, Event, Request, Response};
+use super::command::{AcquireCmd, AcquireOutcome, Command, Effects, EntryMeta, Request, Response};
 use super::error::SnapshotError;
+use super::governance::Pending;
 use super::types::{
     Completion, EndReason, FencingToken, InstanceId, Lease, LeaseId, Previous, Principal,
     RequestId, ResourcePath, TaskKey,
 };
 
 /// First byte of every snapshot; bump when the encoding of `State` changes.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
 /// At most this many requests wait on one resource; more are answered `QueueFull`.
 pub const MAX_WAITERS_PER_RESOURCE: usize = 1024;
 /// Dedup and ended-lease records are kept at least this long after their last update (entry time),
@@ -117,6 +118,18 @@ pub struct State {
     pub(super) request_order: VecDeque<(u64, RequestId)>,
     pub(super) ended: BTreeMap<LeaseId, EndedLease>,
     pub(super) ended_order: VecDeque<(u64, LeaseId)>,
+    /// Index of the entry being (or last) applied: stamped into audit records.
+    pub(super) last_index: u64,
+    /// The active policy set; `None` until the first `PutPolicy` (then the default decision rules).
+    pub(super) policy: Option<crate::policy::PolicyBundle>,
+    /// Acquires waiting for human approval, by request id.
+    pub(super) pending: BTreeMap<RequestId, Pending>,
+    /// Intent labels of recent grants per resource ("key:value"), for intent-conflict policies.
+    pub(super) recent_intents: BTreeMap<ResourcePath, VecDeque<(u64, Vec<String>)>>,
+    /// Insertion order of `recent_intents`, oldest first, for eviction past the intent window.
+    pub(super) recent_order: VecDeque<(u64, ResourcePath)>,
+    /// The audit chain's head; its records go to storage through `Effects::audit`.
+    pub(super) audit: crate::audit::AuditChain,
 }
 
 impl Default for State {
@@ -134,6 +147,12 @@ impl Default for State {
             request_order: VecDeque::new(),
             ended: BTreeMap::new(),
             ended_order: VecDeque::new(),
+            last_index: 0,
+            policy: None,
+            pending: BTreeMap::new(),
+            recent_intents: BTreeMap::new(),
+            recent_order: VecDeque::new(),
+            audit: Default::default(),
         }
     }
 }
@@ -150,8 +169,9 @@ impl State {
     }
 
     /// Apply one entry. Deterministic and total: any input gives an answer, never a panic.
-    pub fn apply(&mut self, at: EntryMeta, req: &Request, events: &mut Vec<Event>) -> Response {
+    pub fn apply(&mut self, at: EntryMeta, req: &Request, fx: &mut Effects) -> Response {
         self.observe(at);
+        self.last_index = at.index;
         self.now_ms = self.now_ms.max(req.now_ms);
         self.evict_old_records();
         match &req.cmd {
@@ -162,39 +182,73 @@ impl State {
                 cmds.iter()
                     .map(|cmd| match cmd {
                         Command::Batch(_) => Response::Batch(Vec::new()),
-                        cmd => self.apply_command(cmd, events),
+                        cmd => self.apply_command(cmd, fx),
                     })
                     .collect(),
             ),
-            cmd => self.apply_command(cmd, events),
+            cmd => self.apply_command(cmd, fx),
         }
     }
 
-    fn apply_command(&mut self, cmd: &Command, events: &mut Vec<Event>) -> Response {
+    fn apply_command(&mut self, cmd: &Command, fx: &mut Effects) -> Response {
         match cmd {
             Command::Batch(_) => Response::Batch(Vec::new()),
-            Command::Acquire(cmd) => Response::Acquire(self.acquire(cmd, events)),
+            Command::Acquire(cmd) => Response::Acquire(self.acquire(cmd, fx)),
             Command::Release {
                 lease_id,
                 principal,
                 outcome,
-            } => Response::Release(self.release(*lease_id, principal, *outcome, events)),
+            } => Response::Release(self.release(*lease_id, principal, *outcome, fx)),
             Command::Checkpoint {
                 lease_id,
                 principal,
                 token,
                 data,
-            } => Response::Checkpoint(self.checkpoint(*lease_id, principal, *token, data)),
-            Command::Revoke { target, by, reason } => {
-                Response::Revoke(self.revoke(target, by, reason, events))
+            } => Response::Checkpoint(self.checkpoint(*lease_id, principal, *token, data, fx)),
+            Command::Revoke {
+                target,
+                by,
+                reason,
+                by_admin,
+            } => Response::Revoke(self.revoke(target, by, reason, *by_admin, fx)),
+            Command::PutPolicy {
+                by,
+                by_admin,
+                policies,
+                entities,
+                intent_window_ms,
+            } => Response::PutPolicy(self.put_policy(
+                by,
+                *by_admin,
+                policies,
+                entities.as_deref(),
+                *intent_window_ms,
+                fx,
+            )),
+            Command::Approve {
+                request_id,
+                by,
+                comment,
+            } => Response::Approve(self.approve(request_id, by, comment, fx).map(Box::new)),
+            Command::Reject {
+                request_id,
+                by,
+                reason,
+            } => Response::Reject(self.reject(request_id, by, reason, fx).map(Box::new)),
+            Command::ExpireApprovals { request_ids } => Response::ExpireApprovals {
+                expired: self.expire_approvals(request_ids, fx),
+            },
+            Command::NoteAnswer { cmd, outcome } => {
+                self.audit_acquire(cmd, outcome, Vec::new(), Vec::new(), fx);
+                Response::NoteAnswer
             }
             Command::CancelWait {
                 request_id,
                 principal,
-            } => Response::CancelWait(self.cancel_wait(request_id, principal, events)),
+            } => Response::CancelWait(self.cancel_wait(request_id, principal, fx)),
             Command::Renew { lease_ids } => Response::Renew(self.renew(lease_ids)),
             Command::Expire { lease_ids } => Response::Expire {
-                expired: self.expire(lease_ids, events),
+                expired: self.expire(lease_ids, fx),
             },
             Command::CheckpointTtl { remaining } => {
                 self.checkpoint_ttl(remaining);
@@ -277,6 +331,11 @@ impl State {
         self.now_ms
     }
 
+    /// The audit chain's head (its records are in storage).
+    pub fn audit_chain(&self) -> &crate::audit::AuditChain {
+        &self.audit
+    }
+
     pub fn live_lease_count(&self) -> usize {
         self.leases.len()
     }
@@ -349,10 +408,11 @@ impl State {
     /// Drop dedup and ended records older than `DEDUP_RETENTION_MS`, then the oldest past `DEDUP_MAX`.
     /// Driven by entry time only, so every replica evicts the same records at the same entry.
     fn evict_old_records(&mut self) {
+        self.evict_recent_intents();
         let now = self.now_ms;
         let expired = |at: u64| now.saturating_sub(at) > DEDUP_RETENTION_MS;
 
-        // A queued request is never evicted: its waiter still needs the record to report its final
+        // A queued or pending request is never evicted: its waiter still needs the record to report its final
         // answer. Such a record is re-stamped and moved to the back; the pass is bounded by the
         // deque's length so a table full of waiters cannot loop forever.
         let mut budget = self.request_order.len();
@@ -373,7 +433,10 @@ impl State {
             if rec.updated_ms != at {
                 continue; // stale pair: a later update pushed a newer one
             }
-            if matches!(rec.outcome, AcquireOutcome::Queued { .. }) {
+            if matches!(
+                rec.outcome,
+                AcquireOutcome::Queued { .. } | AcquireOutcome::PendingApproval(_)
+            ) {
                 rec.updated_ms = now;
                 self.request_order.push_back((now, id));
                 continue;
@@ -592,12 +655,12 @@ mod tests {
         let bytes = busy_state().to_snapshot();
         assert_eq!(State::from_snapshot(&[]), Err(SnapshotError::Empty));
         let mut v2 = bytes.clone();
-        v2[0] = 2;
+        v2[0] = SNAPSHOT_FORMAT_VERSION + 1;
         assert_eq!(
             State::from_snapshot(&v2),
             Err(SnapshotError::UnknownVersion {
-                found: 2,
-                supported: 1
+                found: SNAPSHOT_FORMAT_VERSION + 1,
+                supported: SNAPSHOT_FORMAT_VERSION
             })
         );
         assert!(v2_message_names_versions(&State::from_snapshot(&v2)));
@@ -620,7 +683,8 @@ mod tests {
         match r {
             Err(e) => {
                 let m = e.to_string();
-                m.contains('2') && m.contains('1')
+                m.contains(&(SNAPSHOT_FORMAT_VERSION + 1).to_string())
+                    && m.contains(&SNAPSHOT_FORMAT_VERSION.to_string())
             }
             Ok(_) => false,
         }

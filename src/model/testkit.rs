@@ -3,13 +3,17 @@
 
 use std::collections::BTreeMap;
 
-use super::command::{AcquireCmd, AcquireOutcome, Command, EntryMeta, Event, Request, Response};
+use super::command::{
+    AcquireCmd, AcquireOutcome, Command, Effects, EntryMeta, Event, PolicyDefaults, Request,
+    Response,
+};
 use super::error::OpError;
 use super::state::State;
 use super::types::{
     FencingToken, Grant, InstanceId, Intent, LeaseId, Principal, ReleaseOutcome, RequestId,
     ResourcePath, TaskKey,
 };
+use crate::audit::AuditRecord;
 
 pub(super) fn res(s: &str) -> ResourcePath {
     ResourcePath::parse(s).expect("test resource path is valid")
@@ -43,6 +47,7 @@ pub(super) fn acq(request: &str, resource: &str, principal: &str, instance: &str
         task_key: None,
         wait_ms: None,
         takeover: false,
+        defaults: PolicyDefaults::default(),
     }
 }
 
@@ -52,6 +57,8 @@ pub(super) struct Harness {
     pub(super) term: u64,
     pub(super) now_ms: u64,
     pub(super) events: Vec<Event>,
+    /// Audit records of the last entry.
+    pub(super) audit: Vec<AuditRecord>,
 }
 
 impl Harness {
@@ -62,6 +69,7 @@ impl Harness {
             term: 0,
             now_ms: 1_000,
             events: Vec::new(),
+            audit: Vec::new(),
         };
         h.elect();
         h
@@ -89,12 +97,15 @@ impl Harness {
     /// Apply `cmd`, keeping only this entry's events in `self.events`.
     pub(super) fn apply(&mut self, cmd: Command) -> Response {
         let at = self.next_meta();
-        self.events.clear();
         let req = Request {
             now_ms: self.now_ms,
             cmd,
         };
-        self.state.apply(at, &req, &mut self.events)
+        let mut fx = Effects::default();
+        let response = self.state.apply(at, &req, &mut fx);
+        self.events = fx.events;
+        self.audit = fx.audit;
+        response
     }
 
     pub(super) fn acquire(&mut self, cmd: AcquireCmd) -> AcquireOutcome {

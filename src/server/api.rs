@@ -13,6 +13,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, invalid, op_error};
+use super::governance::AuditStream;
 use super::Shared;
 use crate::model::{
     AcquireCmd, AcquireOutcome, Command, FenceStatus, FencingToken, InstanceId, LeaseId, Principal,
@@ -24,18 +25,18 @@ use crate::proto::{self, warrant_server};
 const MAX_REASON_BYTES: usize = 1024;
 /// Cap on a List answer.
 const MAX_LIST: usize = 10_000;
-/// Largest client request accepted (checkpoints are the largest legitimate payload).
-const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Largest client request accepted (a policy set with its entities is the largest legitimate one).
+const MAX_REQUEST_BYTES: usize = 3 * 1024 * 1024;
 
 pub fn service(shared: Arc<Shared>) -> warrant_server::WarrantServer<Api> {
     warrant_server::WarrantServer::new(Api { shared }).max_decoding_message_size(MAX_REQUEST_BYTES)
 }
 
 pub struct Api {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
 }
 
-fn principal(s: &str) -> Result<Principal, Status> {
+pub(super) fn principal(s: &str) -> Result<Principal, Status> {
     if s.is_empty() {
         return Err(Status::invalid_argument(
             "principal is required (agent/NAME or human/NAME; the CLI takes --principal or WARRANT_PRINCIPAL)",
@@ -52,7 +53,7 @@ fn lease_id(s: &str) -> Result<LeaseId, Status> {
     })
 }
 
-fn resource(s: &str) -> Result<ResourcePath, Status> {
+pub(super) fn resource(s: &str) -> Result<ResourcePath, Status> {
     ResourcePath::parse(s).map_err(invalid)
 }
 
@@ -75,7 +76,10 @@ impl Api {
         self.shared.clock.remaining(id)
     }
 
-    fn outcome(&self, outcome: AcquireOutcome) -> Result<proto::AcquireResponse, Status> {
+    pub(super) fn outcome(
+        &self,
+        outcome: AcquireOutcome,
+    ) -> Result<proto::AcquireResponse, Status> {
         use proto::acquire_response::Outcome;
         let out = match outcome {
             AcquireOutcome::Granted(g) => {
@@ -99,12 +103,13 @@ impl Api {
                 record: Some(convert::completion(&c)),
             }),
             AcquireOutcome::WaitEnded => Outcome::WaitEnded(proto::WaitEnded {}),
-            AcquireOutcome::Queued { .. } => {
-                return Err(Status::internal(
-                    "a queued acquire was answered before its wait ended",
-                ))
-            }
+            // Only an approved request that found the resource held answers this (it waits in the
+            // queue for the rest of its approval's time); a plain queued acquire is waited on.
+            AcquireOutcome::Queued { position } => Outcome::Queued(proto::Queued { position }),
             AcquireOutcome::Rejected(e) => return Err(op_error(&e)),
+            AcquireOutcome::Denied(d) => Outcome::Denied(convert::denied(&d)),
+            AcquireOutcome::PendingApproval(p) => Outcome::PendingApproval(convert::pending(&p)),
+            AcquireOutcome::NotApproved(n) => Outcome::NotApproved(convert::not_approved(&n)),
         };
         Ok(proto::AcquireResponse { outcome: Some(out) })
     }
@@ -113,16 +118,20 @@ impl Api {
     /// leader's state, with no log write. A local look first: only when the answer would need no
     /// write is leadership confirmed (shared with concurrent keepalives) and the state read again,
     /// so the answer is linearizable; anything else is proposed at once.
+    ///
+    /// A fresh busy or already-done answer is then proposed as a `NoteAnswer` in the background: the
+    /// audit trail gets it in a later batch entry, off the caller's path.
     async fn answer_without_write(
         &self,
         cmd: &AcquireCmd,
     ) -> Result<Option<AcquireOutcome>, Status> {
+        let now_ms = super::wall_now_ms();
         if self
             .shared
             .sm
             .read()
             .state
-            .answer_without_write(cmd)
+            .answer_without_write(cmd, now_ms)
             .is_none()
         {
             return Ok(None);
@@ -132,7 +141,30 @@ impl Api {
             .submit(())
             .await
             .unwrap_or_else(|| Err(Status::unavailable("node is shutting down")))?;
-        Ok(self.shared.sm.read().state.answer_without_write(cmd))
+        let (answer, retry) = {
+            let sm = self.shared.sm.read();
+            (
+                sm.state.answer_without_write(cmd, now_ms),
+                sm.state.request(&cmd.request_id).is_some(),
+            )
+        };
+        if let Some(outcome @ (AcquireOutcome::Busy { .. } | AcquireOutcome::AlreadyDone(_))) =
+            &answer
+        {
+            if !retry {
+                let shared = self.shared.clone();
+                let note = Command::NoteAnswer {
+                    cmd: Box::new(cmd.clone()),
+                    outcome: Box::new(outcome.clone()),
+                };
+                tokio::spawn(async move {
+                    if let Err(e) = shared.propose(note).await {
+                        tracing::warn!(error = %e, "could not audit an answer given without a write");
+                    }
+                });
+            }
+        }
+        Ok(answer)
     }
 
     /// One keepalive: confirm leadership (shared among concurrent keepalives), or log one `Renew` for
@@ -220,7 +252,13 @@ impl warrant_server::Warrant for Api {
         &self,
         request: Request<proto::AcquireRequest>,
     ) -> Result<Response<proto::AcquireResponse>, Status> {
-        let r = request.into_inner();
+        let mut r = request.into_inner();
+        // `warrant acquire --wait 10m` asks to wait for humans and then for the resource: the queue
+        // part is capped at max_wait rather than refused.
+        if r.approval_wait_ms > 0 {
+            let max_wait = self.shared.config.lease.max_wait.as_millis() as u64;
+            r.wait_ms = r.wait_ms.min(max_wait);
+        }
         let request_id = RequestId::parse(&r.request_id).map_err(invalid)?;
         let cmd = AcquireCmd {
             request_id: request_id.clone(),
@@ -236,7 +274,16 @@ impl warrant_server::Warrant for Api {
             },
             wait_ms: (r.wait_ms > 0).then_some(r.wait_ms),
             takeover: r.takeover,
+            defaults: self.shared.policy_defaults(),
         };
+        let approval_wait = Duration::from_millis(r.approval_wait_ms);
+        if approval_wait > self.shared.config.approval_timeout {
+            return Err(Status::invalid_argument(format!(
+                "approval_wait {} is longer than this cluster's approval_timeout {}",
+                humantime::format_duration(approval_wait),
+                humantime::format_duration(self.shared.config.approval_timeout)
+            )));
+        }
         self.check_ttl(r.ttl_ms)?;
         let max_wait = self.shared.config.lease.max_wait;
         if Duration::from_millis(r.wait_ms) > max_wait {
@@ -267,7 +314,7 @@ impl warrant_server::Warrant for Api {
             }
         };
         let outcome = match answer {
-            AcquireOutcome::Queued { .. } => {
+            AcquireOutcome::Queued { .. } if r.wait_ms > 0 => {
                 match tokio::time::timeout(Duration::from_millis(r.wait_ms), woken).await {
                     Ok(Ok(outcome)) => outcome,
                     // The wait is over (or we missed the wake-up): cancel, which answers with the final
@@ -283,6 +330,20 @@ impl warrant_server::Warrant for Api {
                         crate::model::Response::CancelWait(outcome) => outcome,
                         _ => return Err(Status::internal("unexpected answer to CancelWait")),
                     },
+                }
+            }
+            // Waiting for humans: the quorum's grant, or a rejection / expiry / cancellation, wakes
+            // us; past the caller's wait, the request's state as it is then.
+            AcquireOutcome::PendingApproval(_) | AcquireOutcome::Queued { .. }
+                if !approval_wait.is_zero() =>
+            {
+                match tokio::time::timeout(approval_wait, woken).await {
+                    Ok(Ok(outcome)) => outcome,
+                    _ => {
+                        self.shared.waiters.unregister(&request_id);
+                        let now = self.shared.sm.read().state.request(&request_id).cloned();
+                        now.unwrap_or(answer)
+                    }
                 }
             }
             other => {
@@ -400,17 +461,16 @@ impl warrant_server::Warrant for Api {
                 "reason is required: 1 to {MAX_REASON_BYTES} bytes of text without control characters"
             )));
         }
-        if !self.shared.admins.contains(&by) {
-            return Err(Status::permission_denied(format!(
-                "{by} is not an admin of this cluster (see `admins` in its config)"
-            )));
-        }
+        // Policy decides in apply (audited, denials too); the config's admins are the path while no
+        // policy is loaded.
+        let by_admin = self.shared.admins.contains(&by);
         match self
             .shared
             .propose(Command::Revoke {
                 target,
                 by,
                 reason: r.reason,
+                by_admin,
             })
             .await?
         {
@@ -534,5 +594,72 @@ impl warrant_server::Warrant for Api {
             last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
             live_leases: self.shared.sm.read().state.live_lease_count() as u64,
         }))
+    }
+
+    async fn put_policy(
+        &self,
+        request: Request<proto::PutPolicyRequest>,
+    ) -> Result<Response<proto::PutPolicyResponse>, Status> {
+        self.put_policy_rpc(request.into_inner()).await
+    }
+
+    async fn get_policy(
+        &self,
+        _request: Request<proto::GetPolicyRequest>,
+    ) -> Result<Response<proto::GetPolicyResponse>, Status> {
+        self.get_policy_rpc().await
+    }
+
+    async fn test_policy(
+        &self,
+        request: Request<proto::TestPolicyRequest>,
+    ) -> Result<Response<proto::TestPolicyResponse>, Status> {
+        self.test_policy_rpc(request.into_inner()).await
+    }
+
+    async fn list_approvals(
+        &self,
+        _request: Request<proto::ListApprovalsRequest>,
+    ) -> Result<Response<proto::ListApprovalsResponse>, Status> {
+        self.list_approvals_rpc().await
+    }
+
+    async fn approve(
+        &self,
+        request: Request<proto::ApproveRequest>,
+    ) -> Result<Response<proto::ApproveResponse>, Status> {
+        self.approve_rpc(request.into_inner()).await
+    }
+
+    async fn reject(
+        &self,
+        request: Request<proto::RejectRequest>,
+    ) -> Result<Response<proto::RejectResponse>, Status> {
+        self.reject_rpc(request.into_inner()).await
+    }
+
+    type QueryAuditStream = AuditStream;
+
+    async fn query_audit(
+        &self,
+        request: Request<proto::QueryAuditRequest>,
+    ) -> Result<Response<Self::QueryAuditStream>, Status> {
+        self.query_audit_rpc(request.into_inner())
+    }
+
+    type ExportAuditStream = AuditStream;
+
+    async fn export_audit(
+        &self,
+        request: Request<proto::ExportAuditRequest>,
+    ) -> Result<Response<Self::ExportAuditStream>, Status> {
+        self.export_audit_rpc(request.into_inner())
+    }
+
+    async fn verify_audit(
+        &self,
+        _request: Request<proto::VerifyAuditRequest>,
+    ) -> Result<Response<proto::VerifyAuditResponse>, Status> {
+        self.verify_audit_rpc().await
     }
 }

@@ -102,6 +102,28 @@ impl Default for RaftConfig {
     }
 }
 
+/// `default_decision` in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultDecision {
+    Allow,
+    #[default]
+    Deny,
+}
+
+impl DefaultDecision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DefaultDecision::Allow => "allow",
+            DefaultDecision::Deny => "deny",
+        }
+    }
+}
+
+fn default_approval_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+
 /// One node's configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,9 +143,17 @@ pub struct Config {
     /// Must be true for now: clients are not authenticated yet, and the server says so at start.
     #[serde(default)]
     pub insecure: bool,
-    /// Principals allowed to revoke (and, later, to manage policy).
+    /// Principals allowed to revoke while no policy is loaded, and to put policy at any time (the
+    /// break-glass path; audited like everything else).
     #[serde(default)]
     pub admins: Vec<String>,
+    /// What an acquisition gets while no policy is loaded. Defaults to deny: a production cluster
+    /// grants nothing until someone puts a policy. The local examples and `warrant dev` say allow.
+    #[serde(default)]
+    pub default_decision: DefaultDecision,
+    /// A pending human approval not decided within this long expires.
+    #[serde(default = "default_approval_timeout", with = "humantime_serde_compat")]
+    pub approval_timeout: Duration,
     #[serde(default)]
     pub lease: LeaseConfig,
     #[serde(default)]
@@ -196,6 +226,9 @@ impl Config {
         }
         for (i, admin) in self.admins.iter().enumerate() {
             Principal::parse(admin).map_err(|e| bad(&format!("admins[{i}]"), e.to_string()))?;
+        }
+        if self.approval_timeout < Duration::from_secs(1) {
+            return Err(bad("approval_timeout", "must be at least 1s".into()));
         }
         let l = &self.lease;
         if l.min_ttl.is_zero() {

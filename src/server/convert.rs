@@ -81,3 +81,82 @@ pub fn completion(c: &model::Completion) -> proto::Completion {
         checkpoint: c.checkpoint.clone(),
     }
 }
+
+pub fn denied(d: &model::Denial) -> proto::Denied {
+    proto::Denied {
+        action: d.action.clone(),
+        policy_version: d.policy_version,
+        policies: d.policies.clone(),
+        reason: d.reason.clone().unwrap_or_default(),
+        message: d.to_string(),
+    }
+}
+
+pub fn pending(p: &model::PendingView) -> proto::PendingApproval {
+    proto::PendingApproval {
+        request_id: p.request_id.to_string(),
+        approvals_needed: p.needed,
+        approvers: p
+            .approvers
+            .iter()
+            .map(|(who, comment)| proto::Approver {
+                principal: who.to_string(),
+                comment: comment.clone(),
+            })
+            .collect(),
+        expires_at_ms: p.expires_at_ms,
+        policy_version: p.policy_version,
+        policies: p.policies.clone(),
+        resource: p.resource.to_string(),
+        principal: p.principal.to_string(),
+        instance: p.instance.to_string(),
+        ttl_ms: p.ttl_ms,
+        intent: Some(intent_to_proto(&p.intent)),
+        created_at_ms: p.created_at_ms,
+    }
+}
+
+pub fn not_approved(n: &model::NotApproved) -> proto::NotApproved {
+    match n {
+        model::NotApproved::Rejected { by, reason } => proto::NotApproved {
+            kind: "rejected".into(),
+            by: by.to_string(),
+            reason: reason.clone(),
+        },
+        model::NotApproved::Expired => proto::NotApproved {
+            kind: "expired".into(),
+            by: String::new(),
+            reason: n.to_string(),
+        },
+        model::NotApproved::Cancelled { reason } => proto::NotApproved {
+            kind: "cancelled".into(),
+            by: String::new(),
+            reason: reason.clone(),
+        },
+    }
+}
+
+pub fn audit_record(r: &crate::audit::AuditRecord) -> proto::AuditRecord {
+    let e = &r.entry;
+    proto::AuditRecord {
+        seq: r.seq,
+        index: r.index,
+        at_ms: r.at_ms,
+        principal: e.principal.clone(),
+        instance: e.instance.clone(),
+        action: e.action.clone(),
+        resource: e.resource.clone(),
+        request_id: e.request_id.clone(),
+        lease_id: e.lease_id.clone(),
+        token: e.token,
+        intent: e.intent.clone(),
+        labels: e.labels.clone().into_iter().collect(),
+        decision: e.decision.as_str().to_string(),
+        reason: e.reason.clone(),
+        policy_version: e.policy_version,
+        policies: e.policies.clone(),
+        approvers: e.approvers.clone(),
+        prev_hash: hex::encode(r.prev_hash),
+        hash: hex::encode(r.hash),
+    }
+}

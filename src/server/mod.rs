@@ -9,6 +9,7 @@ mod api;
 mod batch;
 pub mod config;
 mod convert;
+mod governance;
 mod lease_clock;
 mod waiters;
 
@@ -70,6 +71,8 @@ pub(crate) struct Shared {
     pub node_id: u64,
     pub raft: Raft,
     pub sm: SmReader,
+    /// This node's copy of the replicated audit log (records of applied entries).
+    pub audit: storage::AuditLog,
     pub config: Config,
     pub admins: Vec<Principal>,
     pub clock: LeaseClock,
@@ -83,6 +86,14 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The defaults stamped into every acquire (DESIGN: decisions are a function of the log).
+    pub fn policy_defaults(&self) -> model::PolicyDefaults {
+        model::PolicyDefaults {
+            allow_without_policy: self.config.default_decision == config::DefaultDecision::Allow,
+            approval_timeout_ms: self.config.approval_timeout.as_millis() as u64,
+        }
+    }
+
     /// Propose a command and wait for the state machine's answer. Concurrent proposals share one
     /// log entry (group commit; DESIGN "Performance stance").
     pub async fn propose(&self, cmd: Command) -> Result<model::Response, Status> {
@@ -206,6 +217,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         events_tx,
     )?;
     let sm = sm_store.reader();
+    let audit = sm_store.audit_log();
 
     let rc = &config.raft;
     let raft_config = openraft::Config {
@@ -275,6 +287,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             node_id: config.node_id,
             raft: raft.clone(),
             sm,
+            audit,
             admins: config.admin_principals(),
             config: config.clone(),
             clock: LeaseClock::default(),
@@ -345,6 +358,15 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             tracing::info!("initialised the cluster with {} voters", config.peers.len());
         }
     }
+    match config.default_decision {
+        config::DefaultDecision::Allow => tracing::warn!(
+            "default_decision = \"allow\": while no policy is loaded, EVERY acquisition is allowed \
+             (development only; load one with `warrant policy put FILE`)"
+        ),
+        config::DefaultDecision::Deny => tracing::info!(
+            "default_decision = \"deny\": nothing is granted until a policy is loaded"
+        ),
+    }
     tracing::info!(node = config.node_id, client = %me.client, raft = %me.raft, "node started");
     Ok(NodeHandle {
         raft,
@@ -382,9 +404,16 @@ async fn dispatch_events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ap
                         ended = %reason, "lease ended");
                 }
                 Event::WaiterEnded { request_id } => {
-                    shared
-                        .waiters
-                        .notify(&request_id, model::AcquireOutcome::WaitEnded);
+                    // The request's final answer (wait ended, already done, not approved, …) is in
+                    // the dedup table: events are sent after the entries that caused them applied.
+                    let outcome = shared
+                        .sm
+                        .read()
+                        .state
+                        .request(&request_id)
+                        .cloned()
+                        .unwrap_or(model::AcquireOutcome::WaitEnded);
+                    shared.waiters.notify(&request_id, outcome);
                 }
             }
         }
@@ -444,6 +473,7 @@ async fn leader_duties(shared: Arc<Shared>) {
         match (leading, shared.clock.active_term()) {
             (Some(term), Some(active)) if term == active => {
                 expire_due(&shared).await;
+                expire_approvals_due(&shared).await;
                 if last_checkpoint.elapsed() >= lease.ttl_checkpoint_interval {
                     last_checkpoint = tokio::time::Instant::now();
                     checkpoint_quiet(&shared, term).await;
@@ -521,6 +551,21 @@ async fn expire_due(shared: &Shared) {
             tracing::debug!(count = due.len(), "expired leases");
         }
         Err(e) => tracing::warn!(error = %e, "could not propose expiry"),
+    }
+}
+
+/// Propose the expiry of pending approvals whose time ran out (by the leader's wall clock; apply
+/// checks again against entry time).
+async fn expire_approvals_due(shared: &Shared) {
+    let due = shared.sm.read().state.approvals_due(wall_now_ms());
+    if due.is_empty() {
+        return;
+    }
+    if let Err(e) = shared
+        .propose(Command::ExpireApprovals { request_ids: due })
+        .await
+    {
+        tracing::warn!(error = %e, "could not propose approval expiry");
     }
 }
 

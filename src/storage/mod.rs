@@ -7,6 +7,9 @@
 //! and rebuilt at start from the last snapshot plus the committed log that follows it, so every
 //! acknowledged grant, release and checkpoint survives `kill -9`.
 //!
+//! The audit records live in the `audit` column family ([`AuditLog`]). They are derived state like
+//! the state machine: written without fsync as entries apply and re-derived by replay after a crash.
+//!
 //! The data directory records its format version, cluster name and node id; a node refuses to start
 //! on another cluster's (or another node's) data.
 
@@ -14,6 +17,7 @@
 // conversions at every trait boundary.
 #![allow(clippy::result_large_err)]
 
+mod audit_log;
 mod log_store;
 mod state_machine;
 
@@ -22,15 +26,17 @@ use std::sync::Arc;
 
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
+pub use audit_log::AuditLog;
 pub use log_store::LogStore;
 pub use state_machine::{AppliedEvents, SmReader, StateMachineStore};
 
 /// On-disk format of the data directory. Bump when entries or snapshots change incompatibly.
-pub const DATA_FORMAT_VERSION: u32 = 1;
+pub const DATA_FORMAT_VERSION: u32 = 2;
 
 const CF_META: &str = "meta";
 const CF_LOGS: &str = "logs";
 const CF_SNAPSHOT: &str = "snapshot";
+const CF_AUDIT: &str = "audit";
 
 /// Errors opening or checking the data directory.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +50,12 @@ pub enum Error {
     Io(#[from] rocksdb::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A stored audit record that does not decode; verifying the trail reports it as a break.
+    #[error("audit record {seq}: {source}")]
+    AuditRecord {
+        seq: u64,
+        source: crate::audit::AuditError,
+    },
     #[error(
         "the data directory {path} belongs to cluster {found_cluster:?} node {found_node}, but this \
          config is cluster {cluster:?} node {node}; point data_dir at this node's own directory (or an \
@@ -82,20 +94,25 @@ pub fn open(
     node: u64,
     events: tokio::sync::mpsc::UnboundedSender<AppliedEvents>,
 ) -> Result<(LogStore, StateMachineStore), Error> {
+    let db = open_db(dir)?;
+    check_identity(&db, dir, cluster, node)?;
+    let sm = StateMachineStore::open(db.clone(), events)?;
+    Ok((LogStore::new(db), sm))
+}
+
+/// Open (creating if needed) the database with every column family.
+fn open_db(dir: &Path) -> Result<Arc<DB>, Error> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    let cfs = [CF_META, CF_LOGS, CF_SNAPSHOT]
+    let cfs = [CF_META, CF_LOGS, CF_SNAPSHOT, CF_AUDIT]
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| Error::Open {
         path: dir.display().to_string(),
         source,
     })?;
-    let db = Arc::new(db);
-    check_identity(&db, dir, cluster, node)?;
-    let sm = StateMachineStore::open(db.clone(), events)?;
-    Ok((LogStore::new(db), sm))
+    Ok(Arc::new(db))
 }
 
 fn check_identity(db: &DB, dir: &Path, cluster: &str, node: u64) -> Result<(), Error> {

@@ -3,6 +3,11 @@
 //! server (to wake waiting acquires and to keep the leader's lease clock in step).
 //!
 //! At start the last snapshot is loaded; openraft then re-applies the committed log after it.
+//!
+//! The audit chain's records live in their own column family (`AuditLog`), written after each
+//! applied batch; the model keeps only the chain's head. They are derived from the committed log, so
+//! a replay rewrites exactly the same records. A snapshot sent to a follower carries the records up
+//! to its chain head, and installing one replaces the follower's audit log with them.
 
 use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -13,8 +18,9 @@ use rocksdb::DB;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{cf, decode, encode, sync_write, Error, CF_SNAPSHOT};
-use crate::model::{self, EntryMeta, Event};
+use super::{cf, decode, encode, sync_write, AuditLog, Error, CF_SNAPSHOT};
+use crate::audit::AuditRecord;
+use crate::model::{self, Effects, EntryMeta, Event};
 use crate::raft::{
     CommandResponse, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
@@ -37,6 +43,16 @@ pub struct SmData {
 struct StoredSnapshot {
     meta: SnapshotMeta,
     data: Vec<u8>,
+    /// Records in the audit chain at this snapshot (the state holds the head, storage the records).
+    audit_len: u64,
+}
+
+/// A snapshot on the wire: the stored snapshot plus its audit records (each `AuditRecord::to_bytes`),
+/// so a follower that installs it has the whole trail, not just its head.
+#[derive(Serialize, Deserialize)]
+struct SnapshotTransfer {
+    stored: StoredSnapshot,
+    audit: Vec<Vec<u8>>,
 }
 
 /// Read access to the state machine for the server (queries, leader duties).
@@ -60,6 +76,7 @@ pub struct StateMachineStore {
     /// after a newer snapshot was installed.
     snapshot_save: Arc<std::sync::Mutex<()>>,
     db: Arc<DB>,
+    audit: AuditLog,
     events: UnboundedSender<AppliedEvents>,
 }
 
@@ -73,12 +90,61 @@ impl StateMachineStore {
             data.last_applied = snap.meta.last_log_id;
             data.membership = snap.meta.last_membership.clone();
         }
+        let audit = AuditLog::new(db.clone());
+        // Records past the snapshot's head come from entries the replay will apply again (and write
+        // again, identically); drop them so the log never holds what the state does not account for.
+        let chain = data.state.audit_chain();
+        audit.truncate_after(chain.len())?;
+        if !chain.is_empty() {
+            match audit.get(chain.len())? {
+                Some(last) if last.hash == chain.head() => {}
+                _ => {
+                    return Err(Error::Corrupt(format!(
+                        "the audit log does not reach the snapshot's chain head (record {}); \
+                         wipe this node's data directory and let it rejoin from its peers",
+                        chain.len()
+                    )))
+                }
+            }
+        }
         Ok(Self {
             data: Arc::new(RwLock::new(data)),
             snapshot_save: Default::default(),
             db,
+            audit,
             events,
         })
+    }
+
+    /// This node's audit log (for queries, export and verification).
+    pub fn audit_log(&self) -> AuditLog {
+        self.audit.clone()
+    }
+
+    /// The wire form of `stored`: with its audit records read from the audit log (records up to the
+    /// snapshot's head never change, so reading them now is consistent).
+    fn transfer(&self, stored: StoredSnapshot) -> Result<Vec<u8>, StorageError> {
+        let mut audit = Vec::with_capacity(stored.audit_len.min(1 << 20) as usize);
+        if stored.audit_len > 0 {
+            for record in self.audit.iter_range(1, stored.audit_len) {
+                let record = record.map_err(|e| {
+                    StorageIOError::read_snapshot(Some(stored.meta.signature()), &e)
+                })?;
+                audit.push(record.to_bytes());
+            }
+        }
+        if audit.len() as u64 != stored.audit_len {
+            return Err(StorageIOError::read_snapshot(
+                Some(stored.meta.signature()),
+                &Error::Corrupt(format!(
+                    "audit log holds {} of the snapshot's {} records",
+                    audit.len(),
+                    stored.audit_len
+                )),
+            )
+            .into());
+        }
+        Ok(encode(&SnapshotTransfer { stored, audit }))
     }
 
     /// A handle for reading the state from the server.
@@ -164,16 +230,19 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             // Clone under the lock, encode after releasing it: applies wait only for the copy.
             (sm.state.clone(), meta)
         };
+        let audit_len = data.audit_chain().len();
         let data = data.to_snapshot();
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
+            audit_len,
         };
+        // The snapshot's sync write also makes every earlier audit write durable (one WAL).
         self.save_snapshot(&stored)?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = stored.data.len(), "built snapshot");
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = stored.data.len(), audit_len, "built snapshot");
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(encode(&stored))),
+            snapshot: Box::new(Cursor::new(self.transfer(stored)?)),
         })
     }
 }
@@ -192,7 +261,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: Send,
     {
         let mut responses = Vec::new();
-        let mut events = Vec::new();
+        let mut fx = Effects::default();
         {
             let mut sm = self.write();
             for entry in entries {
@@ -207,7 +276,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         responses.push(CommandResponse(None));
                     }
                     EntryPayload::Normal(ref request) => {
-                        let response = sm.state.apply(at, request, &mut events);
+                        let response = sm.state.apply(at, request, &mut fx);
                         responses.push(CommandResponse(Some(response)));
                     }
                     EntryPayload::Membership(ref m) => {
@@ -218,9 +287,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             }
         }
-        if !events.is_empty() {
+        if !fx.audit.is_empty() {
+            // Before answering: a caller that got its answer finds its audit record.
+            self.audit
+                .write(&fx.audit)
+                .map_err(|e| StorageIOError::write(&e))?;
+        }
+        if !fx.events.is_empty() {
             // The receiver lives as long as the node; if it is gone the node is shutting down.
-            let _ = self.events.send(events);
+            let _ = self.events.send(fx.events);
         }
         Ok(responses)
     }
@@ -239,13 +314,35 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
-        let stored: StoredSnapshot = decode(&bytes)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
-        let state = model::State::from_snapshot(&stored.data)
-            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let read_err = |e: &dyn std::fmt::Display| {
+            StorageIOError::read_snapshot(Some(meta.signature()), &Error::Corrupt(e.to_string()))
+        };
+        let transfer: SnapshotTransfer = decode(&bytes).map_err(|e| read_err(&e))?;
+        let state = model::State::from_snapshot(&transfer.stored.data).map_err(|e| read_err(&e))?;
+        let records = transfer
+            .audit
+            .iter()
+            .map(|b| AuditRecord::from_bytes(b))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| read_err(&e))?;
+        let report = crate::audit::verify(records.iter().cloned().map(Ok));
+        let chain = state.audit_chain();
+        if !(report.is_ok() && report.matches_chain(chain)) {
+            return Err(read_err(&Error::Corrupt(format!(
+                "the snapshot's audit records do not form the chain its state names ({} records)",
+                chain.len()
+            )))
+            .into());
+        }
+        // The audit log first: if we crash before the snapshot is saved, the old snapshot and log
+        // are replaced at the next install anyway.
+        self.audit
+            .replace_all(records)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
-            data: stored.data,
+            data: transfer.stored.data,
+            audit_len: chain.len(),
         };
         self.save_snapshot(&stored)?;
         let mut sm = self.write();
@@ -257,9 +354,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        Ok(self.load_snapshot()?.map(|stored| Snapshot {
-            meta: stored.meta.clone(),
-            snapshot: Box::new(Cursor::new(encode(&stored))),
-        }))
+        match self.load_snapshot()? {
+            Some(stored) => {
+                let meta = stored.meta.clone();
+                Ok(Some(Snapshot {
+                    meta,
+                    snapshot: Box::new(Cursor::new(self.transfer(stored)?)),
+                }))
+            }
+            None => Ok(None),
+        }
     }
 }

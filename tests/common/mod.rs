@@ -130,7 +130,7 @@ impl Cluster {
             let id = i as u64 + 1;
             let config = dir.path().join(format!("node{id}.toml"));
             let text = format!(
-                "node_id = {id}\ncluster_name = \"test\"\ndata_dir = \"data{id}\"\nbootstrap = {}\ninsecure = true\n\
+                "node_id = {id}\ncluster_name = \"test\"\ndata_dir = \"data{id}\"\nbootstrap = {}\ninsecure = true\ndefault_decision = \"allow\"\n\
                  admins = [\"human/admin\"]\n[lease]\nmin_ttl = \"{}\"\nmax_ttl = \"{}\"\nexpiry_interval = \"50ms\"\n\
                  ttl_checkpoint_interval = \"250ms\"\n[raft]\nheartbeat_interval = \"100ms\"\nelection_timeout_min = \"400ms\"\n\
                  election_timeout_max = \"800ms\"\nsnapshot_after_entries = {}\nkeep_entries_after_snapshot = {}\n{peers}",

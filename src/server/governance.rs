@@ -1,0 +1,384 @@
+//! The governance and audit RPCs: policy put/get/test, approvals, audit query/export/verify.
+//!
+//! Decisions are made in the state machine (policy changes, approvals, rejections are Raft entries);
+//! this module validates input, proposes, and reads. Audit reads come from this node's copy of the
+//! replicated audit log (identical on every node up to its applied index) and stream with bounded
+//! memory: a blocking task walks RocksDB and feeds a small channel.
+
+use std::pin::Pin;
+use std::str::FromStr;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Response, Status};
+
+use super::api::{principal, resource, Api};
+use super::convert::{self, invalid, op_error};
+use crate::audit::{AuditDecision, AuditFilter, AuditRecord};
+use crate::model::{self, Command, Facts, Intent, RequestId, Verdict};
+use crate::policy::{self, Action};
+use crate::proto;
+
+/// Largest policy text or entities document accepted.
+const MAX_POLICY_BYTES: usize = 1024 * 1024;
+/// Longest approval comment or rejection reason.
+const MAX_NOTE_BYTES: usize = 1024;
+/// Default and cap of an audit query's answer.
+const DEFAULT_AUDIT_LIMIT: usize = 1_000;
+const MAX_AUDIT_LIMIT: usize = 100_000;
+/// Longest intent window a policy may ask for.
+const MAX_INTENT_WINDOW_MS: u64 = 7 * 24 * 3_600_000;
+
+pub type AuditStream = Pin<Box<dyn Stream<Item = Result<proto::AuditRecord, Status>> + Send>>;
+
+fn note(what: &str, text: &str, required: bool) -> Result<(), Status> {
+    if (required && text.trim().is_empty())
+        || text.len() > MAX_NOTE_BYTES
+        || text.chars().any(char::is_control)
+    {
+        return Err(Status::invalid_argument(format!(
+            "{what}: {}at most {MAX_NOTE_BYTES} bytes of text without control characters",
+            if required { "required, " } else { "" }
+        )));
+    }
+    Ok(())
+}
+
+fn request_id(s: &str) -> Result<RequestId, Status> {
+    RequestId::parse(s).map_err(invalid)
+}
+
+impl Api {
+    pub(super) async fn put_policy_rpc(
+        &self,
+        r: proto::PutPolicyRequest,
+    ) -> Result<Response<proto::PutPolicyResponse>, Status> {
+        let by = principal(&r.principal)?;
+        if r.policies.len() > MAX_POLICY_BYTES || r.entities.len() > MAX_POLICY_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "policies and entities are each limited to {MAX_POLICY_BYTES} bytes"
+            )));
+        }
+        if r.intent_window_ms > MAX_INTENT_WINDOW_MS {
+            return Err(Status::invalid_argument(format!(
+                "intent_window_ms {} is longer than the maximum {MAX_INTENT_WINDOW_MS} (7 days)",
+                r.intent_window_ms
+            )));
+        }
+        let entities = (!r.entities.trim().is_empty()).then_some(r.entities);
+        // The same checks apply runs, made here first so a bad set costs no log write. Apply checks
+        // again (and audits the refusal) if it gets there anyway.
+        policy::validate(&r.policies, entities.as_deref()).map_err(|e| {
+            Status::invalid_argument(format!("policy rejected, nothing changed: {e}"))
+        })?;
+        let intent_window_ms = if r.intent_window_ms == 0 {
+            policy::DEFAULT_INTENT_WINDOW_MS
+        } else {
+            r.intent_window_ms
+        };
+        let by_admin = self.shared.admins.contains(&by);
+        match self
+            .shared
+            .propose(Command::PutPolicy {
+                by,
+                by_admin,
+                policies: r.policies,
+                entities,
+                intent_window_ms,
+            })
+            .await?
+        {
+            model::Response::PutPolicy(Ok(version)) => {
+                tracing::info!(version, "policy put");
+                Ok(Response::new(proto::PutPolicyResponse { version }))
+            }
+            model::Response::PutPolicy(Err(e)) => Err(op_error(&e)),
+            _ => Err(Status::internal("unexpected answer to PutPolicy")),
+        }
+    }
+
+    pub(super) async fn get_policy_rpc(
+        &self,
+    ) -> Result<Response<proto::GetPolicyResponse>, Status> {
+        self.shared.confirm_leadership().await?;
+        let sm = self.shared.sm.read();
+        let default_decision = self.shared.config.default_decision.as_str().to_owned();
+        Ok(Response::new(match sm.state.policy() {
+            Some(p) => proto::GetPolicyResponse {
+                version: p.version(),
+                policies: p.policies_text().to_owned(),
+                entities: p.entities_text().unwrap_or_default().to_owned(),
+                intent_window_ms: p.intent_window_ms(),
+                default_decision,
+            },
+            None => proto::GetPolicyResponse {
+                default_decision,
+                ..Default::default()
+            },
+        }))
+    }
+
+    pub(super) async fn test_policy_rpc(
+        &self,
+        r: proto::TestPolicyRequest,
+    ) -> Result<Response<proto::TestPolicyResponse>, Status> {
+        let who = principal(&r.principal)?;
+        let action = Action::from_str(&r.action).map_err(|_| {
+            Status::invalid_argument(format!(
+                "action {:?} is not one of acquire, takeover, release, checkpoint, approve, revoke, admin",
+                r.action
+            ))
+        })?;
+        let res = if action == Action::Admin {
+            String::new()
+        } else {
+            resource(&r.resource)?.to_string()
+        };
+        let intent: Intent = convert::intent_to_model(r.intent)?;
+        let facts = Facts {
+            ttl_ms: r.ttl_ms,
+            intent: &intent,
+            has_task_key: r.has_task_key,
+            takeover: action == Action::Takeover,
+        };
+        self.shared.confirm_leadership().await?;
+        let allow_without_policy = match action {
+            Action::Acquire | Action::Takeover => {
+                self.shared.policy_defaults().allow_without_policy
+            }
+            Action::Release | Action::Checkpoint => true,
+            Action::Revoke | Action::Admin => self.shared.admins.contains(&who),
+            Action::Approve => false,
+        };
+        let verdict = self.shared.sm.read().state.evaluate(
+            &who,
+            action,
+            &res,
+            &facts,
+            super::wall_now_ms(),
+            allow_without_policy,
+        );
+        Ok(Response::new(match verdict {
+            Verdict::Allow {
+                policy_version,
+                policies,
+            } => proto::TestPolicyResponse {
+                decision: "allow".into(),
+                policy_version,
+                policies,
+                ..Default::default()
+            },
+            Verdict::Deny(d) => proto::TestPolicyResponse {
+                decision: "deny".into(),
+                policy_version: d.policy_version,
+                reason: d.reason.clone().unwrap_or_else(|| d.to_string()),
+                policies: d.policies,
+                approvals_needed: 0,
+            },
+            Verdict::Approval {
+                needed,
+                policy_version,
+                policies,
+            } => proto::TestPolicyResponse {
+                decision: "approval".into(),
+                policy_version,
+                policies,
+                reason: format!("needs {needed} distinct human approvals"),
+                approvals_needed: needed,
+            },
+        }))
+    }
+
+    pub(super) async fn list_approvals_rpc(
+        &self,
+    ) -> Result<Response<proto::ListApprovalsResponse>, Status> {
+        self.shared.confirm_leadership().await?;
+        let pending = self
+            .shared
+            .sm
+            .read()
+            .state
+            .pending_approvals()
+            .map(|p| convert::pending(&p))
+            .collect();
+        Ok(Response::new(proto::ListApprovalsResponse { pending }))
+    }
+
+    pub(super) async fn approve_rpc(
+        &self,
+        r: proto::ApproveRequest,
+    ) -> Result<Response<proto::ApproveResponse>, Status> {
+        let id = request_id(&r.request_id)?;
+        let by = principal(&r.principal)?;
+        note("comment", &r.comment, false)?;
+        match self
+            .shared
+            .propose(Command::Approve {
+                request_id: id,
+                by,
+                comment: r.comment,
+            })
+            .await?
+        {
+            model::Response::Approve(Ok(progress)) => {
+                let outcome = match progress.outcome {
+                    Some(o) => Some(self.outcome(o)?),
+                    None => None,
+                };
+                Ok(Response::new(proto::ApproveResponse {
+                    pending: Some(convert::pending(&progress.pending)),
+                    outcome,
+                }))
+            }
+            model::Response::Approve(Err(e)) => Err(op_error(&e)),
+            _ => Err(Status::internal("unexpected answer to Approve")),
+        }
+    }
+
+    pub(super) async fn reject_rpc(
+        &self,
+        r: proto::RejectRequest,
+    ) -> Result<Response<proto::RejectResponse>, Status> {
+        let id = request_id(&r.request_id)?;
+        let by = principal(&r.principal)?;
+        note("reason", &r.reason, true)?;
+        match self
+            .shared
+            .propose(Command::Reject {
+                request_id: id,
+                by,
+                reason: r.reason,
+            })
+            .await?
+        {
+            model::Response::Reject(Ok(view)) => Ok(Response::new(proto::RejectResponse {
+                rejected: Some(convert::pending(&view)),
+            })),
+            model::Response::Reject(Err(e)) => Err(op_error(&e)),
+            _ => Err(Status::internal("unexpected answer to Reject")),
+        }
+    }
+
+    pub(super) fn query_audit_rpc(
+        &self,
+        r: proto::QueryAuditRequest,
+    ) -> Result<Response<AuditStream>, Status> {
+        let filter = AuditFilter {
+            resource_prefix: if r.resource_prefix.is_empty() {
+                None
+            } else {
+                Some(resource(&r.resource_prefix)?.to_string())
+            },
+            principal: if r.principal.is_empty() {
+                None
+            } else {
+                Some(principal(&r.principal)?.to_string())
+            },
+            decision: if r.decision.is_empty() {
+                None
+            } else {
+                Some(AuditDecision::from_str(&r.decision).map_err(|_| {
+                    Status::invalid_argument(format!(
+                        "decision {:?} is not one of: {}",
+                        r.decision,
+                        AuditDecision::ALL.map(AuditDecision::as_str).join(", ")
+                    ))
+                })?)
+            },
+            since_ms: (r.since_ms > 0).then_some(r.since_ms),
+            until_ms: (r.until_ms > 0).then_some(r.until_ms),
+        };
+        filter
+            .validate()
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let limit = match r.limit as usize {
+            0 => DEFAULT_AUDIT_LIMIT,
+            n => n.min(MAX_AUDIT_LIMIT),
+        };
+        Ok(self.stream_audit(1, move |rec| filter.matches(rec), limit))
+    }
+
+    pub(super) fn export_audit_rpc(
+        &self,
+        r: proto::ExportAuditRequest,
+    ) -> Result<Response<AuditStream>, Status> {
+        Ok(self.stream_audit(r.from_seq.max(1), |_| true, usize::MAX))
+    }
+
+    /// Stream audit records from `from_seq` that pass `keep`, at most `limit`, with bounded memory.
+    fn stream_audit(
+        &self,
+        from_seq: u64,
+        keep: impl Fn(&AuditRecord) -> bool + Send + 'static,
+        limit: usize,
+    ) -> Response<AuditStream> {
+        let (tx, rx) = mpsc::channel(256);
+        let log = self.shared.audit.clone();
+        // Stop at the head the state accounts for now: records past it may still be written.
+        let head = self.shared.sm.read().state.audit_chain().len();
+        tokio::task::spawn_blocking(move || {
+            let mut sent = 0;
+            for rec in log.iter_from(from_seq) {
+                let item = match rec {
+                    Ok(rec) if rec.seq > head => break,
+                    Ok(rec) if !keep(&rec) => continue,
+                    Ok(rec) => Ok(convert::audit_record(&rec)),
+                    Err(e) => Err(Status::internal(format!("reading the audit log: {e}"))),
+                };
+                let failed = item.is_err();
+                // The client went away: stop reading.
+                if tx.blocking_send(item).is_err() || failed {
+                    break;
+                }
+                sent += 1;
+                if sent >= limit {
+                    break;
+                }
+            }
+        });
+        Response::new(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    pub(super) async fn verify_audit_rpc(
+        &self,
+    ) -> Result<Response<proto::VerifyAuditResponse>, Status> {
+        let chain = self.shared.sm.read().state.audit_chain().clone();
+        let log = self.shared.audit.clone();
+        let len = chain.len();
+        // A corrupt record is a break in the report; a failed disk read is an error, not a break.
+        let report = tokio::task::spawn_blocking(move || log.verify_range(1, len))
+            .await
+            .map_err(|e| Status::internal(format!("verification task failed: {e}")))?
+            .map_err(|e| Status::internal(format!("reading the audit log: {e}")))?;
+        let complete = report.matches_chain(&chain);
+        let (broken_seq, broken_reason) = match &report.broken {
+            Some(b) => (b.seq.unwrap_or(b.position), b.reason.to_string()),
+            None if !complete => (
+                report.last_seq + 1,
+                format!(
+                    "the log ends at record {} but the replicated chain head is record {}",
+                    report.last_seq, len
+                ),
+            ),
+            None => (0, String::new()),
+        };
+        Ok(Response::new(proto::VerifyAuditResponse {
+            checked: report.verified,
+            head: if report.verified == 0 {
+                String::new()
+            } else {
+                hex::encode(report.head)
+            },
+            ok: complete,
+            broken_seq,
+            broken_reason,
+            expected_len: len,
+            expected_head: if len == 0 {
+                String::new()
+            } else {
+                hex::encode(chain.head())
+            },
+        }))
+    }
+}
