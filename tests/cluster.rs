@@ -232,6 +232,25 @@ async fn a_lagging_node_catches_up_by_snapshot() {
     // Make the caught-up node the only path to the data: stop the others one at a time is not
     // possible with quorum, so check its state through a leader-independent view instead.
     assert!(keep.token() > last);
+    // The snapshot carried the audit trail: the caught-up node holds the whole chain, intact, with
+    // the same head as the leader's.
+    let (mine, theirs) = (
+        lc.verify_audit().await.unwrap(),
+        cluster
+            .node_client(leader, "human/test")
+            .verify_audit()
+            .await
+            .unwrap(),
+    );
+    assert!(mine.ok, "{mine:?}");
+    assert!(
+        mine.checked >= 81,
+        "40 grants and releases and one more grant: {mine:?}"
+    );
+    assert!(theirs.checked >= mine.checked);
+    if theirs.checked == mine.checked {
+        assert_eq!(mine.head, theirs.head);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -240,9 +240,15 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         // The snapshot's sync write also makes every earlier audit write durable (one WAL).
         self.save_snapshot(&stored)?;
         tracing::info!(snapshot = %meta.snapshot_id, bytes = stored.data.len(), audit_len, "built snapshot");
+        // openraft 0.9 keeps only the meta of a built snapshot (core/sm/worker.rs); a snapshot sent
+        // to a follower is read through `get_current_snapshot`, which attaches the audit records. So
+        // the audit trail is not read here: building a snapshot stays O(state), not O(history).
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(self.transfer(stored)?)),
+            snapshot: Box::new(Cursor::new(encode(&SnapshotTransfer {
+                stored,
+                audit: Vec::new(),
+            }))),
         })
     }
 }
