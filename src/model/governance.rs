@@ -6,6 +6,9 @@
 //!   entry's time, so every replica decides the same; deny wins;
 //! - with no policy loaded, acquisitions follow the default decision stamped into the entry, and only
 //!   the config's admins may revoke or put policy;
+//! - policy is asked again whenever a request that waited is about to be granted (an approval's
+//!   quorum, a queued waiter's turn): a deny that appeared meanwhile wins;
+//! - a holder can always release; checkpoints are refused only by an explicit forbid;
 //! - an approval is bound to its exact request (the stored `AcquireCmd`: resource, principal,
 //!   instance, ttl, intent) and to the policy version it was evaluated under; a policy change that
 //!   would now deny it cancels it;
@@ -220,9 +223,9 @@ impl State {
         )
     }
 
-    /// Release and checkpoint belong to the holder by its grant: refused only when a `forbid`
-    /// explicitly matches, never by Cedar's default deny (a policy written for acquisitions must not
-    /// strand the holders it granted).
+    /// Checkpoints belong to the holder by its grant: refused only when a `forbid` explicitly
+    /// matches, never by Cedar's default deny (a policy written for acquisitions must not stop the
+    /// holders it granted). Release is never refused at all (`release.rs`).
     pub(super) fn holder_action_allowed(
         &self,
         principal: &Principal,
@@ -344,6 +347,18 @@ impl State {
         let Some(pending) = self.pending.remove(id) else {
             return Err(self.not_pending(id));
         };
+        // Policy is asked again now: time-of-day rules and intent conflicts may have changed since
+        // the request opened, and the humans' approval does not override a deny.
+        if let Verdict::Deny(denial) = self.acquire_verdict(&pending.cmd, self.now_ms) {
+            let why = NotApproved::Cancelled {
+                reason: denial.to_string(),
+            };
+            self.end_approval(&view, why.clone(), fx);
+            return Ok(ApprovalProgress {
+                pending: view,
+                outcome: Some(AcquireOutcome::NotApproved(why)),
+            });
+        }
         let entry = self.pending_entry(&view, "approve", AuditDecision::ApprovalGranted);
         self.audit(fx, entry);
         let remaining = pending.expires_ms.saturating_sub(self.now_ms).max(1);
@@ -412,6 +427,16 @@ impl State {
             }
         }
         expired
+    }
+
+    /// The requester withdraws a pending request (its wait for humans is over); no-op if not pending.
+    pub(super) fn withdraw_approval(&mut self, id: &RequestId, fx: &mut Effects) {
+        if let Some(p) = self.pending.remove(id) {
+            let why = NotApproved::Cancelled {
+                reason: "withdrawn by the requester".to_owned(),
+            };
+            self.end_approval(&p.view(), why, fx);
+        }
     }
 
     /// A pending request ends without a grant: record its final answer, wake its waiter, audit it.
@@ -586,15 +611,56 @@ impl State {
             let Some(p) = self.pending.get(&view.request_id) else {
                 continue;
             };
-            if let Verdict::Deny(denial) = self.acquire_verdict(&p.cmd, self.now_ms) {
-                self.pending.remove(&view.request_id);
-                self.end_approval(
-                    &view,
-                    NotApproved::Cancelled {
-                        reason: denial.to_string(),
-                    },
-                    fx,
-                );
+            match self.acquire_verdict(&p.cmd, self.now_ms) {
+                Verdict::Deny(denial) => {
+                    self.pending.remove(&view.request_id);
+                    self.end_approval(
+                        &view,
+                        NotApproved::Cancelled {
+                            reason: denial.to_string(),
+                        },
+                        fx,
+                    );
+                }
+                // Still (or no longer) needing approval: the new version's requirement applies
+                // (never fewer approvals than asked for when it opened), and approvals from people
+                // the new policy no longer permits to approve are dropped.
+                verdict => {
+                    let (needed, policies) = match verdict {
+                        Verdict::Approval {
+                            needed, policies, ..
+                        } => (needed, policies),
+                        Verdict::Allow { policies, .. } => (p.needed, policies),
+                        Verdict::Deny(_) => unreachable!("handled above"),
+                    };
+                    let cmd = p.cmd.clone();
+                    let approvers: Vec<(Principal, String)> = p
+                        .approvers
+                        .iter()
+                        .filter(|(who, _)| {
+                            !matches!(
+                                self.evaluate(
+                                    who,
+                                    Action::Approve,
+                                    cmd.resource.as_str(),
+                                    &Facts::of(&cmd),
+                                    self.now_ms,
+                                    false,
+                                ),
+                                Verdict::Deny(_)
+                            )
+                        })
+                        .cloned()
+                        .collect();
+                    if let Some(p) = self.pending.get_mut(&view.request_id) {
+                        p.needed = needed.max(p.needed);
+                        p.policy_version = version;
+                        p.policies = policies;
+                        p.approvers = approvers;
+                        let now = AcquireOutcome::PendingApproval(p.view());
+                        self.update_request(&view.request_id, now);
+                    }
+                }
             }
         }
         Ok(version)
@@ -1204,5 +1270,81 @@ mod tests {
         );
         let report = crate::audit::verify(records.into_iter().map(Ok));
         assert!(report.matches_chain(h.state.audit_chain()), "{report}");
+    }
+
+    #[test]
+    fn a_deny_that_appears_before_the_quorum_wins_over_the_humans() {
+        let mut h = with_example();
+        let up = labelled(
+            "up",
+            "k8s/prod/payments",
+            "agent/deployer",
+            &[("scale", "up")],
+        );
+        assert!(matches!(h.acquire(up), AcquireOutcome::PendingApproval(_)));
+        // Meanwhile someone scales the whole of prod down (allowed at once).
+        h.grant(labelled(
+            "down",
+            "k8s/prod",
+            "agent/other",
+            &[("scale", "down")],
+        ));
+        approve(&mut h, "up", "human/alice").unwrap();
+        let done = approve(&mut h, "up", "human/bob").unwrap();
+        assert!(
+            matches!(done.outcome, Some(AcquireOutcome::NotApproved(NotApproved::Cancelled { ref reason })) if reason.contains("no-scale-against-recent-scale")),
+            "{done:?}"
+        );
+        assert!(h
+            .state
+            .resource(&res("k8s/prod/payments"))
+            .and_then(|r| r.holder)
+            .is_none());
+    }
+
+    #[test]
+    fn the_requester_withdraws_a_pending_request_by_cancelling_its_wait() {
+        let mut h = with_example();
+        pending_payments(&mut h);
+        h.apply(Command::CancelWait {
+            request_id: rid("pay"),
+            principal: who("agent/deployer"),
+        });
+        assert!(matches!(
+            h.state.request(&rid("pay")),
+            Some(AcquireOutcome::NotApproved(NotApproved::Cancelled { .. }))
+        ));
+        assert_eq!(h.state.pending_approvals().count(), 0);
+        assert!(matches!(
+            approve(&mut h, "pay", "human/alice"),
+            Err(OpError::NotPending { .. })
+        ));
+    }
+
+    #[test]
+    fn a_queued_waiter_is_denied_when_policy_changed_while_it_waited_and_holders_can_always_release(
+    ) {
+        let mut h = with_example();
+        let holder = h.grant(acq("h", "k8s/staging/web", "agent/deployer", "i1"));
+        let mut waiter = acq("w", "k8s/staging/web", "agent/other", "i2");
+        waiter.wait_ms = Some(60_000);
+        assert!(matches!(h.acquire(waiter), AcquireOutcome::Queued { .. }));
+        let frozen = format!(
+            "{EXAMPLE}\n@id(\"staging-frozen\")\n@reason(\"staging is frozen\")\n\
+             forbid (principal, action, resource in Resource::\"k8s/staging\");"
+        );
+        assert_eq!(put(&mut h, "human/root", false, &frozen), Ok(2));
+        // The freeze names every action, release included: the holder still gives its lease back.
+        h.release(holder.lease.lease_id, "agent/deployer", None)
+            .unwrap();
+        assert!(matches!(
+            h.state.request(&rid("w")),
+            Some(AcquireOutcome::Denied(d)) if d.policies == vec!["staging-frozen".to_string()]
+        ));
+        assert!(h
+            .state
+            .resource(&res("k8s/staging/web"))
+            .and_then(|r| r.holder)
+            .is_none());
     }
 }

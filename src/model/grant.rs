@@ -240,6 +240,7 @@ impl State {
         if let Some(rec) = self.requests.get(id) {
             let decision = match &outcome {
                 AcquireOutcome::AlreadyDone(_) => AuditDecision::AlreadyDone,
+                AcquireOutcome::Denied(_) => AuditDecision::Denied,
                 _ => AuditDecision::WaitEnded,
             };
             let mut entry = AuditEntry::new("acquire", decision);
@@ -336,6 +337,12 @@ impl State {
                 self.finish_waiter(&cmd.request_id, AcquireOutcome::AlreadyDone(done), fx);
                 continue;
             }
+            // Policy may have changed while it waited (a freeze, an intent conflict): deny wins.
+            // An approved request's "needs approval" answer is what its humans already gave.
+            if let Verdict::Deny(denial) = self.acquire_verdict(&cmd, self.now_ms) {
+                self.finish_waiter(&cmd.request_id, AcquireOutcome::Denied(denial), fx);
+                continue;
+            }
             let previous = self.task_previous(&cmd);
             let outcome = AcquireOutcome::Granted(self.grant(&cmd, previous, fx));
             self.audit_acquire(&cmd, &outcome, Vec::new(), Vec::new(), fx);
@@ -370,6 +377,9 @@ impl State {
             }
             self.finish_waiter(id, AcquireOutcome::WaitEnded, fx);
         }
+        // A requester that stops waiting for humans withdraws its request: no lease is granted
+        // later to a caller that has gone.
+        self.withdraw_approval(id, fx);
         self.requests
             .get(id)
             .map(|r| r.outcome.clone())

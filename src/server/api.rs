@@ -23,6 +23,8 @@ use crate::proto::{self, warrant_server};
 
 /// Longest revoke reason, in bytes.
 const MAX_REASON_BYTES: usize = 1024;
+/// Busy / already-done audit notes waiting to commit at once; more are dropped (and logged).
+const MAX_NOTES_IN_FLIGHT: usize = 4096;
 /// Cap on a List answer.
 const MAX_LIST: usize = 10_000;
 /// Largest client request accepted (a policy set with its entities is the largest legitimate one).
@@ -152,19 +154,40 @@ impl Api {
             &answer
         {
             if !retry {
-                let shared = self.shared.clone();
-                let note = Command::NoteAnswer {
-                    cmd: Box::new(cmd.clone()),
-                    outcome: Box::new(outcome.clone()),
-                };
-                tokio::spawn(async move {
-                    if let Err(e) = shared.propose(note).await {
-                        tracing::warn!(error = %e, "could not audit an answer given without a write");
-                    }
-                });
+                self.note_answer(cmd, outcome);
             }
         }
         Ok(answer)
+    }
+
+    /// Propose the audit note of an answer given without a write, in the background and bounded:
+    /// past `MAX_NOTES_IN_FLIGHT` notes waiting to commit, further ones are dropped and counted in
+    /// the log (a flood of busy retries must not grow memory without bound).
+    fn note_answer(&self, cmd: &AcquireCmd, outcome: &AcquireOutcome) {
+        use std::sync::atomic::Ordering;
+        let in_flight = &self.shared.notes_in_flight;
+        if in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_NOTES_IN_FLIGHT {
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(resource = %cmd.resource, request = %cmd.request_id,
+                "audit note dropped: too many answers waiting to be recorded");
+            return;
+        }
+        // The holder's checkpoint (up to 4 KiB) is not part of the audit record: leave it out.
+        let mut outcome = outcome.clone();
+        if let AcquireOutcome::Busy { holder } = &mut outcome {
+            holder.checkpoint = None;
+        }
+        let note = Command::NoteAnswer {
+            cmd: Box::new(cmd.clone()),
+            outcome: Box::new(outcome),
+        };
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = shared.propose(note).await {
+                tracing::warn!(error = %e, "could not audit an answer given without a write");
+            }
+            shared.notes_in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 
     /// One keepalive: confirm leadership (shared among concurrent keepalives), or log one `Renew` for
@@ -333,17 +356,24 @@ impl warrant_server::Warrant for Api {
                 }
             }
             // Waiting for humans: the quorum's grant, or a rejection / expiry / cancellation, wakes
-            // us; past the caller's wait, the request's state as it is then.
+            // us. Past the caller's wait the request is withdrawn (cancel answers its final outcome,
+            // the grant if it happened meanwhile), so nothing is granted later to a caller that left.
             AcquireOutcome::PendingApproval(_) | AcquireOutcome::Queued { .. }
                 if !approval_wait.is_zero() =>
             {
                 match tokio::time::timeout(approval_wait, woken).await {
                     Ok(Ok(outcome)) => outcome,
-                    _ => {
-                        self.shared.waiters.unregister(&request_id);
-                        let now = self.shared.sm.read().state.request(&request_id).cloned();
-                        now.unwrap_or(answer)
-                    }
+                    _ => match self
+                        .shared
+                        .propose(Command::CancelWait {
+                            request_id: request_id.clone(),
+                            principal,
+                        })
+                        .await?
+                    {
+                        crate::model::Response::CancelWait(outcome) => outcome,
+                        _ => return Err(Status::internal("unexpected answer to CancelWait")),
+                    },
                 }
             }
             other => {

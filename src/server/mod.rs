@@ -81,6 +81,8 @@ pub(crate) struct Shared {
     pub confirmer: Batcher<(), Result<(), Status>>,
     /// Gathers concurrent proposals into batch entries.
     pub proposer: Batcher<Command, Result<model::Response, Status>>,
+    /// Audit notes of answers given without a write, proposed and not yet committed.
+    pub notes_in_flight: std::sync::atomic::AtomicUsize,
     /// Shares one `Renew` entry among the first keepalives of leases in a new term.
     pub renewer: Batcher<LeaseId, Result<Result<model::Lease, model::OpError>, Status>>,
 }
@@ -295,6 +297,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             proposer,
             confirmer,
             renewer,
+            notes_in_flight: Default::default(),
         }
     });
 

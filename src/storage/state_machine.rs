@@ -292,12 +292,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                 }
             }
-        }
-        if !fx.audit.is_empty() {
-            // Before answering: a caller that got its answer finds its audit record.
-            self.audit
-                .write(&fx.audit)
-                .map_err(|e| StorageIOError::write(&e))?;
+            // Under the write lock: whoever reads the state's audit head (a snapshot build, a
+            // verification, a query) finds every record up to it in the log. Written before the
+            // answers go out, so a caller that got its answer finds its record.
+            if !fx.audit.is_empty() {
+                self.audit
+                    .write(&fx.audit)
+                    .map_err(|e| StorageIOError::write(&e))?;
+            }
         }
         if !fx.events.is_empty() {
             // The receiver lives as long as the node; if it is gone the node is shutting down.
