@@ -150,8 +150,38 @@ fn command() -> impl Strategy<Value = Command> {
         1 => prop::collection::vec(lease_id(), 0..4).prop_map(|lease_ids| Command::Expire { lease_ids }),
         1 => prop::collection::vec((lease_id(), 0u64..20_000), 0..4)
             .prop_map(|remaining| Command::CheckpointTtl { remaining }),
+        1 => (pick(&POLICIES), any::<bool>()).prop_map(|(policies, by_admin)| Command::PutPolicy {
+            by: who("human/h"),
+            by_admin,
+            policies: policies.to_owned(),
+            entities: None,
+            intent_window_ms: 600_000,
+        }),
+        2 => (request_id(), pick(&PRINCIPALS)).prop_map(|(request_id, p)| Command::Approve {
+            request_id,
+            by: who(p),
+            comment: String::new(),
+        }),
+        1 => (request_id(), pick(&PRINCIPALS)).prop_map(|(request_id, p)| Command::Reject {
+            request_id,
+            by: who(p),
+            reason: "no".to_owned(),
+        }),
+        1 => prop::collection::vec(request_id(), 0..3)
+            .prop_map(|request_ids| Command::ExpireApprovals { request_ids }),
     ]
 }
+
+/// Policy sets the generated `PutPolicy` commands choose from: allow all, two approvals under `a`,
+/// `c` forbidden, and one that does not compile.
+const POLICIES: [&str; 4] = [
+    "permit(principal, action, resource);",
+    "permit(principal, action, resource);\n@id(\"a-needs-two\") @approval(\"2\")\n\
+     permit(principal, action in [Action::\"acquire\", Action::\"takeover\"], resource in Resource::\"a\");",
+    "permit(principal, action, resource);\n@id(\"no-c\") @reason(\"c is frozen\")\n\
+     forbid(principal, action in [Action::\"acquire\", Action::\"takeover\"], resource in Resource::\"c\");",
+    "permit(principal, action, resource",
+];
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
@@ -252,6 +282,14 @@ fn check_step(
         }
     }
 
+    // A request waiting for humans holds nothing.
+    for pending in state.pending_approvals() {
+        prop_assert!(
+            state.leases().all(|l| l.request_id != pending.request_id),
+            "a pending request holds no lease"
+        );
+    }
+
     // At most one live holder per resource, consistent with the resource table and fences.
     let mut holders: BTreeMap<&ResourcePath, usize> = BTreeMap::new();
     for lease in state.leases() {
@@ -329,7 +367,18 @@ proptest! {
                         _ => None,
                     };
                     let req = Request { now_ms, cmd };
+                    let chain_before = state.audit_chain().clone();
                     let response = state.apply(EntryMeta { index, term }, &req, &mut fx);
+                    // The entry's audit records continue the chain exactly and end at its new head.
+                    let report = crate::audit::verify(fx.audit.iter().cloned().map(Ok));
+                    prop_assert!(report.is_ok(), "{}", report);
+                    if fx.audit.is_empty() {
+                        prop_assert_eq!(&chain_before, state.audit_chain());
+                    } else {
+                        prop_assert_eq!(report.first_seq, Some(chain_before.len() + 1));
+                        prop_assert_eq!(report.first_prev_hash, chain_before.head());
+                        prop_assert!(report.matches_chain(state.audit_chain()));
+                    }
                     if let Some(outcome) = predicted {
                         prop_assert_eq!(&response, &Response::Acquire(outcome), "answer_without_write agrees with apply");
                         prop_assert!(fx.events.is_empty(), "an answer without a write grants and ends nothing");
