@@ -225,6 +225,12 @@ async fn a_lagging_node_catches_up_by_snapshot() {
         (s.last_applied >= leader_applied && s.live_leases == 1).then_some(())
     })
     .await;
+    eventually(
+        WAIT,
+        "the lagging node's audit trail to be whole",
+        || async { lc.verify_audit().await.ok().filter(|v| v.ok).map(|_| ()) },
+    )
+    .await;
     assert!(
         cluster.log_of(lagging).contains("installed snapshot"),
         "caught up through a snapshot"
@@ -232,8 +238,13 @@ async fn a_lagging_node_catches_up_by_snapshot() {
     // Make the caught-up node the only path to the data: stop the others one at a time is not
     // possible with quorum, so check its state through a leader-independent view instead.
     assert!(keep.token() > last);
-    // The snapshot carried the audit trail: the caught-up node holds the whole chain, intact, with
-    // the same head as the leader's.
+    // The snapshot named the audit chain's head; the caught-up node fetched the records it lacked
+    // from its peers and now holds the whole chain, intact, with the same head as the leader's.
+    assert!(
+        cluster.log_of(lagging).contains("audit records fetched"),
+        "{}",
+        cluster.log_of(lagging)
+    );
     let (mine, theirs) = (
         lc.verify_audit().await.unwrap(),
         cluster

@@ -296,14 +296,28 @@ impl Api {
             0 => DEFAULT_AUDIT_LIMIT,
             n => n.min(MAX_AUDIT_LIMIT),
         };
-        Ok(self.stream_audit(1, move |rec| filter.matches(rec), limit))
+        self.stream_audit(1, move |rec| filter.matches(rec), limit)
     }
 
     pub(super) fn export_audit_rpc(
         &self,
         r: proto::ExportAuditRequest,
     ) -> Result<Response<AuditStream>, Status> {
-        Ok(self.stream_audit(r.from_seq.max(1), |_| true, usize::MAX))
+        self.stream_audit(r.from_seq.max(1), |_| true, usize::MAX)
+    }
+
+    /// UNAVAILABLE while this node still fetches audit records it lacks after a snapshot install: it
+    /// answers no audit read until its trail is whole (the client tries another node).
+    fn audit_whole(&self) -> Result<(), Status> {
+        match self.shared.audit.gap() {
+            Ok(None) => Ok(()),
+            Ok(Some(gap)) => Err(Status::unavailable(format!(
+                "this node is still fetching audit records {}..={} from its peers after a snapshot; \
+                 ask another node or retry shortly",
+                gap.from, gap.to
+            ))),
+            Err(e) => Err(Status::internal(format!("reading the audit log: {e}"))),
+        }
     }
 
     /// Stream audit records from `from_seq` that pass `keep`, at most `limit`, with bounded memory.
@@ -312,7 +326,8 @@ impl Api {
         from_seq: u64,
         keep: impl Fn(&AuditRecord) -> bool + Send + 'static,
         limit: usize,
-    ) -> Response<AuditStream> {
+    ) -> Result<Response<AuditStream>, Status> {
+        self.audit_whole()?;
         let (tx, rx) = mpsc::channel(256);
         let log = self.shared.audit.clone();
         // Stop at the head the state accounts for now: records past it may still be written.
@@ -337,12 +352,13 @@ impl Api {
                 }
             }
         });
-        Response::new(Box::pin(ReceiverStream::new(rx)))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     pub(super) async fn verify_audit_rpc(
         &self,
     ) -> Result<Response<proto::VerifyAuditResponse>, Status> {
+        self.audit_whole()?;
         let chain = self.shared.sm.read().state.audit_chain().clone();
         let log = self.shared.audit.clone();
         let len = chain.len();

@@ -6,6 +6,7 @@
 //! effects (waking waiting acquires, moving lease deadlines).
 
 mod api;
+mod audit_sync;
 mod batch;
 pub mod config;
 mod convert;
@@ -334,6 +335,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     }));
     tasks.push(tokio::spawn(dispatch_events(shared.clone(), events_rx)));
     tasks.push(tokio::spawn(leader_duties(shared.clone())));
+    tasks.push(tokio::spawn(audit_sync::fill_audit_gaps(shared.clone())));
 
     if config.bootstrap
         && !raft

@@ -16,11 +16,23 @@ use std::sync::Arc;
 
 use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, DB};
 
-use super::{cf, sync_write, Error, CF_AUDIT};
+use super::{cf, decode, encode, sync_write, Error, CF_AUDIT, CF_META};
 use crate::audit::{verify, AuditError, AuditRecord, VerifyReport};
 
 /// Records per write batch in [`AuditLog::replace_all`]: bounds memory whatever the chain's length.
 const REPLACE_CHUNK: usize = 4096;
+/// Key (in the `meta` column family) of the records this node lacks after installing a snapshot.
+const GAP_KEY: &[u8] = b"audit_gap";
+
+/// Records `from..=to` that this node lacks: it installed a snapshot whose audit chain reaches `to`
+/// (with `hash_at_to`, from the replicated state) without the records themselves. They are fetched
+/// from peers and checked to link from record `from - 1` to exactly `hash_at_to`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AuditGap {
+    pub from: u64,
+    pub to: u64,
+    pub hash_at_to: crate::audit::Hash,
+}
 
 fn key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
@@ -166,6 +178,25 @@ impl AuditLog {
         }
         self.db.write(batch)?;
         self.sync()
+    }
+
+    /// The records this node still lacks, if any.
+    pub fn gap(&self) -> Result<Option<AuditGap>, Error> {
+        match self.db.get_cf(cf(&self.db, CF_META), GAP_KEY)? {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Record (synced) that records `gap.from..=gap.to` are missing; `None` clears it.
+    pub fn set_gap(&self, gap: Option<&AuditGap>) -> Result<(), Error> {
+        let meta = cf(&self.db, CF_META);
+        let mut batch = WriteBatch::default();
+        match gap {
+            Some(g) => batch.put_cf(meta, GAP_KEY, encode(g)),
+            None => batch.delete_cf(meta, GAP_KEY),
+        }
+        Ok(self.db.write_opt(batch, &sync_write())?)
     }
 
     /// Deletes the records with a seq above `seq` (synced).

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
-pub use audit_log::AuditLog;
+pub use audit_log::{AuditGap, AuditLog};
 pub use log_store::LogStore;
 pub use state_machine::{AppliedEvents, SmReader, StateMachineStore};
 

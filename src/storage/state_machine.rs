@@ -4,10 +4,12 @@
 //!
 //! At start the last snapshot is loaded; openraft then re-applies the committed log after it.
 //!
-//! The audit chain's records live in their own column family (`AuditLog`), written after each
-//! applied batch; the model keeps only the chain's head. They are derived from the committed log, so
-//! a replay rewrites exactly the same records. A snapshot sent to a follower carries the records up
-//! to its chain head, and installing one replaces the follower's audit log with them.
+//! The audit chain's records live in their own column family (`AuditLog`), written in each applied
+//! batch under the state's lock; the model keeps only the chain's head. They are derived from the
+//! committed log, so a replay rewrites exactly the same records. Snapshots carry the state only (so
+//! building, sending and loading one stays O(state), not O(history)): a follower that installs one
+//! records the audit records it now lacks as an `AuditGap`, and the server fetches them from peers,
+//! checking that they link to the chain head the replicated state names.
 
 use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -18,8 +20,7 @@ use rocksdb::DB;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{cf, decode, encode, sync_write, AuditLog, Error, CF_SNAPSHOT};
-use crate::audit::AuditRecord;
+use super::{cf, decode, encode, sync_write, AuditGap, AuditLog, Error, CF_SNAPSHOT};
 use crate::model::{self, Effects, EntryMeta, Event};
 use crate::raft::{
     CommandResponse, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership,
@@ -45,14 +46,6 @@ struct StoredSnapshot {
     data: Vec<u8>,
     /// Records in the audit chain at this snapshot (the state holds the head, storage the records).
     audit_len: u64,
-}
-
-/// A snapshot on the wire: the stored snapshot plus its audit records (each `AuditRecord::to_bytes`),
-/// so a follower that installs it has the whole trail, not just its head.
-#[derive(Serialize, Deserialize)]
-struct SnapshotTransfer {
-    stored: StoredSnapshot,
-    audit: Vec<Vec<u8>>,
 }
 
 /// Read access to the state machine for the server (queries, leader duties).
@@ -95,9 +88,17 @@ impl StateMachineStore {
         // again, identically); drop them so the log never holds what the state does not account for.
         let chain = data.state.audit_chain();
         audit.truncate_after(chain.len())?;
+        let mut gap = audit.gap()?;
+        if gap.is_some_and(|g| g.to > chain.len()) {
+            // The install that recorded it did not complete: its snapshot is not the one loaded.
+            audit.set_gap(None)?;
+            gap = None;
+        }
         if !chain.is_empty() {
             match audit.get(chain.len())? {
                 Some(last) if last.hash == chain.head() => {}
+                // Still to be fetched from peers after a snapshot install.
+                None if gap.is_some_and(|g| g.to == chain.len()) => {}
                 _ => {
                     return Err(Error::Corrupt(format!(
                         "the audit log does not reach the snapshot's chain head (record {}); \
@@ -119,32 +120,6 @@ impl StateMachineStore {
     /// This node's audit log (for queries, export and verification).
     pub fn audit_log(&self) -> AuditLog {
         self.audit.clone()
-    }
-
-    /// The wire form of `stored`: with its audit records read from the audit log (records up to the
-    /// snapshot's head never change, so reading them now is consistent).
-    fn transfer(&self, stored: StoredSnapshot) -> Result<Vec<u8>, StorageError> {
-        let mut audit = Vec::with_capacity(stored.audit_len.min(1 << 20) as usize);
-        if stored.audit_len > 0 {
-            for record in self.audit.iter_range(1, stored.audit_len) {
-                let record = record.map_err(|e| {
-                    StorageIOError::read_snapshot(Some(stored.meta.signature()), &e)
-                })?;
-                audit.push(record.to_bytes());
-            }
-        }
-        if audit.len() as u64 != stored.audit_len {
-            return Err(StorageIOError::read_snapshot(
-                Some(stored.meta.signature()),
-                &Error::Corrupt(format!(
-                    "audit log holds {} of the snapshot's {} records",
-                    audit.len(),
-                    stored.audit_len
-                )),
-            )
-            .into());
-        }
-        Ok(encode(&SnapshotTransfer { stored, audit }))
     }
 
     /// A handle for reading the state from the server.
@@ -240,15 +215,9 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         // The snapshot's sync write also makes every earlier audit write durable (one WAL).
         self.save_snapshot(&stored)?;
         tracing::info!(snapshot = %meta.snapshot_id, bytes = stored.data.len(), audit_len, "built snapshot");
-        // openraft 0.9 keeps only the meta of a built snapshot (core/sm/worker.rs); a snapshot sent
-        // to a follower is read through `get_current_snapshot`, which attaches the audit records. So
-        // the audit trail is not read here: building a snapshot stays O(state), not O(history).
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(encode(&SnapshotTransfer {
-                stored,
-                audit: Vec::new(),
-            }))),
+            snapshot: Box::new(Cursor::new(encode(&stored))),
         })
     }
 }
@@ -325,31 +294,38 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let read_err = |e: &dyn std::fmt::Display| {
             StorageIOError::read_snapshot(Some(meta.signature()), &Error::Corrupt(e.to_string()))
         };
-        let transfer: SnapshotTransfer = decode(&bytes).map_err(|e| read_err(&e))?;
-        let state = model::State::from_snapshot(&transfer.stored.data).map_err(|e| read_err(&e))?;
-        let records = transfer
-            .audit
-            .iter()
-            .map(|b| AuditRecord::from_bytes(b))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| read_err(&e))?;
-        let report = crate::audit::verify(records.iter().cloned().map(Ok));
+        let received: StoredSnapshot = decode(&bytes).map_err(|e| read_err(&e))?;
+        let state = model::State::from_snapshot(&received.data).map_err(|e| read_err(&e))?;
+        // The snapshot names the audit chain's head, not its records: note the ones this node lacks
+        // (before the snapshot is saved, so a restart never loads a state whose records are neither
+        // here nor noted), and let the server fetch them from peers.
         let chain = state.audit_chain();
-        if !(report.is_ok() && report.matches_chain(chain)) {
-            return Err(read_err(&Error::Corrupt(format!(
-                "the snapshot's audit records do not form the chain its state names ({} records)",
-                chain.len()
-            )))
-            .into());
+        let write_err = |e: &Error| StorageIOError::write_snapshot(Some(meta.signature()), e);
+        let have = self
+            .audit
+            .last_seq()
+            .map_err(|e| write_err(&e))?
+            .min(chain.len());
+        let from = match self.audit.gap().map_err(|e| write_err(&e))? {
+            Some(old) => old.from.min(have + 1),
+            None => have + 1,
+        };
+        if from <= chain.len() {
+            let gap = AuditGap {
+                from,
+                to: chain.len(),
+                hash_at_to: chain.head(),
+            };
+            self.audit.set_gap(Some(&gap)).map_err(|e| write_err(&e))?;
+            tracing::info!(
+                from,
+                to = gap.to,
+                "audit records to fetch from peers after a snapshot"
+            );
         }
-        // The audit log first: if we crash before the snapshot is saved, the old snapshot and log
-        // are replaced at the next install anyway.
-        self.audit
-            .replace_all(records)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
         let stored = StoredSnapshot {
             meta: meta.clone(),
-            data: transfer.stored.data,
+            data: received.data,
             audit_len: chain.len(),
         };
         self.save_snapshot(&stored)?;
@@ -362,15 +338,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        match self.load_snapshot()? {
-            Some(stored) => {
-                let meta = stored.meta.clone();
-                Ok(Some(Snapshot {
-                    meta,
-                    snapshot: Box::new(Cursor::new(self.transfer(stored)?)),
-                }))
-            }
-            None => Ok(None),
-        }
+        Ok(self.load_snapshot()?.map(|stored| Snapshot {
+            meta: stored.meta.clone(),
+            snapshot: Box::new(Cursor::new(encode(&stored))),
+        }))
     }
 }
