@@ -6,6 +6,7 @@
 //! final state, and checks the recorded history ([`checker`]). Everything lands in one directory:
 //! history.jsonl, nemesis.jsonl, node logs and results.json.
 
+pub mod audit_check;
 pub mod checker;
 pub mod cluster;
 pub mod deploy;
@@ -191,7 +192,11 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
     rec.flush();
 
     let events = rec.events();
-    let checkers = checker::check_all(&events);
+    let mut checkers = checker::check_all(&events);
+    checkers.insert(
+        "audit".into(),
+        audit_check::check(&cluster.endpoints(), &events).await,
+    );
     let mut ops: BTreeMap<String, u64> = BTreeMap::new();
     for e in &events {
         if e.kind != Kind::Invoke {

@@ -1,0 +1,115 @@
+//! The audit checker: after healing, every node's hash-chained audit log is intact, the nodes agree on
+//! it record for record, and every grant a client saw acknowledged is in it (issue 4's durability,
+//! extended to the audit trail).
+//!
+//! Unlike the other checkers it reads the cluster (each node alone, through its own client address):
+//! - `verify`: each node recomputes its chain and it matches the replicated head (polled until the
+//!   node has caught up, bounded);
+//! - `identical`: the record at the shortest node's last seq has the same hash everywhere, which with
+//!   the chaining means the common prefix is identical;
+//! - `grants_in_audit`: every acknowledged acquire (resource, token) appears as a `granted` record.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::json;
+use warrant::audit::AuditDecision;
+use warrant::client::{Client, ClientConfig};
+
+use crate::checker::Verdict;
+use crate::history::{Event, Kind, Op};
+
+/// How long a node may take to catch up and verify after healing.
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+fn client(endpoint: &str) -> anyhow::Result<Client> {
+    Ok(Client::new(ClientConfig::new(
+        [endpoint.to_string()],
+        "human/jepsen",
+    )?)?)
+}
+
+/// Check every node's audit log against the others and against the history.
+pub async fn check(endpoints: &[String], events: &[Event]) -> Verdict {
+    let mut v = Verdict::new();
+    let mut lengths = Vec::new();
+    for endpoint in endpoints {
+        let Ok(c) = client(endpoint) else {
+            v.violation(json!({"node": endpoint, "error": "no client"}));
+            continue;
+        };
+        let deadline = Instant::now() + CATCH_UP;
+        let report = loop {
+            match c.verify_audit().await {
+                Ok(r) if r.ok => break Ok(r),
+                Ok(r) if Instant::now() >= deadline => break Err(format!("{r:?}")),
+                Err(e) if Instant::now() >= deadline => break Err(e.to_string()),
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        };
+        match report {
+            Ok(r) => {
+                v.count("nodes_verified");
+                lengths.push((endpoint.clone(), r.checked));
+            }
+            Err(why) => v.violation(json!({"node": endpoint, "verify": why})),
+        }
+    }
+
+    // The common prefix is identical: same hash at the shortest node's last record.
+    if let Some(n) = lengths.iter().map(|(_, n)| *n).min().filter(|n| *n > 0) {
+        let mut hashes = BTreeSet::new();
+        for (endpoint, _) in &lengths {
+            let Ok(c) = client(endpoint) else { continue };
+            let mut records = Box::pin(c.export_audit(n));
+            match records.next().await {
+                Some(Ok(r)) if r.seq == n => {
+                    hashes.insert(hex::encode(r.hash));
+                }
+                other => {
+                    v.violation(json!({"node": endpoint, "record": n, "got": format!("{other:?}")}))
+                }
+            }
+        }
+        if hashes.len() > 1 {
+            v.violation(json!({"record": n, "differing_hashes": hashes}));
+        }
+        v.counts.insert("common_records".into(), n);
+    }
+
+    // Every acknowledged grant is in the trail (read from the first node that verified).
+    let acknowledged: BTreeSet<(String, u64)> = events
+        .iter()
+        .filter(|e| e.kind == Kind::Ok && e.f == Op::Acquire)
+        .filter_map(|e| e.token.map(|t| (e.resource.clone(), t)))
+        .collect();
+    if let Some((endpoint, _)) = lengths.first() {
+        if let Ok(c) = client(endpoint) {
+            let mut granted = BTreeSet::new();
+            let mut records = Box::pin(c.export_audit(1));
+            while let Some(r) = records.next().await {
+                match r {
+                    Ok(r) if r.entry.decision == AuditDecision::Granted => {
+                        granted.insert((r.entry.resource.clone(), r.entry.token));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        v.violation(json!({"node": endpoint, "export": e.to_string()}));
+                        break;
+                    }
+                }
+            }
+            for (resource, token) in &acknowledged {
+                if granted.contains(&(resource.clone(), *token)) {
+                    v.count("grants_in_audit");
+                } else {
+                    v.violation(
+                        json!({"missing_from_audit": {"resource": resource, "token": token}}),
+                    );
+                }
+            }
+        }
+    }
+    v
+}
