@@ -339,13 +339,16 @@ impl State {
             }
             // Policy may have changed while it waited (a freeze, an intent conflict): deny wins.
             // An approved request's "needs approval" answer is what its humans already gave.
-            if let Verdict::Deny(denial) = self.acquire_verdict(&cmd, self.now_ms) {
-                self.finish_waiter(&cmd.request_id, AcquireOutcome::Denied(denial), fx);
-                continue;
-            }
+            let policies = match self.acquire_verdict(&cmd, self.now_ms) {
+                Verdict::Deny(denial) => {
+                    self.finish_waiter(&cmd.request_id, AcquireOutcome::Denied(denial), fx);
+                    continue;
+                }
+                Verdict::Allow { policies, .. } | Verdict::Approval { policies, .. } => policies,
+            };
             let previous = self.task_previous(&cmd);
             let outcome = AcquireOutcome::Granted(self.grant(&cmd, previous, fx));
-            self.audit_acquire(&cmd, &outcome, Vec::new(), Vec::new(), fx);
+            self.audit_acquire(&cmd, &outcome, policies, Vec::new(), fx);
             self.update_request(&cmd.request_id, outcome);
             return;
         }

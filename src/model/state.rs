@@ -239,7 +239,12 @@ impl State {
                 expired: self.expire_approvals(request_ids, fx),
             },
             Command::NoteAnswer { cmd, outcome } => {
-                self.audit_acquire(cmd, outcome, Vec::new(), Vec::new(), fx);
+                // The policies that allowed it, as policy stands at this entry.
+                let policies = match self.acquire_verdict(cmd, self.now_ms) {
+                    super::governance::Verdict::Allow { policies, .. } => policies,
+                    _ => Vec::new(),
+                };
+                self.audit_acquire(cmd, outcome, policies, Vec::new(), fx);
                 Response::NoteAnswer
             }
             Command::CancelWait {
