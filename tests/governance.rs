@@ -216,6 +216,56 @@ async fn approval_survives_failover_and_the_audit_is_identical_and_verifiable() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_waiting_for_approval_gets_the_grant_the_moment_the_quorum_is_reached() {
+    let c = Cluster::start(Opts::default());
+    c.wait_leader(WAIT).await;
+    put_example(&c);
+    let endpoints = c.endpoints_csv();
+    let waiter = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let out = std::process::Command::new(common::BIN)
+            .args([
+                "acquire",
+                "k8s/prod/auth",
+                "--ttl",
+                "5m",
+                "--request-id",
+                "auth-1",
+                "--instance",
+                "deployer-1",
+                "--wait",
+                "2m",
+                "--output",
+                "json",
+            ])
+            .env("WARRANT_ENDPOINTS", endpoints)
+            .env("WARRANT_PRINCIPAL", "agent/deployer")
+            .output()
+            .expect("run warrant");
+        (out, started.elapsed())
+    });
+    // The request shows up as pending; two on-call humans approve it.
+    eventually(WAIT, "the request to be pending", || {
+        let out = c.cli("human/alice", &["approvals", "list", "--output", "json"]);
+        async move { stdout(&out).contains("auth-1").then_some(()) }
+    })
+    .await;
+    let out = c.cli("human/alice", &["approve", "auth-1"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let approved_at = std::time::Instant::now();
+    let out = c.cli("human/bob", &["approve", "auth-1"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let (out, _) = waiter.join().unwrap();
+    assert_eq!(code(&out), 0, "{} {}", stdout(&out), stderr(&out));
+    let granted = json(&out);
+    assert_eq!(granted["outcome"], "granted");
+    assert!(
+        approved_at.elapsed() < Duration::from_secs(10),
+        "the waiting caller was answered at once, not at the end of its wait"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_governance_input_is_refused_and_changes_nothing() {
     let c = Cluster::start(Opts::default());
     c.wait_leader(WAIT).await;
