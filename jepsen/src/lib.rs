@@ -81,6 +81,14 @@ pub async fn run(opts: RunOpts) -> anyhow::Result<Results> {
 }
 
 async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
+    // A run's nodes keep their data in the output directory: an old run's data there would be
+    // another cluster's (or another format's), so a run starts only in an empty directory.
+    if std::fs::read_dir(&opts.out).is_ok_and(|mut d| d.next().is_some()) {
+        anyhow::bail!(
+            "output directory {} is not empty (an earlier run's data would be reused); choose a new one",
+            opts.out.display()
+        );
+    }
     std::fs::create_dir_all(&opts.out)?;
     let faults = Fault::parse_list(&opts.nemesis, opts.mode)?;
     let mut notes = Vec::new();
