@@ -337,14 +337,6 @@ pub struct AuditChain {
 }
 
 impl AuditChain {
-    /// The chain that continues after `last` (e.g. rebuilt from the newest stored record).
-    pub fn continuing(last: &AuditRecord) -> Self {
-        Self {
-            len: last.seq,
-            head: last.hash,
-        }
-    }
-
     /// Appends one record (seq = `len() + 1`, `prev_hash` = the head) and returns it for storage.
     /// `index` and `at_ms` come from the Raft entry being applied, never from a clock.
     pub fn append(&mut self, index: u64, at_ms: u64, entry: AuditEntry) -> AuditRecord {
@@ -472,7 +464,6 @@ pub(crate) mod tests {
         }
         assert_eq!(chain.len(), 50);
         assert_eq!(chain.head(), records[49].hash);
-        assert_eq!(AuditChain::continuing(&records[49]), chain);
     }
 
     #[test]

@@ -606,11 +606,12 @@ impl State {
 
         // An approval is bound to the policy it was evaluated under: one the new set would deny
         // is cancelled (approvals already given do not carry over into a denial).
-        let pending: Vec<PendingView> = self.pending.values().map(Pending::view).collect();
-        for view in pending {
-            let Some(p) = self.pending.get(&view.request_id) else {
+        let ids: Vec<RequestId> = self.pending.keys().cloned().collect();
+        for id in ids {
+            let Some(p) = self.pending.get(&id) else {
                 continue;
             };
+            let view = p.view();
             match self.acquire_verdict(&p.cmd, self.now_ms) {
                 Verdict::Deny(denial) => {
                     self.pending.remove(&view.request_id);

@@ -8,9 +8,8 @@
 //! with the same seqs and bytes (the chain is deterministic), overwriting whatever survived.
 //!
 //! Invariant kept across crashes: every record present is the one the replicated chain has at that
-//! seq. That is why [`AuditLog::replace_all`] overwrites in place and deletes only what lies outside
-//! the new records, instead of clearing the family first: the local chain is a prefix of the one a
-//! snapshot carries, so a crash half-way leaves correct records, never a hole below the local state.
+//! seq. Records a node lacks after installing a snapshot (which carries only the chain's head) are
+//! noted as an [`AuditGap`] and fetched from peers by the server, checked against that head.
 
 use std::sync::Arc;
 
@@ -19,8 +18,6 @@ use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, DB};
 use super::{cf, decode, encode, sync_write, Error, CF_AUDIT, CF_META};
 use crate::audit::{verify, AuditError, AuditRecord, VerifyReport};
 
-/// Records per write batch in [`AuditLog::replace_all`]: bounds memory whatever the chain's length.
-const REPLACE_CHUNK: usize = 4096;
 /// Key (in the `meta` column family) of the records this node lacks after installing a snapshot.
 const GAP_KEY: &[u8] = b"audit_gap";
 
@@ -137,47 +134,6 @@ impl AuditLog {
             Some(item) => seq_of(&item?.0),
             None => Ok(0),
         }
-    }
-
-    /// Makes the stored records exactly `records` (for a snapshot install), in batches of bounded size,
-    /// then fsyncs. `records` must be in strictly ascending seq order. Overwrites in place and deletes
-    /// only the seqs not given (see the module docs for why not "clear, then write").
-    pub fn replace_all<I: IntoIterator<Item = AuditRecord>>(
-        &self,
-        records: I,
-    ) -> Result<(), Error> {
-        let audit = self.cf();
-        // Every seq below `next` is settled: written from `records` or deleted.
-        let mut next = 0u64;
-        let mut last: Option<u64> = None;
-        let mut batch = WriteBatch::default();
-        let mut in_batch = 0;
-        for r in records {
-            if let Some(last) = last.filter(|&l| r.seq <= l) {
-                return Err(Error::Corrupt(format!(
-                    "audit records to install are out of order: seq {} after seq {last}",
-                    r.seq
-                )));
-            }
-            if r.seq > next {
-                batch.delete_range_cf(audit, key(next), key(r.seq));
-            }
-            batch.put_cf(audit, key(r.seq), r.to_bytes());
-            last = Some(r.seq);
-            next = r.seq.saturating_add(1);
-            in_batch += 1;
-            if in_batch == REPLACE_CHUNK {
-                self.db.write(std::mem::take(&mut batch))?;
-                in_batch = 0;
-            }
-        }
-        // Everything above the last record; delete_range's end is exclusive, so u64::MAX goes alone.
-        if last != Some(u64::MAX) {
-            batch.delete_range_cf(audit, key(next), key(u64::MAX));
-            batch.delete_cf(audit, key(u64::MAX));
-        }
-        self.db.write(batch)?;
-        self.sync()
     }
 
     /// The records this node still lacks, if any.
@@ -320,37 +276,6 @@ mod tests {
         assert_eq!(log.last_seq().unwrap(), 40);
         log.truncate_after(0).unwrap();
         assert_eq!(log.last_seq().unwrap(), 0);
-    }
-
-    #[test]
-    fn replace_all_leaves_exactly_the_given_records() {
-        let (_dir, log) = open();
-        let records = chain(10_000);
-        log.write(&chain(20)).unwrap();
-        // A stray record far above (e.g. left by a diverged store) must go too.
-        let mut stray = records[0].clone();
-        stray.seq = u64::MAX;
-        log.write(&[stray]).unwrap();
-
-        log.replace_all(records.iter().cloned()).unwrap();
-        assert_eq!(log.last_seq().unwrap(), 10_000);
-        assert!(log.verify_range(1, u64::MAX).unwrap().is_ok());
-        assert_eq!(seqs(log.iter_from(0)).len(), 10_000);
-
-        // A suffix only (from a snapshot that starts later): nothing below it survives.
-        log.replace_all(records[5000..].iter().cloned()).unwrap();
-        assert_eq!(seqs(log.iter_range(0, 5001)), [5001]);
-        log.replace_all(std::iter::empty()).unwrap();
-        assert_eq!(log.last_seq().unwrap(), 0);
-    }
-
-    #[test]
-    fn replace_all_refuses_records_out_of_order() {
-        let (_dir, log) = open();
-        let mut records = chain(5);
-        records.swap(1, 2);
-        let err = log.replace_all(records).unwrap_err().to_string();
-        assert!(err.contains("out of order: seq 2 after seq 3"), "{err}");
     }
 
     #[test]

@@ -44,8 +44,6 @@ pub struct SmData {
 struct StoredSnapshot {
     meta: SnapshotMeta,
     data: Vec<u8>,
-    /// Records in the audit chain at this snapshot (the state holds the head, storage the records).
-    audit_len: u64,
 }
 
 /// Read access to the state machine for the server (queries, leader duties).
@@ -205,16 +203,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             // Clone under the lock, encode after releasing it: applies wait only for the copy.
             (sm.state.clone(), meta)
         };
-        let audit_len = data.audit_chain().len();
         let data = data.to_snapshot();
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data,
-            audit_len,
         };
         // The snapshot's sync write also makes every earlier audit write durable (one WAL).
         self.save_snapshot(&stored)?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = stored.data.len(), audit_len, "built snapshot");
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = stored.data.len(), "built snapshot");
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(encode(&stored))),
@@ -326,7 +322,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let stored = StoredSnapshot {
             meta: meta.clone(),
             data: received.data,
-            audit_len: chain.len(),
         };
         self.save_snapshot(&stored)?;
         let mut sm = self.write();
