@@ -3,6 +3,7 @@
 //! Floors, bottom to top (each imports only from below):
 //! - [`model`]: pure types and the lease state machine (no I/O, no async, no clock);
 //! - [`storage`]: RocksDB-backed Raft log, vote, state machine and snapshots;
+//! - [`security`]: identities in certificates, access tokens, grant certificates, TLS files;
 //! - [`raft`]: the openraft type configuration and the node-to-node gRPC transport;
 //! - [`server`]: the client-facing gRPC service, leader duties (lease time) and node start-up;
 //! - [`client`]: the Rust client library (`Client`, `Lease`, `FenceGuard`);
@@ -14,6 +15,7 @@ pub mod client;
 pub mod model;
 pub mod policy;
 pub mod raft;
+pub mod security;
 pub mod server;
 pub mod storage;
 

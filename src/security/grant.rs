@@ -1,0 +1,178 @@
+//! Grant certificates: a grant, signed by the cluster, that a resource can check offline.
+//!
+//! `{resource, token, lease_id, principal, instance, not_after}` (plus the cluster name), as a
+//! PASETO v4.public token signed with the cluster key. A resource that cannot reach the cluster
+//! verifies the signature with the cluster's public key, that the certificate is for itself, that it
+//! has not run out, and — through `FenceGuard` — that its token is not below the highest it has seen.
+//! Signatures are deterministic (Ed25519), so the same grant always gives the same certificate.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::keys::{sign_json, verify_json, EnvelopeError, SigningKey, VerifyingKey};
+
+const PURPOSE: &[u8] = b"warrant grant certificate v1";
+
+/// The skew allowance verifiers use by default: a certificate is accepted only while
+/// `now + skew ≤ not_after`, so a verifier whose clock runs up to this much behind the cluster's
+/// still stops accepting it no later than the cluster's own `not_after`.
+pub const DEFAULT_SKEW: Duration = Duration::from_secs(1);
+
+/// What a grant certificate says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantClaims {
+    pub cluster: String,
+    pub resource: String,
+    pub token: u64,
+    pub lease_id: String,
+    pub principal: String,
+    pub instance: String,
+    /// Unix milliseconds (cluster clock) after which the grant must not be relied on: the grant's
+    /// time plus its ttl. A holder that keeps its lease alive asks for a fresh certificate.
+    pub not_after_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GrantCertError {
+    #[error("grant certificate refused: {0}")]
+    Envelope(#[from] EnvelopeError),
+    #[error("grant certificate refused: it is for resource {got:?}, not {want:?}")]
+    WrongResource { got: String, want: String },
+    #[error("grant certificate refused: it is for cluster {got:?}, not {want:?}")]
+    WrongCluster { got: String, want: String },
+    #[error("grant certificate refused: it ran out at {not_after_ms} (now {now_ms}, skew allowance {skew_ms} ms)")]
+    Expired {
+        not_after_ms: u64,
+        now_ms: u64,
+        skew_ms: u64,
+    },
+}
+
+/// How a resource checks a grant certificate offline.
+#[derive(Debug, Clone)]
+pub struct GrantVerifier {
+    pub key: VerifyingKey,
+    /// When set, the certificate's cluster must be this one.
+    pub cluster: Option<String>,
+    pub skew: Duration,
+}
+
+impl GrantClaims {
+    pub fn sign(&self, key: &SigningKey) -> String {
+        sign_json(key, PURPOSE, self)
+    }
+}
+
+impl GrantVerifier {
+    pub fn new(key: VerifyingKey) -> Self {
+        Self {
+            key,
+            cluster: None,
+            skew: DEFAULT_SKEW,
+        }
+    }
+
+    /// Signature, cluster, resource and time; not the token (that is the fence's job).
+    pub fn verify(
+        &self,
+        text: &str,
+        resource: &str,
+        now_ms: u64,
+    ) -> Result<GrantClaims, GrantCertError> {
+        let claims: GrantClaims = verify_json(&self.key, PURPOSE, "grant certificate", text)?;
+        if let Some(want) = &self.cluster {
+            if &claims.cluster != want {
+                return Err(GrantCertError::WrongCluster {
+                    got: claims.cluster,
+                    want: want.clone(),
+                });
+            }
+        }
+        if claims.resource != resource {
+            return Err(GrantCertError::WrongResource {
+                got: claims.resource,
+                want: resource.to_string(),
+            });
+        }
+        let skew_ms = self.skew.as_millis() as u64;
+        if now_ms.saturating_add(skew_ms) > claims.not_after_ms {
+            return Err(GrantCertError::Expired {
+                not_after_ms: claims.not_after_ms,
+                now_ms,
+                skew_ms,
+            });
+        }
+        Ok(claims)
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims() -> GrantClaims {
+        GrantClaims {
+            cluster: "c".into(),
+            resource: "db/orders".into(),
+            token: 7,
+            lease_id: "0000000000000001".into(),
+            principal: "agent/deployer".into(),
+            instance: "i-1".into(),
+            not_after_ms: 100_000,
+        }
+    }
+
+    #[test]
+    fn a_certificate_verifies_for_its_resource_until_not_after_minus_skew() {
+        let k = SigningKey::generate();
+        let cert = claims().sign(&k);
+        assert_eq!(cert, claims().sign(&k), "deterministic");
+        let v = GrantVerifier::new(k.verifying_key());
+        assert_eq!(v.verify(&cert, "db/orders", 99_000).unwrap(), claims());
+        assert!(matches!(
+            v.verify(&cert, "db/orders", 99_001),
+            Err(GrantCertError::Expired { .. })
+        ));
+        assert!(matches!(
+            v.verify(&cert, "db/users", 1),
+            Err(GrantCertError::WrongResource { .. })
+        ));
+        let mut strict = v.clone();
+        strict.cluster = Some("other".into());
+        assert!(matches!(
+            strict.verify(&cert, "db/orders", 1),
+            Err(GrantCertError::WrongCluster { .. })
+        ));
+    }
+
+    #[test]
+    fn forged_and_cross_purpose_certificates_are_refused() {
+        let k = SigningKey::generate();
+        let forged = claims().sign(&SigningKey::generate());
+        let v = GrantVerifier::new(k.verifying_key());
+        assert!(matches!(
+            v.verify(&forged, "db/orders", 1),
+            Err(GrantCertError::Envelope(EnvelopeError::BadSignature))
+        ));
+        // An access token signed by the same key is not a grant certificate.
+        let token = crate::security::token::AccessClaims {
+            id: "x".into(),
+            principal: crate::model::Principal::parse("agent/a").unwrap(),
+            cluster: "c".into(),
+            issued_at_ms: 0,
+            expires_at_ms: u64::MAX,
+        }
+        .sign(&k);
+        assert!(v.verify(&token, "db/orders", 1).is_err());
+    }
+}
