@@ -121,11 +121,17 @@ pub enum AuditDecision {
     PolicyPut,
     /// A policy set was rejected (it changed nothing).
     PolicyRejected,
+    /// An access token was minted (its id, principal and expiry; never its text).
+    TokenMinted,
+    /// An access token was revoked.
+    TokenRevoked,
+    /// An admin action that changes no state (an audit export) was allowed.
+    AdminAllowed,
 }
 
 impl AuditDecision {
     /// Every decision, in declaration order.
-    pub const ALL: [AuditDecision; 22] = [
+    pub const ALL: [AuditDecision; 25] = [
         Self::Granted,
         Self::Busy,
         Self::Queued,
@@ -148,6 +154,9 @@ impl AuditDecision {
         Self::TakenOver,
         Self::PolicyPut,
         Self::PolicyRejected,
+        Self::TokenMinted,
+        Self::TokenRevoked,
+        Self::AdminAllowed,
     ];
 
     /// The decision's name: lowercase snake case. Hashed, exported and accepted by [`FromStr`].
@@ -175,6 +184,9 @@ impl AuditDecision {
             Self::TakenOver => "taken_over",
             Self::PolicyPut => "policy_put",
             Self::PolicyRejected => "policy_rejected",
+            Self::TokenMinted => "token_minted",
+            Self::TokenRevoked => "token_revoked",
+            Self::AdminAllowed => "admin_allowed",
         }
     }
 

@@ -148,6 +148,26 @@ pub enum Command {
     CheckpointTtl {
         remaining: Vec<(LeaseId, u64)>,
     },
+    /// Register an access token (admin only; the server signs it after commit).
+    MintToken {
+        record: super::access::TokenRecord,
+        /// `record.minted_by` is one of the config's admins.
+        by_admin: bool,
+    },
+    /// Revoke an access token by id (admin only).
+    RevokeToken {
+        id: String,
+        by: Principal,
+        by_admin: bool,
+        reason: String,
+    },
+    /// An admin action that changes no state (an audit export): authorized and audited in apply.
+    AdminCheck {
+        by: Principal,
+        by_admin: bool,
+        action: String,
+        detail: String,
+    },
 }
 
 /// The answer to an acquire; also what the dedup table stores per request id.
@@ -303,6 +323,9 @@ pub enum Response {
         expired: Vec<RequestId>,
     },
     NoteAnswer,
+    MintToken(Result<super::access::TokenRecord, OpError>),
+    RevokeToken(Result<super::access::TokenRecord, OpError>),
+    AdminCheck(Result<(), OpError>),
 }
 
 /// What one apply produced besides its answers: events for the server and audit records for

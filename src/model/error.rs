@@ -70,6 +70,12 @@ pub enum OpError {
     },
     #[error("{max} acquisitions already wait for approval; decide some before asking for more")]
     TooManyPending { max: usize },
+    #[error("unknown access token {id}: it was never minted here, or it has expired")]
+    UnknownToken { id: String },
+    #[error("access token id {id} is already in use")]
+    TokenIdReused { id: String },
+    #[error("{max} access tokens are live; revoke some or wait for them to expire")]
+    TooManyTokens { max: usize },
     #[error("{by} already approved request {request_id}; an approver counts once")]
     AlreadyApproved {
         request_id: RequestId,
@@ -92,7 +98,11 @@ pub enum ErrorKind {
 impl OpError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            OpError::UnknownLease(_) | OpError::UnknownRequest { .. } => ErrorKind::NotFound,
+            OpError::UnknownLease(_)
+            | OpError::UnknownRequest { .. }
+            | OpError::UnknownToken { .. } => ErrorKind::NotFound,
+            OpError::TokenIdReused { .. } => ErrorKind::InvalidArgument,
+            OpError::TooManyTokens { .. } => ErrorKind::ResourceExhausted,
             OpError::LeaseEnded { .. } | OpError::NotHeld { .. } => ErrorKind::FailedPrecondition,
             OpError::NotHolder { .. }
             | OpError::NotRequester { .. }

@@ -35,7 +35,7 @@ pub const MAX_PENDING_APPROVALS: usize = 10_000;
 /// At most this many recent labelled grants are remembered for intent-conflict policies.
 pub const MAX_RECENT_INTENTS: usize = 100_000;
 /// The resource `admin` decisions are made on (`Cluster::"warrant"` in Cedar).
-const CLUSTER_RESOURCE: &str = "";
+pub(super) const CLUSTER_RESOURCE: &str = "";
 
 /// An acquire waiting for humans: the exact request and what policy said about it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -561,24 +561,8 @@ impl State {
             state.audit(fx, entry);
             Err(e)
         };
-        if !by_admin {
-            let empty = Intent::default();
-            let facts = Facts {
-                ttl_ms: 0,
-                intent: &empty,
-                has_task_key: false,
-                takeover: false,
-            };
-            if let Verdict::Deny(denial) = self.evaluate(
-                by,
-                Action::Admin,
-                CLUSTER_RESOURCE,
-                &facts,
-                self.now_ms,
-                false,
-            ) {
-                return refused(self, OpError::Denied(denial), AuditDecision::Denied);
-            }
+        if let Err(denial) = self.admin_allowed(by, by_admin) {
+            return refused(self, OpError::Denied(denial), AuditDecision::Denied);
         }
         let version = self.policy_version() + 1;
         let bundle = match PolicyBundle::compile(version, policies, entities, intent_window_ms) {

@@ -14,6 +14,7 @@
 //! (validated domain types),
 //! `command.rs` (log entries and responses), `error.rs`.
 
+pub mod access;
 mod audit_trail;
 pub mod command;
 pub mod error;

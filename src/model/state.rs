@@ -26,7 +26,7 @@ use super::types::{
 };
 
 /// First byte of every snapshot; bump when the encoding of `State` changes.
-pub const SNAPSHOT_FORMAT_VERSION: u8 = 2;
+pub const SNAPSHOT_FORMAT_VERSION: u8 = 3;
 /// At most this many requests wait on one resource; more are answered `QueueFull`.
 pub const MAX_WAITERS_PER_RESOURCE: usize = 1024;
 /// Dedup and ended-lease records are kept at least this long after their last update (entry time),
@@ -130,6 +130,8 @@ pub struct State {
     pub(super) recent_order: VecDeque<(u64, ResourcePath)>,
     /// The audit chain's head; its records go to storage through `Effects::audit`.
     pub(super) audit: crate::audit::AuditChain,
+    /// Access tokens minted and not yet expired, by id (revoked ones marked).
+    pub(super) tokens: BTreeMap<String, super::access::TokenRecord>,
 }
 
 impl Default for State {
@@ -153,6 +155,7 @@ impl Default for State {
             recent_intents: BTreeMap::new(),
             recent_order: VecDeque::new(),
             audit: Default::default(),
+            tokens: BTreeMap::new(),
         }
     }
 }
@@ -259,6 +262,21 @@ impl State {
                 self.checkpoint_ttl(remaining);
                 Response::CheckpointTtl
             }
+            Command::MintToken { record, by_admin } => {
+                Response::MintToken(self.mint_token(record, *by_admin, fx))
+            }
+            Command::RevokeToken {
+                id,
+                by,
+                by_admin,
+                reason,
+            } => Response::RevokeToken(self.revoke_token(id, by, *by_admin, reason, fx)),
+            Command::AdminCheck {
+                by,
+                by_admin,
+                action,
+                detail,
+            } => Response::AdminCheck(self.admin_check(by, *by_admin, action, detail, fx)),
         }
     }
 

@@ -31,7 +31,7 @@ pub use log_store::LogStore;
 pub use state_machine::{AppliedEvents, SmReader, StateMachineStore};
 
 /// On-disk format of the data directory. Bump when entries or snapshots change incompatibly.
-pub const DATA_FORMAT_VERSION: u32 = 2;
+pub const DATA_FORMAT_VERSION: u32 = 3;
 
 const CF_META: &str = "meta";
 const CF_LOGS: &str = "logs";

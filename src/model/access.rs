@@ -1,0 +1,304 @@
+//! The replicated side of authentication: the registry of access tokens (minted and revoked through
+//! the log, so every member refuses a revoked token) and admin actions that are authorized by Cedar
+//! (`admin` on the cluster) and audited in apply, denials too.
+//!
+//! A token's text never enters the log: only its id, principal and expiry. The server signs the
+//! token after the mint entry commits.
+
+use serde::{Deserialize, Serialize};
+
+use super::command::{Denial, Effects};
+use super::error::OpError;
+use super::governance::{Facts, Verdict};
+use super::state::State;
+use super::types::{Intent, Principal};
+use crate::audit::{AuditDecision, AuditEntry};
+use crate::policy::Action;
+
+/// Most live (unexpired) tokens the registry keeps; minting more is refused until some expire.
+pub const MAX_TOKENS: usize = 100_000;
+/// Longest token id.
+pub const MAX_TOKEN_ID_BYTES: usize = 64;
+
+/// What the cluster remembers of a minted access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub principal: Principal,
+    pub minted_by: Principal,
+    pub issued_at_ms: u64,
+    pub expires_at_ms: u64,
+    /// `Some(by)` once revoked.
+    pub revoked_by: Option<Principal>,
+}
+
+impl State {
+    /// May `by` perform an admin action? The config's admins always may (break-glass); otherwise
+    /// Cedar must permit `admin` on the cluster, and with no policy loaded nobody else may.
+    pub(super) fn admin_allowed(&self, by: &Principal, by_admin: bool) -> Result<(), Denial> {
+        if by_admin {
+            return Ok(());
+        }
+        let empty = Intent::default();
+        let facts = Facts {
+            ttl_ms: 0,
+            intent: &empty,
+            has_task_key: false,
+            takeover: false,
+        };
+        match self.evaluate(
+            by,
+            Action::Admin,
+            super::governance::CLUSTER_RESOURCE,
+            &facts,
+            self.now_ms,
+            false,
+        ) {
+            Verdict::Deny(denial) => Err(denial),
+            _ => Ok(()),
+        }
+    }
+
+    /// Record an admin action that changes no state (e.g. an audit export): allowed or denied,
+    /// it joins the audit trail.
+    pub(super) fn admin_check(
+        &mut self,
+        by: &Principal,
+        by_admin: bool,
+        action: &str,
+        detail: &str,
+        fx: &mut Effects,
+    ) -> Result<(), OpError> {
+        let verdict = self.admin_allowed(by, by_admin);
+        let mut entry = AuditEntry::new(
+            action,
+            if verdict.is_ok() {
+                AuditDecision::AdminAllowed
+            } else {
+                AuditDecision::Denied
+            },
+        );
+        entry.principal = by.to_string();
+        entry.policy_version = self.policy_version();
+        entry.reason = match &verdict {
+            Ok(()) if by_admin => format!("{detail} (config admin)"),
+            Ok(()) => detail.to_string(),
+            Err(d) => {
+                entry.policies = d.policies.clone();
+                format!("{detail}: {d}")
+            }
+        };
+        self.audit(fx, entry);
+        verdict.map_err(OpError::Denied)
+    }
+
+    /// Register a new access token. Retrying the same mint (same id, principal, minter) answers the
+    /// same record.
+    pub(super) fn mint_token(
+        &mut self,
+        record: &TokenRecord,
+        by_admin: bool,
+        fx: &mut Effects,
+    ) -> Result<TokenRecord, OpError> {
+        self.prune_tokens();
+        if let Some(existing) = self.tokens.get(&record.id) {
+            if existing.principal == record.principal && existing.minted_by == record.minted_by {
+                return Ok(existing.clone());
+            }
+            return Err(OpError::TokenIdReused {
+                id: record.id.clone(),
+            });
+        }
+        let mut refused = |state: &mut State, e: OpError| {
+            let mut entry = AuditEntry::new("token_mint", AuditDecision::Denied);
+            entry.principal = record.minted_by.to_string();
+            entry.reason = format!("token {} for {}: {e}", record.id, record.principal);
+            entry.policy_version = state.policy_version();
+            if let OpError::Denied(d) = &e {
+                entry.policies = d.policies.clone();
+            }
+            state.audit(fx, entry);
+            Err(e)
+        };
+        if let Err(d) = self.admin_allowed(&record.minted_by, by_admin) {
+            return refused(self, OpError::Denied(d));
+        }
+        if self.tokens.len() >= MAX_TOKENS {
+            return refused(self, OpError::TooManyTokens { max: MAX_TOKENS });
+        }
+        let mut stored = record.clone();
+        stored.revoked_by = None;
+        stored.issued_at_ms = self.now_ms;
+        self.tokens.insert(stored.id.clone(), stored.clone());
+        let mut entry = AuditEntry::new("token_mint", AuditDecision::TokenMinted);
+        entry.principal = record.minted_by.to_string();
+        entry.reason = format!(
+            "token {} for {} expires at {} ms{}",
+            stored.id,
+            stored.principal,
+            stored.expires_at_ms,
+            if by_admin { " (config admin)" } else { "" }
+        );
+        entry.policy_version = self.policy_version();
+        self.audit(fx, entry);
+        Ok(stored)
+    }
+
+    /// Revoke a token by id: from this entry on, every member refuses it.
+    pub(super) fn revoke_token(
+        &mut self,
+        id: &str,
+        by: &Principal,
+        by_admin: bool,
+        reason: &str,
+        fx: &mut Effects,
+    ) -> Result<TokenRecord, OpError> {
+        self.prune_tokens();
+        let verdict = self.admin_allowed(by, by_admin);
+        let found = self.tokens.get(id).cloned();
+        let outcome = match (verdict, found) {
+            (Err(d), _) => Err(OpError::Denied(d)),
+            (Ok(()), None) => Err(OpError::UnknownToken { id: id.to_string() }),
+            (Ok(()), Some(mut t)) => {
+                if t.revoked_by.is_none() {
+                    t.revoked_by = Some(by.clone());
+                    self.tokens.insert(t.id.clone(), t.clone());
+                }
+                Ok(t)
+            }
+        };
+        let mut entry = AuditEntry::new(
+            "token_revoke",
+            match &outcome {
+                Ok(_) => AuditDecision::TokenRevoked,
+                Err(OpError::Denied(_)) => AuditDecision::Denied,
+                Err(_) => AuditDecision::Invalid,
+            },
+        );
+        entry.principal = by.to_string();
+        entry.policy_version = self.policy_version();
+        entry.reason = match &outcome {
+            Ok(t) => format!("token {} of {}: {reason}", t.id, t.principal),
+            Err(e) => {
+                if let OpError::Denied(d) = e {
+                    entry.policies = d.policies.clone();
+                }
+                format!("token {id}: {e}")
+            }
+        };
+        self.audit(fx, entry);
+        outcome
+    }
+
+    /// Forget tokens that have expired (they are refused by their expiry alone).
+    fn prune_tokens(&mut self) {
+        let now = self.now_ms;
+        self.tokens.retain(|_, t| t.expires_at_ms > now);
+    }
+
+    /// A token the registry knows (minted, not yet expired and pruned).
+    pub fn token(&self, id: &str) -> Option<&TokenRecord> {
+        self.tokens.get(id)
+    }
+
+    /// True when the token was revoked (an unknown id is not revoked: it may be minted by a leader
+    /// whose entry this member has not applied yet; its signature and expiry still hold).
+    pub fn token_revoked(&self, id: &str) -> bool {
+        self.tokens.get(id).is_some_and(|t| t.revoked_by.is_some())
+    }
+
+    /// Known tokens in id order.
+    pub fn tokens(&self) -> impl Iterator<Item = &TokenRecord> {
+        self.tokens.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::testkit::Harness;
+    use crate::model::{Command, Response};
+
+    fn p(s: &str) -> Principal {
+        Principal::parse(s).unwrap()
+    }
+
+    fn record(id: &str, by: &str) -> TokenRecord {
+        TokenRecord {
+            id: id.into(),
+            principal: p("agent/bot"),
+            minted_by: p(by),
+            issued_at_ms: 0,
+            expires_at_ms: u64::MAX,
+            revoked_by: None,
+        }
+    }
+
+    fn mint(h: &mut Harness, id: &str, by: &str, by_admin: bool) -> Result<TokenRecord, OpError> {
+        match h.apply(Command::MintToken {
+            record: record(id, by),
+            by_admin,
+        }) {
+            Response::MintToken(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn revoke(h: &mut Harness, id: &str, by: &str, by_admin: bool) -> Result<TokenRecord, OpError> {
+        match h.apply(Command::RevokeToken {
+            id: id.into(),
+            by: p(by),
+            by_admin,
+            reason: "leaked".into(),
+        }) {
+            Response::RevokeToken(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_admins_mint_and_revoke_and_both_are_audited() {
+        let mut h = Harness::new();
+        let before = h.state.audit_chain().len();
+        assert!(matches!(
+            mint(&mut h, "t1", "agent/bot", false),
+            Err(OpError::Denied(_))
+        ));
+        assert!(h.state.token("t1").is_none());
+        mint(&mut h, "t1", "human/admin", true).unwrap();
+        // A retry of the same mint answers the same record.
+        mint(&mut h, "t1", "human/admin", true).unwrap();
+        assert!(!h.state.token_revoked("t1"));
+        assert!(matches!(
+            revoke(&mut h, "t1", "agent/bot", false),
+            Err(OpError::Denied(_))
+        ));
+        assert!(!h.state.token_revoked("t1"));
+        revoke(&mut h, "t1", "human/admin", true).unwrap();
+        assert!(h.state.token_revoked("t1"));
+        assert!(matches!(
+            revoke(&mut h, "nope", "human/admin", true),
+            Err(OpError::UnknownToken { .. })
+        ));
+        // denied mint, mint, (retry: no record), denied revoke, revoke, unknown revoke
+        assert_eq!(h.state.audit_chain().len() - before, 5);
+    }
+
+    #[test]
+    fn admin_checks_are_audited_allowed_or_denied() {
+        let mut h = Harness::new();
+        let check = |h: &mut Harness, by: &str, by_admin: bool| match h.apply(Command::AdminCheck {
+            by: p(by),
+            by_admin,
+            action: "audit_export".into(),
+            detail: "records 1..".into(),
+        }) {
+            Response::AdminCheck(r) => r,
+            other => panic!("{other:?}"),
+        };
+        let before = h.state.audit_chain().len();
+        assert!(check(&mut h, "agent/bot", false).is_err());
+        assert!(check(&mut h, "human/admin", true).is_ok());
+        assert_eq!(h.state.audit_chain().len() - before, 2);
+    }
+}
