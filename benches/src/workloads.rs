@@ -291,6 +291,7 @@ pub async fn keepalives(
                     let req = warrant::proto::KeepAliveRequest {
                         lease_id: id,
                         principal,
+                        certificate: false,
                     };
                     for _ in 0..window {
                         flight.sent();

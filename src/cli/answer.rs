@@ -16,7 +16,13 @@ use crate::proto;
 /// caller decides what happens to the handle.
 pub(super) fn acquired(answer: &Acquired, instance: &str) -> Outcome {
     match answer {
-        Acquired::Granted(lease) => granted(&lease.info().lease, lease.previous()),
+        Acquired::Granted(lease) => {
+            let mut out = granted(&lease.info().lease, lease.previous());
+            if !lease.certificate().is_empty() {
+                out.json["certificate"] = lease.certificate().into();
+            }
+            out
+        }
         Acquired::Busy {
             holder,
             holder_instance,
@@ -490,6 +496,7 @@ mod tests {
                     ..Default::default()
                 }),
                 previous: None,
+                certificate: String::new(),
             })),
         });
         assert_eq!(granted.code, exit::OK);

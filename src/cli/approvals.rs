@@ -172,6 +172,7 @@ mod tests {
                             ..Default::default()
                         }),
                         previous: None,
+                        certificate: String::new(),
                     })),
                 }),
             },

@@ -20,6 +20,7 @@ mod audit;
 mod dev;
 mod policy;
 mod run;
+mod security;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -97,6 +98,25 @@ struct Common {
     /// Output format.
     #[arg(long, value_enum, default_value = "text", global = true)]
     output: Output,
+    /// The cluster CA certificate (PEM): speak TLS and trust only servers it signed. Without it the
+    /// CLI speaks plaintext, which only an insecure (development) cluster accepts.
+    #[arg(long, env = "WARRANT_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// Your client certificate (PEM); its URI SAN names your principal.
+    #[arg(long, env = "WARRANT_CERT", global = true, requires = "key")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, env = "WARRANT_KEY", global = true, requires = "cert")]
+    key: Option<PathBuf>,
+    /// An access token (`warrant token create`) instead of a certificate. Prefer the environment
+    /// variable: a command-line argument is visible to other local users.
+    #[arg(
+        long,
+        env = "WARRANT_ACCESS_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    access_token: Option<String>,
 }
 
 /// [`Common`] plus who the caller is: every client command whose `--principal` is not about
@@ -106,14 +126,10 @@ struct Common {
 struct Conn {
     #[command(flatten)]
     common: Common,
-    /// Who you are: agent/NAME or human/NAME (until authentication lands, a claim).
-    #[arg(
-        long,
-        env = "WARRANT_PRINCIPAL",
-        default_value = "agent/cli",
-        global = true
-    )]
-    principal: String,
+    /// Who you are: agent/NAME or human/NAME. On a secure cluster it defaults to the principal
+    /// your certificate or token names (naming another is refused); on an insecure one to agent/cli.
+    #[arg(long, env = "WARRANT_PRINCIPAL", global = true)]
+    principal: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -228,6 +244,34 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Certificates for a cluster: a CA, node and client certificates, the signing key.
+    Certs {
+        #[command(subcommand)]
+        command: security::CertsCommand,
+    },
+    /// Access tokens (admin): create, revoke.
+    Token {
+        #[command(subcommand)]
+        command: security::TokenCommand,
+    },
+    /// Offline: is a grant certificate (FILE, or - for stdin) genuine, for RESOURCE, not run out,
+    /// and not below the highest token seen? Exit 0 valid, 3 superseded, 4 refused.
+    VerifyGrant {
+        file: PathBuf,
+        #[arg(long)]
+        resource: String,
+        /// The cluster's public key file (cluster-signing.pub from `warrant certs init`).
+        #[arg(long, env = "WARRANT_CLUSTER_KEY")]
+        cluster_key: PathBuf,
+        /// Refuse a certificate unless now + SKEW ≤ its not_after.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+        skew: Duration,
+        /// The highest token the resource has seen; a lower one is superseded.
+        #[arg(long, default_value_t = 0)]
+        highest: u64,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
     },
     /// Acquire RESOURCE, run CMD while the lease is alive, release on exit.
     Run {
@@ -390,6 +434,15 @@ async fn dispatch(command: Command) -> u8 {
             Err(e) => fail(&e),
         },
         // Offline: no cluster, no connection.
+        Command::Certs { command } => security::certs(command),
+        Command::VerifyGrant {
+            file,
+            resource,
+            cluster_key,
+            skew,
+            highest,
+            output,
+        } => security::verify_grant(&file, &resource, &cluster_key, skew, highest, output),
         Command::Policy {
             command:
                 PolicyCommand::Validate {
@@ -417,17 +470,12 @@ async fn serve(path: PathBuf) -> u8 {
             return exit::INVALID;
         }
     };
-    if !config.insecure {
-        eprintln!(
-            "error: config {}: key `insecure`: client authentication is not built yet, so the server can only run \
-             in insecure mode; set insecure = true (development only)",
-            path.display()
+    if config.insecure {
+        tracing::warn!(
+            "INSECURE MODE: plaintext gRPC, clients and peers are not authenticated, and any caller can \
+             claim any principal; for development only (see README \"Security\")"
         );
-        return exit::INVALID;
     }
-    tracing::warn!(
-        "INSECURE MODE: clients are not authenticated and any caller can claim any principal; for development only"
-    );
     let node = match crate::server::start(config).await {
         Ok(n) => n,
         Err(e) => {
@@ -451,21 +499,54 @@ pub(crate) async fn wait_for_shutdown_signal() {
 }
 
 fn connect(conn: &Conn, instance: Option<&str>) -> Result<Client, ClientError> {
-    connect_as(&conn.common, &conn.principal, instance)
+    connect_as(&conn.common, conn.principal.as_deref(), instance)
 }
 
-/// Principal of a client made for calls that carry none (`policy test`, `audit query`).
-const NO_PRINCIPAL: &str = "agent/cli";
+/// The principal of an insecure caller that names none.
+const DEFAULT_PRINCIPAL: &str = "agent/cli";
 
 fn connect_as(
     common: &Common,
-    principal: &str,
+    principal: Option<&str>,
     instance: Option<&str>,
 ) -> Result<Client, ClientError> {
-    let mut config = ClientConfig::new(common.endpoints.clone(), principal)?;
+    let tls = match &common.ca {
+        None => None,
+        Some(ca) => Some(
+            crate::client::TlsFiles {
+                ca: ca.clone(),
+                cert_and_key: common.cert.clone().zip(common.key.clone()),
+            }
+            .load()
+            .map_err(ClientError::Invalid)?,
+        ),
+    };
+    if tls.is_none() && common.cert.is_some() {
+        return Err(ClientError::Invalid(
+            "--cert needs --ca (or WARRANT_CA): the cluster CA to verify the servers with".into(),
+        ));
+    }
+    let authenticated = tls
+        .as_ref()
+        .and_then(|t| t.identity.as_ref())
+        .and_then(|i| i.principal().map(|p| p.to_string()))
+        .or_else(|| {
+            common
+                .access_token
+                .as_deref()
+                .and_then(crate::security::token::peek_principal)
+                .map(|p| p.to_string())
+        });
+    let principal = principal
+        .map(str::to_string)
+        .or(authenticated)
+        .unwrap_or_else(|| DEFAULT_PRINCIPAL.to_string());
+    let mut config = ClientConfig::new(common.endpoints.clone(), &principal)?;
     if let Some(i) = instance {
         config.instance = InstanceId::parse(i)?;
     }
+    config.tls = tls;
+    config.access_token = common.access_token.clone().map(crate::client::AccessToken);
     Client::new(config)
 }
 
@@ -559,6 +640,11 @@ async fn client_command(command: Command) -> u8 {
         }
         | Command::Approve { conn, .. }
         | Command::Reject { conn, .. }
+        | Command::Token {
+            command:
+                security::TokenCommand::Create { conn, .. }
+                | security::TokenCommand::Revoke { conn, .. },
+        }
         | Command::Audit {
             command: AuditCommand::Export { conn, .. } | AuditCommand::Verify { conn, .. },
         } => (conn.common.clone(), conn.principal.clone(), None),
@@ -568,10 +654,14 @@ async fn client_command(command: Command) -> u8 {
         }
         | Command::Audit {
             command: AuditCommand::Query { common, .. },
-        } => (common.clone(), NO_PRINCIPAL.to_string(), None),
-        Command::Server { .. } | Command::Dev { .. } | Command::Run { .. } => return exit::OTHER,
+        } => (common.clone(), None, None),
+        Command::Server { .. }
+        | Command::Dev { .. }
+        | Command::Run { .. }
+        | Command::Certs { .. }
+        | Command::VerifyGrant { .. } => return exit::OTHER,
     };
-    let client = match connect_as(&common, &principal, instance.as_deref()) {
+    let client = match connect_as(&common, principal.as_deref(), instance.as_deref()) {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
@@ -615,6 +705,7 @@ async fn execute(client: &Client, command: Command) -> Result<Outcome, ClientErr
         Command::Reject {
             request_id, reason, ..
         } => approvals::reject(client, &request_id, &reason).await?,
+        Command::Token { command } => security::token(client, command).await?,
         Command::Keepalive { lease_id, .. } => {
             let resp = client.keepalive(&lease_id).await?;
             match resp.result {
@@ -781,6 +872,8 @@ async fn execute(client: &Client, command: Command) -> Result<Outcome, ClientErr
         }
         Command::Server { .. }
         | Command::Dev { .. }
+        | Command::Certs { .. }
+        | Command::VerifyGrant { .. }
         | Command::Run { .. }
         | Command::Audit { .. } => {
             return Err(ClientError::Invalid(

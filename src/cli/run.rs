@@ -69,6 +69,9 @@ pub async fn run(client: Client, opts: AcquireOptions, grace: Duration, cmd: Vec
         .env("WARRANT_ENDPOINTS", client.config().endpoints.join(","))
         .env("WARRANT_PRINCIPAL", client.config().principal.to_string())
         .env("WARRANT_INSTANCE", client.config().instance.to_string());
+    if !lease.certificate().is_empty() {
+        command.env("WARRANT_GRANT_CERTIFICATE", lease.certificate());
+    }
     if let Some(checkpoint) = lease.previous().and_then(|p| p.checkpoint.as_ref()) {
         command.env(
             "WARRANT_PREVIOUS_CHECKPOINT",

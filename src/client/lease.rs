@@ -49,6 +49,9 @@ pub struct LeaseInfo {
     pub lease: proto::Lease,
     /// The predecessor on this task (or the taken-over holder), with its last checkpoint.
     pub previous: Option<proto::Previous>,
+    /// The grant certificate (secure clusters; empty otherwise): hand it to a resource that
+    /// verifies grants offline.
+    pub certificate: String,
 }
 
 /// A granted lease, kept alive in the background until released or dropped.
@@ -72,6 +75,7 @@ impl Lease {
         client: Client,
         lease: proto::Lease,
         previous: Option<proto::Previous>,
+        certificate: String,
         t_send: Instant,
     ) -> Self {
         let ttl = Duration::from_millis(lease.ttl_ms);
@@ -87,7 +91,11 @@ impl Lease {
         ));
         Self {
             client,
-            info: LeaseInfo { lease, previous },
+            info: LeaseInfo {
+                lease,
+                previous,
+                certificate,
+            },
             validity: rx,
             keeper,
         }
@@ -111,6 +119,12 @@ impl Lease {
     /// The resource this lease is for.
     pub fn resource(&self) -> &str {
         &self.info.lease.resource
+    }
+
+    /// The grant certificate as granted (empty on an insecure cluster). It runs out at grant time +
+    /// ttl; [`Client::refresh_certificate`] gets a fresh one for a lease kept alive longer.
+    pub fn certificate(&self) -> &str {
+        &self.info.certificate
     }
 
     /// What the predecessor on this task left behind, if anything.

@@ -31,6 +31,7 @@ mod audit;
 mod fence;
 mod governance;
 mod lease;
+mod tokens;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -39,13 +40,16 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 pub use audit::audit_record_from_proto;
-pub use fence::{FenceGuard, StaleToken};
+pub use fence::{
+    CertificateRefused, FenceGuard, GrantCertError, GrantClaims, GrantVerifier, StaleToken,
+};
 pub use governance::PolicyTest;
 pub use lease::{Lease, LeaseInfo, LostReason};
 
 use crate::model::{InstanceId, Principal, ValidationError};
 use crate::proto;
 use crate::proto::warrant_client::WarrantClient;
+pub use crate::security::tls::{TlsFiles, TlsMaterial};
 use crate::server::LEADER_METADATA;
 
 /// Longest a single attempt at one node may take before the next node is tried.
@@ -115,7 +119,43 @@ pub struct ClientConfig {
     pub call_timeout: Duration,
     /// Safety margin for clock drift in the holder's own validity check (DESIGN rule 1).
     pub drift: f64,
+    /// TLS to the cluster (its CA, and this caller's certificate if it has one). `None` speaks
+    /// plaintext, which only an insecure (development) cluster accepts.
+    pub tls: Option<TlsMaterial>,
+    /// An access token (`v4.public.…`) for callers without a certificate; sent on every request.
+    pub access_token: Option<AccessToken>,
 }
+
+/// An access token's text; never shown by `Debug`.
+#[derive(Clone)]
+pub struct AccessToken(pub String);
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessToken(…)")
+    }
+}
+
+/// Puts the access token, if any, on every request.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl tonic::service::Interceptor for Credentials {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.bearer {
+            request
+                .metadata_mut()
+                .insert(crate::server::auth::AUTHORIZATION, v.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A client stub for one endpoint, with credentials attached.
+pub(crate) type Rpc =
+    WarrantClient<tonic::service::interceptor::InterceptedService<Channel, Credentials>>;
 
 impl ClientConfig {
     /// A config with a fresh instance id and default timeouts.
@@ -139,6 +179,8 @@ impl ClientConfig {
             instance: InstanceId::parse(&uuid::Uuid::new_v4().to_string())?,
             call_timeout: Duration::from_secs(15),
             drift: 0.05,
+            tls: None,
+            access_token: None,
         })
     }
 }
@@ -254,6 +296,7 @@ struct Inner {
     /// The endpoint that last answered as leader (tried first).
     preferred: Mutex<Option<String>>,
     channels: Mutex<std::collections::HashMap<String, Channel>>,
+    credentials: Credentials,
 }
 
 impl Client {
@@ -263,11 +306,24 @@ impl Client {
             Endpoint::from_shared(format!("http://{e}"))
                 .map_err(|_| ClientError::Invalid(format!("endpoint {e:?} is not host:port")))?;
         }
+        let bearer = match &config.access_token {
+            None => None,
+            Some(t) => Some(format!("Bearer {}", t.0).parse().map_err(|_| {
+                ClientError::Invalid("the access token has characters a header cannot carry".into())
+            })?),
+        };
+        if bearer.is_some() && config.tls.is_none() {
+            return Err(ClientError::Invalid(
+                "an access token is only sent over TLS: give the cluster CA too (--ca or WARRANT_CA)"
+                    .into(),
+            ));
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
                 preferred: Mutex::new(None),
                 channels: Mutex::new(Default::default()),
+                credentials: Credentials { bearer },
             }),
         })
     }
@@ -286,8 +342,19 @@ impl Client {
         if let Some(c) = channels.get(endpoint) {
             return Ok(c.clone());
         }
-        let c = Endpoint::from_shared(format!("http://{endpoint}"))
-            .map_err(|_| ClientError::Invalid(format!("endpoint {endpoint:?} is not host:port")))?
+        let scheme = if self.inner.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut e = Endpoint::from_shared(format!("{scheme}://{endpoint}"))
+            .map_err(|_| ClientError::Invalid(format!("endpoint {endpoint:?} is not host:port")))?;
+        if let Some(tls) = &self.inner.config.tls {
+            e = e
+                .tls_config(tls.client())
+                .map_err(|err| ClientError::Invalid(format!("TLS settings: {err}")))?;
+        }
+        let c = e
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             // Notice a paused or partitioned node within seconds instead of waiting on a dead stream.
@@ -297,6 +364,13 @@ impl Client {
             .connect_lazy();
         channels.insert(endpoint.to_string(), c.clone());
         Ok(c)
+    }
+
+    fn rpc(&self, endpoint: &str) -> Result<Rpc, ClientError> {
+        Ok(WarrantClient::with_interceptor(
+            self.channel(endpoint)?,
+            self.inner.credentials.clone(),
+        ))
     }
 
     fn candidates(&self) -> Vec<String> {
@@ -337,7 +411,7 @@ impl Client {
         mut f: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(WarrantClient<Channel>) -> Fut,
+        F: FnMut(Rpc) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -349,7 +423,7 @@ impl Client {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 let answer = tokio::time::timeout(
                     attempt.min(left).max(Duration::from_millis(50)),
-                    f(WarrantClient::new(self.channel(&endpoint)?)),
+                    f(self.rpc(&endpoint)?),
                 )
                 .await
                 .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer in time")));
@@ -473,6 +547,7 @@ impl Client {
                     self.clone(),
                     lease,
                     g.previous,
+                    g.certificate,
                     t_send,
                 )))
             }
@@ -508,6 +583,23 @@ impl Client {
 
     /// One keepalive for a lease by id (the `Lease` handle does this itself).
     pub async fn keepalive(&self, lease_id: &str) -> Result<proto::KeepAliveResponse, ClientError> {
+        self.keepalive_with(lease_id, false).await
+    }
+
+    /// A keepalive that also asks for a fresh grant certificate (`not_after` = now + ttl); on a
+    /// secure cluster the answer's `certificate` carries it.
+    pub async fn refresh_certificate(
+        &self,
+        lease_id: &str,
+    ) -> Result<proto::KeepAliveResponse, ClientError> {
+        self.keepalive_with(lease_id, true).await
+    }
+
+    async fn keepalive_with(
+        &self,
+        lease_id: &str,
+        certificate: bool,
+    ) -> Result<proto::KeepAliveResponse, ClientError> {
         let principal = self.inner.config.principal.to_string();
         let timeout = self.inner.config.call_timeout;
         let lease_id = lease_id.to_string();
@@ -515,6 +607,7 @@ impl Client {
             let req = proto::KeepAliveRequest {
                 lease_id: lease_id.clone(),
                 principal: principal.clone(),
+                certificate,
             };
             async move {
                 let mut stream = c.keep_alive(tokio_stream::once(req)).await?.into_inner();
@@ -638,7 +731,7 @@ impl Client {
     pub async fn status(&self) -> Result<proto::StatusResponse, ClientError> {
         let mut last = String::new();
         for endpoint in self.candidates() {
-            let mut client = WarrantClient::new(self.channel(&endpoint)?);
+            let mut client = self.rpc(&endpoint)?;
             match tokio::time::timeout(
                 Duration::from_secs(3),
                 client.status(proto::StatusRequest {}),
@@ -646,6 +739,21 @@ impl Client {
             .await
             {
                 Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                // Refused (not authenticated, over a limit): another node would say the same.
+                Ok(Err(s))
+                    if !matches!(
+                        s.code(),
+                        Code::Unavailable
+                            | Code::DeadlineExceeded
+                            | Code::Cancelled
+                            | Code::Unknown
+                    ) =>
+                {
+                    return Err(ClientError::Server {
+                        code: s.code(),
+                        message: s.message().to_string(),
+                    })
+                }
                 Ok(Err(s)) => last = format!("{endpoint}: {}", s.message()),
                 Err(_) => last = format!("{endpoint}: timed out"),
             }

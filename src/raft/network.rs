@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::{NodeAddr, NodeId, TypeConfig};
 use crate::proto::raft::raft_client::RaftClient;
@@ -28,16 +28,29 @@ use crate::proto::raft::RaftMessage;
 #[derive(Clone, Default)]
 pub struct Network {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// mTLS to peers (this node's certificate, the cluster CA); `None` in insecure mode.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Network {
+    pub fn new(tls: Option<ClientTlsConfig>) -> Self {
+        Self {
+            channels: Default::default(),
+            tls,
+        }
+    }
+
     fn channel(&self, addr: &str) -> Option<Channel> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = channels.get(addr) {
             return Some(c.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{addr}"))
-            .ok()?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).ok()?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).ok()?;
+        }
+        let channel = endpoint
             .connect_timeout(std::time::Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(std::time::Duration::from_secs(1))

@@ -77,3 +77,11 @@ impl TlsMaterial {
         c
     }
 }
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}

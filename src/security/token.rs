@@ -68,6 +68,18 @@ impl AccessClaims {
     }
 }
 
+/// The principal a token names, read WITHOUT checking its signature: only for choosing a default
+/// (the CLI's `--principal`); the cluster verifies the token on every request.
+pub fn peek_principal(text: &str) -> Option<Principal> {
+    use pasetors::token::UntrustedToken;
+    use pasetors::version4::V4;
+    use pasetors::Public;
+    let untrusted = UntrustedToken::<Public, V4>::try_from(text.trim()).ok()?;
+    serde_json::from_slice::<AccessClaims>(untrusted.untrusted_payload())
+        .ok()
+        .map(|c| c.principal)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +103,7 @@ mod tests {
             AccessClaims::verify(&k.verifying_key(), "c", &t, 9_999).unwrap(),
             claims()
         );
+        assert_eq!(peek_principal(&t), Some(claims().principal));
         assert!(matches!(
             AccessClaims::verify(&k.verifying_key(), "c", &t, 10_000),
             Err(TokenError::Expired { .. })

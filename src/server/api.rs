@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth;
 use super::convert::{self, invalid, op_error};
 use super::governance::AuditStream;
 use super::Shared;
@@ -27,11 +28,10 @@ const MAX_REASON_BYTES: usize = 1024;
 const MAX_NOTES_IN_FLIGHT: usize = 4096;
 /// Cap on a List answer.
 const MAX_LIST: usize = 10_000;
-/// Largest client request accepted (a policy set with its entities is the largest legitimate one).
-const MAX_REQUEST_BYTES: usize = 3 * 1024 * 1024;
 
 pub fn service(shared: Arc<Shared>) -> warrant_server::WarrantServer<Api> {
-    warrant_server::WarrantServer::new(Api { shared }).max_decoding_message_size(MAX_REQUEST_BYTES)
+    let max = shared.config.limits.max_request_bytes;
+    warrant_server::WarrantServer::new(Api { shared }).max_decoding_message_size(max)
 }
 
 pub struct Api {
@@ -74,6 +74,23 @@ impl Api {
         Ok(())
     }
 
+    /// A grant certificate for `lease` valid until `not_after_ms`; empty on insecure clusters.
+    pub(super) fn certificate(&self, lease: &crate::model::Lease, not_after_ms: u64) -> String {
+        let Some(key) = &self.shared.auth.signing else {
+            return String::new();
+        };
+        crate::security::GrantClaims {
+            cluster: self.shared.config.cluster_name.clone(),
+            resource: lease.resource.to_string(),
+            token: lease.token.0,
+            lease_id: lease.lease_id.to_string(),
+            principal: lease.principal.to_string(),
+            instance: lease.instance.to_string(),
+            not_after_ms,
+        }
+        .sign(key)
+    }
+
     fn remaining(&self, id: LeaseId) -> Option<Duration> {
         self.shared.clock.remaining(id)
     }
@@ -91,6 +108,11 @@ impl Api {
                 Outcome::Granted(proto::Granted {
                     lease: Some(convert::lease(&g.lease, remaining)),
                     previous: g.previous.as_ref().map(convert::previous),
+                    // Grant time + ttl, both replicated: any member signs the same bytes.
+                    certificate: self.certificate(
+                        &g.lease,
+                        g.lease.granted_at_ms.saturating_add(g.lease.ttl_ms),
+                    ),
                 })
             }
             AcquireOutcome::Busy { holder } => Outcome::Busy(proto::Busy {
@@ -194,15 +216,17 @@ impl Api {
     /// a lease's first keepalive in this term, then move its deadline.
     async fn keepalive_one(
         &self,
+        caller: &auth::Caller,
         req: proto::KeepAliveRequest,
     ) -> Result<proto::KeepAliveResponse, Status> {
         use proto::keep_alive_response::Result as KaResult;
         let id = lease_id(&req.lease_id)?;
-        let who = principal(&req.principal)?;
+        let who = caller.principal(&req.principal)?;
         let lost = |reason: String| {
             Ok(proto::KeepAliveResponse {
                 lease_id: req.lease_id.clone(),
                 result: Some(KaResult::Lost(reason)),
+                certificate: String::new(),
             })
         };
         let Some(term) = self.shared.clock.active_term() else {
@@ -248,18 +272,27 @@ impl Api {
         }
         // The confirmation waited until everything committed before it was applied: a revoke,
         // release or takeover that won the race is visible now, with its reason (etcd#14758).
-        {
+        let lease = {
             let sm = self.shared.sm.read();
-            if sm.state.lease(&id).is_none() {
-                let reason = sm.state.ended(&id).map(|r| r.to_string());
-                return lost(reason.unwrap_or_else(|| "unknown lease".to_string()));
+            match sm.state.lease(&id) {
+                Some(l) => l.clone(),
+                None => {
+                    let reason = sm.state.ended(&id).map(|r| r.to_string());
+                    return lost(reason.unwrap_or_else(|| "unknown lease".to_string()));
+                }
             }
-        }
+        };
         let ttl = Duration::from_millis(ttl_ms);
         if self.shared.clock.renew(id, ttl) {
+            let certificate = if req.certificate {
+                self.certificate(&lease, super::wall_now_ms().saturating_add(ttl_ms))
+            } else {
+                String::new()
+            };
             Ok(proto::KeepAliveResponse {
                 lease_id: req.lease_id.clone(),
                 result: Some(KaResult::TtlMs(ttl_ms)),
+                certificate,
             })
         } else {
             lost("expired".to_string())
@@ -275,6 +308,7 @@ impl warrant_server::Warrant for Api {
         &self,
         request: Request<proto::AcquireRequest>,
     ) -> Result<Response<proto::AcquireResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let mut r = request.into_inner();
         // `warrant acquire --wait 10m` asks to wait for humans and then for the resource: the queue
         // part is capped at max_wait rather than refused.
@@ -286,7 +320,7 @@ impl warrant_server::Warrant for Api {
         let cmd = AcquireCmd {
             request_id: request_id.clone(),
             resource: resource(&r.resource)?,
-            principal: principal(&r.principal)?,
+            principal: caller.principal(&r.principal)?,
             instance: InstanceId::parse(&r.instance).map_err(invalid)?,
             ttl_ms: r.ttl_ms,
             intent: convert::intent_to_model(r.intent)?,
@@ -317,6 +351,12 @@ impl warrant_server::Warrant for Api {
             )));
         }
         let principal = cmd.principal.clone();
+        // A caller that may wait holds one of its principal's waiter slots until it is answered.
+        let _waiting = if r.wait_ms > 0 || !approval_wait.is_zero() {
+            Some(self.shared.auth.waiter_slot(&caller, principal.as_str())?)
+        } else {
+            None
+        };
         let woken = self.shared.waiters.register(&request_id);
         let answer = match self.answer_without_write(&cmd).await {
             Ok(Some(answer)) => answer,
@@ -393,18 +433,23 @@ impl warrant_server::Warrant for Api {
         if self.shared.clock.active_term().is_none() {
             return Err(self.shared.redirect());
         }
+        let caller = auth::caller(&request)?;
+        // The slot is held for as long as the stream is open.
+        let slot = self.shared.auth.stream_slot(&caller, "")?;
         let mut incoming = request.into_inner();
         let (tx, rx) = mpsc::channel(256);
         let api = Api {
             shared: self.shared.clone(),
         };
         tokio::spawn(async move {
+            let _slot = slot;
             let api = Arc::new(api);
+            let caller = Arc::new(caller);
             while let Some(msg) = incoming.next().await {
                 let Ok(req) = msg else { break };
-                let (api, tx) = (api.clone(), tx.clone());
+                let (api, tx, caller) = (api.clone(), tx.clone(), caller.clone());
                 tokio::spawn(async move {
-                    let _ = tx.send(api.keepalive_one(req).await).await;
+                    let _ = tx.send(api.keepalive_one(&caller, req).await).await;
                 });
             }
         });
@@ -415,6 +460,7 @@ impl warrant_server::Warrant for Api {
         &self,
         request: Request<proto::CheckpointRequest>,
     ) -> Result<Response<proto::CheckpointResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
         if r.data.len() > MAX_CHECKPOINT_BYTES {
             return Err(Status::invalid_argument(format!(
@@ -424,7 +470,7 @@ impl warrant_server::Warrant for Api {
         }
         let cmd = Command::Checkpoint {
             lease_id: lease_id(&r.lease_id)?,
-            principal: principal(&r.principal)?,
+            principal: caller.principal(&r.principal)?,
             token: FencingToken(r.token),
             data: r.data,
         };
@@ -441,6 +487,7 @@ impl warrant_server::Warrant for Api {
         &self,
         request: Request<proto::ReleaseRequest>,
     ) -> Result<Response<proto::ReleaseResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
         let outcome = match proto::ReleaseOutcome::try_from(r.outcome) {
             Ok(proto::ReleaseOutcome::Unspecified) => None,
@@ -455,7 +502,7 @@ impl warrant_server::Warrant for Api {
         };
         let cmd = Command::Release {
             lease_id: lease_id(&r.lease_id)?,
-            principal: principal(&r.principal)?,
+            principal: caller.principal(&r.principal)?,
             outcome,
         };
         match self.shared.propose(cmd).await? {
@@ -472,8 +519,9 @@ impl warrant_server::Warrant for Api {
         &self,
         request: Request<proto::RevokeRequest>,
     ) -> Result<Response<proto::RevokeResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
-        let by = principal(&r.principal)?;
+        let by = caller.principal(&r.principal)?;
         let target = match (r.resource.is_empty(), r.lease_id.is_empty()) {
             (false, true) => RevokeTarget::Resource(resource(&r.resource)?),
             (true, false) => RevokeTarget::Lease(lease_id(&r.lease_id)?),
@@ -630,7 +678,8 @@ impl warrant_server::Warrant for Api {
         &self,
         request: Request<proto::PutPolicyRequest>,
     ) -> Result<Response<proto::PutPolicyResponse>, Status> {
-        self.put_policy_rpc(request.into_inner()).await
+        self.put_policy_rpc(auth::caller(&request)?, request.into_inner())
+            .await
     }
 
     async fn get_policy(
@@ -658,14 +707,16 @@ impl warrant_server::Warrant for Api {
         &self,
         request: Request<proto::ApproveRequest>,
     ) -> Result<Response<proto::ApproveResponse>, Status> {
-        self.approve_rpc(request.into_inner()).await
+        self.approve_rpc(auth::caller(&request)?, request.into_inner())
+            .await
     }
 
     async fn reject(
         &self,
         request: Request<proto::RejectRequest>,
     ) -> Result<Response<proto::RejectResponse>, Status> {
-        self.reject_rpc(request.into_inner()).await
+        self.reject_rpc(auth::caller(&request)?, request.into_inner())
+            .await
     }
 
     type QueryAuditStream = AuditStream;
@@ -674,7 +725,8 @@ impl warrant_server::Warrant for Api {
         &self,
         request: Request<proto::QueryAuditRequest>,
     ) -> Result<Response<Self::QueryAuditStream>, Status> {
-        self.query_audit_rpc(request.into_inner())
+        self.query_audit_rpc(auth::caller(&request)?, request.into_inner())
+            .await
     }
 
     type ExportAuditStream = AuditStream;
@@ -683,7 +735,24 @@ impl warrant_server::Warrant for Api {
         &self,
         request: Request<proto::ExportAuditRequest>,
     ) -> Result<Response<Self::ExportAuditStream>, Status> {
-        self.export_audit_rpc(request.into_inner())
+        self.export_audit_rpc(auth::caller(&request)?, request.into_inner())
+            .await
+    }
+
+    async fn mint_token(
+        &self,
+        request: Request<proto::MintTokenRequest>,
+    ) -> Result<Response<proto::MintTokenResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        self.mint_token_rpc(caller, request.into_inner()).await
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<proto::RevokeTokenRequest>,
+    ) -> Result<Response<proto::RevokeTokenResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        self.revoke_token_rpc(caller, request.into_inner()).await
     }
 
     async fn verify_audit(

@@ -75,8 +75,10 @@ async fn fetch(shared: &Shared, peer: &str, gap: AuditGap) -> Result<(), String>
             .ok_or_else(|| format!("this node lacks record {} too", gap.from - 1))?
             .hash
     };
-    let config =
+    let mut config =
         ClientConfig::new([peer.to_string()], "agent/warrant-node").map_err(|e| e.to_string())?;
+    // With TLS, the node's own certificate (a node identity) authenticates it to its peer.
+    config.tls = shared.tls.clone();
     let client = Client::new(config).map_err(|e| e.to_string())?;
     let mut records = Box::pin(client.export_audit(gap.from));
     let mut next = gap.from;

@@ -120,6 +120,49 @@ impl DefaultDecision {
     }
 }
 
+/// `[security]`: the files that make a node secure. Required unless `insecure = true`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// The cluster CA certificate (PEM): peers and clients must present certificates it signed.
+    pub ca: PathBuf,
+    /// This node's certificate (PEM); its URI SAN must be `spiffe://warrant/node/<node_id>`.
+    pub cert: PathBuf,
+    /// This node's private key (PEM).
+    pub key: PathBuf,
+    /// The cluster's Ed25519 signing key (`k4.secret.…`, the same on every node): signs access
+    /// tokens and grant certificates.
+    pub signing_key: PathBuf,
+}
+
+/// `[limits]`: what one principal may use, so no principal can starve the others. 0 = no limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request accepted, in bytes.
+    pub max_request_bytes: usize,
+    /// Sustained requests per second per principal (RPCs and keepalive-stream opens).
+    pub requests_per_second: u32,
+    /// Requests a principal may send in a burst above its rate.
+    pub burst: u32,
+    /// Open keepalive streams per principal.
+    pub keepalive_streams: u32,
+    /// Acquires per principal waiting at once (queued with `wait`, or waiting for approval).
+    pub waiters: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 3 * 1024 * 1024,
+            requests_per_second: 20_000,
+            burst: 40_000,
+            keepalive_streams: 1024,
+            waiters: 4096,
+        }
+    }
+}
+
 fn default_approval_timeout() -> Duration {
     Duration::from_secs(3600)
 }
@@ -140,9 +183,14 @@ pub struct Config {
     /// When true, this node initialises the cluster (with all `peers` as voters) on its first start.
     #[serde(default)]
     pub bootstrap: bool,
-    /// Must be true for now: clients are not authenticated yet, and the server says so at start.
+    /// Development only: plaintext gRPC, no authentication, and callers name their own principal.
+    /// The server warns at every start. Without it, `[security]` is required.
     #[serde(default)]
     pub insecure: bool,
+    #[serde(default)]
+    pub security: Option<SecurityConfig>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Principals allowed to revoke while no policy is loaded, and to put policy at any time (the
     /// break-glass path; audited like everything else).
     #[serde(default)]
@@ -169,12 +217,19 @@ impl Config {
             source,
         })?;
         let mut config = Self::parse(&text, &shown)?;
-        if config.data_dir.is_relative() {
-            let base = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            config.data_dir = base.join(&config.data_dir);
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let mut paths = vec![&mut config.data_dir];
+        if let Some(s) = &mut config.security {
+            paths.extend([&mut s.ca, &mut s.cert, &mut s.key, &mut s.signing_key]);
+        }
+        for p in paths {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
         }
         Ok(config)
     }
@@ -226,6 +281,29 @@ impl Config {
         }
         for (i, admin) in self.admins.iter().enumerate() {
             Principal::parse(admin).map_err(|e| bad(&format!("admins[{i}]"), e.to_string()))?;
+        }
+        match (&self.security, self.insecure) {
+            (None, false) => {
+                return Err(bad(
+                    "security",
+                    "a secure node needs [security] with ca, cert, key and signing_key (make them with \
+                     `warrant certs init --out DIR`), or insecure = true for development only"
+                        .into(),
+                ))
+            }
+            (Some(_), true) => {
+                return Err(bad(
+                    "insecure",
+                    "insecure = true and a [security] table both given; remove one".into(),
+                ))
+            }
+            _ => {}
+        }
+        if self.limits.max_request_bytes < 64 * 1024 {
+            return Err(bad(
+                "limits.max_request_bytes",
+                "must be at least 65536 (a policy set and its entities must fit)".into(),
+            ));
         }
         if self.approval_timeout < Duration::from_secs(1) {
             return Err(bad("approval_timeout", "must be at least 1s".into()));

@@ -14,11 +14,13 @@ use tokio_stream::Stream;
 use tonic::{Response, Status};
 
 use super::api::{principal, resource, Api};
+use super::auth::Caller;
 use super::convert::{self, invalid, op_error};
 use crate::audit::{AuditDecision, AuditFilter, AuditRecord};
 use crate::model::{self, Command, Facts, Intent, RequestId, Verdict};
 use crate::policy::{self, Action};
 use crate::proto;
+use crate::security::Identity;
 
 /// Largest policy text or entities document accepted.
 const MAX_POLICY_BYTES: usize = 1024 * 1024;
@@ -52,9 +54,10 @@ fn request_id(s: &str) -> Result<RequestId, Status> {
 impl Api {
     pub(super) async fn put_policy_rpc(
         &self,
+        caller: Caller,
         r: proto::PutPolicyRequest,
     ) -> Result<Response<proto::PutPolicyResponse>, Status> {
-        let by = principal(&r.principal)?;
+        let by = caller.principal(&r.principal)?;
         if r.policies.len() > MAX_POLICY_BYTES || r.entities.len() > MAX_POLICY_BYTES {
             return Err(Status::invalid_argument(format!(
                 "policies and entities are each limited to {MAX_POLICY_BYTES} bytes"
@@ -207,10 +210,11 @@ impl Api {
 
     pub(super) async fn approve_rpc(
         &self,
+        caller: Caller,
         r: proto::ApproveRequest,
     ) -> Result<Response<proto::ApproveResponse>, Status> {
         let id = request_id(&r.request_id)?;
-        let by = principal(&r.principal)?;
+        let by = caller.principal(&r.principal)?;
         note("comment", &r.comment, false)?;
         match self
             .shared
@@ -238,10 +242,11 @@ impl Api {
 
     pub(super) async fn reject_rpc(
         &self,
+        caller: Caller,
         r: proto::RejectRequest,
     ) -> Result<Response<proto::RejectResponse>, Status> {
         let id = request_id(&r.request_id)?;
-        let by = principal(&r.principal)?;
+        let by = caller.principal(&r.principal)?;
         note("reason", &r.reason, true)?;
         match self
             .shared
@@ -260,8 +265,34 @@ impl Api {
         }
     }
 
-    pub(super) fn query_audit_rpc(
+    /// Reading the audit is an admin action when callers are authenticated: Cedar (or the config's
+    /// admins) decides in apply, and the read is audited, denials too. Members fetching records they
+    /// lack after a snapshot (`audit_sync`) need no policy.
+    async fn authorize_audit_read(&self, caller: &Caller, detail: String) -> Result<(), Status> {
+        let by = match &caller.identity {
+            None | Some(Identity::Node(_)) => return Ok(()),
+            Some(Identity::Principal(p)) => p.clone(),
+        };
+        let by_admin = self.shared.admins.contains(&by);
+        match self
+            .shared
+            .propose(Command::AdminCheck {
+                by,
+                by_admin,
+                action: "audit_read".into(),
+                detail,
+            })
+            .await?
+        {
+            model::Response::AdminCheck(Ok(())) => Ok(()),
+            model::Response::AdminCheck(Err(e)) => Err(op_error(&e)),
+            _ => Err(Status::internal("unexpected answer to AdminCheck")),
+        }
+    }
+
+    pub(super) async fn query_audit_rpc(
         &self,
+        caller: Caller,
         r: proto::QueryAuditRequest,
     ) -> Result<Response<AuditStream>, Status> {
         let filter = AuditFilter {
@@ -296,14 +327,22 @@ impl Api {
             0 => DEFAULT_AUDIT_LIMIT,
             n => n.min(MAX_AUDIT_LIMIT),
         };
+        self.audit_whole()?;
+        self.authorize_audit_read(&caller, format!("query {filter:?}"))
+            .await?;
         self.stream_audit(1, move |rec| filter.matches(rec), limit)
     }
 
-    pub(super) fn export_audit_rpc(
+    pub(super) async fn export_audit_rpc(
         &self,
+        caller: Caller,
         r: proto::ExportAuditRequest,
     ) -> Result<Response<AuditStream>, Status> {
-        self.stream_audit(r.from_seq.max(1), |_| true, usize::MAX)
+        let from = r.from_seq.max(1);
+        self.audit_whole()?;
+        self.authorize_audit_read(&caller, format!("export from record {from}"))
+            .await?;
+        self.stream_audit(from, |_| true, usize::MAX)
     }
 
     /// UNAVAILABLE while this node still fetches audit records it lacks after a snapshot install: it

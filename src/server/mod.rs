@@ -7,11 +7,13 @@
 
 mod api;
 mod audit_sync;
+pub mod auth;
 mod batch;
 pub mod config;
 mod convert;
 mod governance;
 mod lease_clock;
+mod tokens;
 mod waiters;
 
 use std::collections::BTreeMap;
@@ -56,6 +58,8 @@ pub enum Error {
     },
     #[error("raft: {0}")]
     Raft(String),
+    #[error("config [security]: {0}")]
+    Security(String),
 }
 
 /// Wall-clock milliseconds since the Unix epoch: stamped into entries for audit and policy only;
@@ -86,6 +90,11 @@ pub(crate) struct Shared {
     pub notes_in_flight: std::sync::atomic::AtomicUsize,
     /// Shares one `Renew` entry among the first keepalives of leases in a new term.
     pub renewer: Batcher<LeaseId, Result<Result<model::Lease, model::OpError>, Status>>,
+    /// Authentication, the signing key and per-principal limits.
+    pub auth: Arc<auth::Auth>,
+    /// This node's TLS material (secure mode): its node certificate also serves as its client
+    /// certificate towards peers.
+    pub tls: Option<crate::security::tls::TlsMaterial>,
 }
 
 impl Shared {
@@ -206,7 +215,44 @@ impl NodeHandle {
 }
 
 /// Start a node from its config: storage, Raft, both gRPC servers and the leader's duties.
+/// Read and check the `[security]` files: the node certificate must name this node.
+fn load_security(
+    config: &Config,
+) -> Result<
+    Option<(
+        crate::security::tls::TlsMaterial,
+        crate::security::SigningKey,
+    )>,
+    Error,
+> {
+    let Some(sec) = &config.security else {
+        return Ok(None);
+    };
+    let files = crate::security::tls::TlsFiles {
+        ca: sec.ca.clone(),
+        cert_and_key: Some((sec.cert.clone(), sec.key.clone())),
+    };
+    let material = files.load().map_err(Error::Security)?;
+    let want = crate::security::Identity::Node(config.node_id);
+    if material.identity.as_ref() != Some(&want) {
+        return Err(Error::Security(format!(
+            "{} names {}, but this is node {} (its certificate must carry the URI SAN {})",
+            sec.cert.display(),
+            material
+                .identity
+                .as_ref()
+                .map_or("nothing".to_string(), |i| i.to_string()),
+            config.node_id,
+            want.to_uri()
+        )));
+    }
+    let signing = crate::security::SigningKey::load(&sec.signing_key)
+        .map_err(|e| Error::Security(e.to_string()))?;
+    Ok(Some((material, signing)))
+}
+
 pub async fn start(config: Config) -> Result<NodeHandle, Error> {
+    let security = load_security(&config)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Bind {
         addr: config.data_dir.display().to_string(),
         what: "data directory",
@@ -238,7 +284,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     let raft = Raft::new(
         config.node_id,
         Arc::new(raft_config),
-        Network::default(),
+        Network::new(security.as_ref().map(|(m, _)| m.client())),
         log_store,
         sm_store,
     )
@@ -280,6 +326,19 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             vec![result; items.len()]
         }
     });
+    let (tls, auth) = match security {
+        Some((material, signing)) => (
+            Some(material),
+            auth::Auth::secure(
+                signing,
+                config.cluster_name.clone(),
+                sm.clone(),
+                config.limits.clone(),
+            ),
+        ),
+        None => (None, auth::Auth::insecure(config.limits.clone())),
+    };
+    let auth = Arc::new(auth);
     let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
         let weak = weak.clone();
         let renewer = Batcher::spawn(1, move |ids: Vec<LeaseId>| {
@@ -299,6 +358,8 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             confirmer,
             renewer,
             notes_in_flight: Default::default(),
+            auth: auth.clone(),
+            tls: tls.clone(),
         }
     });
 
@@ -307,11 +368,26 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     let stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let server_builder = |require_client_cert: bool| -> Result<tonic::transport::Server, Error> {
+        let builder = tonic::transport::Server::builder();
+        match &tls {
+            None => Ok(builder),
+            Some(m) => builder
+                .tls_config(m.server(require_client_cert).map_err(Error::Security)?)
+                .map_err(|e| Error::Security(e.to_string())),
+        }
+    };
+    let mut raft_server = server_builder(true)?;
+    let mut client_server = server_builder(false)?;
     tasks.push(tokio::spawn({
-        let svc = RaftService::new(raft.clone());
+        let peer_auth = auth.clone();
+        let svc = tonic::service::interceptor::InterceptedService::new(
+            RaftService::new(raft.clone()),
+            move |r| peer_auth.intercept_peer(r),
+        );
         let stop = stop(shutdown_rx.clone());
         async move {
-            if let Err(e) = tonic::transport::Server::builder()
+            if let Err(e) = raft_server
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming(raft_listener), stop)
                 .await
@@ -321,10 +397,14 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         }
     }));
     tasks.push(tokio::spawn({
-        let svc = api::service(shared.clone());
+        let client_auth = auth.clone();
+        let svc = tonic::service::interceptor::InterceptedService::new(
+            api::service(shared.clone()),
+            move |r| client_auth.intercept(r),
+        );
         let stop = stop(shutdown_rx.clone());
         async move {
-            if let Err(e) = tonic::transport::Server::builder()
+            if let Err(e) = client_server
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming(client_listener), stop)
                 .await
@@ -336,6 +416,16 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     tasks.push(tokio::spawn(dispatch_events(shared.clone(), events_rx)));
     tasks.push(tokio::spawn(leader_duties(shared.clone())));
     tasks.push(tokio::spawn(audit_sync::fill_audit_gaps(shared.clone())));
+    tasks.push(tokio::spawn({
+        let auth = auth.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                auth.forget_idle();
+            }
+        }
+    }));
 
     if config.bootstrap
         && !raft

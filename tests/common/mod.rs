@@ -19,7 +19,23 @@ pub struct Opts {
     pub keep_entries_after_snapshot: u64,
     pub min_ttl: &'static str,
     pub max_ttl: &'static str,
+    /// mTLS with certificates made by `warrant::security::certs` (for [`SECURE_PRINCIPALS`]).
+    pub secure: bool,
+    /// More TOML tables for every node's config (e.g. `[limits]`).
+    pub extra: String,
 }
+
+/// The principals a secure test cluster has client certificates for.
+pub const SECURE_PRINCIPALS: &[&str] = &[
+    "agent/deployer",
+    "agent/other",
+    "agent/flood",
+    "agent/calm",
+    "human/alice",
+    "human/bob",
+    "human/admin",
+    "human/test",
+];
 
 impl Default for Opts {
     fn default() -> Self {
@@ -29,6 +45,8 @@ impl Default for Opts {
             keep_entries_after_snapshot: 1_000,
             min_ttl: "500ms",
             max_ttl: "1h",
+            secure: false,
+            extra: String::new(),
         }
     }
 }
@@ -44,6 +62,8 @@ pub struct Node {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<Node>,
+    /// The certificates directory of a secure cluster.
+    pub certs: Option<PathBuf>,
 }
 
 /// The state letter of a process or thread from its `/proc/.../stat` file (None if it is gone).
@@ -125,12 +145,31 @@ impl Cluster {
                 i + 1
             ));
         }
+        let certs = opts.secure.then(|| {
+            let certs = dir.path().join("certs");
+            let mut options =
+                warrant::security::certs::InitOptions::local("test", opts.nodes as u64);
+            options.principals = SECURE_PRINCIPALS.iter().map(|s| s.to_string()).collect();
+            warrant::security::certs::init(&certs, &options).expect("make certificates");
+            certs
+        });
         let mut nodes = Vec::new();
         for (i, (_, client)) in ports.iter().enumerate() {
             let id = i as u64 + 1;
+            let (insecure, security) = if opts.secure {
+                (
+                    "",
+                    format!(
+                        "[security]\nca = \"certs/ca.pem\"\ncert = \"certs/node{id}.pem\"\nkey = \"certs/node{id}.key\"\n\
+                         signing_key = \"certs/cluster-signing.key\"\n"
+                    ),
+                )
+            } else {
+                ("insecure = true\n", String::new())
+            };
             let config = dir.path().join(format!("node{id}.toml"));
             let text = format!(
-                "node_id = {id}\ncluster_name = \"test\"\ndata_dir = \"data{id}\"\nbootstrap = {}\ninsecure = true\ndefault_decision = \"allow\"\n\
+                "node_id = {id}\ncluster_name = \"test\"\ndata_dir = \"data{id}\"\nbootstrap = {}\n{insecure}default_decision = \"allow\"\n\
                  admins = [\"human/admin\"]\n[lease]\nmin_ttl = \"{}\"\nmax_ttl = \"{}\"\nexpiry_interval = \"50ms\"\n\
                  ttl_checkpoint_interval = \"250ms\"\n[raft]\nheartbeat_interval = \"100ms\"\nelection_timeout_min = \"400ms\"\n\
                  election_timeout_max = \"800ms\"\nsnapshot_after_entries = {}\nkeep_entries_after_snapshot = {}\n{peers}",
@@ -140,6 +179,7 @@ impl Cluster {
                 opts.snapshot_after_entries,
                 opts.keep_entries_after_snapshot
             );
+            let text = format!("{text}\n{security}\n{}\n", opts.extra);
             std::fs::write(&config, text).expect("write config");
             let log = dir.path().join(format!("node{id}.log"));
             nodes.push(Node {
@@ -150,7 +190,7 @@ impl Cluster {
                 child: None,
             });
         }
-        let mut cluster = Cluster { dir, nodes };
+        let mut cluster = Cluster { dir, nodes, certs };
         for id in 1..=opts.nodes as u64 {
             cluster.start_node(id);
         }
@@ -240,13 +280,32 @@ impl Cluster {
     }
 
     pub fn client(&self, principal: &str) -> Client {
-        Client::new(ClientConfig::new(self.endpoints(), principal).unwrap()).unwrap()
+        Client::new(self.client_config(self.endpoints(), principal)).unwrap()
     }
 
     /// A client that talks to one node only.
     pub fn node_client(&self, id: u64, principal: &str) -> Client {
-        Client::new(ClientConfig::new([self.node(id).client_addr.clone()], principal).unwrap())
-            .unwrap()
+        Client::new(self.client_config(vec![self.node(id).client_addr.clone()], principal)).unwrap()
+    }
+
+    /// A client config as `principal`: on a secure cluster, with its certificate.
+    pub fn client_config(&self, endpoints: Vec<String>, principal: &str) -> ClientConfig {
+        let mut config = ClientConfig::new(endpoints, principal).unwrap();
+        if let Some(certs) = &self.certs {
+            let stem = principal.replace('/', "-");
+            config.tls = Some(
+                warrant::client::TlsFiles {
+                    ca: certs.join("ca.pem"),
+                    cert_and_key: Some((
+                        certs.join(format!("{stem}.pem")),
+                        certs.join(format!("{stem}.key")),
+                    )),
+                }
+                .load()
+                .expect("load test certificates"),
+            );
+        }
+        config
     }
 
     /// Wait until some live node reports a leader that the others agree on; returns its id.
@@ -285,6 +344,14 @@ impl Cluster {
             .env("PATH", path_with_warrant())
             .env("WARRANT_ENDPOINTS", self.endpoints_csv())
             .env("WARRANT_PRINCIPAL", principal)
+            .envs(self.certs.iter().flat_map(|c| {
+                let stem = principal.replace('/', "-");
+                [
+                    ("WARRANT_CA", c.join("ca.pem")),
+                    ("WARRANT_CERT", c.join(format!("{stem}.pem"))),
+                    ("WARRANT_KEY", c.join(format!("{stem}.key"))),
+                ]
+            }))
             .output()
             .expect("run warrant")
     }

@@ -1,0 +1,383 @@
+//! Who is calling, and how much they may ask: authentication of every client request and Raft
+//! message, and per-principal limits.
+//!
+//! - Client API: a client certificate signed by the cluster CA names its principal (a URI SAN, see
+//!   [`crate::security::identity`]); a caller without one may present an access token
+//!   (`authorization: Bearer v4.public.…`). Everything else is UNAUTHENTICATED. A request field can
+//!   never change the principal: naming another one is PERMISSION_DENIED.
+//! - Raft port: the peer's certificate must name a node (`…/node/ID`); an agent's or human's
+//!   certificate from the same CA is refused.
+//! - Limits per principal: a request rate with a burst, open keepalive streams, waiting acquires.
+//!   Over a limit is RESOURCE_EXHAUSTED with the limit in the message; other principals are not
+//!   affected.
+//!
+//! In insecure mode (development only) callers name their principal in the request, as before.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tonic::{Request, Status};
+
+use super::config::LimitsConfig;
+use crate::model::Principal;
+use crate::security::{AccessClaims, Identity, SigningKey, VerifyingKey};
+use crate::storage::SmReader;
+
+/// Metadata key of an access token (`Bearer v4.public.…`).
+pub const AUTHORIZATION: &str = "authorization";
+
+/// How a caller proved who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// Insecure mode: nothing was proven.
+    Claim,
+    Certificate,
+    /// An access token, by id.
+    Token(String),
+}
+
+/// The authenticated caller of one request (in the request's extensions).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub identity: Option<Identity>,
+    pub via: Via,
+}
+
+impl Caller {
+    /// The principal a request acts as. Secure: the authenticated one; a request naming another is
+    /// refused. Insecure: whatever the request names.
+    pub fn principal(&self, claimed: &str) -> Result<Principal, Status> {
+        match &self.identity {
+            None => {
+                if claimed.is_empty() {
+                    return Err(Status::invalid_argument(
+                        "principal is required (agent/NAME or human/NAME; the CLI takes --principal or WARRANT_PRINCIPAL)",
+                    ));
+                }
+                Principal::parse(claimed).map_err(super::convert::invalid)
+            }
+            Some(Identity::Principal(p)) => {
+                if !claimed.is_empty() && claimed != p.as_str() {
+                    return Err(Status::permission_denied(format!(
+                        "you are authenticated as {p}; a request cannot act as {claimed}"
+                    )));
+                }
+                Ok(p.clone())
+            }
+            Some(Identity::Node(id)) => Err(Status::permission_denied(format!(
+                "node/{id} is a cluster member's certificate; it cannot act as an agent or a human"
+            ))),
+        }
+    }
+
+    /// The caller's key for limits: its identity, or its claimed principal in insecure mode.
+    fn limit_key(&self, claimed: &str) -> String {
+        match &self.identity {
+            Some(id) => id.to_string(),
+            None if claimed.is_empty() => "anonymous (insecure mode)".to_string(),
+            None => claimed.to_string(),
+        }
+    }
+}
+
+/// The caller of a request that went through [`Auth::intercept`].
+pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::internal("request was not authenticated"))
+}
+
+enum Mode {
+    Insecure,
+    Secure {
+        verifying: VerifyingKey,
+        cluster: String,
+        sm: SmReader,
+    },
+}
+
+/// A count per principal with a cap; a taken slot is returned when its guard drops.
+#[derive(Default)]
+pub struct Slots {
+    taken: Mutex<HashMap<String, u32>>,
+}
+
+pub struct SlotGuard {
+    slots: Arc<Slots>,
+    key: String,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let mut taken = self.slots.taken.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = taken.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                taken.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl Slots {
+    /// Take a slot for `key` unless it already holds `max` (0 = unlimited).
+    fn take(self: &Arc<Self>, key: String, max: u32) -> Option<SlotGuard> {
+        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        let n = taken.entry(key.clone()).or_insert(0);
+        if max != 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SlotGuard {
+            slots: self.clone(),
+            key,
+        })
+    }
+}
+
+/// A node's authenticator and limiter, shared by every request.
+pub struct Auth {
+    mode: Mode,
+    /// Signs tokens and grant certificates (secure mode only).
+    pub signing: Option<SigningKey>,
+    limits: LimitsConfig,
+    rate: Option<DefaultKeyedRateLimiter<String>>,
+    streams: Arc<Slots>,
+    waiters: Arc<Slots>,
+}
+
+impl Auth {
+    pub fn insecure(limits: LimitsConfig) -> Self {
+        Self::new(Mode::Insecure, None, limits)
+    }
+
+    pub fn secure(
+        signing: SigningKey,
+        cluster: String,
+        sm: SmReader,
+        limits: LimitsConfig,
+    ) -> Self {
+        let verifying = signing.verifying_key();
+        Self::new(
+            Mode::Secure {
+                verifying,
+                cluster,
+                sm,
+            },
+            Some(signing),
+            limits,
+        )
+    }
+
+    fn new(mode: Mode, signing: Option<SigningKey>, limits: LimitsConfig) -> Self {
+        let rate = NonZeroU32::new(limits.requests_per_second).map(|per_s| {
+            let burst =
+                NonZeroU32::new(limits.burst.max(limits.requests_per_second)).unwrap_or(per_s);
+            RateLimiter::keyed(Quota::per_second(per_s).allow_burst(burst))
+        });
+        Self {
+            mode,
+            signing,
+            limits,
+            rate,
+            streams: Default::default(),
+            waiters: Default::default(),
+        }
+    }
+
+    pub fn is_secure(&self) -> bool {
+        matches!(self.mode, Mode::Secure { .. })
+    }
+
+    /// Authenticate a client request and charge its principal's rate; the caller goes into the
+    /// request's extensions.
+    pub fn intercept(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let caller = self.authenticate(&request)?;
+        // Insecure callers are anonymous until their request body is read: no rate per principal.
+        if let Some(id) = &caller.identity {
+            self.charge(&id.to_string())?;
+        }
+        request.extensions_mut().insert(caller);
+        Ok(request)
+    }
+
+    /// Charge one request to `key`'s rate.
+    fn charge(&self, key: &str) -> Result<(), Status> {
+        match &self.rate {
+            Some(rate) if rate.check_key(&key.to_string()).is_err() => {
+                Err(Status::resource_exhausted(format!(
+                    "{key} is over its request rate ({} per second, burst {}); slow down and retry",
+                    self.limits.requests_per_second, self.limits.burst
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let Mode::Secure {
+            verifying,
+            cluster,
+            sm,
+        } = &self.mode
+        else {
+            return Ok(Caller {
+                identity: None,
+                via: Via::Claim,
+            });
+        };
+        if let Some(der) = request.peer_certs().and_then(|c| c.first().cloned()) {
+            // The TLS layer already checked the chain to the cluster CA and the validity period.
+            let identity = Identity::from_cert_der(&der)
+                .map_err(|e| Status::unauthenticated(format!("client certificate refused: {e}")))?;
+            return Ok(Caller {
+                identity: Some(identity),
+                via: Via::Certificate,
+            });
+        }
+        let Some(value) = request.metadata().get(AUTHORIZATION) else {
+            return Err(Status::unauthenticated(
+                "no client certificate and no access token: present a certificate signed by the cluster CA \
+                 (--cert/--key) or an access token (--access-token or WARRANT_ACCESS_TOKEN)",
+            ));
+        };
+        let text = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated("authorization metadata must be `Bearer <access token>`")
+            })?;
+        let claims = AccessClaims::verify(
+            verifying,
+            cluster,
+            text,
+            crate::security::grant::unix_now_ms(),
+        )
+        .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        if sm.read().state.token_revoked(&claims.id) {
+            return Err(Status::unauthenticated(format!(
+                "access token {} was revoked",
+                claims.id
+            )));
+        }
+        Ok(Caller {
+            identity: Some(Identity::Principal(claims.principal)),
+            via: Via::Token(claims.id),
+        })
+    }
+
+    /// Raft port: only cluster members (a node certificate from the cluster CA) may send messages.
+    pub fn intercept_peer(&self, request: Request<()>) -> Result<Request<()>, Status> {
+        if !self.is_secure() {
+            return Ok(request);
+        }
+        let der = request
+            .peer_certs()
+            .and_then(|c| c.first().cloned())
+            .ok_or_else(|| Status::unauthenticated("raft: a node certificate is required"))?;
+        match Identity::from_cert_der(&der) {
+            Ok(Identity::Node(_)) => Ok(request),
+            Ok(other) => Err(Status::permission_denied(format!(
+                "raft: {other} is not a cluster member; only node certificates may send Raft messages"
+            ))),
+            Err(e) => Err(Status::unauthenticated(format!("raft: {e}"))),
+        }
+    }
+
+    /// Hold one of the caller's keepalive-stream slots while a stream is open.
+    pub fn stream_slot(&self, caller: &Caller, claimed: &str) -> Result<SlotGuard, Status> {
+        let key = caller.limit_key(claimed);
+        self.streams
+            .take(key.clone(), self.limits.keepalive_streams)
+            .ok_or_else(|| {
+                Status::resource_exhausted(format!(
+                    "{key} already has {} keepalive streams open (limits.keepalive_streams); close some",
+                    self.limits.keepalive_streams
+                ))
+            })
+    }
+
+    /// Hold one of the caller's waiter slots while an acquire waits (queue or approval).
+    pub fn waiter_slot(&self, caller: &Caller, claimed: &str) -> Result<SlotGuard, Status> {
+        let key = caller.limit_key(claimed);
+        self.waiters
+            .take(key.clone(), self.limits.waiters)
+            .ok_or_else(|| {
+                Status::resource_exhausted(format!(
+                    "{key} already has {} acquires waiting (limits.waiters); let some finish first",
+                    self.limits.waiters
+                ))
+            })
+    }
+
+    /// Forget rate-limiter state of principals that have gone quiet (bounded memory).
+    pub fn forget_idle(&self) {
+        if let Some(rate) = &self.rate {
+            rate.retain_recent();
+            rate.shrink_to_fit();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_cannot_name_another_principal() {
+        let me = Caller {
+            identity: Some(Identity::Principal(Principal::parse("agent/a").unwrap())),
+            via: Via::Certificate,
+        };
+        assert_eq!(me.principal("").unwrap().as_str(), "agent/a");
+        assert_eq!(me.principal("agent/a").unwrap().as_str(), "agent/a");
+        let e = me.principal("human/admin").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        let node = Caller {
+            identity: Some(Identity::Node(1)),
+            via: Via::Certificate,
+        };
+        assert_eq!(
+            node.principal("").unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+    }
+
+    #[test]
+    fn slots_are_capped_per_key_and_returned_on_drop() {
+        let slots = Arc::new(Slots::default());
+        let a1 = slots.take("a".into(), 2).unwrap();
+        let _a2 = slots.take("a".into(), 2).unwrap();
+        assert!(slots.take("a".into(), 2).is_none());
+        assert!(
+            slots.take("b".into(), 2).is_some(),
+            "another key is unaffected"
+        );
+        drop(a1);
+        assert!(slots.take("a".into(), 2).is_some());
+    }
+
+    #[test]
+    fn the_rate_limit_refuses_one_principal_and_not_another() {
+        let limits = LimitsConfig {
+            requests_per_second: 5,
+            burst: 5,
+            ..LimitsConfig::default()
+        };
+        let auth = Auth::insecure(limits);
+        let mut refused = 0;
+        for _ in 0..20 {
+            if let Err(e) = auth.charge("agent/flood") {
+                assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+                refused += 1;
+            }
+        }
+        assert!(auth.charge("agent/calm").is_ok());
+        assert!(refused >= 10, "{refused}");
+    }
+}

@@ -1,0 +1,118 @@
+//! Minting and revoking access tokens: authorized and audited in apply (`model::access`), signed
+//! here after the mint entry commits. The token's text is returned once and never logged.
+
+use std::time::Duration;
+
+use tonic::{Response, Status};
+
+use super::api::{principal, Api};
+use super::auth::Caller;
+use super::convert::op_error;
+use crate::model::{self, access::TokenRecord, Command};
+use crate::proto;
+use crate::security::AccessClaims;
+
+/// Longest access token lifetime.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest revoke reason, in bytes.
+const MAX_REASON_BYTES: usize = 1024;
+
+impl Api {
+    pub(super) async fn mint_token_rpc(
+        &self,
+        caller: Caller,
+        r: proto::MintTokenRequest,
+    ) -> Result<Response<proto::MintTokenResponse>, Status> {
+        let Some(key) = &self.shared.auth.signing else {
+            return Err(Status::failed_precondition(
+                "this cluster runs in insecure mode: there is no signing key and tokens would mean nothing",
+            ));
+        };
+        let by = caller.principal("")?;
+        let subject = principal(&r.principal)?;
+        let ttl = Duration::from_millis(r.ttl_ms);
+        if ttl < Duration::from_secs(1) || ttl > MAX_TOKEN_TTL {
+            return Err(Status::invalid_argument(format!(
+                "ttl must be between 1s and {}",
+                humantime::format_duration(MAX_TOKEN_TTL)
+            )));
+        }
+        let now = super::wall_now_ms();
+        let record = TokenRecord {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            principal: subject,
+            minted_by: by.clone(),
+            issued_at_ms: now,
+            expires_at_ms: now.saturating_add(r.ttl_ms),
+            revoked_by: None,
+        };
+        let by_admin = self.shared.admins.contains(&by);
+        let stored = match self
+            .shared
+            .propose(Command::MintToken { record, by_admin })
+            .await?
+        {
+            model::Response::MintToken(Ok(t)) => t,
+            model::Response::MintToken(Err(e)) => return Err(op_error(&e)),
+            _ => return Err(Status::internal("unexpected answer to MintToken")),
+        };
+        let token = AccessClaims {
+            id: stored.id.clone(),
+            principal: stored.principal.clone(),
+            cluster: self.shared.config.cluster_name.clone(),
+            issued_at_ms: stored.issued_at_ms,
+            expires_at_ms: stored.expires_at_ms,
+        }
+        .sign(key);
+        tracing::info!(id = %stored.id, principal = %stored.principal, by = %by, "access token minted");
+        Ok(Response::new(proto::MintTokenResponse {
+            token,
+            id: stored.id,
+            principal: stored.principal.to_string(),
+            expires_at_ms: stored.expires_at_ms,
+        }))
+    }
+
+    pub(super) async fn revoke_token_rpc(
+        &self,
+        caller: Caller,
+        r: proto::RevokeTokenRequest,
+    ) -> Result<Response<proto::RevokeTokenResponse>, Status> {
+        let by = caller.principal("")?;
+        if r.id.is_empty()
+            || r.id.len() > model::access::MAX_TOKEN_ID_BYTES
+            || !r.id.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            return Err(Status::invalid_argument(format!(
+                "id must be 1 to {} letters and digits (the id `warrant token create` printed)",
+                model::access::MAX_TOKEN_ID_BYTES
+            )));
+        }
+        if r.reason.trim().is_empty()
+            || r.reason.len() > MAX_REASON_BYTES
+            || r.reason.chars().any(char::is_control)
+        {
+            return Err(Status::invalid_argument(format!(
+                "reason is required: 1 to {MAX_REASON_BYTES} bytes of text without control characters"
+            )));
+        }
+        let by_admin = self.shared.admins.contains(&by);
+        match self
+            .shared
+            .propose(Command::RevokeToken {
+                id: r.id,
+                by,
+                by_admin,
+                reason: r.reason,
+            })
+            .await?
+        {
+            model::Response::RevokeToken(Ok(t)) => Ok(Response::new(proto::RevokeTokenResponse {
+                id: t.id,
+                principal: t.principal.to_string(),
+            })),
+            model::Response::RevokeToken(Err(e)) => Err(op_error(&e)),
+            _ => Err(Status::internal("unexpected answer to RevokeToken")),
+        }
+    }
+}

@@ -1,0 +1,493 @@
+//! Security on a real 3-node cluster with mTLS on both ports: who is refused (no certificate, another
+//! CA's certificate, a forged, expired or revoked token, a node certificate from another CA, an
+//! agent's certificate on the Raft port), that a principal cannot act as another, that grant
+//! certificates verify offline, that admin actions by non-admins are denied and audited, and that
+//! one principal's flood leaves another's requests alone.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{json, stderr, stdout, Cluster, Opts};
+use warrant::client::{
+    AccessToken, AcquireOptions, Acquired, CertificateRefused, Client, ClientError, FenceGuard,
+    GrantVerifier, TlsFiles,
+};
+use warrant::security::{certs, VerifyingKey};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn secure(extra: &str) -> Cluster {
+    Cluster::start(Opts {
+        secure: true,
+        extra: extra.to_string(),
+        ..Opts::default()
+    })
+}
+
+fn code(o: &std::process::Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+/// A client whose refusals come back at once (no long retrying of transport failures).
+fn quick(c: &Cluster, mut config: warrant::client::ClientConfig) -> Client {
+    config.call_timeout = Duration::from_secs(2);
+    let _ = c;
+    Client::new(config).unwrap()
+}
+
+async fn acquire(client: &Client, resource: &str) -> Result<Acquired, ClientError> {
+    client
+        .acquire(AcquireOptions::new(resource, Duration::from_secs(30)))
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_are_refused_principals_are_bound_and_grants_verify_offline() {
+    let c = secure("");
+    c.wait_leader(WAIT).await;
+    let certs = c.certs.clone().unwrap();
+
+    // TLS with the right CA but no certificate and no token: UNAUTHENTICATED.
+    let mut anon = c.client_config(c.endpoints(), "agent/deployer");
+    anon.tls = Some(
+        TlsFiles {
+            ca: certs.join("ca.pem"),
+            cert_and_key: None,
+        }
+        .load()
+        .unwrap(),
+    );
+    let e = acquire(&quick(&c, anon), "db/orders").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    assert!(e.to_string().contains("no client certificate"), "{e}");
+
+    // Plaintext against a TLS cluster: no answer at all.
+    let mut plain = c.client_config(c.endpoints(), "agent/deployer");
+    plain.tls = None;
+    assert!(acquire(&quick(&c, plain), "db/orders").await.is_err());
+
+    // A certificate from another CA: the TLS handshake fails.
+    let foreign = tempfile::tempdir().unwrap();
+    certs::init(foreign.path(), &certs::InitOptions::local("evil", 1)).unwrap();
+    let mut evil = c.client_config(c.endpoints(), "agent/deployer");
+    evil.tls = Some(
+        TlsFiles {
+            ca: certs.join("ca.pem"),
+            cert_and_key: Some((
+                foreign.path().join("agent-deployer.pem"),
+                foreign.path().join("agent-deployer.key"),
+            )),
+        }
+        .load()
+        .unwrap(),
+    );
+    assert!(acquire(&quick(&c, evil), "db/orders").await.is_err());
+
+    // Nothing changed.
+    let admin = c.client("human/admin");
+    assert!(admin.list("").await.unwrap().leases.is_empty());
+
+    // A principal cannot act as another: deployer's certificate, claiming admin.
+    let mut liar = c.client_config(c.endpoints(), "human/admin");
+    liar.tls = c.client_config(c.endpoints(), "agent/deployer").tls;
+    let e = acquire(&quick(&c, liar), "db/orders").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(
+        e.to_string().contains("authenticated as agent/deployer"),
+        "{e}"
+    );
+
+    // The real deployer is granted, with a grant certificate that verifies offline.
+    let Acquired::Granted(lease) = acquire(&c.client("agent/deployer"), "db/orders")
+        .await
+        .unwrap()
+    else {
+        panic!("not granted")
+    };
+    let key = VerifyingKey::load(&certs.join("cluster-signing.pub")).unwrap();
+    let verifier = GrantVerifier::new(key);
+    let guard = FenceGuard::new();
+    let claims = guard
+        .admit_certificate(&verifier, lease.certificate(), "db/orders")
+        .unwrap();
+    assert_eq!(claims.token, lease.token());
+    assert_eq!(claims.principal, "agent/deployer");
+    assert!(matches!(
+        guard.admit_certificate(&verifier, lease.certificate(), "db/users"),
+        Err(CertificateRefused::Invalid(_))
+    ));
+
+    // A later grant supersedes it: the old certificate is refused by a resource that saw the new one.
+    let old_certificate = lease.certificate().to_string();
+    lease.release(None).await.unwrap();
+    let Acquired::Granted(next) = acquire(&c.client("agent/other"), "db/orders")
+        .await
+        .unwrap()
+    else {
+        panic!("not granted")
+    };
+    guard
+        .admit_certificate(&verifier, next.certificate(), "db/orders")
+        .unwrap();
+    assert!(matches!(
+        guard.admit_certificate(&verifier, &old_certificate, "db/orders"),
+        Err(CertificateRefused::Stale(_))
+    ));
+
+    // The same check from the shell.
+    let cert_file = c.dir.path().join("grant.txt");
+    std::fs::write(&cert_file, next.certificate()).unwrap();
+    let pubkey = certs.join("cluster-signing.pub");
+    let ok = c.cli(
+        "agent/other",
+        &[
+            "verify-grant",
+            cert_file.to_str().unwrap(),
+            "--resource",
+            "db/orders",
+            "--cluster-key",
+            pubkey.to_str().unwrap(),
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(code(&ok), 0, "{}", stderr(&ok));
+    assert_eq!(json(&ok)["token"], next.token());
+    let superseded = c.cli(
+        "agent/other",
+        &[
+            "verify-grant",
+            cert_file.to_str().unwrap(),
+            "--resource",
+            "db/orders",
+            "--cluster-key",
+            pubkey.to_str().unwrap(),
+            "--highest",
+            &(next.token() + 1).to_string(),
+        ],
+    );
+    assert_eq!(code(&superseded), 3, "{}", stdout(&superseded));
+    let other_key = foreign.path().join("cluster-signing.pub");
+    let forged = c.cli(
+        "agent/other",
+        &[
+            "verify-grant",
+            cert_file.to_str().unwrap(),
+            "--resource",
+            "db/orders",
+            "--cluster-key",
+            other_key.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code(&forged), 4, "{}", stdout(&forged));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_port_refuses_foreign_nodes_and_non_node_certificates() {
+    use warrant::proto::raft::{raft_client::RaftClient, RaftMessage};
+    let c = secure("");
+    c.wait_leader(WAIT).await;
+    let certs = c.certs.clone().unwrap();
+    let raft_addr = std::fs::read_to_string(&c.node(1).config)
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("raft = "))
+        .map(|l| {
+            l.trim_start_matches("raft = ")
+                .trim_matches('"')
+                .to_string()
+        })
+        .unwrap();
+    let foreign = tempfile::tempdir().unwrap();
+    certs::init(foreign.path(), &certs::InitOptions::local("evil", 4)).unwrap();
+
+    let send = |ca: std::path::PathBuf, cert: std::path::PathBuf, key: std::path::PathBuf| {
+        let addr = raft_addr.clone();
+        async move {
+            let tls = TlsFiles {
+                ca,
+                cert_and_key: Some((cert, key)),
+            }
+            .load()
+            .unwrap()
+            .client();
+            let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect_timeout(Duration::from_secs(2))
+                .connect()
+                .await;
+            match channel {
+                Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+                Ok(ch) => RaftClient::new(ch)
+                    .vote(RaftMessage {
+                        payload: vec![1, 2, 3],
+                    })
+                    .await
+                    .map(|_| ()),
+            }
+        }
+    };
+    // A node certificate from another CA (trusting our CA so that only the server can refuse).
+    let e = send(
+        certs.join("ca.pem"),
+        foreign.path().join("node4.pem"),
+        foreign.path().join("node4.key"),
+    )
+    .await
+    .unwrap_err();
+    assert_ne!(e.code(), tonic::Code::Ok);
+    assert!(
+        !matches!(
+            e.code(),
+            tonic::Code::InvalidArgument | tonic::Code::Internal
+        ),
+        "the message must not reach Raft: {e}"
+    );
+    // An agent's certificate from the right CA: refused as not a member.
+    let e = send(
+        certs.join("ca.pem"),
+        certs.join("agent-deployer.pem"),
+        certs.join("agent-deployer.key"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    // A real member's certificate gets through authentication (and its garbage payload is refused
+    // by the transport's decoder, not by authentication).
+    let e = send(
+        certs.join("ca.pem"),
+        certs.join("node2.pem"),
+        certs.join("node2.key"),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        !matches!(
+            e.code(),
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+        ),
+        "{e}"
+    );
+    // The cluster still works and its own log says nothing about a fourth member.
+    assert!(
+        c.client("human/admin")
+            .status()
+            .await
+            .unwrap()
+            .members
+            .len()
+            == 3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_tokens_work_until_revoked_or_expired_and_admin_actions_are_audited() {
+    let c = secure("");
+    c.wait_leader(WAIT).await;
+    let certs = c.certs.clone().unwrap();
+
+    // A non-admin cannot mint (denied, exit 4).
+    let denied = c.cli(
+        "agent/deployer",
+        &["token", "create", "--for", "agent/runtime", "--ttl", "1h"],
+    );
+    assert_eq!(code(&denied), 4, "{}", stderr(&denied));
+
+    // The admin mints one for agent/runtime (which has no certificate at all).
+    let minted = c.cli(
+        "human/admin",
+        &[
+            "token",
+            "create",
+            "--for",
+            "agent/runtime",
+            "--ttl",
+            "1h",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(code(&minted), 0, "{}", stderr(&minted));
+    let minted = json(&minted);
+    let token = minted["token"].as_str().unwrap().to_string();
+    let id = minted["id"].as_str().unwrap().to_string();
+    assert!(token.starts_with("v4.public."));
+
+    let token_client = |t: &str, endpoints: Vec<String>| {
+        let mut config = warrant::client::ClientConfig::new(endpoints, "agent/runtime").unwrap();
+        config.tls = Some(
+            TlsFiles {
+                ca: certs.join("ca.pem"),
+                cert_and_key: None,
+            }
+            .load()
+            .unwrap(),
+        );
+        config.access_token = Some(AccessToken(t.to_string()));
+        quick(&c, config)
+    };
+    let Acquired::Granted(lease) = acquire(&token_client(&token, c.endpoints()), "queue/jobs")
+        .await
+        .unwrap()
+    else {
+        panic!("not granted")
+    };
+    assert_eq!(
+        lease.info().lease.principal,
+        "agent/runtime",
+        "the principal comes from the token"
+    );
+    lease.release(None).await.unwrap();
+
+    // A forged token (another cluster's key) and an altered one are refused.
+    let mut altered = token.clone().into_bytes();
+    let i = "v4.public.".len() + 3;
+    altered[i] = if altered[i] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(altered).unwrap();
+    let e = acquire(&token_client(&altered, c.endpoints()), "queue/jobs")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+
+    // Revoked: refused on every node.
+    let revoked = c.cli(
+        "human/admin",
+        &["token", "revoke", &id, "--reason", "leaked in a log"],
+    );
+    assert_eq!(code(&revoked), 0, "{}", stderr(&revoked));
+    for n in &c.nodes {
+        let client = token_client(&token, vec![n.client_addr.clone()]);
+        let e = common::eventually(WAIT, "the revocation reaches every node", || {
+            let client = client.clone();
+            async move {
+                match client.status().await {
+                    Err(e) if e.to_string().contains("revoked") => Some(e),
+                    _ => None,
+                }
+            }
+        })
+        .await;
+        assert!(e.to_string().contains(&id), "{e}");
+    }
+
+    // Expired: a 1 s token is refused once its second is over.
+    let short = c.cli(
+        "human/admin",
+        &[
+            "token",
+            "create",
+            "--for",
+            "agent/runtime",
+            "--ttl",
+            "1s",
+            "--output",
+            "json",
+        ],
+    );
+    let short = json(&short)["token"].as_str().unwrap().to_string();
+    let e = common::eventually(Duration::from_secs(5), "the token expires", || {
+        let client = token_client(&short, c.endpoints());
+        async move {
+            match client.status().await {
+                Err(e) if e.to_string().contains("expired") => Some(e),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+
+    // Admin actions by a non-admin: revoke and audit export are denied...
+    let held = acquire(&c.client("agent/deployer"), "db/orders")
+        .await
+        .unwrap();
+    assert!(matches!(held, Acquired::Granted(_)));
+    let revoke = c.cli(
+        "agent/other",
+        &["revoke", "db/orders", "--reason", "I want it"],
+    );
+    assert_eq!(code(&revoke), 4, "{}", stderr(&revoke));
+    let export = c.cli("agent/other", &["audit", "export"]);
+    assert_ne!(code(&export), 0, "{}", stdout(&export));
+    // ...and audited, like the token minting and revocation.
+    let trail = c.cli("human/admin", &["audit", "export"]);
+    assert_eq!(code(&trail), 0, "{}", stderr(&trail));
+    let trail = stdout(&trail);
+    let records: Vec<serde_json::Value> = trail
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let has = |principal: &str, action: &str, decision: &str| {
+        records.iter().any(|r| {
+            r["principal"] == principal && r["action"] == action && r["decision"] == decision
+        })
+    };
+    assert!(has("agent/deployer", "token_mint", "denied"), "denied mint");
+    assert!(has("human/admin", "token_mint", "token_minted"), "mint");
+    assert!(
+        has("human/admin", "token_revoke", "token_revoked"),
+        "revoke"
+    );
+    assert!(has("agent/other", "revoke", "denied"), "denied revoke");
+    assert!(has("agent/other", "audit_read", "denied"), "denied export");
+    assert!(
+        has("human/admin", "audit_read", "admin_allowed"),
+        "allowed export"
+    );
+    assert!(
+        !trail.contains(&token),
+        "a token's text never enters the audit"
+    );
+    assert!(
+        c.nodes.iter().all(|n| !c.log_of(n.id).contains(&token)),
+        "a token's text is never logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_principals_flood_is_refused_while_another_is_served() {
+    let c = secure("[limits]\nrequests_per_second = 20\nburst = 20\nkeepalive_streams = 2\n");
+    c.wait_leader(WAIT).await;
+    let flood = c.client("agent/flood");
+    let calm = c.client("agent/calm");
+    let mut exhausted = 0;
+    let mut served = 0;
+    for _ in 0..200 {
+        match flood.status().await {
+            Ok(_) => served += 1,
+            Err(e) if e.code() == tonic::Code::ResourceExhausted => {
+                assert!(e.to_string().contains("agent/flood"), "{e}");
+                exhausted += 1;
+            }
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+        if exhausted > 20 {
+            break;
+        }
+    }
+    assert!(exhausted > 20, "served {served}, refused {exhausted}");
+    // The other principal is unaffected while the flood's bucket is empty.
+    calm.status().await.unwrap();
+    assert!(matches!(
+        acquire(&calm, "db/calm").await.unwrap(),
+        Acquired::Granted(_)
+    ));
+    // A request larger than the limit is refused with a clear status, and the node lives on.
+    let big = "x".repeat(4 * 1024 * 1024);
+    let e = c
+        .client("human/admin")
+        .put_policy(&big, None, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e.code(),
+            tonic::Code::ResourceExhausted | tonic::Code::InvalidArgument | tonic::Code::OutOfRange
+        ),
+        "{e}"
+    );
+    calm.status().await.unwrap();
+}
