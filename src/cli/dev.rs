@@ -1,5 +1,6 @@
 //! `warrant dev`: a local 3-node cluster in one process (real Raft, RocksDB and sockets on
-//! 127.0.0.1), with a short guide. For development only: it runs in insecure mode.
+//! 127.0.0.1), with a short guide. Secure like production: it makes a CA, node and client
+//! certificates under DATA_DIR/certs on first start (`--insecure` runs plaintext, and says so).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use super::{exit, wait_for_shutdown_signal};
 use crate::server::{self, Config};
 
-fn config_text(id: u64, port: u16, data_dir: &Path) -> String {
+fn config_text(id: u64, port: u16, data_dir: &Path, secure: bool) -> String {
     let mut peers = String::new();
     for n in 1..=3u16 {
         peers.push_str(&format!(
@@ -16,31 +17,68 @@ fn config_text(id: u64, port: u16, data_dir: &Path) -> String {
             port + n - 1
         ));
     }
+    let certs = data_dir.join("certs");
+    let security = if secure {
+        format!(
+            "[security]\nca = {:?}\ncert = {:?}\nkey = {:?}\nsigning_key = {:?}\n",
+            certs.join("ca.pem").display().to_string(),
+            certs.join(format!("node{id}.pem")).display().to_string(),
+            certs.join(format!("node{id}.key")).display().to_string(),
+            certs.join("cluster-signing.key").display().to_string(),
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "node_id = {id}\ncluster_name = \"warrant-dev\"\ndata_dir = {:?}\nbootstrap = {}\ninsecure = true\ndefault_decision = \"allow\"\n\
-         admins = [\"human/admin\"]\n{peers}",
+        "node_id = {id}\ncluster_name = \"warrant-dev\"\ndata_dir = {:?}\nbootstrap = {}\ninsecure = {}\ndefault_decision = \"allow\"\n\
+         admins = [\"human/admin\"]\n{peers}{security}",
         data_dir.join(format!("node{id}")).display().to_string(),
-        id == 1
+        id == 1,
+        !secure
     )
 }
 
-pub async fn run(data_dir: PathBuf, port: u16) -> u8 {
+/// Make the dev cluster's certificates once (kept with its data, so restarts reuse them).
+fn ensure_certs(data_dir: &Path) -> Result<(), String> {
+    let certs = data_dir.join("certs");
+    if certs.join("ca.key").exists() {
+        return Ok(());
+    }
+    crate::security::certs::init(
+        &certs,
+        &crate::security::certs::InitOptions::local("warrant-dev", 3),
+    )
+    .map(|_| ())
+    .map_err(|e| e.to_string())
+}
+
+pub async fn run(data_dir: PathBuf, port: u16, insecure: bool) -> u8 {
     if port == 0 || port > u16::MAX - 110 {
         eprintln!("error: --port {port} leaves no room for 3 client and 3 raft ports");
         return exit::INVALID;
     }
-    tracing::warn!(
-        "INSECURE MODE (warrant dev): clients are not authenticated; for development only"
-    );
+    if insecure {
+        tracing::warn!(
+            "INSECURE MODE (warrant dev --insecure): plaintext, clients are not authenticated and may \
+             claim any principal; for development only"
+        );
+    } else if let Err(e) = ensure_certs(&data_dir) {
+        eprintln!(
+            "error: making certificates in {}: {e}",
+            data_dir.join("certs").display()
+        );
+        return exit::OTHER;
+    }
     let mut nodes = Vec::new();
     for id in 1..=3 {
-        let config = match Config::parse(&config_text(id, port, &data_dir), "warrant dev") {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::OTHER;
-            }
-        };
+        let config =
+            match Config::parse(&config_text(id, port, &data_dir, !insecure), "warrant dev") {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::OTHER;
+                }
+            };
         match server::start(config).await {
             Ok(n) => nodes.push(n),
             Err(e) => {
@@ -68,9 +106,19 @@ pub async fn run(data_dir: PathBuf, port: u16) -> u8 {
         ),
         Err(e) => eprintln!("warning: no leader yet ({e}); the cluster may still be electing"),
     }
+    let certs = data_dir.join("certs");
+    let who = if insecure {
+        "WARRANT_PRINCIPAL=agent/deployer".to_string()
+    } else {
+        format!(
+            "WARRANT_CA={c}/ca.pem WARRANT_CERT={c}/agent-deployer.pem WARRANT_KEY={c}/agent-deployer.key\n  \
+             # other identities: {c}/{{agent-other,human-alice,human-bob,human-admin}}.{{pem,key}}",
+            c = certs.display()
+        )
+    };
     println!(
         "\nendpoints: {endpoints}   data: {}\n\nTry this in another terminal:\n  \
-         export WARRANT_ENDPOINTS={endpoints} WARRANT_PRINCIPAL=agent/deployer\n  \
+         export WARRANT_ENDPOINTS={endpoints} {who}\n  \
          warrant acquire demo/web/deploy --ttl 30s --intent \"deploy web v2\"\n  \
          warrant acquire demo/web/deploy --ttl 30s          # busy: exit 3\n  \
          warrant get demo/web/deploy --output json\n  \

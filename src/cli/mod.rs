@@ -148,6 +148,9 @@ enum Command {
         /// First client port; nodes use PORT..PORT+2 for clients and PORT+100.. for Raft.
         #[arg(long, default_value_t = 7001)]
         port: u16,
+        /// Plaintext and unauthenticated (callers name their principal): development only.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Ask for a lease on RESOURCE.
     Acquire {
@@ -419,9 +422,13 @@ async fn dispatch(command: Command) -> u8 {
             init_logging(log_format);
             serve(config).await
         }
-        Command::Dev { data_dir, port } => {
+        Command::Dev {
+            data_dir,
+            port,
+            insecure,
+        } => {
             init_logging(LogFormat::Text);
-            dev::run(data_dir, port).await
+            dev::run(data_dir, port, insecure).await
         }
         Command::Run {
             resource,

@@ -454,4 +454,33 @@ min_ttl = "2s"
             assert!(err.contains(key), "{key}: {err}");
         }
     }
+
+    #[test]
+    fn a_secure_node_needs_its_security_files_and_the_shipped_configs_name_them() {
+        let secure = GOOD.replace("insecure = true\n", "");
+        let err = Config::parse(&secure, "x.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("security") && err.contains("certs init"),
+            "{err}"
+        );
+        let both = format!(
+            "{GOOD}\n[security]\nca = \"c\"\ncert = \"n\"\nkey = \"k\"\nsigning_key = \"s\"\n"
+        );
+        let err = Config::parse(&both, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("insecure"), "{err}");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster");
+        for (cluster, nodes) in [("local-3", 3), ("local-5", 5)] {
+            for n in 1..=nodes {
+                let path = root.join(cluster).join(format!("node{n}.toml"));
+                let c = Config::load(&path).unwrap();
+                assert!(!c.insecure, "{}", path.display());
+                let s = c.security.expect("a [security] table");
+                assert_eq!(
+                    s.cert,
+                    root.join(cluster).join(format!("../certs/node{n}.pem"))
+                );
+                assert_eq!(s.ca, root.join(cluster).join("../certs/ca.pem"));
+            }
+        }
+    }
 }
