@@ -169,6 +169,25 @@ fn command() -> impl Strategy<Value = Command> {
         }),
         1 => prop::collection::vec(request_id(), 0..3)
             .prop_map(|request_ids| Command::ExpireApprovals { request_ids }),
+        1 => (0u8..3, pick(&PRINCIPALS), any::<bool>(), 0u64..20_000).prop_map(
+            |(id, p, by_admin, ttl)| Command::MintToken {
+                record: super::access::TokenRecord {
+                    id: format!("t{id}"),
+                    principal: who(p),
+                    minted_by: who("human/h"),
+                    issued_at_ms: 0,
+                    expires_at_ms: ttl,
+                    revoked_by: None,
+                },
+                by_admin,
+            }
+        ),
+        1 => (0u8..3, any::<bool>()).prop_map(|(id, by_admin)| Command::RevokeToken {
+            id: format!("t{id}"),
+            by: who("human/h"),
+            by_admin,
+            reason: "leaked".to_owned(),
+        }),
     ]
 }
 
@@ -335,6 +354,7 @@ proptest! {
     fn invariants_hold_after_every_step(steps in prop::collection::vec(step(), 1..80)) {
         let mut state = State::default();
         let mut seen = Seen::default();
+        let mut revoked = std::collections::BTreeSet::new();
         let (mut index, mut term, mut now_ms) = (0u64, 1u64, 1_000u64);
         for step in steps {
             index += 1;
@@ -384,6 +404,20 @@ proptest! {
                         prop_assert!(fx.events.is_empty(), "an answer without a write grants and ends nothing");
                     }
                     check_step(&state, Some(&req.cmd), Some(&response), &fx.events, &mut seen)?;
+                    // A revoked access token never comes back: revoked until it expires and is
+                    // forgotten.
+                    // (Once expired, an id may be forgotten and minted afresh: a different token.)
+                    if let Response::RevokeToken(Ok(t)) = &response {
+                        revoked.insert(t.id.clone());
+                    }
+                    for id in &revoked {
+                        prop_assert!(
+                            state
+                                .token(id)
+                                .is_none_or(|t| t.expires_at_ms <= now_ms || t.revoked_by.is_some()),
+                            "token {} was revoked and is live again", id
+                        );
+                    }
                 }
                 Step::Holder { .. } => {}
             }
