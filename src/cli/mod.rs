@@ -562,6 +562,19 @@ fn fail(e: &ClientError) -> u8 {
     error_exit_code(e)
 }
 
+/// [`fail`], with a hint when a plaintext client met a TLS server (the transport only says "h2
+/// protocol error").
+fn fail_on(e: &ClientError, common: &Common) -> u8 {
+    let code = fail(e);
+    if common.ca.is_none() && e.to_string().contains("h2 protocol error") {
+        eprintln!(
+            "hint: the cluster speaks TLS; give its CA with --ca (or WARRANT_CA) and your certificate \
+             (--cert/--key) or an access token (WARRANT_ACCESS_TOKEN)"
+        );
+    }
+    code
+}
+
 fn acquire_options(resource: &str, a: &AcquireArgs) -> AcquireOptions {
     AcquireOptions {
         resource: resource.to_string(),
@@ -670,7 +683,7 @@ async fn client_command(command: Command) -> u8 {
     };
     let client = match connect_as(&common, principal.as_deref(), instance.as_deref()) {
         Ok(c) => c,
-        Err(e) => return fail(&e),
+        Err(e) => return fail_on(&e, &common),
     };
     if let Command::Audit { command } = command {
         // Prints as it streams.
@@ -685,7 +698,7 @@ async fn client_command(command: Command) -> u8 {
             }
             out.code
         }
-        Err(e) => fail(&e),
+        Err(e) => fail_on(&e, &common),
     }
 }
 
