@@ -5,6 +5,8 @@
 //! ```
 //! Prints median, p99 and max for N (default 500) sequential operations on resources under PREFIX
 //! (default `bench`; with the example policy loaded, `k8s/staging` is one agents may acquire).
+//! On a secure cluster set `WARRANT_CA`, `WARRANT_CERT` and `WARRANT_KEY` (the client's principal is
+//! `agent/latency`, so its certificate must name that).
 
 use std::time::{Duration, Instant};
 
@@ -34,7 +36,20 @@ async fn main() -> anyhow::Result<()> {
     let n: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(500);
     // Where to acquire: a prefix the loaded policy permits (e.g. k8s/staging with the example policy).
     let prefix = args.next().unwrap_or_else(|| "bench".into());
-    let client = Client::new(ClientConfig::new(endpoints, "agent/latency")?)?;
+    let mut config = ClientConfig::new(endpoints, "agent/latency")?;
+    if let Ok(ca) = std::env::var("WARRANT_CA") {
+        let cert = std::env::var("WARRANT_CERT")?;
+        let key = std::env::var("WARRANT_KEY")?;
+        config.tls = Some(
+            warrant::client::TlsFiles {
+                ca: ca.into(),
+                cert_and_key: Some((cert.into(), key.into())),
+            }
+            .load()
+            .map_err(anyhow::Error::msg)?,
+        );
+    }
+    let client = Client::new(config)?;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let (mut acquire, mut cycle) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for i in 0..n {
