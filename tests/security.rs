@@ -292,7 +292,14 @@ async fn access_tokens_work_until_revoked_or_expired_and_admin_actions_are_audit
     // A non-admin cannot mint (denied, exit 4).
     let denied = c.cli(
         "agent/deployer",
-        &["token", "create", "--for", "agent/runtime", "--ttl", "1h"],
+        &[
+            "token",
+            "create",
+            "--principal",
+            "agent/runtime",
+            "--ttl",
+            "1h",
+        ],
     );
     assert_eq!(code(&denied), 4, "{}", stderr(&denied));
 
@@ -302,7 +309,7 @@ async fn access_tokens_work_until_revoked_or_expired_and_admin_actions_are_audit
         &[
             "token",
             "create",
-            "--for",
+            "--principal",
             "agent/runtime",
             "--ttl",
             "1h",
@@ -379,7 +386,7 @@ async fn access_tokens_work_until_revoked_or_expired_and_admin_actions_are_audit
         &[
             "token",
             "create",
-            "--for",
+            "--principal",
             "agent/runtime",
             "--ttl",
             "1s",

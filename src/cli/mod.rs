@@ -661,9 +661,7 @@ async fn client_command(command: Command) -> u8 {
         | Command::Approve { conn, .. }
         | Command::Reject { conn, .. }
         | Command::Token {
-            command:
-                security::TokenCommand::Create { conn, .. }
-                | security::TokenCommand::Revoke { conn, .. },
+            command: security::TokenCommand::Revoke { conn, .. },
         }
         | Command::Audit {
             command: AuditCommand::Export { conn, .. } | AuditCommand::Verify { conn, .. },
@@ -674,6 +672,9 @@ async fn client_command(command: Command) -> u8 {
         }
         | Command::Audit {
             command: AuditCommand::Query { common, .. },
+        }
+        | Command::Token {
+            command: security::TokenCommand::Create { common, .. },
         } => (common.clone(), None, None),
         Command::Server { .. }
         | Command::Dev { .. }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{exit, parse_duration, Conn, Outcome, Output};
+use super::{exit, parse_duration, Common, Conn, Outcome, Output};
 use crate::client::{Client, ClientError, FenceGuard, GrantVerifier};
 use crate::model::Principal;
 use crate::proto;
@@ -54,13 +54,14 @@ pub(super) enum CertsCommand {
 #[derive(Subcommand)]
 pub(super) enum TokenCommand {
     /// Admin: mint an access token for PRINCIPAL; it is printed once (keep it secret).
+    /// (The caller is whoever its certificate names; `--principal` here is who the token is for.)
     Create {
-        #[arg(long = "for", value_name = "PRINCIPAL")]
+        #[arg(long = "principal", visible_alias = "for", value_name = "PRINCIPAL")]
         subject: String,
         #[arg(long, value_parser = parse_duration, default_value = "24h")]
         ttl: Duration,
         #[command(flatten)]
-        conn: Conn,
+        common: Common,
     },
     /// Admin: revoke an access token by id; every member refuses it from then on.
     Revoke {
