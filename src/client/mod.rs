@@ -308,9 +308,17 @@ impl Client {
         }
         let bearer = match &config.access_token {
             None => None,
-            Some(t) => Some(format!("Bearer {}", t.0).parse().map_err(|_| {
-                ClientError::Invalid("the access token has characters a header cannot carry".into())
-            })?),
+            Some(t) => {
+                let mut v: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+                    format!("Bearer {}", t.0).parse().map_err(|_| {
+                        ClientError::Invalid(
+                            "the access token has characters a header cannot carry".into(),
+                        )
+                    })?;
+                // Never HPACK-indexed, never shown by Debug.
+                v.set_sensitive(true);
+                Some(v)
+            }
         };
         if bearer.is_some() && config.tls.is_none() {
             return Err(ClientError::Invalid(

@@ -17,6 +17,8 @@ use crate::policy::Action;
 
 /// Most live (unexpired) tokens the registry keeps; minting more is refused until some expire.
 pub const MAX_TOKENS: usize = 100_000;
+/// How long a revoked token is remembered after its expiry (clock skew between members).
+pub const REVOKED_RETENTION_MS: u64 = 10 * 60 * 1000;
 /// Longest token id.
 pub const MAX_TOKEN_ID_BYTES: usize = 64;
 
@@ -190,10 +192,18 @@ impl State {
         outcome
     }
 
-    /// Forget tokens that have expired (they are refused by their expiry alone).
+    /// Forget tokens that have expired (they are refused by their expiry alone). A revoked token is
+    /// kept `REVOKED_RETENTION_MS` longer: members check expiry against their own clocks, and one
+    /// whose clock runs behind the leader's must still find the revocation.
     fn prune_tokens(&mut self) {
         let now = self.now_ms;
-        self.tokens.retain(|_, t| t.expires_at_ms > now);
+        self.tokens.retain(|_, t| {
+            let keep_until = match t.revoked_by {
+                Some(_) => t.expires_at_ms.saturating_add(REVOKED_RETENTION_MS),
+                None => t.expires_at_ms,
+            };
+            keep_until > now
+        });
     }
 
     /// A token the registry knows (minted, not yet expired and pruned).

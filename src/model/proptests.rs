@@ -354,7 +354,7 @@ proptest! {
     fn invariants_hold_after_every_step(steps in prop::collection::vec(step(), 1..80)) {
         let mut state = State::default();
         let mut seen = Seen::default();
-        let mut revoked = std::collections::BTreeSet::new();
+        let mut revoked = std::collections::BTreeMap::new();
         let (mut index, mut term, mut now_ms) = (0u64, 1u64, 1_000u64);
         for step in steps {
             index += 1;
@@ -404,19 +404,18 @@ proptest! {
                         prop_assert!(fx.events.is_empty(), "an answer without a write grants and ends nothing");
                     }
                     check_step(&state, Some(&req.cmd), Some(&response), &fx.events, &mut seen)?;
-                    // A revoked access token never comes back: revoked until it expires and is
-                    // forgotten.
-                    // (Once expired, an id may be forgotten and minted afresh: a different token.)
+                    // A revoked access token stays known and revoked until its expiry plus the
+                    // retention margin; after that its id may be forgotten and minted afresh.
                     if let Response::RevokeToken(Ok(t)) = &response {
-                        revoked.insert(t.id.clone());
+                        revoked.insert(t.id.clone(), t.expires_at_ms);
                     }
-                    for id in &revoked {
-                        prop_assert!(
-                            state
-                                .token(id)
-                                .is_none_or(|t| t.expires_at_ms <= now_ms || t.revoked_by.is_some()),
-                            "token {} was revoked and is live again", id
-                        );
+                    for (id, expires) in &revoked {
+                        if now_ms < expires.saturating_add(super::access::REVOKED_RETENTION_MS) {
+                            prop_assert!(
+                                state.token(id).is_some_and(|t| t.revoked_by.is_some()),
+                                "token {} was revoked and is forgotten or live again", id
+                            );
+                        }
                     }
                 }
                 Step::Holder { .. } => {}

@@ -44,10 +44,18 @@ pub enum CertError {
 }
 
 /// A certificate and its private key, PEM-encoded.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PemPair {
     pub cert: String,
     pub key: String,
+}
+
+impl std::fmt::Debug for PemPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PemPair")
+            .field("cert", &self.cert)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A certificate authority able to issue Warrant certificates.

@@ -93,6 +93,13 @@ impl Identity {
         }
     }
 
+    /// When a DER-encoded certificate stops being valid, in Unix milliseconds.
+    pub fn cert_not_after_ms(der: &[u8]) -> Result<u64, IdentityError> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| IdentityError::BadCertificate(e.to_string()))?;
+        Ok(cert.validity().not_after.timestamp().max(0) as u64 * 1000)
+    }
+
     /// The principal, for an agent or human.
     pub fn principal(&self) -> Option<&Principal> {
         match self {

@@ -26,6 +26,8 @@ use crate::proto::{self, warrant_server};
 const MAX_REASON_BYTES: usize = 1024;
 /// Busy / already-done audit notes waiting to commit at once; more are dropped (and logged).
 const MAX_NOTES_IN_FLIGHT: usize = 4096;
+/// Keepalives of one stream being answered at once.
+const KEEPALIVES_IN_FLIGHT_PER_STREAM: usize = 256;
 /// Cap on a List answer.
 const MAX_LIST: usize = 10_000;
 
@@ -445,11 +447,23 @@ impl warrant_server::Warrant for Api {
             let _slot = slot;
             let api = Arc::new(api);
             let caller = Arc::new(caller);
+            // At most this many keepalives of one stream are in progress; further messages wait.
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(KEEPALIVES_IN_FLIGHT_PER_STREAM));
             while let Some(msg) = incoming.next().await {
                 let Ok(req) = msg else { break };
+                // A token revoked or a credential run out since the stream opened ends it; every
+                // message counts against the caller's rate.
+                if let Err(status) = api.shared.auth.recheck(&caller) {
+                    let _ = tx.send(Err(status)).await;
+                    break;
+                }
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    break;
+                };
                 let (api, tx, caller) = (api.clone(), tx.clone(), caller.clone());
                 tokio::spawn(async move {
                     let _ = tx.send(api.keepalive_one(&caller, req).await).await;
+                    drop(permit);
                 });
             }
         });

@@ -43,6 +43,9 @@ pub enum Via {
 pub struct Caller {
     pub identity: Option<Identity>,
     pub via: Via,
+    /// When the credential stops being valid (a certificate's not_after, a token's expiry), in Unix
+    /// ms; rechecked on every message of a long-lived stream.
+    pub valid_until_ms: u64,
 }
 
 impl Caller {
@@ -228,15 +231,26 @@ impl Auth {
             return Ok(Caller {
                 identity: None,
                 via: Via::Claim,
+                valid_until_ms: u64::MAX,
             });
         };
         if let Some(der) = request.peer_certs().and_then(|c| c.first().cloned()) {
             // The TLS layer already checked the chain to the cluster CA and the validity period.
             let identity = Identity::from_cert_der(&der)
                 .map_err(|e| Status::unauthenticated(format!("client certificate refused: {e}")))?;
+            // The handshake checked the validity period once; an HTTP/2 connection lives on, so a
+            // certificate that ran out since is refused here, per request.
+            let valid_until_ms = Identity::cert_not_after_ms(&der)
+                .map_err(|e| Status::unauthenticated(format!("client certificate refused: {e}")))?;
+            if crate::security::grant::unix_now_ms() >= valid_until_ms {
+                return Err(Status::unauthenticated(
+                    "client certificate expired; get a new one (warrant certs issue)",
+                ));
+            }
             return Ok(Caller {
                 identity: Some(identity),
                 via: Via::Certificate,
+                valid_until_ms,
             });
         }
         let Some(value) = request.metadata().get(AUTHORIZATION) else {
@@ -268,7 +282,29 @@ impl Auth {
         Ok(Caller {
             identity: Some(Identity::Principal(claims.principal)),
             via: Via::Token(claims.id),
+            valid_until_ms: claims.expires_at_ms,
         })
+    }
+
+    /// Check again, for one message of a long-lived stream: the credential has not run out, a
+    /// token has not been revoked since the stream opened, and the caller is within its rate.
+    pub fn recheck(&self, caller: &Caller) -> Result<(), Status> {
+        if crate::security::grant::unix_now_ms() >= caller.valid_until_ms {
+            return Err(Status::unauthenticated(
+                "credential expired while the stream was open",
+            ));
+        }
+        if let (Via::Token(id), Mode::Secure { sm, .. }) = (&caller.via, &self.mode) {
+            if sm.read().state.token_revoked(id) {
+                return Err(Status::unauthenticated(format!(
+                    "access token {id} was revoked"
+                )));
+            }
+        }
+        if let Some(id) = &caller.identity {
+            self.charge(&id.to_string())?;
+        }
+        Ok(())
     }
 
     /// Raft port: only cluster members (a node certificate from the cluster CA) may send messages.
@@ -333,6 +369,7 @@ mod tests {
         let me = Caller {
             identity: Some(Identity::Principal(Principal::parse("agent/a").unwrap())),
             via: Via::Certificate,
+            valid_until_ms: u64::MAX,
         };
         assert_eq!(me.principal("").unwrap().as_str(), "agent/a");
         assert_eq!(me.principal("agent/a").unwrap().as_str(), "agent/a");
@@ -341,6 +378,7 @@ mod tests {
         let node = Caller {
             identity: Some(Identity::Node(1)),
             via: Via::Certificate,
+            valid_until_ms: u64::MAX,
         };
         assert_eq!(
             node.principal("").unwrap_err().code(),

@@ -30,6 +30,13 @@ impl Api {
         };
         let by = caller.principal("")?;
         let subject = principal(&r.principal)?;
+        // Humans approve and administer with certificates: a minted human token would let one admin
+        // act as N approvers.
+        if subject.kind() != crate::model::PrincipalKind::Agent {
+            return Err(Status::invalid_argument(format!(
+                "access tokens are for agents; {subject} is a human and authenticates with a certificate"
+            )));
+        }
         let ttl = Duration::from_millis(r.ttl_ms);
         if ttl < Duration::from_secs(1) || ttl > MAX_TOKEN_TTL {
             return Err(Status::invalid_argument(format!(
