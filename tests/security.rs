@@ -30,9 +30,8 @@ fn code(o: &std::process::Output) -> i32 {
 }
 
 /// A client whose refusals come back at once (no long retrying of transport failures).
-fn quick(c: &Cluster, mut config: warrant::client::ClientConfig) -> Client {
+fn quick(mut config: warrant::client::ClientConfig) -> Client {
     config.call_timeout = Duration::from_secs(2);
-    let _ = c;
     Client::new(config).unwrap()
 }
 
@@ -58,14 +57,14 @@ async fn strangers_are_refused_principals_are_bound_and_grants_verify_offline() 
         .load()
         .unwrap(),
     );
-    let e = acquire(&quick(&c, anon), "db/orders").await.unwrap_err();
+    let e = acquire(&quick(anon), "db/orders").await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
     assert!(e.to_string().contains("no client certificate"), "{e}");
 
     // Plaintext against a TLS cluster: no answer at all.
     let mut plain = c.client_config(c.endpoints(), "agent/deployer");
     plain.tls = None;
-    assert!(acquire(&quick(&c, plain), "db/orders").await.is_err());
+    assert!(acquire(&quick(plain), "db/orders").await.is_err());
 
     // A certificate from another CA: the TLS handshake fails.
     let foreign = tempfile::tempdir().unwrap();
@@ -82,7 +81,7 @@ async fn strangers_are_refused_principals_are_bound_and_grants_verify_offline() 
         .load()
         .unwrap(),
     );
-    assert!(acquire(&quick(&c, evil), "db/orders").await.is_err());
+    assert!(acquire(&quick(evil), "db/orders").await.is_err());
 
     // Nothing changed.
     let admin = c.client("human/admin");
@@ -91,7 +90,7 @@ async fn strangers_are_refused_principals_are_bound_and_grants_verify_offline() 
     // A principal cannot act as another: deployer's certificate, claiming admin.
     let mut liar = c.client_config(c.endpoints(), "human/admin");
     liar.tls = c.client_config(c.endpoints(), "agent/deployer").tls;
-    let e = acquire(&quick(&c, liar), "db/orders").await.unwrap_err();
+    let e = acquire(&quick(liar), "db/orders").await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
     assert!(
         e.to_string().contains("authenticated as agent/deployer"),
@@ -334,7 +333,7 @@ async fn access_tokens_work_until_revoked_or_expired_and_admin_actions_are_audit
             .unwrap(),
         );
         config.access_token = Some(AccessToken(t.to_string()));
-        quick(&c, config)
+        quick(config)
     };
     let Acquired::Granted(lease) = acquire(&token_client(&token, c.endpoints()), "queue/jobs")
         .await

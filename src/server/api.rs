@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth;
 use super::convert::{self, invalid, op_error};
-use super::governance::AuditStream;
+use super::governance::{note, AuditStream};
 use super::Shared;
 use crate::model::{
     AcquireCmd, AcquireOutcome, Command, FenceStatus, FencingToken, InstanceId, LeaseId, Principal,
@@ -22,8 +22,6 @@ use crate::model::{
 };
 use crate::proto::{self, warrant_server};
 
-/// Longest revoke reason, in bytes.
-const MAX_REASON_BYTES: usize = 1024;
 /// Busy / already-done audit notes waiting to commit at once; more are dropped (and logged).
 const MAX_NOTES_IN_FLIGHT: usize = 4096;
 /// Keepalives of one stream being answered at once.
@@ -545,14 +543,7 @@ impl warrant_server::Warrant for Api {
                 ))
             }
         };
-        if r.reason.trim().is_empty()
-            || r.reason.len() > MAX_REASON_BYTES
-            || r.reason.chars().any(char::is_control)
-        {
-            return Err(Status::invalid_argument(format!(
-                "reason is required: 1 to {MAX_REASON_BYTES} bytes of text without control characters"
-            )));
-        }
+        note("reason", &r.reason, true)?;
         // Policy decides in apply (audited, denials too); the config's admins are the path while no
         // policy is loaded.
         let by_admin = self.shared.admins.contains(&by);

@@ -24,7 +24,7 @@ use crate::security::Identity;
 
 /// Largest policy text or entities document accepted.
 const MAX_POLICY_BYTES: usize = 1024 * 1024;
-/// Longest approval comment or rejection reason.
+/// Longest approval comment, rejection or revocation reason.
 const MAX_NOTE_BYTES: usize = 1024;
 /// Default and cap of an audit query's answer.
 const DEFAULT_AUDIT_LIMIT: usize = 1_000;
@@ -34,7 +34,8 @@ const MAX_INTENT_WINDOW_MS: u64 = 7 * 24 * 3_600_000;
 
 pub type AuditStream = Pin<Box<dyn Stream<Item = Result<proto::AuditRecord, Status>> + Send>>;
 
-fn note(what: &str, text: &str, required: bool) -> Result<(), Status> {
+/// A human's free text (reason, comment): required or not, bounded, no control characters.
+pub(super) fn note(what: &str, text: &str, required: bool) -> Result<(), Status> {
     if (required && text.trim().is_empty())
         || text.len() > MAX_NOTE_BYTES
         || text.chars().any(char::is_control)

@@ -8,14 +8,13 @@ use tonic::{Response, Status};
 use super::api::{principal, Api};
 use super::auth::Caller;
 use super::convert::op_error;
+use super::governance::note;
 use crate::model::{self, access::TokenRecord, Command};
 use crate::proto;
 use crate::security::AccessClaims;
 
 /// Longest access token lifetime.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
-/// Longest revoke reason, in bytes.
-const MAX_REASON_BYTES: usize = 1024;
 
 impl Api {
     pub(super) async fn mint_token_rpc(
@@ -95,14 +94,7 @@ impl Api {
                 model::access::MAX_TOKEN_ID_BYTES
             )));
         }
-        if r.reason.trim().is_empty()
-            || r.reason.len() > MAX_REASON_BYTES
-            || r.reason.chars().any(char::is_control)
-        {
-            return Err(Status::invalid_argument(format!(
-                "reason is required: 1 to {MAX_REASON_BYTES} bytes of text without control characters"
-            )));
-        }
+        note("reason", &r.reason, true)?;
         let by_admin = self.shared.admins.contains(&by);
         match self
             .shared
