@@ -84,7 +84,7 @@ pub async fn run(data_dir: PathBuf, port: u16, insecure: bool) -> u8 {
             Err(e) => {
                 eprintln!("error: node {id}: {e}");
                 for n in nodes {
-                    n.shutdown().await;
+                    n.stop().await;
                 }
                 return exit::OTHER;
             }
@@ -128,7 +128,7 @@ pub async fn run(data_dir: PathBuf, port: u16, insecure: bool) -> u8 {
     );
     wait_for_shutdown_signal().await;
     for n in nodes {
-        n.shutdown().await;
+        n.stop().await;
     }
     exit::OK
 }

@@ -17,6 +17,7 @@ macro_rules! say {
 mod answer;
 mod approvals;
 mod audit;
+mod cluster;
 mod dev;
 mod policy;
 mod run;
@@ -30,6 +31,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
 use audit::AuditCommand;
+use cluster::ClusterCommand;
 use policy::PolicyCommand;
 
 use crate::client::{AcquireOptions, Acquired, Client, ClientConfig, ClientError};
@@ -289,15 +291,6 @@ enum Command {
         conn: Conn,
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
-    },
-}
-
-#[derive(Subcommand)]
-enum ClusterCommand {
-    /// Leader, term, members and last applied index, as one node sees them.
-    Status {
-        #[command(flatten)]
-        conn: Conn,
     },
 }
 
@@ -649,9 +642,6 @@ async fn client_command(command: Command) -> u8 {
         | Command::List { conn, .. }
         | Command::CheckFence { conn, .. }
         | Command::Get { conn, .. }
-        | Command::Cluster {
-            command: ClusterCommand::Status { conn },
-        }
         | Command::Policy {
             command: PolicyCommand::Put { conn, .. } | PolicyCommand::Get { conn },
         }
@@ -660,6 +650,12 @@ async fn client_command(command: Command) -> u8 {
         }
         | Command::Approve { conn, .. }
         | Command::Reject { conn, .. }
+        | Command::Cluster {
+            command:
+                ClusterCommand::Status { conn }
+                | ClusterCommand::AddNode { conn, .. }
+                | ClusterCommand::RemoveNode { conn, .. },
+        }
         | Command::Token {
             command: security::TokenCommand::Revoke { conn, .. },
         }
@@ -862,35 +858,7 @@ async fn execute(client: &Client, command: Command) -> Result<Outcome, ClientErr
             };
             Outcome::ok(text, json)
         }
-        Command::Cluster {
-            command: ClusterCommand::Status { .. },
-        } => {
-            let s = client.status().await?;
-            let members: Vec<Value> = s
-                .members
-                .iter()
-                .map(|m| json!({"id": m.id, "address": m.address, "raft_address": m.raft_address, "role": m.role}))
-                .collect();
-            let text = format!(
-                "node {} sees leader {} (term {}), last applied {}\n{}",
-                s.node_id,
-                if s.leader == 0 {
-                    "none".to_string()
-                } else {
-                    format!("{} at {}", s.leader, s.leader_address)
-                },
-                s.term,
-                s.last_applied,
-                s.members
-                    .iter()
-                    .map(|m| format!("  {} {} {}", m.id, m.address, m.role))
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-            let json = json!({"node": s.node_id, "leader": if s.leader == 0 { Value::Null } else { json!(s.leader) },
-                "term": s.term, "members": members, "last_applied": s.last_applied, "live_leases": s.live_leases});
-            Outcome::ok(text, json)
-        }
+        Command::Cluster { command } => cluster::execute(client, command).await?,
         Command::Server { .. }
         | Command::Dev { .. }
         | Command::Certs { .. }

@@ -31,6 +31,7 @@ mod audit;
 mod fence;
 mod governance;
 mod lease;
+mod membership;
 mod tokens;
 
 use std::sync::{Arc, Mutex};

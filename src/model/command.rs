@@ -193,6 +193,23 @@ pub enum AcquireOutcome {
     NotApproved(NotApproved),
 }
 
+impl AcquireOutcome {
+    /// A short fixed name for the kind of answer (a metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AcquireOutcome::Granted(_) => "granted",
+            AcquireOutcome::Busy { .. } => "busy",
+            AcquireOutcome::Queued { .. } => "queued",
+            AcquireOutcome::AlreadyDone(_) => "already_done",
+            AcquireOutcome::WaitEnded => "wait_ended",
+            AcquireOutcome::Rejected(_) => "rejected",
+            AcquireOutcome::Denied(_) => "denied",
+            AcquireOutcome::PendingApproval(_) => "pending_approval",
+            AcquireOutcome::NotApproved(_) => "not_approved",
+        }
+    }
+}
+
 /// Why policy refused a request: the policy version, the determining policies and the `@reason` text
 /// a human wrote on the determining forbid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

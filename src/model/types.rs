@@ -456,6 +456,20 @@ pub enum EndReason {
     TakenOver { by_instance: InstanceId },
 }
 
+impl EndReason {
+    /// A short fixed name for the kind of end (a metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EndReason::Released => "released",
+            EndReason::Done => "done",
+            EndReason::Failed => "failed",
+            EndReason::Expired => "expired",
+            EndReason::Revoked { .. } => "revoked",
+            EndReason::TakenOver { .. } => "taken_over",
+        }
+    }
+}
+
 impl fmt::Display for EndReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

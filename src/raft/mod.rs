@@ -27,6 +27,16 @@ impl std::fmt::Display for NodeAddr {
     }
 }
 
+/// Warrant's own node-to-node notices, sent on the Raft port (so only nodes can send them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// The leader `from` of `term` is stepping down (shutdown, or its own removal) and has stopped
+    /// writing; the receiver, whose log matches the leader's, stands for election at once.
+    TakeOver { from: NodeId, term: u64 },
+    /// Leader `by` committed a membership without the receiver at `log_index`: it stops serving.
+    Removed { by: NodeId, log_index: u64 },
+}
+
 /// The state machine's answer to one log entry; `None` for blank and membership entries.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommandResponse(pub Option<model::Response>);

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use super::{NodeAddr, NodeId, TypeConfig};
+use super::{Control, NodeAddr, NodeId, TypeConfig};
 use crate::proto::raft::raft_client::RaftClient;
 use crate::proto::raft::RaftMessage;
 
@@ -58,6 +58,28 @@ impl Network {
             .connect_lazy();
         channels.insert(addr.to_string(), channel.clone());
         Some(channel)
+    }
+}
+
+impl Network {
+    /// Send a [`Control`] notice to a node and wait for its acknowledgement.
+    pub async fn control(
+        &self,
+        node: &NodeAddr,
+        notice: &Control,
+        timeout: std::time::Duration,
+    ) -> Result<(), String> {
+        let channel = self
+            .channel(&node.raft)
+            .ok_or_else(|| format!("bad raft address {}", node.raft))?;
+        let payload = bincode::serialize(notice).map_err(|e| e.to_string())?;
+        let mut request = tonic::Request::new(RaftMessage { payload });
+        request.set_timeout(timeout);
+        RaftClient::new(channel)
+            .control(request)
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("{}: {}", node.raft, s.message()))
     }
 }
 

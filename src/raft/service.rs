@@ -3,18 +3,24 @@
 
 use tonic::{Request, Response, Status};
 
-use super::Raft;
+use super::{Control, Raft};
 use crate::proto::raft::raft_server;
 use crate::proto::raft::RaftMessage;
 
 /// Serves `warrant.raft.v1.Raft` for one node.
 pub struct RaftService {
     raft: Raft,
+    /// Where [`Control`] notices go (the node acts on them).
+    control: tokio::sync::mpsc::UnboundedSender<Control>,
 }
 
 impl RaftService {
-    pub fn new(raft: Raft) -> raft_server::RaftServer<Self> {
-        raft_server::RaftServer::new(Self { raft }).max_decoding_message_size(64 * 1024 * 1024)
+    pub fn new(
+        raft: Raft,
+        control: tokio::sync::mpsc::UnboundedSender<Control>,
+    ) -> raft_server::RaftServer<Self> {
+        raft_server::RaftServer::new(Self { raft, control })
+            .max_decoding_message_size(64 * 1024 * 1024)
     }
 }
 
@@ -50,5 +56,16 @@ impl raft_server::Raft for RaftService {
     ) -> Result<Response<RaftMessage>, Status> {
         let req = decode(request)?;
         reply(&self.raft.install_snapshot(req).await)
+    }
+
+    async fn control(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        let notice: Control = decode(request)?;
+        self.control
+            .send(notice)
+            .map_err(|_| Status::unavailable("node is shutting down"))?;
+        reply(&())
     }
 }

@@ -100,6 +100,8 @@ impl Api {
         outcome: AcquireOutcome,
     ) -> Result<proto::AcquireResponse, Status> {
         use proto::acquire_response::Outcome;
+        metrics::counter!("warrant_acquire_answers_total", "outcome" => outcome.kind())
+            .increment(1);
         let out = match outcome {
             AcquireOutcome::Granted(g) => {
                 let remaining = self
@@ -284,6 +286,7 @@ impl Api {
         };
         let ttl = Duration::from_millis(ttl_ms);
         if self.shared.clock.renew(id, ttl) {
+            metrics::counter!("warrant_keepalives_total").increment(1);
             let certificate = if req.certificate {
                 self.certificate(&lease, super::wall_now_ms().saturating_add(ttl_ms))
             } else {
@@ -647,23 +650,7 @@ impl warrant_server::Warrant for Api {
     ) -> Result<Response<proto::StatusResponse>, Status> {
         let m = self.shared.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
-        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-        let members = membership
-            .nodes()
-            .map(|(id, node)| proto::Member {
-                id: *id,
-                address: node.client.clone(),
-                raft_address: node.raft.clone(),
-                role: if Some(*id) == m.current_leader {
-                    "leader"
-                } else if voters.contains(id) {
-                    "follower"
-                } else {
-                    "learner"
-                }
-                .to_string(),
-            })
-            .collect();
+        let (members, _) = self.shared.members();
         let leader_address = m
             .current_leader
             .and_then(|id| membership.get_node(&id).map(|n| n.client.clone()))
@@ -758,6 +745,22 @@ impl warrant_server::Warrant for Api {
     ) -> Result<Response<proto::RevokeTokenResponse>, Status> {
         let caller = auth::caller(&request)?;
         self.revoke_token_rpc(caller, request.into_inner()).await
+    }
+
+    async fn add_node(
+        &self,
+        request: Request<proto::AddNodeRequest>,
+    ) -> Result<Response<proto::MembershipResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        self.add_node_rpc(caller, request.into_inner()).await
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<proto::RemoveNodeRequest>,
+    ) -> Result<Response<proto::MembershipResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        self.remove_node_rpc(caller, request.into_inner()).await
     }
 
     async fn verify_audit(

@@ -180,6 +180,10 @@ pub struct Config {
     /// Every voting member at bootstrap, by id (including this node).
     #[serde(deserialize_with = "peers_by_id")]
     pub peers: BTreeMap<u64, PeerConfig>,
+    /// ip:port for plain HTTP `/metrics` (Prometheus), `/healthz` and `/readyz`; none when absent.
+    /// It shows counts and timings, never lease contents: bind it to a private address.
+    #[serde(default)]
+    pub http_addr: Option<String>,
     /// When true, this node initialises the cluster (with all `peers` as voters) on its first start.
     #[serde(default)]
     pub bootstrap: bool,
@@ -277,6 +281,14 @@ impl Config {
                         format!("{addr:?} is not an ip:port address"),
                     ));
                 }
+            }
+        }
+        if let Some(addr) = &self.http_addr {
+            if addr.parse::<SocketAddr>().is_err() {
+                return Err(bad(
+                    "http_addr",
+                    format!("{addr:?} is not an ip:port address"),
+                ));
             }
         }
         for (i, admin) in self.admins.iter().enumerate() {

@@ -13,6 +13,8 @@ pub mod config;
 mod convert;
 mod governance;
 mod lease_clock;
+mod membership;
+mod observe;
 mod tokens;
 mod waiters;
 
@@ -60,6 +62,8 @@ pub enum Error {
     Raft(String),
     #[error("config [security]: {0}")]
     Security(String),
+    #[error("{0}")]
+    Retired(String),
 }
 
 /// Wall-clock milliseconds since the Unix epoch: stamped into entries for audit and policy only;
@@ -95,6 +99,12 @@ pub(crate) struct Shared {
     /// This node's TLS material (secure mode): its node certificate also serves as its client
     /// certificate towards peers.
     pub tls: Option<crate::security::tls::TlsMaterial>,
+    /// The node-to-node transport, for Warrant's own notices (`raft::Control`).
+    pub network: Network,
+    /// Set while this leader hands leadership over: it proposes nothing more.
+    pub draining: std::sync::atomic::AtomicBool,
+    /// Set once this node learns it was removed: why it no longer serves.
+    pub retired: Arc<std::sync::OnceLock<String>>,
 }
 
 impl Shared {
@@ -109,6 +119,11 @@ impl Shared {
     /// Propose a command and wait for the state machine's answer. Concurrent proposals share one
     /// log entry (group commit; DESIGN "Performance stance").
     pub async fn propose(&self, cmd: Command) -> Result<model::Response, Status> {
+        if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Status::unavailable(
+                "this leader is handing leadership over; retry in a moment",
+            ));
+        }
         self.proposer
             .submit(cmd)
             .await
@@ -151,7 +166,10 @@ async fn propose_entry(raft: &Raft, cmd: Command) -> Result<model::Response, Sta
         now_ms: wall_now_ms(),
         cmd,
     };
-    match tokio::time::timeout(PROPOSE_TIMEOUT, raft.client_write(request)).await {
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(PROPOSE_TIMEOUT, raft.client_write(request)).await;
+    metrics::histogram!("warrant_raft_commit_duration_seconds").record(started.elapsed());
+    match answer {
         Err(_) => Err(Status::deadline_exceeded(
             "the cluster did not commit the request in time; its outcome is unknown: retry with the same request_id",
         )),
@@ -199,13 +217,22 @@ fn not_leader(leader: Option<&NodeAddr>) -> Status {
 /// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
 pub struct NodeHandle {
     pub raft: Raft,
+    shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl NodeHandle {
-    /// Stop serving and shut Raft down.
+    /// Leave gracefully (SIGTERM): a leader first hands leadership to an up-to-date voter, so the
+    /// cluster does not wait out an election timeout; then stop.
     pub async fn shutdown(self) {
+        let wait = self.shared.config.raft.election_timeout_max * 3;
+        self.shared.hand_over(wait).await;
+        self.stop().await;
+    }
+
+    /// Stop serving and shut Raft down at once.
+    pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.raft.shutdown().await;
         for t in self.tasks {
@@ -253,6 +280,14 @@ fn load_security(
 
 pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     let security = load_security(&config)?;
+    let marker = config.data_dir.join(membership::RETIRED_FILE);
+    if let Ok(why) = std::fs::read_to_string(&marker) {
+        return Err(Error::Retired(format!(
+            "{} ({} says so)",
+            why.trim(),
+            marker.display()
+        )));
+    }
     std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Bind {
         addr: config.data_dir.display().to_string(),
         what: "data directory",
@@ -281,10 +316,11 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     }
     .validate()
     .map_err(|e| Error::Raft(e.to_string()))?;
+    let network = Network::new(security.as_ref().map(|(m, _)| m.client()));
     let raft = Raft::new(
         config.node_id,
         Arc::new(raft_config),
-        Network::new(security.as_ref().map(|(m, _)| m.client())),
+        network.clone(),
         log_store,
         sm_store,
     )
@@ -299,6 +335,18 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             what: "raft",
             source,
         })?;
+    let http_listener = match &config.http_addr {
+        None => None,
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind {
+                    addr: addr.clone(),
+                    what: "HTTP (metrics, health)",
+                    source,
+                })?,
+        ),
+    };
     let client_listener = TcpListener::bind(&me.client)
         .await
         .map_err(|source| Error::Bind {
@@ -339,6 +387,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         None => (None, auth::Auth::insecure(config.limits.clone())),
     };
     let auth = Arc::new(auth);
+    let retired: Arc<std::sync::OnceLock<String>> = Default::default();
     let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
         let weak = weak.clone();
         let renewer = Batcher::spawn(1, move |ids: Vec<LeaseId>| {
@@ -360,6 +409,9 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             notes_in_flight: Default::default(),
             auth: auth.clone(),
             tls: tls.clone(),
+            network: network.clone(),
+            draining: Default::default(),
+            retired: retired.clone(),
         }
     });
 
@@ -379,10 +431,28 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     };
     let mut raft_server = server_builder(true)?;
     let mut client_server = server_builder(false)?;
+    let (control_tx, mut control_rx) = mpsc::unbounded_channel();
+    tasks.push(tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            while let Some(notice) = control_rx.recv().await {
+                shared.on_control(notice).await;
+            }
+        }
+    }));
+    tasks.push(tokio::spawn(membership::watch_removal(shared.clone())));
+    if let Some(listener) = http_listener {
+        tasks.push(tokio::spawn(observe::serve(
+            shared.clone(),
+            listener,
+            stop(shutdown_rx.clone()),
+        )));
+        tasks.push(tokio::spawn(observe::sample(shared.clone())));
+    }
     tasks.push(tokio::spawn({
         let peer_auth = auth.clone();
         let svc = tonic::service::interceptor::InterceptedService::new(
-            RaftService::new(raft.clone()),
+            RaftService::new(raft.clone(), control_tx),
             move |r| peer_auth.intercept_peer(r),
         );
         let stop = stop(shutdown_rx.clone());
@@ -398,9 +468,14 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     }));
     tasks.push(tokio::spawn({
         let client_auth = auth.clone();
+        let retired = retired.clone();
         let svc = tonic::service::interceptor::InterceptedService::new(
             api::service(shared.clone()),
-            move |r| client_auth.intercept(r),
+            // UNAVAILABLE, not FAILED_PRECONDITION: every gRPC client then tries another member.
+            move |r| match retired.get() {
+                Some(why) => Err(Status::unavailable(why.clone())),
+                None => client_auth.intercept(r),
+            },
         );
         let stop = stop(shutdown_rx.clone());
         async move {
@@ -465,6 +540,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     tracing::info!(node = config.node_id, client = %me.client, raft = %me.raft, "node started");
     Ok(NodeHandle {
         raft,
+        shared,
         shutdown,
         tasks,
     })
@@ -482,6 +558,7 @@ async fn dispatch_events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ap
         for event in events {
             match event {
                 Event::Granted { grant } => {
+                    metrics::counter!("warrant_leases_granted_total").increment(1);
                     shared.clock.on_granted(
                         grant.lease.lease_id,
                         Duration::from_millis(grant.lease.ttl_ms),
@@ -494,6 +571,8 @@ async fn dispatch_events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ap
                         .notify(&request_id, model::AcquireOutcome::Granted(grant));
                 }
                 Event::Ended { lease, reason } => {
+                    metrics::counter!("warrant_leases_ended_total", "reason" => reason.kind())
+                        .increment(1);
                     shared.clock.on_ended(lease.lease_id);
                     tracing::info!(node = shared.node_id, resource = %lease.resource, lease = %lease.lease_id, token = lease.token.0,
                         ended = %reason, "lease ended");

@@ -27,6 +27,11 @@ impl Waiters {
         rx
     }
 
+    /// Requests waiting on this node.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
     /// Forget a request (answered, or given up).
     pub fn unregister(&self, id: &RequestId) {
         self.lock().remove(id);

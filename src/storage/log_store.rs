@@ -31,7 +31,10 @@ fn run_flusher(db: Arc<DB>, queue: std::sync::mpsc::Receiver<LogFlushed<TypeConf
     while let Ok(first) = queue.recv() {
         let mut waiting = vec![first];
         waiting.extend(queue.try_iter());
+        let started = std::time::Instant::now();
         let synced = db.flush_wal(true);
+        metrics::histogram!("warrant_storage_fsync_duration_seconds").record(started.elapsed());
+        metrics::counter!("warrant_storage_fsync_entries_total").increment(waiting.len() as u64);
         for callback in waiting {
             callback.log_io_completed(
                 synced

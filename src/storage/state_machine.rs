@@ -184,6 +184,7 @@ impl StateMachineStore {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let started = std::time::Instant::now();
         let (data, meta) = {
             let sm = self.read();
             let id = match sm.last_applied {
@@ -211,6 +212,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         // The snapshot's sync write also makes every earlier audit write durable (one WAL).
         self.save_snapshot(&stored)?;
         tracing::info!(snapshot = %meta.snapshot_id, bytes = stored.data.len(), "built snapshot");
+        metrics::histogram!("warrant_snapshot_build_duration_seconds").record(started.elapsed());
+        metrics::gauge!("warrant_snapshot_size_bytes").set(stored.data.len() as f64);
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(encode(&stored))),
@@ -231,6 +234,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let started = std::time::Instant::now();
         let mut responses = Vec::new();
         let mut fx = Effects::default();
         {
@@ -266,6 +270,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     .map_err(|e| StorageIOError::write(&e))?;
             }
         }
+        metrics::histogram!("warrant_sm_apply_duration_seconds").record(started.elapsed());
+        metrics::counter!("warrant_sm_applied_entries_total").increment(responses.len() as u64);
         if !fx.events.is_empty() {
             // The receiver lives as long as the node; if it is gone the node is shutting down.
             let _ = self.events.send(fx.events);
@@ -286,6 +292,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
+        metrics::counter!("warrant_snapshot_installed_total").increment(1);
         let bytes = snapshot.into_inner();
         let read_err = |e: &dyn std::fmt::Display| {
             StorageIOError::read_snapshot(Some(meta.signature()), &Error::Corrupt(e.to_string()))

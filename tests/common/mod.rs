@@ -23,6 +23,9 @@ pub struct Opts {
     pub secure: bool,
     /// More TOML tables for every node's config (e.g. `[limits]`).
     pub extra: String,
+    /// Nodes configured (ports, certificates, `bootstrap = false`) but not started: ids
+    /// `nodes + 1 ..`, for `warrant cluster add-node`.
+    pub spare: usize,
 }
 
 /// The principals a secure test cluster has client certificates for.
@@ -47,6 +50,7 @@ impl Default for Opts {
             max_ttl: "1h",
             secure: false,
             extra: String::new(),
+            spare: 0,
         }
     }
 }
@@ -54,6 +58,11 @@ impl Default for Opts {
 pub struct Node {
     pub id: u64,
     pub client_addr: String,
+    pub raft_addr: String,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub http_addr: String,
+    /// Clients list it among the endpoints (false for a spare until the test adds it).
+    pub joined: bool,
     pub config: PathBuf,
     pub log: PathBuf,
     child: Option<Child>,
@@ -109,7 +118,8 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let mut up = 0;
-            for n in &mut self.nodes {
+            let expected = self.nodes.iter().filter(|n| n.child.is_some()).count();
+            for n in self.nodes.iter_mut().filter(|n| n.child.is_some()) {
                 if std::fs::read_to_string(&n.log)
                     .unwrap_or_default()
                     .contains("node started")
@@ -121,7 +131,7 @@ impl Cluster {
                     }
                 }
             }
-            if up == self.nodes.len() {
+            if up == expected {
                 return true;
             }
             assert!(
@@ -135,11 +145,11 @@ impl Cluster {
 
     fn start_once(opts: &Opts) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ports: Vec<(u16, u16)> = (0..opts.nodes)
+        let ports: Vec<(u16, u16)> = (0..opts.nodes + opts.spare)
             .map(|_| (free_port(), free_port()))
             .collect();
         let mut peers = String::new();
-        for (i, (raft, client)) in ports.iter().enumerate() {
+        for (i, (raft, client)) in ports.iter().enumerate().take(opts.nodes) {
             peers.push_str(&format!(
                 "[peers.{}]\nraft = \"127.0.0.1:{raft}\"\nclient = \"127.0.0.1:{client}\"\n",
                 i + 1
@@ -147,15 +157,24 @@ impl Cluster {
         }
         let certs = opts.secure.then(|| {
             let certs = dir.path().join("certs");
-            let mut options =
-                warrant::security::certs::InitOptions::local("test", opts.nodes as u64);
+            let mut options = warrant::security::certs::InitOptions::local(
+                "test",
+                (opts.nodes + opts.spare) as u64,
+            );
             options.principals = SECURE_PRINCIPALS.iter().map(|s| s.to_string()).collect();
             warrant::security::certs::init(&certs, &options).expect("make certificates");
             certs
         });
         let mut nodes = Vec::new();
-        for (i, (_, client)) in ports.iter().enumerate() {
+        for (i, (raft, client)) in ports.iter().enumerate() {
             let id = i as u64 + 1;
+            let spare = i >= opts.nodes;
+            // A spare lists the bootstrap members and itself.
+            let peers = if spare {
+                format!("{peers}[peers.{id}]\nraft = \"127.0.0.1:{raft}\"\nclient = \"127.0.0.1:{client}\"\n")
+            } else {
+                peers.clone()
+            };
             let (insecure, security) = if opts.secure {
                 (
                     "",
@@ -168,8 +187,9 @@ impl Cluster {
                 ("insecure = true\n", String::new())
             };
             let config = dir.path().join(format!("node{id}.toml"));
+            let http_addr = format!("127.0.0.1:{}", free_port());
             let text = format!(
-                "node_id = {id}\ncluster_name = \"test\"\ndata_dir = \"data{id}\"\nbootstrap = {}\n{insecure}default_decision = \"allow\"\n\
+                "node_id = {id}\ncluster_name = \"test\"\ndata_dir = \"data{id}\"\nhttp_addr = \"{http_addr}\"\nbootstrap = {}\n{insecure}default_decision = \"allow\"\n\
                  admins = [\"human/admin\"]\n[lease]\nmin_ttl = \"{}\"\nmax_ttl = \"{}\"\nexpiry_interval = \"50ms\"\n\
                  ttl_checkpoint_interval = \"250ms\"\n[raft]\nheartbeat_interval = \"100ms\"\nelection_timeout_min = \"400ms\"\n\
                  election_timeout_max = \"800ms\"\nsnapshot_after_entries = {}\nkeep_entries_after_snapshot = {}\n{peers}",
@@ -185,6 +205,9 @@ impl Cluster {
             nodes.push(Node {
                 id,
                 client_addr: format!("127.0.0.1:{client}"),
+                raft_addr: format!("127.0.0.1:{raft}"),
+                http_addr,
+                joined: !spare,
                 config,
                 log,
                 child: None,
@@ -272,7 +295,44 @@ impl Cluster {
     }
 
     pub fn endpoints(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.client_addr.clone()).collect()
+        self.nodes
+            .iter()
+            .filter(|n| n.joined)
+            .map(|n| n.client_addr.clone())
+            .collect()
+    }
+
+    /// SIGTERM a node (a graceful stop) and wait until it exits; returns its exit status.
+    pub fn terminate(&mut self, id: u64) -> std::process::ExitStatus {
+        self.signal(id, nix::sys::signal::Signal::SIGTERM);
+        let mut child = self.nodes[(id - 1) as usize]
+            .child
+            .take()
+            .expect("node is running");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for node") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("node {id} did not exit within 20s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Wait until node `id` logged `line` (it started, say), or fail after `timeout`.
+    pub fn wait_log(&self, id: u64, line: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log_of(id).contains(line) {
+            assert!(
+                Instant::now() < deadline,
+                "node {id} did not log {line:?} within {timeout:?}; logs in {}",
+                self.dir.path().display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn endpoints_csv(&self) -> String {
@@ -363,6 +423,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        if std::env::var_os("WARRANT_TEST_KEEP").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+            eprintln!("kept the cluster's directory: {}", dir.keep().display());
+        }
         for n in &mut self.nodes {
             if let Some(mut c) = n.child.take() {
                 // A paused node must be resumed to die promptly.
@@ -375,6 +439,23 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// A plain HTTP/1.0 GET: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, body.to_string()))
 }
 
 /// Poll `check` until it returns Some, at most `timeout`.

@@ -1,0 +1,610 @@
+//! Membership changes online (openraft joint consensus), leadership hand-over, and retirement of a
+//! removed node.
+//!
+//! Every change is an admin action: authorized in apply (`Command::AdminCheck`, action
+//! `membership`) and audited, denials too. The check's own log entry doubles as the liveness probe:
+//! a voter that has not replicated it within [`PROBE_WAIT`] counts as down when we ask whether the
+//! new voter set keeps a live quorum.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+use openraft::ChangeMembers;
+use tonic::{Response, Status};
+
+use super::api::Api;
+use super::auth::Caller;
+use super::convert::op_error;
+use super::{Shared, PROPOSE_TIMEOUT};
+use crate::model::{self, Command};
+use crate::proto;
+use crate::raft::{Control, NodeAddr, NodeId};
+
+/// How long voters get to replicate the admin check's entry before they count as down.
+const PROBE_WAIT: Duration = Duration::from_secs(1);
+/// Default and largest time a new node may take to catch up.
+const DEFAULT_CATCH_UP: Duration = Duration::from_secs(60);
+const MAX_CATCH_UP: Duration = Duration::from_secs(3600);
+/// A learner within this many entries of the leader is caught up enough to vote.
+const CAUGHT_UP_LAG: u64 = 100;
+/// The file in a data directory that marks a node removed from its cluster.
+pub const RETIRED_FILE: &str = "WARRANT-REMOVED";
+
+/// The message a retired node answers every request with, and refuses to start with.
+pub fn retired_message(node: NodeId, by: NodeId, log_index: u64) -> String {
+    format!(
+        "node {node} was removed from the cluster (by leader {by}, membership at log index {log_index}) \
+         and no longer serves. To bring this machine back, stop it, empty its data_dir and run \
+         `warrant cluster add-node` for it"
+    )
+}
+
+/// Quorum of a voter set of this size.
+fn majority(voters: usize) -> usize {
+    voters / 2 + 1
+}
+
+fn ids(set: &BTreeSet<NodeId>) -> String {
+    let v: Vec<String> = set.iter().map(|i| i.to_string()).collect();
+    format!("{{{}}}", v.join(", "))
+}
+
+impl Shared {
+    /// Is this node the leader? Otherwise the redirect to give.
+    fn require_leader(&self) -> Result<(), Status> {
+        if self.raft.metrics().borrow().current_leader == Some(self.node_id) {
+            Ok(())
+        } else {
+            Err(self.redirect())
+        }
+    }
+
+    /// The voters (this leader included) whose replication reached `index` within `wait`.
+    async fn live_voters(&self, index: u64, wait: Duration) -> BTreeSet<NodeId> {
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let (voters, live) = {
+                let m = rx.borrow_and_update();
+                let voters: BTreeSet<NodeId> =
+                    m.membership_config.membership().voter_ids().collect();
+                let matched = m.replication.clone().unwrap_or_default();
+                let live: BTreeSet<NodeId> = voters
+                    .iter()
+                    .copied()
+                    .filter(|id| {
+                        *id == self.node_id
+                            || matched
+                                .get(id)
+                                .and_then(|l| l.as_ref())
+                                .is_some_and(|l| l.index >= index)
+                    })
+                    .collect();
+                (voters, live)
+            };
+            if live.len() == voters.len() {
+                return live;
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return live;
+            }
+        }
+    }
+
+    /// Authorize (and audit) a membership change; returns the index of the check's entry.
+    async fn authorize_membership(
+        &self,
+        by: model::Principal,
+        detail: String,
+    ) -> Result<u64, Status> {
+        let by_admin = self.admins.contains(&by);
+        match self
+            .propose(Command::AdminCheck {
+                by,
+                by_admin,
+                action: "membership".into(),
+                detail,
+            })
+            .await?
+        {
+            model::Response::AdminCheck(Ok(())) => {}
+            model::Response::AdminCheck(Err(e)) => return Err(op_error(&e)),
+            _ => return Err(Status::internal("unexpected answer to AdminCheck")),
+        }
+        Ok(self
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index))
+    }
+
+    /// Refuse a change after which the voters `after` would not have a live quorum.
+    async fn check_quorum(
+        &self,
+        probe_index: u64,
+        after: &BTreeSet<NodeId>,
+        also_live: Option<NodeId>,
+        what: &str,
+    ) -> Result<(), Status> {
+        let mut live = self.live_voters(probe_index, PROBE_WAIT).await;
+        live.extend(also_live);
+        let live_after: BTreeSet<NodeId> = after.intersection(&live).copied().collect();
+        if live_after.len() < majority(after.len()) {
+            let down: BTreeSet<NodeId> = after.difference(&live_after).copied().collect();
+            return Err(Status::failed_precondition(format!(
+                "{what} would leave voters {} with {} reachable (nodes {} did not acknowledge a probe \
+                 within {}ms), below their quorum of {}: the cluster would stop. Bring those nodes \
+                 back first",
+                ids(after),
+                live_after.len(),
+                ids(&down),
+                PROBE_WAIT.as_millis(),
+                majority(after.len())
+            )));
+        }
+        Ok(())
+    }
+
+    /// Members as the API shows them.
+    pub(super) fn members(&self) -> (Vec<proto::Member>, u64) {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| proto::Member {
+                id: *id,
+                address: node.client.clone(),
+                raft_address: node.raft.clone(),
+                role: if Some(*id) == m.current_leader {
+                    "leader"
+                } else if voters.contains(id) {
+                    "follower"
+                } else {
+                    "learner"
+                }
+                .to_string(),
+            })
+            .collect();
+        let index = m.membership_config.log_id().map_or(0, |l| l.index);
+        (members, index)
+    }
+
+    /// Hand leadership to the most up-to-date voter: stop writing, wait until that voter's log
+    /// matches ours, and ask it to stand for election. Our own vote (and, once their leader lease
+    /// of `election_timeout_max` runs out, the other followers') elects it. Returns the new leader,
+    /// or `None` if this node does not lead or no voter took over within `wait`.
+    pub(super) async fn hand_over(&self, wait: Duration) -> Option<NodeId> {
+        let (term, target, target_addr) = {
+            let m = self.raft.metrics().borrow().clone();
+            if m.current_leader != Some(self.node_id) {
+                return None;
+            }
+            let membership = m.membership_config.membership();
+            let matched = m.replication.clone().unwrap_or_default();
+            let (id, _) = membership
+                .voter_ids()
+                .filter(|id| *id != self.node_id)
+                .map(|id| {
+                    (
+                        id,
+                        matched.get(&id).cloned().flatten().map_or(0, |l| l.index),
+                    )
+                })
+                .max_by_key(|(_, index)| *index)?;
+            (m.current_term, id, membership.get_node(&id)?.clone())
+        };
+        let started = Instant::now();
+        // Stop writing and stop heartbeats (the followers' leader lease runs from the last one);
+        // and never stand for election ourselves meanwhile, or we would win back what we hand over.
+        self.draining.store(true, Ordering::SeqCst);
+        self.raft.runtime_config().heartbeat(false);
+        self.raft.runtime_config().elect(false);
+        let result = self.hand_over_to(term, target, &target_addr, wait).await;
+        self.raft.runtime_config().heartbeat(true);
+        if self.retired.get().is_none() {
+            self.raft.runtime_config().elect(true);
+        }
+        match result {
+            Some(leader) => tracing::info!(
+                to = leader,
+                took_ms = started.elapsed().as_millis() as u64,
+                "handed leadership over"
+            ),
+            None => tracing::warn!(
+                to = target,
+                "leadership hand-over did not complete in time; the cluster elects a leader on its own"
+            ),
+        }
+        self.draining.store(false, Ordering::SeqCst);
+        result
+    }
+
+    async fn hand_over_to(
+        &self,
+        term: u64,
+        target: NodeId,
+        addr: &NodeAddr,
+        wait: Duration,
+    ) -> Option<NodeId> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut rx = self.raft.metrics();
+        // The target's log must match ours, or our vote (and everyone's) refuses it.
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                if m.current_leader != Some(self.node_id) {
+                    return m.current_leader;
+                }
+                let last = m.last_log_index.unwrap_or(0);
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&target).cloned().flatten())
+                    .map_or(0, |l| l.index);
+                if matched >= last {
+                    break;
+                }
+            }
+            tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .ok()?
+                .ok()?;
+        }
+        // Ask again now and then: followers refuse any candidate while their leader lease from
+        // our last heartbeat runs, so in a cluster of five the second vote may come only later.
+        let notice = Control::TakeOver {
+            from: self.node_id,
+            term,
+        };
+        loop {
+            if let Err(e) = self
+                .network
+                .control(addr, &notice, Duration::from_millis(500))
+                .await
+            {
+                tracing::warn!(error = %e, to = target, "take-over notice not delivered");
+            }
+            let retry = tokio::time::Instant::now() + Duration::from_millis(300);
+            loop {
+                {
+                    let m = rx.borrow_and_update();
+                    if m.current_leader.is_some_and(|l| l != self.node_id) {
+                        return m.current_leader;
+                    }
+                }
+                match tokio::time::timeout_at(retry.min(deadline), rx.changed()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => return None,
+                    Err(_) => break,
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+        }
+    }
+
+    /// Act on a notice from a peer.
+    pub(super) async fn on_control(&self, notice: Control) {
+        match notice {
+            Control::TakeOver { from, term } => {
+                let m = self.raft.metrics().borrow().clone();
+                // Once we stand, we know no leader: the sender repeats its notice until we win.
+                if m.current_leader.is_some_and(|l| l != from) || m.current_term < term {
+                    tracing::info!(
+                        from,
+                        term,
+                        "ignored a take-over notice from a node that does not lead"
+                    );
+                    return;
+                }
+                tracing::info!(from, term, "the leader hands over: standing for election");
+                if let Err(e) = self.raft.trigger().elect().await {
+                    tracing::warn!(error = %e, "could not stand for election");
+                }
+            }
+            Control::Removed { by, log_index } => {
+                self.retire(retired_message(self.node_id, by, log_index))
+                    .await
+            }
+        }
+    }
+
+    /// Stop serving for good: refuse every client call with `why`, never stand for election, and
+    /// mark the data directory so a restart refuses too.
+    pub(super) async fn retire(&self, why: String) {
+        if self.retired.set(why.clone()).is_err() {
+            return;
+        }
+        self.raft.runtime_config().elect(false);
+        let marker = self.config.data_dir.join(RETIRED_FILE);
+        if let Err(e) = std::fs::write(&marker, format!("{why}\n")) {
+            tracing::error!(error = %e, path = %marker.display(), "cannot record the removal");
+        }
+        tracing::error!("{why}");
+    }
+}
+
+/// Watch the membership: a node that was a member and sees a committed membership without itself
+/// has been removed (the leader also tells it directly, as it may never receive that entry).
+pub(super) async fn watch_removal(shared: Arc<Shared>) {
+    let mut rx = shared.raft.server_metrics();
+    let mut was_member = false;
+    loop {
+        let removed_at = {
+            let m = rx.borrow_and_update();
+            let stored = &m.membership_config;
+            let member = stored.membership().get_node(&shared.node_id).is_some();
+            was_member |= member;
+            let index = stored.log_id().map_or(0, |l| l.index);
+            let applied = shared
+                .raft
+                .metrics()
+                .borrow()
+                .last_applied
+                .map_or(0, |l| l.index);
+            (was_member && !member && applied >= index).then(|| (m.current_leader, index))
+        };
+        if let Some((leader, index)) = removed_at {
+            shared
+                .retire(retired_message(shared.node_id, leader.unwrap_or(0), index))
+                .await;
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn membership_error(
+    e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>,
+    shared: &Shared,
+) -> Status {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => shared.redirect(),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
+            ChangeMembershipError::InProgress(p) => Status::aborted(format!(
+                "another membership change is in progress ({p}); retry when it completes"
+            )),
+            other => Status::failed_precondition(other.to_string()),
+        },
+        other => Status::unavailable(format!("membership change failed: {other}")),
+    }
+}
+
+fn parse_addr(field: &str, value: &str) -> Result<String, Status> {
+    value
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.to_string())
+        .map_err(|_| {
+            Status::invalid_argument(format!("{field} {value:?} is not an ip:port address"))
+        })
+}
+
+impl Api {
+    pub(super) async fn add_node_rpc(
+        &self,
+        caller: Caller,
+        r: proto::AddNodeRequest,
+    ) -> Result<Response<proto::MembershipResponse>, Status> {
+        let started = Instant::now();
+        let shared = &self.shared;
+        if r.node_id == 0 {
+            return Err(Status::invalid_argument("node_id must be greater than 0"));
+        }
+        let node = NodeAddr {
+            raft: parse_addr("raft_address", &r.raft_address)?,
+            client: parse_addr("client_address", &r.client_address)?,
+        };
+        let catch_up = match r.catch_up_timeout_ms {
+            0 => DEFAULT_CATCH_UP,
+            ms => Duration::from_millis(ms).min(MAX_CATCH_UP),
+        };
+        let by = caller.principal(&r.principal)?;
+        shared.require_leader()?;
+        let (voters, known) = {
+            let m = shared.raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            (
+                membership.voter_ids().collect::<BTreeSet<_>>(),
+                membership.get_node(&r.node_id).cloned(),
+            )
+        };
+        if let Some(known) = &known {
+            if *known != node {
+                return Err(Status::failed_precondition(format!(
+                    "node {} is already a member at {known}; remove it first to move it",
+                    r.node_id
+                )));
+            }
+        }
+        let probe = shared
+            .authorize_membership(by, format!("add node {} ({node})", r.node_id))
+            .await?;
+        if voters.contains(&r.node_id) {
+            let (members, log_index) = shared.members();
+            return Ok(Response::new(proto::MembershipResponse {
+                members,
+                log_index,
+                took_ms: started.elapsed().as_millis() as u64,
+            }));
+        }
+        if known.is_none() {
+            tracing::info!(node = r.node_id, addr = %node, "adding a learner");
+            tokio::time::timeout(
+                PROPOSE_TIMEOUT,
+                shared.raft.add_learner(r.node_id, node.clone(), false),
+            )
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded("adding the learner did not commit in time; retry")
+            })?
+            .map_err(|e| membership_error(e, shared))?;
+        }
+        self.wait_caught_up(r.node_id, catch_up).await?;
+        let mut after = voters.clone();
+        after.insert(r.node_id);
+        shared
+            .check_quorum(
+                probe,
+                &after,
+                Some(r.node_id),
+                &format!("adding node {}", r.node_id),
+            )
+            .await?;
+        tracing::info!(node = r.node_id, "promoting the learner to voter");
+        let resp = tokio::time::timeout(
+            PROPOSE_TIMEOUT * 2,
+            shared
+                .raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([r.node_id])), false),
+        )
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(
+                "the membership change did not commit in time; its outcome is unknown: check `warrant cluster status`",
+            )
+        })?
+        .map_err(|e| membership_error(e, shared))?;
+        let (members, _) = shared.members();
+        Ok(Response::new(proto::MembershipResponse {
+            members,
+            log_index: resp.log_id.index,
+            took_ms: started.elapsed().as_millis() as u64,
+        }))
+    }
+
+    /// Wait until the learner's log is within [`CAUGHT_UP_LAG`] entries of the leader's.
+    async fn wait_caught_up(&self, id: NodeId, wait: Duration) -> Result<(), Status> {
+        let mut rx = self.shared.raft.metrics();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let (matched, last) = {
+                let m = rx.borrow_and_update();
+                if m.current_leader != Some(self.shared.node_id) {
+                    return Err(self.shared.redirect());
+                }
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten())
+                    .map(|l| l.index);
+                (matched, m.last_log_index.unwrap_or(0))
+            };
+            if matched.is_some_and(|i| i + CAUGHT_UP_LAG >= last) {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return Err(Status::deadline_exceeded(format!(
+                    "node {id} has not caught up within {} (it has {} of {last} entries); it stays a \
+                     learner: check that it runs and that the leader can reach its raft address, then \
+                     retry add-node (or remove-node {id})",
+                    humantime::format_duration(wait),
+                    matched.map_or("none".to_string(), |i| i.to_string())
+                )));
+            }
+        }
+    }
+
+    pub(super) async fn remove_node_rpc(
+        &self,
+        caller: Caller,
+        r: proto::RemoveNodeRequest,
+    ) -> Result<Response<proto::MembershipResponse>, Status> {
+        let started = Instant::now();
+        let shared = &self.shared;
+        if r.node_id == 0 {
+            return Err(Status::invalid_argument("node_id must be greater than 0"));
+        }
+        let by = caller.principal(&r.principal)?;
+        shared.require_leader()?;
+        let (voters, node) = {
+            let m = shared.raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            (
+                membership.voter_ids().collect::<BTreeSet<_>>(),
+                membership.get_node(&r.node_id).cloned(),
+            )
+        };
+        let Some(node) = node else {
+            return Err(Status::not_found(format!(
+                "node {} is not a member of this cluster",
+                r.node_id
+            )));
+        };
+        let is_voter = voters.contains(&r.node_id);
+        let after: BTreeSet<NodeId> = voters
+            .iter()
+            .copied()
+            .filter(|id| *id != r.node_id)
+            .collect();
+        if is_voter && after.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "node {} is the only voter; removing it would leave no cluster",
+                r.node_id
+            )));
+        }
+        let probe = shared
+            .authorize_membership(by, format!("remove node {} ({node})", r.node_id))
+            .await?;
+        if is_voter {
+            shared
+                .check_quorum(probe, &after, None, &format!("removing node {}", r.node_id))
+                .await?;
+        }
+        if r.node_id == shared.node_id {
+            // A leader does not remove itself: it hands over and the caller retries at the new one.
+            let wait = shared.config.raft.election_timeout_max * 3;
+            return Err(match shared.hand_over(wait).await {
+                Some(_) => shared.redirect(),
+                None => Status::unavailable(
+                    "this node leads and could not hand leadership over in time; retry",
+                ),
+            });
+        }
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([r.node_id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([r.node_id]))
+        };
+        tracing::info!(node = r.node_id, "removing a node");
+        let resp = tokio::time::timeout(PROPOSE_TIMEOUT * 2, shared.raft.change_membership(change, false))
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(
+                    "the membership change did not commit in time; its outcome is unknown: check `warrant cluster status`",
+                )
+            })?
+            .map_err(|e| membership_error(e, shared))?;
+        // The removed node may never receive the entry that removes it: tell it.
+        let notice = Control::Removed {
+            by: shared.node_id,
+            log_index: resp.log_id.index,
+        };
+        if let Err(e) = shared
+            .network
+            .control(&node, &notice, Duration::from_secs(2))
+            .await
+        {
+            tracing::warn!(node = r.node_id, error = %e, "could not tell the removed node; it learns from its log if it can");
+        }
+        let (members, _) = shared.members();
+        Ok(Response::new(proto::MembershipResponse {
+            members,
+            log_index: resp.log_id.index,
+            took_ms: started.elapsed().as_millis() as u64,
+        }))
+    }
+}

@@ -1,0 +1,421 @@
+//! Day-two operations on real clusters: membership changes under load, removed nodes, graceful
+//! leader shutdown.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{eventually, json, stderr, stdout, Cluster, Opts};
+use warrant::client::{AcquireOptions, Acquired, Client};
+
+const WAIT: Duration = Duration::from_secs(30);
+const RESOURCES: usize = 8;
+
+/// Every grant a load worker saw acknowledged: (resource index, token, when the answer arrived).
+type Grants = Arc<Mutex<Vec<(usize, u64, Instant)>>>;
+
+/// Workers that acquire and release over [`RESOURCES`] resources until `stop`; errors during
+/// elections and membership changes are expected and retried.
+fn start_load(
+    client: Client,
+    workers: usize,
+    stop: Arc<AtomicBool>,
+    grants: Grants,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..workers)
+        .map(|w| {
+            let client = client.clone();
+            let stop = stop.clone();
+            let grants = grants.clone();
+            tokio::spawn(async move {
+                let mut i = w;
+                while !stop.load(Ordering::SeqCst) {
+                    i += 1;
+                    let r = i % RESOURCES;
+                    let opts =
+                        AcquireOptions::new(&format!("ops/load/{r}"), Duration::from_secs(5));
+                    match client.acquire(opts).await {
+                        Ok(Acquired::Granted(lease)) => {
+                            grants
+                                .lock()
+                                .unwrap()
+                                .push((r, lease.token(), Instant::now()));
+                            let _ = lease.release(None).await;
+                        }
+                        Ok(_) => {}
+                        Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// The voters and learners a node reports.
+async fn members(client: &Client) -> BTreeMap<u64, String> {
+    client
+        .status()
+        .await
+        .map(|s| s.members.into_iter().map(|m| (m.id, m.role)).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_to_five_to_three_under_load_loses_no_grant_and_tokens_only_grow() {
+    let mut cluster = Cluster::start(Opts {
+        secure: true,
+        spare: 2,
+        ..Opts::default()
+    });
+    cluster.wait_leader(WAIT).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let grants: Grants = Default::default();
+    // The load's client knows all five addresses, so it follows the leader wherever it moves.
+    let all: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| n.client_addr.clone())
+        .collect();
+    let load_client = Client::new(cluster.client_config(all, "agent/deployer")).unwrap();
+    let workers = start_load(load_client, 4, stop.clone(), grants.clone());
+
+    // A non-admin may not change membership; the denial is audited.
+    let denied = cluster.cli("agent/other", &["cluster", "remove-node", "3"]);
+    assert!(!denied.status.success(), "{}", stdout(&denied));
+    assert!(stderr(&denied).contains("denied"), "{}", stderr(&denied));
+
+    // 3 -> 5: start the spares, add them. Until added, a spare is not ready.
+    for id in [4, 5] {
+        cluster.start_node(id);
+        cluster.wait_log(id, "node started", WAIT);
+        let (code, body) = common::http_get(&cluster.node(id).http_addr, "/readyz").unwrap();
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("not a member"), "{body}");
+        let (raft, client) = (
+            cluster.node(id).raft_addr.clone(),
+            cluster.node(id).client_addr.clone(),
+        );
+        let out = cluster.cli(
+            "human/admin",
+            &[
+                "cluster",
+                "add-node",
+                &id.to_string(),
+                &raft,
+                &client,
+                "--output",
+                "json",
+            ],
+        );
+        assert!(out.status.success(), "add-node {id}: {}", stderr(&out));
+        let roles = json(&out)["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["id"] == id)
+            .map(|m| m["role"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>();
+        assert_eq!(roles.len(), 1, "{}", stdout(&out));
+        assert_ne!(roles[0], "learner");
+        cluster.nodes[(id - 1) as usize].joined = true;
+        eventually(WAIT, "the added node to be ready", || {
+            let addr = cluster.node(id).http_addr.clone();
+            async move { matches!(common::http_get(&addr, "/readyz"), Ok((200, _))).then_some(()) }
+        })
+        .await;
+    }
+    // Adding again is answered with the membership as it is (a retried call is safe).
+    let (raft4, client4) = (
+        cluster.node(4).raft_addr.clone(),
+        cluster.node(4).client_addr.clone(),
+    );
+    let again = cluster.cli(
+        "human/admin",
+        &["cluster", "add-node", "4", &raft4, &client4],
+    );
+    assert!(again.status.success(), "{}", stderr(&again));
+    // The same id at other addresses is refused.
+    let moved = cluster.cli(
+        "human/admin",
+        &["cluster", "add-node", "4", "127.0.0.1:1", "127.0.0.1:2"],
+    );
+    assert!(!moved.status.success());
+    assert!(
+        stderr(&moved).contains("already a member"),
+        "{}",
+        stderr(&moved)
+    );
+    let five = members(&cluster.client("human/test")).await;
+    assert_eq!(
+        five.values().filter(|r| *r != "learner").count(),
+        5,
+        "{five:?}"
+    );
+
+    // 5 -> 3: remove two of the original nodes; when one of them leads, it hands over first.
+    for id in [1, 2] {
+        let out = cluster.cli("human/admin", &["cluster", "remove-node", &id.to_string()]);
+        assert!(out.status.success(), "remove-node {id}: {}", stderr(&out));
+        cluster.nodes[(id - 1) as usize].joined = false;
+    }
+    let three = members(&cluster.client("human/test")).await;
+    assert_eq!(
+        three.keys().copied().collect::<Vec<_>>(),
+        vec![3, 4, 5],
+        "{three:?}"
+    );
+
+    // Keep the load going a moment on the new membership, then stop it.
+    let before = grants.lock().unwrap().len();
+    eventually(WAIT, "grants on the 3-node membership", || {
+        let n = grants.lock().unwrap().len();
+        async move { (n > before + 20).then_some(()) }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+
+    // Tokens only grow: per resource, in the order grants were acknowledged.
+    let grants = grants.lock().unwrap().clone();
+    assert!(grants.len() > 50, "only {} grants under load", grants.len());
+    let mut highest = [0u64; RESOURCES];
+    let mut ordered = grants.clone();
+    ordered.sort_by_key(|g| g.2);
+    for (r, token, _) in &ordered {
+        assert!(
+            *token > highest[*r],
+            "resource {r}: token {token} after {}",
+            highest[*r]
+        );
+        highest[*r] = *token;
+    }
+    // No acknowledged grant was lost: every resource's fence is at least its highest token.
+    let client = cluster.client("agent/deployer");
+    for (r, max) in highest.iter().enumerate() {
+        let fence = client.get(&format!("ops/load/{r}")).await.unwrap().fence;
+        assert!(
+            fence >= *max,
+            "resource {r}: fence {fence} below acknowledged token {max}"
+        );
+    }
+
+    // A removed node refuses clients and says why; restarted, it refuses to start.
+    let removed = cluster.node_client(1, "human/test");
+    let why = eventually(WAIT, "node 1 to know it was removed", || {
+        let removed = removed.clone();
+        async move {
+            match removed.status().await {
+                Err(e) if e.to_string().contains("was removed") => Some(e.to_string()),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(why.contains("node 1 was removed"), "{why}");
+    cluster.kill(1);
+    cluster.start_node(1);
+    cluster.wait_log(1, "was removed from the cluster", WAIT);
+
+    // Refuse a change that loses quorum: with node 5 down, {3, 4} minus 4 leaves 1 of 2.
+    cluster.kill(5);
+    let lossy = cluster.cli("human/admin", &["cluster", "remove-node", "4"]);
+    assert!(!lossy.status.success());
+    assert!(stderr(&lossy).contains("quorum"), "{}", stderr(&lossy));
+    let still = members(&cluster.client("human/test")).await;
+    assert!(still.contains_key(&4), "{still:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_with_sigterm_hands_over_within_an_election_timeout() {
+    let mut cluster = Cluster::start(Opts::default());
+    cluster.wait_leader(WAIT).await;
+    // A leader refuses to vote for anyone during its first election_timeout_max (openraft's leader
+    // lease), which would slow the hand-over: let it settle while the load runs.
+    let settled = Instant::now() + Duration::from_millis(1200);
+    let client = cluster.client("agent/a");
+    // Grant continuously; the longest gap between two grants spans the hand-over.
+    let stop = Arc::new(AtomicBool::new(false));
+    let grants: Grants = Default::default();
+    let workers = start_load(client, 2, stop.clone(), grants.clone());
+    eventually(WAIT, "grants before the stop", || {
+        let n = grants.lock().unwrap().len();
+        async move { (n > 20 && Instant::now() > settled).then_some(()) }
+    })
+    .await;
+    // Elections at start may have moved leadership since: ask again.
+    let leader = cluster.wait_leader(WAIT).await;
+    let signalled = Instant::now();
+    let status = cluster.terminate(leader);
+    assert!(status.success(), "SIGTERM exit: {status:?}");
+    let count = grants.lock().unwrap().len();
+    eventually(WAIT, "grants after the stop", || {
+        let n = grants.lock().unwrap().len();
+        async move { (n > count + 20).then_some(()) }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert!(
+        cluster.log_of(leader).contains("handed leadership over"),
+        "{}",
+        cluster.log_of(leader)
+    );
+    let mut times: Vec<Instant> = grants.lock().unwrap().iter().map(|g| g.2).collect();
+    times.sort();
+    let gap = times
+        .windows(2)
+        .filter(|w| w[1] >= signalled)
+        .map(|w| w[1].duration_since(w[0]))
+        .max()
+        .unwrap();
+    // A crashed leader costs its leader lease plus an election timeout (1.2 s or more here).
+    assert!(
+        gap < Duration::from_millis(800),
+        "grants stalled {gap:?} across the hand-over"
+    );
+}
+
+/// Samples of a Prometheus text exposition, after checking every line's syntax.
+fn prometheus_samples(text: &str) -> BTreeMap<String, f64> {
+    let mut samples = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix('#') {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            assert!(
+                matches!(words.first(), Some(&"HELP" | &"TYPE")),
+                "bad comment line {line:?}"
+            );
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("a sample is `series value`");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        assert!(
+            !series.contains('{') || series.ends_with('}'),
+            "bad labels in {line:?}"
+        );
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        samples.insert(series.to_string(), value);
+    }
+    samples
+}
+
+fn metrics_of(cluster: &Cluster, id: u64) -> BTreeMap<String, f64> {
+    let (code, body) =
+        common::http_get(&cluster.node(id).http_addr, "/metrics").expect("GET /metrics");
+    assert_eq!(code, 200, "{body}");
+    prometheus_samples(&body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_move_and_readiness_flips_when_cut_off() {
+    let cluster = Cluster::start(Opts::default());
+    let leader = cluster.wait_leader(WAIT).await;
+    let client = cluster.client("agent/a");
+    let before = metrics_of(&cluster, leader);
+    let granted = |m: &BTreeMap<String, f64>| {
+        m.get("warrant_leases_granted_total")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    for i in 0..5 {
+        let lease = match client
+            .acquire(AcquireOptions::new(
+                &format!("metrics/{i}"),
+                Duration::from_secs(5),
+            ))
+            .await
+            .unwrap()
+        {
+            Acquired::Granted(l) => l,
+            other => panic!("{other:?}"),
+        };
+        lease.release(None).await.unwrap();
+    }
+    let after = metrics_of(&cluster, leader);
+    assert_eq!(granted(&after) - granted(&before), 5.0, "{after:?}");
+    assert!(
+        after
+            .get("warrant_acquire_answers_total{outcome=\"granted\"}")
+            .copied()
+            .unwrap_or(0.0)
+            >= 5.0,
+        "{after:?}"
+    );
+    assert!(
+        after
+            .get("warrant_raft_commit_duration_seconds_count")
+            .copied()
+            .unwrap_or(0.0)
+            > 0.0,
+        "{after:?}"
+    );
+    assert!(
+        after
+            .get("warrant_storage_fsync_duration_seconds_count")
+            .copied()
+            .unwrap_or(0.0)
+            > 0.0,
+        "{after:?}"
+    );
+    // Gauges are sampled each second.
+    let sampled = eventually(WAIT, "sampled gauges", || {
+        let m = metrics_of(&cluster, leader);
+        async move { (m.get("warrant_raft_is_leader") == Some(&1.0)).then_some(m) }
+    })
+    .await;
+    assert!(sampled["warrant_raft_term"] >= 1.0);
+    assert_eq!(sampled["warrant_raft_voters"], 3.0);
+
+    // Every node is ready; one whose peers stop answering is not, and is again once they return.
+    for n in &cluster.nodes {
+        assert_eq!(common::http_get(&n.http_addr, "/healthz").unwrap().0, 200);
+        let (code, body) = common::http_get(&n.http_addr, "/readyz").unwrap();
+        assert_eq!(code, 200, "node {}: {body}", n.id);
+    }
+    let watched = if leader == 1 { 2 } else { 1 };
+    let others: Vec<u64> = (1..=3).filter(|id| *id != watched).collect();
+    for id in &others {
+        cluster.pause(*id);
+    }
+    let why = eventually(WAIT, "the cut-off node to be unready", || {
+        let addr = cluster.node(watched).http_addr.clone();
+        async move {
+            match common::http_get(&addr, "/readyz") {
+                Ok((503, body)) => Some(body),
+                _ => None,
+            }
+        }
+    })
+    .await;
+    assert!(why.contains("no known leader"), "{why}");
+    assert_eq!(
+        common::http_get(&cluster.node(watched).http_addr, "/healthz")
+            .unwrap()
+            .0,
+        200
+    );
+    for id in &others {
+        cluster.resume(*id);
+    }
+    eventually(WAIT, "the node to be ready again", || {
+        let addr = cluster.node(watched).http_addr.clone();
+        async move { matches!(common::http_get(&addr, "/readyz"), Ok((200, _))).then_some(()) }
+    })
+    .await;
+}
