@@ -212,6 +212,39 @@ pub struct Config {
     pub raft: RaftConfig,
 }
 
+/// A peer address: `ip:port`, or `host:port` with a DNS name (e.g. a Kubernetes pod's stable name).
+pub fn check_host_port(addr: &str) -> Result<(), String> {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let bad = || format!("{addr:?} is not an ip:port or host:port address");
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// Where to listen for an advertised address: itself when its host is an IP; every interface at
+/// its port when it is a DNS name (which may resolve to this machine only through a service).
+pub fn listen_addr(advertised: &str) -> String {
+    if advertised.parse::<SocketAddr>().is_ok() {
+        return advertised.to_string();
+    }
+    match advertised.rsplit_once(':') {
+        Some((_, port)) => format!("0.0.0.0:{port}"),
+        None => advertised.to_string(),
+    }
+}
+
 impl Config {
     /// Read, parse and validate a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -275,12 +308,7 @@ impl Config {
         }
         for (id, peer) in &self.peers {
             for (field, addr) in [("raft", &peer.raft), ("client", &peer.client)] {
-                if addr.parse::<SocketAddr>().is_err() {
-                    return Err(bad(
-                        &format!("peers.{id}.{field}"),
-                        format!("{addr:?} is not an ip:port address"),
-                    ));
-                }
+                check_host_port(addr).map_err(|m| bad(&format!("peers.{id}.{field}"), m))?;
             }
         }
         if let Some(addr) = &self.http_addr {
@@ -425,6 +453,61 @@ min_ttl = "2s"
         assert_eq!(c.lease.min_ttl, Duration::from_secs(2));
         assert_eq!(c.lease.max_ttl, Duration::from_secs(3600));
         assert_eq!(c.me().client, "127.0.0.1:7001");
+    }
+
+    #[test]
+    fn peer_addresses_are_ips_or_dns_names_and_names_listen_everywhere() {
+        for good in [
+            "127.0.0.1:7101",
+            "[::1]:7101",
+            "warrant-0.warrant.prod.svc:7100",
+            "db1:1",
+        ] {
+            assert!(check_host_port(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "nowhere",
+            "host:",
+            ":7100",
+            "host:99999",
+            "bad_name:1",
+            "-a.b:1",
+            "a..b:1",
+        ] {
+            assert!(check_host_port(bad).is_err(), "{bad}");
+        }
+        assert_eq!(listen_addr("127.0.0.1:7101"), "127.0.0.1:7101");
+        assert_eq!(listen_addr("warrant-0.warrant:7100"), "0.0.0.0:7100");
+    }
+
+    #[test]
+    fn the_deployment_examples_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster");
+        for n in 1..=3u64 {
+            let path = root.join(format!("systemd/node{n}.toml"));
+            let text = std::fs::read_to_string(&path).unwrap();
+            let c = Config::parse(&text, &path.display().to_string()).unwrap();
+            assert_eq!((c.node_id, c.bootstrap, c.peers.len()), (n, n == 1, 3));
+            assert_eq!(c.default_decision, DefaultDecision::Deny);
+        }
+        // The StatefulSet's command: node_id (and bootstrap on node 1), common.toml, cert and key.
+        let yaml = std::fs::read_to_string(root.join("kubernetes/warrant.yaml")).unwrap();
+        let start = yaml.find("  common.toml: |\n").unwrap() + "  common.toml: |\n".len();
+        let common: String = yaml[start..]
+            .lines()
+            .take_while(|l| l.starts_with("    "))
+            .map(|l| format!("{}\n", &l[4..]))
+            .collect();
+        for n in 1..=3u64 {
+            let bootstrap = if n == 1 { "bootstrap = true\n" } else { "" };
+            let text = format!(
+                "node_id = {n}\n{bootstrap}{common}cert = \"/etc/warrant/tls/node{n}.pem\"\nkey = \"/etc/warrant/tls/node{n}.key\"\n"
+            );
+            let c = Config::parse(&text, "kubernetes").unwrap();
+            assert_eq!(c.me().raft, format!("warrant-{}.warrant:7100", n - 1));
+            assert_eq!(listen_addr(&c.me().client), "0.0.0.0:7000");
+            assert!(c.security.is_some() && c.http_addr.is_some());
+        }
     }
 
     #[test]

@@ -382,12 +382,12 @@ fn membership_error(
 }
 
 fn parse_addr(field: &str, value: &str) -> Result<String, Status> {
-    value
-        .parse::<std::net::SocketAddr>()
-        .map(|a| a.to_string())
-        .map_err(|_| {
-            Status::invalid_argument(format!("{field} {value:?} is not an ip:port address"))
-        })
+    match value.parse::<std::net::SocketAddr>() {
+        Ok(a) => Ok(a.to_string()),
+        Err(_) => super::config::check_host_port(value)
+            .map(|()| value.to_string())
+            .map_err(|m| Status::invalid_argument(format!("{field}: {m}"))),
+    }
 }
 
 impl Api {

@@ -328,7 +328,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     .map_err(|e| Error::Raft(e.to_string()))?;
 
     let me = config.me().clone();
-    let raft_listener = TcpListener::bind(&me.raft)
+    let raft_listener = TcpListener::bind(config::listen_addr(&me.raft))
         .await
         .map_err(|source| Error::Bind {
             addr: me.raft.clone(),
@@ -347,7 +347,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
                 })?,
         ),
     };
-    let client_listener = TcpListener::bind(&me.client)
+    let client_listener = TcpListener::bind(config::listen_addr(&me.client))
         .await
         .map_err(|source| Error::Bind {
             addr: me.client.clone(),
