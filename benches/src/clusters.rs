@@ -22,13 +22,18 @@ pub struct Proc {
 
 impl Proc {
     fn spawn(name: String, restart: Command) -> Result<Self> {
-        let mut p = Proc {
+        let mut p = Proc::idle(name, restart);
+        p.start()?;
+        Ok(p)
+    }
+
+    /// Configured, not started.
+    fn idle(name: String, restart: Command) -> Self {
+        Proc {
             name,
             child: None,
             restart,
-        };
-        p.start()?;
-        Ok(p)
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -63,6 +68,9 @@ impl Drop for Proc {
 pub struct Cluster {
     pub endpoints: Vec<String>,
     pub procs: Vec<Proc>,
+    /// Warrant only: nodes 4 and 5, configured (`bootstrap = false`) but not started, with their
+    /// raft and client addresses, for the membership change.
+    pub spares: Vec<(Proc, String, String)>,
     /// Data and logs, removed when the cluster is dropped.
     _dir: tempfile::TempDir,
 }
@@ -77,6 +85,7 @@ impl Cluster {
         Cluster {
             endpoints,
             procs,
+            spares: Vec::new(),
             _dir: dir,
         }
     }
@@ -108,7 +117,7 @@ impl Cluster {
 /// Start a 3-node Warrant cluster from the `warrant` binary.
 pub fn start_warrant(bin: &Path) -> Result<Cluster> {
     let dir = tempfile::tempdir()?;
-    let ports: Vec<(u16, u16)> = (0..3)
+    let ports: Vec<(u16, u16)> = (0..5)
         .map(|_| Ok((free_port()?, free_port()?)))
         .collect::<Result<_>>()?;
     let mut peers = String::new();
@@ -119,14 +128,21 @@ pub fn start_warrant(bin: &Path) -> Result<Cluster> {
         ));
     }
     let mut procs = Vec::new();
-    for id in 1..=3u64 {
+    let mut spares = Vec::new();
+    for id in 1..=5u64 {
         let config = dir.path().join(format!("node{id}.toml"));
         std::fs::write(
             &config,
             format!(
                 "node_id = {id}\ncluster_name = \"bench\"\ndata_dir = \"data{id}\"\nbootstrap = {}\ninsecure = true\ndefault_decision = \"allow\"\n\
-                 admins = [\"human/admin\"]\n{peers}",
-                id == 1
+                 admins = [\"human/admin\"]\n{}",
+                id == 1,
+                // Bootstrap members list the first three; a spare lists them too (and itself).
+                if id <= 3 {
+                    peers.lines().take(9).collect::<Vec<_>>().join("\n")
+                } else {
+                    peers.clone()
+                }
             ),
         )?;
         let log = std::fs::File::create(dir.path().join(format!("node{id}.log")))?;
@@ -136,9 +152,20 @@ pub fn start_warrant(bin: &Path) -> Result<Cluster> {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log);
-        procs.push(Proc::spawn(format!("warrant-{id}"), cmd)?);
+        if id <= 3 {
+            procs.push(Proc::spawn(format!("warrant-{id}"), cmd)?);
+        } else {
+            let (raft, client) = ports[(id - 1) as usize];
+            spares.push((
+                Proc::idle(format!("warrant-{id}"), cmd),
+                format!("127.0.0.1:{raft}"),
+                format!("127.0.0.1:{client}"),
+            ));
+        }
     }
-    Ok(Cluster::of(&ports, procs, dir))
+    let mut cluster = Cluster::of(&ports[..3], procs, dir);
+    cluster.spares = spares;
+    Ok(cluster)
 }
 
 /// Start a 3-node etcd cluster (default durability: fsync on every commit).

@@ -370,11 +370,56 @@ async fn scale(system: System, cluster: &mut Cluster, n: usize) -> Result<String
     })
     .await?;
     let catch_up = restarted.elapsed();
+    let membership = match system {
+        System::Warrant => membership(cluster).await?,
+        System::Etcd => String::new(),
+    };
     Ok(format!(
         "Scale, {}: {n} live leases created at {rate:.0}/s; RSS per node {rss_before:?} → {rss:?} MiB; \
-         kill -9 + restart of a member until it serves all of them: {:.1} s",
+         kill -9 + restart of a member until it serves all of them: {:.1} s{membership}",
         system.name(),
         catch_up.as_secs_f64()
+    ))
+}
+
+/// 3 → 5 → 3 with the scale workload's leases live: start the two spares, add each (learner,
+/// catch-up by snapshot, promotion), then remove them again.
+async fn membership(cluster: &mut Cluster) -> Result<String> {
+    let admin = Client::new(ClientConfig::new(cluster.endpoints.clone(), "human/admin")?)?;
+    let started = Instant::now();
+    let mut adds = Vec::new();
+    for (proc, raft, client) in cluster.spares.iter_mut() {
+        proc.start()?;
+        let id: u64 = proc.name.trim_start_matches("warrant-").parse()?;
+        let r = admin
+            .add_node(warrant::proto::AddNodeRequest {
+                node_id: id,
+                raft_address: raft.clone(),
+                client_address: client.clone(),
+                catch_up_timeout_ms: 600_000,
+                principal: String::new(),
+            })
+            .await?;
+        adds.push(r.took_ms);
+    }
+    let grow = started.elapsed();
+    let started = Instant::now();
+    for id in [4u64, 5] {
+        admin
+            .remove_node(warrant::proto::RemoveNodeRequest {
+                node_id: id,
+                principal: String::new(),
+            })
+            .await?;
+    }
+    let shrink = started.elapsed();
+    for (proc, _, _) in cluster.spares.iter_mut() {
+        proc.kill();
+    }
+    Ok(format!(
+        "; 3 → 5 (start both spares, add-node each: {adds:?} ms): {:.1} s; 5 → 3 (remove-node ×2): {:.1} s",
+        grow.as_secs_f64(),
+        shrink.as_secs_f64()
     ))
 }
 

@@ -235,6 +235,13 @@ impl Shared {
         wait: Duration,
     ) -> Option<NodeId> {
         let deadline = tokio::time::Instant::now() + wait;
+        // Proposals already handed to openraft may still append: let them finish first.
+        while self.in_flight.load(Ordering::SeqCst) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         let mut rx = self.raft.metrics();
         // The target's log must match ours, or our vote (and everyone's) refuses it.
         loop {

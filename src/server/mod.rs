@@ -103,6 +103,8 @@ pub(crate) struct Shared {
     pub network: Network,
     /// Set while this leader hands leadership over: it proposes nothing more.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Proposals handed to openraft and not answered yet.
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
     /// Set once this node learns it was removed: why it no longer serves.
     pub retired: Arc<std::sync::OnceLock<String>>,
 }
@@ -160,8 +162,29 @@ impl Shared {
 /// Batches of proposals in flight at once: enough to keep openraft's pipeline full.
 const PROPOSALS_IN_FLIGHT: usize = 8;
 
+/// Counts proposals handed to openraft and not yet answered (a hand-over waits for none).
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlight(count)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Propose one entry and wait until it is applied.
-async fn propose_entry(raft: &Raft, cmd: Command) -> Result<model::Response, Status> {
+async fn propose_entry(
+    raft: &Raft,
+    in_flight: &std::sync::atomic::AtomicUsize,
+    cmd: Command,
+) -> Result<model::Response, Status> {
+    let _counted = InFlight::enter(in_flight);
     let request = model::Request {
         now_ms: wall_now_ms(),
         cmd,
@@ -180,12 +203,16 @@ async fn propose_entry(raft: &Raft, cmd: Command) -> Result<model::Response, Sta
 }
 
 /// Propose a batch of commands as one entry (a single command as itself) and answer each.
-async fn propose_batch(raft: Raft, mut cmds: Vec<Command>) -> Vec<Result<model::Response, Status>> {
+async fn propose_batch(
+    raft: Raft,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    mut cmds: Vec<Command>,
+) -> Vec<Result<model::Response, Status>> {
     let n = cmds.len();
     if n == 1 {
-        return vec![propose_entry(&raft, cmds.remove(0)).await];
+        return vec![propose_entry(&raft, &in_flight, cmds.remove(0)).await];
     }
-    match propose_entry(&raft, Command::Batch(cmds)).await {
+    match propose_entry(&raft, &in_flight, Command::Batch(cmds)).await {
         Ok(model::Response::Batch(answers)) if answers.len() == n => {
             answers.into_iter().map(Ok).collect()
         }
@@ -357,8 +384,10 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
 
     let confirm_raft = raft.clone();
     let propose_raft = raft.clone();
-    let proposer = Batcher::spawn(PROPOSALS_IN_FLIGHT, move |cmds: Vec<Command>| {
-        propose_batch(propose_raft.clone(), cmds)
+    let in_flight: Arc<std::sync::atomic::AtomicUsize> = Default::default();
+    let proposer = Batcher::spawn(PROPOSALS_IN_FLIGHT, {
+        let in_flight = in_flight.clone();
+        move |cmds: Vec<Command>| propose_batch(propose_raft.clone(), in_flight.clone(), cmds)
     });
     let confirmer = Batcher::spawn(1, move |items: Vec<()>| {
         let raft = confirm_raft.clone();
@@ -411,6 +440,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             tls: tls.clone(),
             network: network.clone(),
             draining: Default::default(),
+            in_flight: in_flight.clone(),
             retired: retired.clone(),
         }
     });

@@ -243,6 +243,54 @@ impl Cluster {
         node.child = Some(child);
     }
 
+    /// Start a spare node and wait until it listens. Its ports were found free when the cluster
+    /// started, so a test running in parallel may have taken one since: then it moves to new ports.
+    pub fn start_spare(&mut self, id: u64) {
+        for _attempt in 0..3 {
+            self.start_node(id);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if self.log_of(id).contains("node started") {
+                    return;
+                }
+                let node = &mut self.nodes[(id - 1) as usize];
+                if let Some(status) = node
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    node.child = None;
+                    assert!(
+                        self.log_of(id).contains("cannot listen"),
+                        "spare {id} exited ({status}): {}",
+                        self.log_of(id)
+                    );
+                    let node = &mut self.nodes[(id - 1) as usize];
+                    let text = std::fs::read_to_string(&node.config).expect("read config");
+                    let (raft, client, http) = (
+                        format!("127.0.0.1:{}", free_port()),
+                        format!("127.0.0.1:{}", free_port()),
+                        format!("127.0.0.1:{}", free_port()),
+                    );
+                    let text = text
+                        .replace(&node.raft_addr, &raft)
+                        .replace(&node.client_addr, &client)
+                        .replace(&node.http_addr, &http);
+                    std::fs::write(&node.config, text).expect("rewrite config");
+                    (node.raft_addr, node.client_addr, node.http_addr) = (raft, client, http);
+                    std::fs::write(&node.log, "").expect("truncate log");
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "spare {id} did not start within 30s"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("spare {id} could not listen on free ports in 3 attempts");
+    }
+
     /// kill -9 a node.
     pub fn kill(&mut self, id: u64) {
         if let Some(mut child) = self.nodes[(id - 1) as usize].child.take() {
