@@ -62,6 +62,17 @@ impl Shared {
         }
     }
 
+    /// On the leader: the voters, and node `id`'s addresses if it is a member.
+    fn leader_view(&self, id: NodeId) -> Result<(BTreeSet<NodeId>, Option<NodeAddr>), Status> {
+        self.require_leader()?;
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        Ok((
+            membership.voter_ids().collect(),
+            membership.get_node(&id).cloned(),
+        ))
+    }
+
     /// The voters (this leader included) whose replication reached `index` within `wait`.
     async fn live_voters(&self, index: u64, wait: Duration) -> BTreeSet<NodeId> {
         let mut rx = self.raft.metrics();
@@ -417,15 +428,7 @@ impl Api {
             ms => Duration::from_millis(ms).min(MAX_CATCH_UP),
         };
         let by = caller.principal(&r.principal)?;
-        shared.require_leader()?;
-        let (voters, known) = {
-            let m = shared.raft.metrics().borrow().clone();
-            let membership = m.membership_config.membership();
-            (
-                membership.voter_ids().collect::<BTreeSet<_>>(),
-                membership.get_node(&r.node_id).cloned(),
-            )
-        };
+        let (voters, known) = shared.leader_view(r.node_id)?;
         if let Some(known) = &known {
             if *known != node {
                 return Err(Status::failed_precondition(format!(
@@ -536,15 +539,7 @@ impl Api {
             return Err(Status::invalid_argument("node_id must be greater than 0"));
         }
         let by = caller.principal(&r.principal)?;
-        shared.require_leader()?;
-        let (voters, node) = {
-            let m = shared.raft.metrics().borrow().clone();
-            let membership = m.membership_config.membership();
-            (
-                membership.voter_ids().collect::<BTreeSet<_>>(),
-                membership.get_node(&r.node_id).cloned(),
-            )
-        };
+        let (voters, node) = shared.leader_view(r.node_id)?;
         let Some(node) = node else {
             return Err(Status::not_found(format!(
                 "node {} is not a member of this cluster",
