@@ -32,9 +32,14 @@ impl std::fmt::Display for NodeAddr {
 pub enum Control {
     /// The leader `from` of `term` is stepping down (shutdown, or its own removal) and has stopped
     /// writing; the receiver, whose log matches the leader's, stands for election at once.
-    TakeOver { from: NodeId, term: u64 },
-    /// Leader `by` committed a membership without the receiver at `log_index`: it stops serving.
-    Removed { by: NodeId, log_index: u64 },
+    /// `to` names the receiver: a notice reaching another node at a reused address is ignored.
+    TakeOver { from: NodeId, to: NodeId, term: u64 },
+    /// Leader `by` committed a membership without node `to` at `log_index`: it stops serving.
+    Removed {
+        by: NodeId,
+        to: NodeId,
+        log_index: u64,
+    },
 }
 
 /// The state machine's answer to one log entry; `None` for blank and membership entries.

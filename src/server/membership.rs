@@ -62,15 +62,60 @@ impl Shared {
         }
     }
 
-    /// On the leader: the voters, and node `id`'s addresses if it is a member.
-    fn leader_view(&self, id: NodeId) -> Result<(BTreeSet<NodeId>, Option<NodeAddr>), Status> {
+    /// On the leader: the voters, and node `id`'s addresses if it is a member. A joint config left
+    /// by an interrupted change (its leader died between the two steps) is finished first, so the
+    /// voters are those of one config.
+    async fn leader_view(
+        &self,
+        id: NodeId,
+    ) -> Result<(BTreeSet<NodeId>, Option<NodeAddr>), Status> {
         self.require_leader()?;
+        let joint = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .len()
+            > 1;
+        if joint {
+            tracing::info!("finishing a membership change left in its joint config");
+            // Adding no voter moves a joint config to its last (uniform) config.
+            self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::new()))
+                .await?;
+        }
         let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
-        Ok((
-            membership.voter_ids().collect(),
-            membership.get_node(&id).cloned(),
-        ))
+        let voters = membership
+            .get_joint_config()
+            .last()
+            .cloned()
+            .unwrap_or_default();
+        Ok((voters, membership.get_node(&id).cloned()))
+    }
+
+    /// Run a membership change to its end even if the caller goes away (a change cut after its
+    /// first step would leave the joint config behind).
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<NodeId, NodeAddr>,
+    ) -> Result<u64, Status> {
+        let raft = self.raft.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::timeout(PROPOSE_TIMEOUT * 2, raft.change_membership(change, false)).await
+        });
+        match task.await {
+            Err(e) => Err(Status::internal(format!(
+                "membership change task failed: {e}"
+            ))),
+            Ok(Err(_)) => Err(Status::unavailable(
+                "the membership change did not commit in time; its outcome is unknown: check \
+                 `warrant cluster status` (retrying is safe)",
+            )),
+            Ok(Ok(Err(e))) => Err(membership_error(e, self)),
+            Ok(Ok(Ok(resp))) => Ok(resp.log_id.index),
+        }
     }
 
     /// The voters (this leader included) whose replication reached `index` within `wait`.
@@ -215,14 +260,21 @@ impl Shared {
         let started = Instant::now();
         // Stop writing and stop heartbeats (the followers' leader lease runs from the last one);
         // and never stand for election ourselves meanwhile, or we would win back what we hand over.
-        self.draining.store(true, Ordering::SeqCst);
+        if self
+            .draining
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return None; // another hand-over is under way
+        }
+        let _restore = Draining {
+            raft: self.raft.clone(),
+            draining: self.draining.clone(),
+            retired: self.retired.clone(),
+        };
         self.raft.runtime_config().heartbeat(false);
         self.raft.runtime_config().elect(false);
         let result = self.hand_over_to(term, target, &target_addr, wait).await;
-        self.raft.runtime_config().heartbeat(true);
-        if self.retired.get().is_none() {
-            self.raft.runtime_config().elect(true);
-        }
         match result {
             Some(leader) => tracing::info!(
                 to = leader,
@@ -234,7 +286,6 @@ impl Shared {
                 "leadership hand-over did not complete in time; the cluster elects a leader on its own"
             ),
         }
-        self.draining.store(false, Ordering::SeqCst);
         result
     }
 
@@ -280,6 +331,7 @@ impl Shared {
         // our last heartbeat runs, so in a cluster of five the second vote may come only later.
         let notice = Control::TakeOver {
             from: self.node_id,
+            to: target,
             term,
         };
         loop {
@@ -310,10 +362,35 @@ impl Shared {
         }
     }
 
+    /// The removed node may never receive the entry that removes it: tell it.
+    async fn tell_removed(&self, id: NodeId, addr: &NodeAddr, log_index: u64) {
+        let notice = Control::Removed {
+            by: self.node_id,
+            to: id,
+            log_index,
+        };
+        if let Err(e) = self
+            .network
+            .control(addr, &notice, Duration::from_secs(2))
+            .await
+        {
+            tracing::warn!(node = id, error = %e, "could not tell the removed node; it learns from its log if it can");
+        }
+    }
+
     /// Act on a notice from a peer.
     pub(super) async fn on_control(&self, notice: Control) {
+        let (Control::TakeOver { to, .. } | Control::Removed { to, .. }) = notice;
+        if to != self.node_id {
+            tracing::warn!(
+                to,
+                ?notice,
+                "ignored a notice meant for another node (an address reused?)"
+            );
+            return;
+        }
         match notice {
-            Control::TakeOver { from, term } => {
+            Control::TakeOver { from, term, .. } => {
                 let m = self.raft.metrics().borrow().clone();
                 // Once we stand, we know no leader: the sender repeats its notice until we win.
                 if m.current_leader.is_some_and(|l| l != from) || m.current_term < term {
@@ -329,7 +406,7 @@ impl Shared {
                     tracing::warn!(error = %e, "could not stand for election");
                 }
             }
-            Control::Removed { by, log_index } => {
+            Control::Removed { by, log_index, .. } => {
                 self.retire(retired_message(self.node_id, by, log_index))
                     .await
             }
@@ -351,25 +428,52 @@ impl Shared {
     }
 }
 
-/// Watch the membership: a node that was a member and sees a committed membership without itself
+/// Ends a hand-over however it ends (also when its caller goes away): heartbeats and elections
+/// back on, writes accepted again.
+struct Draining {
+    raft: crate::raft::Raft,
+    draining: Arc<std::sync::atomic::AtomicBool>,
+    retired: Arc<std::sync::OnceLock<String>>,
+}
+
+impl Drop for Draining {
+    fn drop(&mut self) {
+        self.raft.runtime_config().heartbeat(true);
+        if self.retired.get().is_none() {
+            self.raft.runtime_config().elect(true);
+        }
+        self.draining.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Has this node been removed? `joined` is the log index of the latest membership that had it.
+/// Only an applied (so committed) membership without it, newer than that, says so: an
+/// uncommitted membership can be truncated, and the one before it may predate our joining.
+fn removed_at(
+    m: &openraft::RaftMetrics<NodeId, NodeAddr>,
+    me: NodeId,
+    joined: &mut Option<u64>,
+) -> Option<u64> {
+    let index = m.membership_config.log_id().map_or(0, |l| l.index);
+    if m.membership_config.membership().get_node(&me).is_some() {
+        *joined = Some(joined.map_or(index, |j| j.max(index)));
+        return None;
+    }
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    joined
+        .is_some_and(|j| index > j && applied >= index)
+        .then_some(index)
+}
+
+/// Watch the membership: a node that was a member and has applied a membership without itself
 /// has been removed (the leader also tells it directly, as it may never receive that entry).
 pub(super) async fn watch_removal(shared: Arc<Shared>) {
-    let mut rx = shared.raft.server_metrics();
-    let mut was_member = false;
+    let mut rx = shared.raft.metrics();
+    let mut joined = None;
     loop {
         let removed_at = {
             let m = rx.borrow_and_update();
-            let stored = &m.membership_config;
-            let member = stored.membership().get_node(&shared.node_id).is_some();
-            was_member |= member;
-            let index = stored.log_id().map_or(0, |l| l.index);
-            let applied = shared
-                .raft
-                .metrics()
-                .borrow()
-                .last_applied
-                .map_or(0, |l| l.index);
-            (was_member && !member && applied >= index).then(|| (m.current_leader, index))
+            removed_at(&m, shared.node_id, &mut joined).map(|index| (m.current_leader, index))
         };
         if let Some((leader, index)) = removed_at {
             shared
@@ -428,7 +532,7 @@ impl Api {
             ms => Duration::from_millis(ms).min(MAX_CATCH_UP),
         };
         let by = caller.principal(&r.principal)?;
-        let (voters, known) = shared.leader_view(r.node_id)?;
+        let (voters, known) = shared.leader_view(r.node_id).await?;
         if let Some(known) = &known {
             if *known != node {
                 return Err(Status::failed_precondition(format!(
@@ -472,23 +576,13 @@ impl Api {
             )
             .await?;
         tracing::info!(node = r.node_id, "promoting the learner to voter");
-        let resp = tokio::time::timeout(
-            PROPOSE_TIMEOUT * 2,
-            shared
-                .raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([r.node_id])), false),
-        )
-        .await
-        .map_err(|_| {
-            Status::deadline_exceeded(
-                "the membership change did not commit in time; its outcome is unknown: check `warrant cluster status`",
-            )
-        })?
-        .map_err(|e| membership_error(e, shared))?;
+        let log_index = shared
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([r.node_id])))
+            .await?;
         let (members, _) = shared.members();
         Ok(Response::new(proto::MembershipResponse {
             members,
-            log_index: resp.log_id.index,
+            log_index,
             took_ms: started.elapsed().as_millis() as u64,
         }))
     }
@@ -517,7 +611,7 @@ impl Api {
                 .await
                 .is_err()
             {
-                return Err(Status::deadline_exceeded(format!(
+                return Err(Status::failed_precondition(format!(
                     "node {id} has not caught up within {} (it has {} of {last} entries); it stays a \
                      learner: check that it runs and that the leader can reach its raft address, then \
                      retry add-node (or remove-node {id})",
@@ -539,12 +633,27 @@ impl Api {
             return Err(Status::invalid_argument("node_id must be greater than 0"));
         }
         let by = caller.principal(&r.principal)?;
-        let (voters, node) = shared.leader_view(r.node_id)?;
+        let (voters, node) = shared.leader_view(r.node_id).await?;
         let Some(node) = node else {
-            return Err(Status::not_found(format!(
-                "node {} is not a member of this cluster",
-                r.node_id
-            )));
+            // Already gone (a retry after an answer that was lost): the goal holds. Authorized
+            // and audited all the same, and the node is told again if this leader removed it.
+            shared
+                .authorize_membership(by, format!("remove node {} (not a member)", r.node_id))
+                .await?;
+            let told = shared
+                .removed
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&r.node_id).cloned());
+            if let Some((addr, log_index)) = told {
+                shared.tell_removed(r.node_id, &addr, log_index).await;
+            }
+            let (members, log_index) = shared.members();
+            return Ok(Response::new(proto::MembershipResponse {
+                members,
+                log_index,
+                took_ms: started.elapsed().as_millis() as u64,
+            }));
         };
         let is_voter = voters.contains(&r.node_id);
         let after: BTreeSet<NodeId> = voters
@@ -582,31 +691,76 @@ impl Api {
             ChangeMembers::RemoveNodes(BTreeSet::from([r.node_id]))
         };
         tracing::info!(node = r.node_id, "removing a node");
-        let resp = tokio::time::timeout(PROPOSE_TIMEOUT * 2, shared.raft.change_membership(change, false))
-            .await
-            .map_err(|_| {
-                Status::deadline_exceeded(
-                    "the membership change did not commit in time; its outcome is unknown: check `warrant cluster status`",
-                )
-            })?
-            .map_err(|e| membership_error(e, shared))?;
-        // The removed node may never receive the entry that removes it: tell it.
-        let notice = Control::Removed {
-            by: shared.node_id,
-            log_index: resp.log_id.index,
-        };
-        if let Err(e) = shared
-            .network
-            .control(&node, &notice, Duration::from_secs(2))
-            .await
-        {
-            tracing::warn!(node = r.node_id, error = %e, "could not tell the removed node; it learns from its log if it can");
+        let log_index = shared.change_membership(change).await?;
+        if let Ok(mut removed) = shared.removed.lock() {
+            removed.insert(r.node_id, (node.clone(), log_index));
         }
+        shared.tell_removed(r.node_id, &node, log_index).await;
         let (members, _) = shared.members();
         Ok(Response::new(proto::MembershipResponse {
             members,
-            log_index: resp.log_id.index,
+            log_index,
             took_ms: started.elapsed().as_millis() as u64,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Arc;
+
+    use openraft::{CommittedLeaderId, LogId, Membership, RaftMetrics, StoredMembership};
+
+    use super::removed_at;
+    use crate::raft::{NodeAddr, NodeId};
+
+    fn log_id(index: u64) -> Option<LogId<NodeId>> {
+        Some(LogId::new(CommittedLeaderId::new(1, 1), index))
+    }
+
+    /// Metrics of node 4 seeing voters {1, 2, 3} plus `learners` at `index`, applied to `applied`.
+    fn seen(index: u64, learners: &[NodeId], applied: u64) -> RaftMetrics<NodeId, NodeAddr> {
+        let voters: BTreeSet<NodeId> = [1, 2, 3].into();
+        let nodes: BTreeMap<NodeId, NodeAddr> = voters
+            .iter()
+            .chain(learners)
+            .map(|id| (*id, NodeAddr::default()))
+            .collect();
+        let mut m = RaftMetrics::new_initial(4);
+        m.membership_config = Arc::new(StoredMembership::new(
+            log_id(index),
+            Membership::new(vec![voters], nodes),
+        ));
+        m.last_applied = log_id(applied);
+        m
+    }
+
+    #[test]
+    fn a_node_that_never_was_a_member_is_not_removed() {
+        let mut joined = None;
+        assert_eq!(removed_at(&seen(5, &[], 9), 4, &mut joined), None);
+    }
+
+    #[test]
+    fn an_applied_membership_without_us_after_we_joined_removes_us() {
+        let mut joined = None;
+        assert_eq!(removed_at(&seen(10, &[4], 10), 4, &mut joined), None);
+        assert_eq!(joined, Some(10));
+        // Not yet applied: it may still be truncated.
+        assert_eq!(removed_at(&seen(20, &[], 15), 4, &mut joined), None);
+        assert_eq!(removed_at(&seen(20, &[], 20), 4, &mut joined), Some(20));
+    }
+
+    #[test]
+    fn a_truncated_add_falls_back_to_an_older_membership_and_does_not_remove_us() {
+        let mut joined = None;
+        // The add-learner entry at 10 reached us uncommitted, then a new leader truncated it: the
+        // membership falls back to the one at 5, already applied.
+        assert_eq!(removed_at(&seen(10, &[4], 3), 4, &mut joined), None);
+        assert_eq!(removed_at(&seen(5, &[], 9), 4, &mut joined), None);
+        // Added again for real later, then removed.
+        assert_eq!(removed_at(&seen(30, &[4], 31), 4, &mut joined), None);
+        assert_eq!(removed_at(&seen(40, &[], 40), 4, &mut joined), Some(40));
     }
 }

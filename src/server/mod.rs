@@ -101,10 +101,14 @@ pub(crate) struct Shared {
     pub tls: Option<crate::security::tls::TlsMaterial>,
     /// The node-to-node transport, for Warrant's own notices (`raft::Control`).
     pub network: Network,
-    /// Set while this leader hands leadership over: it proposes nothing more.
-    pub draining: std::sync::atomic::AtomicBool,
-    /// Proposals handed to openraft and not answered yet.
-    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Set while this leader hands leadership over: it proposes nothing more and confirms no
+    /// leadership (a confirmation round would renew the followers' leader lease).
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// Proposals accepted by [`Shared::propose`] and not answered yet.
+    pub in_flight: std::sync::atomic::AtomicUsize,
+    /// Nodes this leader removed: where they were and the membership's log index (a retried
+    /// remove-node tells them again).
+    pub removed: std::sync::Mutex<BTreeMap<crate::raft::NodeId, (crate::raft::NodeAddr, u64)>>,
     /// Set once this node learns it was removed: why it no longer serves.
     pub retired: Arc<std::sync::OnceLock<String>>,
 }
@@ -121,10 +125,11 @@ impl Shared {
     /// Propose a command and wait for the state machine's answer. Concurrent proposals share one
     /// log entry (group commit; DESIGN "Performance stance").
     pub async fn propose(&self, cmd: Command) -> Result<model::Response, Status> {
+        // Counted before the check: a hand-over sets `draining` and then waits for the count to
+        // reach zero, so every proposal either sees the flag or is waited for (both SeqCst).
+        let _counted = InFlight::enter(&self.in_flight);
         if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(Status::unavailable(
-                "this leader is handing leadership over; retry in a moment",
-            ));
+            return Err(handing_over());
         }
         self.proposer
             .submit(cmd)
@@ -135,6 +140,9 @@ impl Shared {
     /// Confirm this node leads (quorum round trip) and that its state machine has applied everything
     /// committed before the call: after this, reads are linearizable.
     pub async fn confirm_leadership(&self) -> Result<(), Status> {
+        if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(handing_over());
+        }
         match tokio::time::timeout(CONFIRM_TIMEOUT, self.raft.ensure_linearizable()).await {
             Err(_) => Err(Status::unavailable(
                 "could not confirm leadership with a quorum in time; retry",
@@ -162,7 +170,12 @@ impl Shared {
 /// Batches of proposals in flight at once: enough to keep openraft's pipeline full.
 const PROPOSALS_IN_FLIGHT: usize = 8;
 
-/// Counts proposals handed to openraft and not yet answered (a hand-over waits for none).
+/// The answer while this leader hands leadership over.
+fn handing_over() -> Status {
+    Status::unavailable("this leader is handing leadership over; retry in a moment")
+}
+
+/// Counts proposals accepted and not yet answered (a hand-over waits for none).
 struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
 
 impl<'a> InFlight<'a> {
@@ -179,12 +192,7 @@ impl Drop for InFlight<'_> {
 }
 
 /// Propose one entry and wait until it is applied.
-async fn propose_entry(
-    raft: &Raft,
-    in_flight: &std::sync::atomic::AtomicUsize,
-    cmd: Command,
-) -> Result<model::Response, Status> {
-    let _counted = InFlight::enter(in_flight);
+async fn propose_entry(raft: &Raft, cmd: Command) -> Result<model::Response, Status> {
     let request = model::Request {
         now_ms: wall_now_ms(),
         cmd,
@@ -203,16 +211,12 @@ async fn propose_entry(
 }
 
 /// Propose a batch of commands as one entry (a single command as itself) and answer each.
-async fn propose_batch(
-    raft: Raft,
-    in_flight: Arc<std::sync::atomic::AtomicUsize>,
-    mut cmds: Vec<Command>,
-) -> Vec<Result<model::Response, Status>> {
+async fn propose_batch(raft: Raft, mut cmds: Vec<Command>) -> Vec<Result<model::Response, Status>> {
     let n = cmds.len();
     if n == 1 {
-        return vec![propose_entry(&raft, &in_flight, cmds.remove(0)).await];
+        return vec![propose_entry(&raft, cmds.remove(0)).await];
     }
-    match propose_entry(&raft, &in_flight, Command::Batch(cmds)).await {
+    match propose_entry(&raft, Command::Batch(cmds)).await {
         Ok(model::Response::Batch(answers)) if answers.len() == n => {
             answers.into_iter().map(Ok).collect()
         }
@@ -384,23 +388,29 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
 
     let confirm_raft = raft.clone();
     let propose_raft = raft.clone();
-    let in_flight: Arc<std::sync::atomic::AtomicUsize> = Default::default();
-    let proposer = Batcher::spawn(PROPOSALS_IN_FLIGHT, {
-        let in_flight = in_flight.clone();
-        move |cmds: Vec<Command>| propose_batch(propose_raft.clone(), in_flight.clone(), cmds)
+    let proposer = Batcher::spawn(PROPOSALS_IN_FLIGHT, move |cmds: Vec<Command>| {
+        propose_batch(propose_raft.clone(), cmds)
     });
-    let confirmer = Batcher::spawn(1, move |items: Vec<()>| {
-        let raft = confirm_raft.clone();
-        async move {
-            let result =
-                match tokio::time::timeout(CONFIRM_TIMEOUT, raft.ensure_linearizable()).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(Status::unavailable(format!(
-                        "leadership not confirmed: {e}"
-                    ))),
-                    Err(_) => Err(Status::unavailable("leadership not confirmed in time")),
-                };
-            vec![result; items.len()]
+    let draining: Arc<std::sync::atomic::AtomicBool> = Default::default();
+    let confirmer = Batcher::spawn(1, {
+        let draining = draining.clone();
+        move |items: Vec<()>| {
+            let raft = confirm_raft.clone();
+            let draining = draining.clone();
+            async move {
+                if draining.load(std::sync::atomic::Ordering::SeqCst) {
+                    return vec![Err(handing_over()); items.len()];
+                }
+                let result =
+                    match tokio::time::timeout(CONFIRM_TIMEOUT, raft.ensure_linearizable()).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => Err(Status::unavailable(format!(
+                            "leadership not confirmed: {e}"
+                        ))),
+                        Err(_) => Err(Status::unavailable("leadership not confirmed in time")),
+                    };
+                vec![result; items.len()]
+            }
         }
     });
     let (tls, auth) = match security {
@@ -439,8 +449,9 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             auth: auth.clone(),
             tls: tls.clone(),
             network: network.clone(),
-            draining: Default::default(),
-            in_flight: in_flight.clone(),
+            draining: draining.clone(),
+            in_flight: Default::default(),
+            removed: Default::default(),
             retired: retired.clone(),
         }
     });

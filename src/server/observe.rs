@@ -78,6 +78,10 @@ pub(super) async fn serve(
 /// Ready: a member of a cluster that knows its leader and has applied what it holds.
 async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
     let mut answer = readiness(&shared);
+    if shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
+        // Asking the quorum now would renew the followers' leader lease and delay the hand-over.
+        answer = Err("this leader is handing leadership over".into());
+    }
     // A leader cut off from its quorum still calls itself leader: ask the quorum.
     if answer
         .as_ref()
