@@ -43,7 +43,7 @@ impl AuditFilter {
 }
 
 /// Whether `resource` is `prefix` or below it, comparing whole segments.
-fn in_subtree(resource: &str, prefix: &str) -> bool {
+pub(crate) fn in_subtree(resource: &str, prefix: &str) -> bool {
     let prefix = prefix.trim_end_matches('/');
     if prefix.is_empty() {
         return true;

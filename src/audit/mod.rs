@@ -56,6 +56,7 @@ mod canonical;
 mod filter;
 mod json;
 mod verify;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -22,6 +22,7 @@ mod dev;
 mod policy;
 mod run;
 mod security;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -196,6 +197,23 @@ enum Command {
     /// Live leases under PREFIX (all if omitted).
     List {
         prefix: Option<String>,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Stream lease events (granted, released, done, failed, expired, revoked, taken_over,
+    /// checkpoint) under PREFIX, one line each (`--output json`: one object each), until Ctrl-C.
+    /// Resumes on another node if one goes away; exit 1 with "compacted" when FROM is older than
+    /// the nodes keep.
+    Watch {
+        /// Resource prefix (segment-wise); all resources if omitted.
+        prefix: Option<String>,
+        /// First revision to show (a revision is an audit record's seq; `list` prints the current
+        /// one). Default: only events after now.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
         #[command(flatten)]
         conn: Conn,
     },
@@ -640,6 +658,7 @@ async fn client_command(command: Command) -> u8 {
         | Command::Release { conn, .. }
         | Command::Revoke { conn, .. }
         | Command::List { conn, .. }
+        | Command::Watch { conn, .. }
         | Command::CheckFence { conn, .. }
         | Command::Get { conn, .. }
         | Command::Policy {
@@ -685,6 +704,16 @@ async fn client_command(command: Command) -> u8 {
     if let Command::Audit { command } = command {
         // Prints as it streams.
         return audit::run(&client, command, common.output).await;
+    }
+    if let Command::Watch {
+        prefix,
+        from,
+        count,
+        ..
+    } = command
+    {
+        let prefix = prefix.unwrap_or_default();
+        return watch::run(&client, &prefix, from, count, common.output).await;
     }
     let result = execute(&client, command).await;
     match result {
@@ -790,7 +819,7 @@ async fn execute(client: &Client, command: Command) -> Result<Outcome, ClientErr
         Command::List { prefix, .. } => {
             let resp = client.list(prefix.as_deref().unwrap_or("")).await?;
             let text = if resp.leases.is_empty() {
-                "no live leases".to_string()
+                format!("no live leases (revision {})", resp.revision)
             } else {
                 resp.leases
                     .iter()
@@ -807,6 +836,7 @@ async fn execute(client: &Client, command: Command) -> Result<Outcome, ClientErr
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
+                    + &format!("\n(revision {})", resp.revision)
             };
             Outcome::ok(
                 text,
@@ -864,6 +894,7 @@ async fn execute(client: &Client, command: Command) -> Result<Outcome, ClientErr
         | Command::Certs { .. }
         | Command::VerifyGrant { .. }
         | Command::Run { .. }
+        | Command::Watch { .. }
         | Command::Audit { .. } => {
             return Err(ClientError::Invalid(
                 "not a command answered in one piece".into(),

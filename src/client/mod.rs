@@ -33,6 +33,7 @@ mod governance;
 mod lease;
 mod membership;
 mod tokens;
+mod watch;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

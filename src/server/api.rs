@@ -641,7 +641,10 @@ impl warrant_server::Warrant for Api {
             .take(limit)
             .map(|l| convert::lease(l, self.remaining(l.lease_id)))
             .collect();
-        Ok(Response::new(proto::ListResponse { leases }))
+        Ok(Response::new(proto::ListResponse {
+            leases,
+            revision: super::watcher::revision_of(&sm.state),
+        }))
     }
 
     async fn status(
@@ -761,6 +764,16 @@ impl warrant_server::Warrant for Api {
     ) -> Result<Response<proto::MembershipResponse>, Status> {
         let caller = auth::caller(&request)?;
         self.remove_node_rpc(caller, request.into_inner()).await
+    }
+
+    type WatchStream = super::watcher::WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<proto::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = auth::caller(&request)?;
+        self.watch_rpc(caller, request.into_inner()).await
     }
 
     async fn verify_audit(

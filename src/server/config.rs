@@ -206,10 +206,18 @@ pub struct Config {
     /// A pending human approval not decided within this long expires.
     #[serde(default = "default_approval_timeout", with = "humantime_serde_compat")]
     pub approval_timeout: Duration,
+    /// How many lease events (grants, ends, checkpoints) each node keeps in memory for `Watch`. A
+    /// watcher resuming from, or falling behind to, an older revision is told to resync.
+    #[serde(default = "default_watch_history")]
+    pub watch_history: usize,
     #[serde(default)]
     pub lease: LeaseConfig,
     #[serde(default)]
     pub raft: RaftConfig,
+}
+
+fn default_watch_history() -> usize {
+    100_000
 }
 
 /// A peer address: `ip:port`, or `host:port` with a DNS name (e.g. a Kubernetes pod's stable name).
@@ -318,6 +326,12 @@ impl Config {
                     format!("{addr:?} is not an ip:port address"),
                 ));
             }
+        }
+        if self.watch_history == 0 || self.watch_history > 10_000_000 {
+            return Err(bad(
+                "watch_history",
+                format!("{} is outside 1..=10000000", self.watch_history),
+            ));
         }
         for (i, admin) in self.admins.iter().enumerate() {
             Principal::parse(admin).map_err(|e| bad(&format!("admins[{i}]"), e.to_string()))?;

@@ -269,7 +269,11 @@ impl Api {
     /// Reading the audit is an admin action when callers are authenticated: Cedar (or the config's
     /// admins) decides in apply, and the read is audited, denials too. Members fetching records they
     /// lack after a snapshot (`audit_sync`) need no policy.
-    async fn authorize_audit_read(&self, caller: &Caller, detail: String) -> Result<(), Status> {
+    pub(super) async fn authorize_audit_read(
+        &self,
+        caller: &Caller,
+        detail: String,
+    ) -> Result<(), Status> {
         let by = match &caller.identity {
             None | Some(Identity::Node(_)) => return Ok(()),
             Some(Identity::Principal(p)) => p.clone(),

@@ -17,6 +17,7 @@ mod membership;
 mod observe;
 mod tokens;
 mod waiters;
+mod watcher;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -109,6 +110,10 @@ pub(crate) struct Shared {
     /// Nodes this leader removed: where they were and the membership's log index (a retried
     /// remove-node tells them again).
     pub removed: std::sync::Mutex<BTreeMap<crate::raft::NodeId, (crate::raft::NodeAddr, u64)>>,
+    /// The watch history and its head revision.
+    pub watch: storage::WatchFeed,
+    /// Becomes true when the node stops (long-lived streams end).
+    pub stopping: watch::Receiver<bool>,
     /// Set once this node learns it was removed: why it no longer serves.
     pub retired: Arc<std::sync::OnceLock<String>>,
 }
@@ -330,9 +335,11 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         &config.cluster_name,
         config.node_id,
         events_tx,
+        config.watch_history,
     )?;
     let sm = sm_store.reader();
     let audit = sm_store.audit_log();
+    let watch_feed = sm_store.watch_feed();
 
     let rc = &config.raft;
     let raft_config = openraft::Config {
@@ -427,6 +434,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     };
     let auth = Arc::new(auth);
     let retired: Arc<std::sync::OnceLock<String>> = Default::default();
+    let (shutdown, shutdown_rx) = watch::channel(false);
     let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
         let weak = weak.clone();
         let renewer = Batcher::spawn(1, move |ids: Vec<LeaseId>| {
@@ -452,11 +460,12 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             draining: draining.clone(),
             in_flight: Default::default(),
             removed: Default::default(),
+            watch: watch_feed,
+            stopping: shutdown_rx.clone(),
             retired: retired.clone(),
         }
     });
 
-    let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     let stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;

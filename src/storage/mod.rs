@@ -28,7 +28,7 @@ use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
 pub use audit_log::{AuditGap, AuditLog};
 pub use log_store::LogStore;
-pub use state_machine::{AppliedEvents, SmReader, StateMachineStore};
+pub use state_machine::{AppliedEvents, SmReader, StateMachineStore, WatchFeed};
 
 /// On-disk format of the data directory. Bump when entries or snapshots change incompatibly.
 pub const DATA_FORMAT_VERSION: u32 = 3;
@@ -93,10 +93,11 @@ pub fn open(
     cluster: &str,
     node: u64,
     events: tokio::sync::mpsc::UnboundedSender<AppliedEvents>,
+    watch_history: usize,
 ) -> Result<(LogStore, StateMachineStore), Error> {
     let db = open_db(dir)?;
     check_identity(&db, dir, cluster, node)?;
-    let sm = StateMachineStore::open(db.clone(), events)?;
+    let sm = StateMachineStore::open(db.clone(), events, watch_history)?;
     Ok((LogStore::new(db), sm))
 }
 

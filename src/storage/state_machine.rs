@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::{cf, decode, encode, sync_write, AuditGap, AuditLog, Error, CF_SNAPSHOT};
+use crate::audit::watch::History;
 use crate::model::{self, Effects, EntryMeta, Event};
 use crate::raft::{
     CommandResponse, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership,
@@ -69,10 +70,42 @@ pub struct StateMachineStore {
     db: Arc<DB>,
     audit: AuditLog,
     events: UnboundedSender<AppliedEvents>,
+    watch: WatchFeed,
+}
+
+/// The watch history and a signal of its head revision, shared by the state machine (which fills
+/// it in apply) and the server's watchers.
+#[derive(Clone)]
+pub struct WatchFeed {
+    history: Arc<std::sync::Mutex<History>>,
+    head: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl WatchFeed {
+    /// Hold the history briefly: apply waits for it.
+    pub fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        self.history
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Changes whenever the head revision moves.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    fn publish(&self) {
+        let head = self.history().head();
+        self.head.send_replace(head);
+    }
 }
 
 impl StateMachineStore {
-    pub(super) fn open(db: Arc<DB>, events: UnboundedSender<AppliedEvents>) -> Result<Self, Error> {
+    pub(super) fn open(
+        db: Arc<DB>,
+        events: UnboundedSender<AppliedEvents>,
+        watch_history: usize,
+    ) -> Result<Self, Error> {
         let mut data = SmData::default();
         if let Some(bytes) = db.get_cf(cf(&db, CF_SNAPSHOT), b"current")? {
             let snap: StoredSnapshot = decode(&bytes)?;
@@ -106,13 +139,24 @@ impl StateMachineStore {
                 }
             }
         }
+        let history = rebuild_history(&audit, chain.len(), gap, watch_history)?;
+        let head = history.head();
         Ok(Self {
             data: Arc::new(RwLock::new(data)),
             snapshot_save: Default::default(),
             db,
             audit,
             events,
+            watch: WatchFeed {
+                history: Arc::new(std::sync::Mutex::new(history)),
+                head: Arc::new(tokio::sync::watch::channel(head).0),
+            },
         })
+    }
+
+    /// The watch history (lease lifecycle events of the latest audit records).
+    pub fn watch_feed(&self) -> WatchFeed {
+        self.watch.clone()
     }
 
     /// This node's audit log (for queries, export and verification).
@@ -268,7 +312,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 self.audit
                     .write(&fx.audit)
                     .map_err(|e| StorageIOError::write(&e))?;
+                let mut history = self.watch.history();
+                for r in &fx.audit {
+                    history.push(r);
+                }
             }
+        }
+        if !fx.audit.is_empty() {
+            self.watch.publish();
         }
         metrics::histogram!("warrant_sm_apply_duration_seconds").record(started.elapsed());
         metrics::counter!("warrant_sm_applied_entries_total").increment(responses.len() as u64);
@@ -335,6 +386,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         sm.state = state;
         sm.last_applied = meta.last_log_id;
         sm.membership = meta.last_membership.clone();
+        // The events between our head and the snapshot's are not here: watchers behind it resync.
+        self.watch.history().reset(sm.state.audit_chain().len());
+        drop(sm);
+        self.watch.publish();
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }
@@ -345,4 +400,23 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             snapshot: Box::new(Cursor::new(encode(&stored))),
         }))
     }
+}
+
+/// The watch history at start: the events of the last `capacity` records up to `head` that this
+/// node holds (none from a gap still to be fetched).
+fn rebuild_history(
+    audit: &AuditLog,
+    head: u64,
+    gap: Option<AuditGap>,
+    capacity: usize,
+) -> Result<History, Error> {
+    let mut from = head.saturating_sub(capacity as u64) + 1;
+    if let Some(g) = gap {
+        from = from.max(g.to + 1);
+    }
+    let mut history = History::new(capacity, from - 1);
+    for r in audit.iter_range(from, head) {
+        history.push(&r?);
+    }
+    Ok(history)
 }

@@ -23,6 +23,8 @@ pub struct Opts {
     pub secure: bool,
     /// More TOML tables for every node's config (e.g. `[limits]`).
     pub extra: String,
+    /// More top-level keys for every node's config (e.g. `watch_history = 20`).
+    pub top: String,
     /// Nodes configured (ports, certificates, `bootstrap = false`) but not started: ids
     /// `nodes + 1 ..`, for `warrant cluster add-node`.
     pub spare: usize,
@@ -50,6 +52,7 @@ impl Default for Opts {
             max_ttl: "1h",
             secure: false,
             extra: String::new(),
+            top: String::new(),
             spare: 0,
         }
     }
@@ -190,10 +193,11 @@ impl Cluster {
             let http_addr = format!("127.0.0.1:{}", free_port());
             let text = format!(
                 "node_id = {id}\ncluster_name = \"test\"\ndata_dir = \"data{id}\"\nhttp_addr = \"{http_addr}\"\nbootstrap = {}\n{insecure}default_decision = \"allow\"\n\
-                 admins = [\"human/admin\"]\n[lease]\nmin_ttl = \"{}\"\nmax_ttl = \"{}\"\nexpiry_interval = \"50ms\"\n\
+                 admins = [\"human/admin\"]\n{}\n[lease]\nmin_ttl = \"{}\"\nmax_ttl = \"{}\"\nexpiry_interval = \"50ms\"\n\
                  ttl_checkpoint_interval = \"250ms\"\n[raft]\nheartbeat_interval = \"100ms\"\nelection_timeout_min = \"400ms\"\n\
                  election_timeout_max = \"800ms\"\nsnapshot_after_entries = {}\nkeep_entries_after_snapshot = {}\n{peers}",
                 id == 1,
+                opts.top,
                 opts.min_ttl,
                 opts.max_ttl,
                 opts.snapshot_after_entries,

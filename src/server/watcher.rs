@@ -1,0 +1,124 @@
+//! `Watch`: lease events under a prefix, from a revision on, then live.
+//!
+//! Each watcher is a task that pages through the node's in-memory watch history
+//! ([`crate::audit::watch::History`]) and feeds a small channel; when it has sent everything up to
+//! the head it waits for the head to move. Memory per watcher is the channel (`BUFFER` events): a
+//! slow watcher makes its task wait, never the node buffer. If the history rotates past a waiting
+//! watcher's position it gets OUT_OF_RANGE "compacted" and must resync.
+
+use std::pin::Pin;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Response, Status};
+
+use super::api::{resource, Api};
+use super::auth::Caller;
+use crate::audit::watch::{Compacted, WatchEvent};
+use crate::proto;
+
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchEvent, Status>> + Send>>;
+
+/// Events in flight to one watcher.
+const BUFFER: usize = 256;
+/// Events taken from the history per page, and events looked at per page (bounds the lock).
+const PAGE: usize = 256;
+const SCAN: usize = 4096;
+
+/// The metadata key that carries the oldest revision still held, with a "compacted" error.
+pub const COMPACT_REVISION_METADATA: &str = "warrant-compact-revision";
+
+fn event(e: &WatchEvent) -> proto::WatchEvent {
+    proto::WatchEvent {
+        revision: e.revision,
+        kind: e.kind.as_str().to_string(),
+        resource: e.resource.clone(),
+        lease_id: e.lease_id.clone(),
+        token: e.token,
+        principal: e.principal.clone(),
+        instance: e.instance.clone(),
+        at_ms: e.at_ms,
+        log_index: e.log_index,
+        reason: e.reason.clone(),
+    }
+}
+
+fn compacted(c: &Compacted) -> Status {
+    let mut status = Status::out_of_range(c.to_string());
+    if let Ok(v) = c.floor.to_string().parse() {
+        status.metadata_mut().insert(COMPACT_REVISION_METADATA, v);
+    }
+    status
+}
+
+impl Api {
+    pub(super) async fn watch_rpc(
+        &self,
+        caller: Caller,
+        r: proto::WatchRequest,
+    ) -> Result<Response<WatchStream>, Status> {
+        let prefix = if r.prefix.is_empty() {
+            String::new()
+        } else {
+            resource(&r.prefix)?.to_string()
+        };
+        self.authorize_audit_read(
+            &caller,
+            format!("watch {prefix:?} from revision {}", r.from_revision),
+        )
+        .await?;
+        let feed = self.shared.watch.clone();
+        let mut head = feed.subscribe();
+        let mut next = match r.from_revision {
+            0 => feed.history().head() + 1,
+            from => from,
+        };
+        // Refuse a compacted start at once, as the call's status rather than in the stream.
+        feed.history()
+            .read(next, &prefix, 0, 0)
+            .map_err(|c| compacted(&c))?;
+        let (tx, rx) = mpsc::channel(BUFFER);
+        let mut stopping = self.shared.stopping.clone();
+        tokio::spawn(async move {
+            loop {
+                head.borrow_and_update();
+                let page = feed.history().read(next, &prefix, PAGE, SCAN);
+                let page = match page {
+                    Ok(page) => page,
+                    Err(c) => {
+                        let _ = tx.send(Err(compacted(&c))).await;
+                        return;
+                    }
+                };
+                let more = page.next <= feed.history().head();
+                next = page.next;
+                for e in page.events {
+                    if tx.send(Ok(event(&e))).await.is_err() {
+                        return; // the watcher went away
+                    }
+                }
+                if more {
+                    continue;
+                }
+                let stopped = async {
+                    let _ = stopping.wait_for(|s| *s).await;
+                };
+                tokio::select! {
+                    changed = head.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                    _ = stopped => {
+                        let _ = tx.send(Err(Status::unavailable("node is shutting down; resume the watch on another node"))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// The revision a state read reflects: the head of the audit chain it was read with.
+pub(super) fn revision_of(state: &crate::model::State) -> u64 {
+    state.audit_chain().len()
+}
