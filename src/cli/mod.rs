@@ -22,6 +22,7 @@ mod dev;
 mod policy;
 mod run;
 mod security;
+mod snapshot;
 mod watch;
 
 use std::path::PathBuf;
@@ -216,6 +217,11 @@ enum Command {
         count: Option<u64>,
         #[command(flatten)]
         conn: Conn,
+    },
+    /// Backups: save (admin), restore into a new node's data directory, status of a file.
+    Snapshot {
+        #[command(subcommand)]
+        command: snapshot::SnapshotCommand,
     },
     /// Is TOKEN the current holder's token for RESOURCE? Exit 0 if current, 3 if not.
     CheckFence {
@@ -453,6 +459,11 @@ async fn dispatch(command: Command) -> u8 {
         },
         // Offline: no cluster, no connection.
         Command::Certs { command } => security::certs(command),
+        Command::Snapshot {
+            command:
+                command @ (snapshot::SnapshotCommand::Restore { .. }
+                | snapshot::SnapshotCommand::Status { .. }),
+        } => snapshot::offline(command),
         Command::VerifyGrant {
             file,
             resource,
@@ -659,6 +670,9 @@ async fn client_command(command: Command) -> u8 {
         | Command::Revoke { conn, .. }
         | Command::List { conn, .. }
         | Command::Watch { conn, .. }
+        | Command::Snapshot {
+            command: snapshot::SnapshotCommand::Save { conn, .. },
+        }
         | Command::CheckFence { conn, .. }
         | Command::Get { conn, .. }
         | Command::Policy {
@@ -695,6 +709,7 @@ async fn client_command(command: Command) -> u8 {
         | Command::Dev { .. }
         | Command::Run { .. }
         | Command::Certs { .. }
+        | Command::Snapshot { .. }
         | Command::VerifyGrant { .. } => return exit::OTHER,
     };
     let client = match connect_as(&common, principal.as_deref(), instance.as_deref()) {
@@ -889,12 +904,16 @@ async fn execute(client: &Client, command: Command) -> Result<Outcome, ClientErr
             Outcome::ok(text, json)
         }
         Command::Cluster { command } => cluster::execute(client, command).await?,
+        Command::Snapshot {
+            command: snapshot::SnapshotCommand::Save { file, .. },
+        } => snapshot::save(client, &file).await?,
         Command::Server { .. }
         | Command::Dev { .. }
         | Command::Certs { .. }
         | Command::VerifyGrant { .. }
         | Command::Run { .. }
         | Command::Watch { .. }
+        | Command::Snapshot { .. }
         | Command::Audit { .. } => {
             return Err(ClientError::Invalid(
                 "not a command answered in one piece".into(),

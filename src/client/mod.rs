@@ -28,6 +28,7 @@
 //! [`AcquireOptions::approval_wait`] to wait for the humans.
 
 mod audit;
+mod backup;
 mod fence;
 mod governance;
 mod lease;
@@ -42,6 +43,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
 pub use audit::audit_record_from_proto;
+pub use backup::SavedBackup;
 pub use fence::{
     CertificateRefused, FenceGuard, GrantCertError, GrantClaims, GrantVerifier, StaleToken,
 };

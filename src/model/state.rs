@@ -477,6 +477,17 @@ impl State {
         }
     }
 
+    /// The token the next grant gets.
+    pub fn next_token_value(&self) -> u64 {
+        self.next_token
+    }
+
+    /// For a restore from a backup: skip `by` tokens, so that tokens the old cluster may have
+    /// issued after the backup was taken are never handed out again.
+    pub fn skip_tokens(&mut self, by: u64) {
+        self.next_token = self.next_token.saturating_add(by);
+    }
+
     /// Hand out the next token. One counter for all resources: a token is never reused anywhere.
     pub(super) fn next_token(&mut self) -> FencingToken {
         let token = FencingToken(self.next_token);

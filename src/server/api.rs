@@ -766,6 +766,16 @@ impl warrant_server::Warrant for Api {
         self.remove_node_rpc(caller, request.into_inner()).await
     }
 
+    type SaveSnapshotStream = super::backup::SnapshotStream;
+
+    async fn save_snapshot(
+        &self,
+        request: Request<proto::SaveSnapshotRequest>,
+    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
+        let caller = auth::caller(&request)?;
+        self.save_snapshot_rpc(caller, request.into_inner()).await
+    }
+
     type WatchStream = super::watcher::WatchStream;
 
     async fn watch(

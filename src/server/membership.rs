@@ -153,26 +153,36 @@ impl Shared {
         }
     }
 
+    /// Authorize (and audit) an admin `action` by `by`: a log entry decided in apply.
+    pub(super) async fn admin_check(
+        &self,
+        by: model::Principal,
+        action: &str,
+        detail: String,
+    ) -> Result<(), Status> {
+        let by_admin = self.admins.contains(&by);
+        match self
+            .propose(Command::AdminCheck {
+                by,
+                by_admin,
+                action: action.into(),
+                detail,
+            })
+            .await?
+        {
+            model::Response::AdminCheck(Ok(())) => Ok(()),
+            model::Response::AdminCheck(Err(e)) => Err(op_error(&e)),
+            _ => Err(Status::internal("unexpected answer to AdminCheck")),
+        }
+    }
+
     /// Authorize (and audit) a membership change; returns the index of the check's entry.
     async fn authorize_membership(
         &self,
         by: model::Principal,
         detail: String,
     ) -> Result<u64, Status> {
-        let by_admin = self.admins.contains(&by);
-        match self
-            .propose(Command::AdminCheck {
-                by,
-                by_admin,
-                action: "membership".into(),
-                detail,
-            })
-            .await?
-        {
-            model::Response::AdminCheck(Ok(())) => {}
-            model::Response::AdminCheck(Err(e)) => return Err(op_error(&e)),
-            _ => return Err(Status::internal("unexpected answer to AdminCheck")),
-        }
+        self.admin_check(by, "membership", detail).await?;
         Ok(self
             .raft
             .metrics()

@@ -8,6 +8,7 @@
 mod api;
 mod audit_sync;
 pub mod auth;
+pub mod backup;
 mod batch;
 pub mod config;
 mod convert;

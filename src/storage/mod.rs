@@ -18,6 +18,7 @@
 #![allow(clippy::result_large_err)]
 
 mod audit_log;
+pub mod backup;
 mod log_store;
 mod state_machine;
 
@@ -171,4 +172,51 @@ fn sync_write() -> rocksdb::WriteOptions {
     let mut wo = rocksdb::WriteOptions::default();
     wo.set_sync(true);
     wo
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_directory_of_another_format_or_cluster_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        check_identity(&db, dir.path(), "prod", 1).unwrap();
+        // The same identity again is fine.
+        check_identity(&db, dir.path(), "prod", 1).unwrap();
+        let other = check_identity(&db, dir.path(), "staging", 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            other.contains("belongs to cluster \"prod\" node 1"),
+            "{other}"
+        );
+        assert!(
+            other.contains("point data_dir at this node's own directory"),
+            "{other}"
+        );
+        // A directory written by a newer build (format bumped).
+        let bumped = Identity {
+            format: DATA_FORMAT_VERSION + 1,
+            cluster: "prod".into(),
+            node: 1,
+        };
+        db.put_cf(cf(&db, CF_META), b"identity", encode(&bumped))
+            .unwrap();
+        let newer = check_identity(&db, dir.path(), "prod", 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            newer.contains(&format!(
+                "has format version {}, this build reads version {DATA_FORMAT_VERSION}",
+                DATA_FORMAT_VERSION + 1
+            )),
+            "{newer}"
+        );
+        assert!(
+            newer.contains("run the Warrant version that wrote it"),
+            "{newer}"
+        );
+    }
 }

@@ -47,6 +47,11 @@ struct StoredSnapshot {
     data: Vec<u8>,
 }
 
+/// A snapshot's stored bytes, for seeding a data directory from a backup.
+pub(super) fn encoded_snapshot(meta: SnapshotMeta, data: Vec<u8>) -> Vec<u8> {
+    encode(&StoredSnapshot { meta, data })
+}
+
 /// Read access to the state machine for the server (queries, leader duties).
 #[derive(Clone)]
 pub struct SmReader(Arc<RwLock<SmData>>);

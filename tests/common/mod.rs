@@ -25,6 +25,8 @@ pub struct Opts {
     pub extra: String,
     /// More top-level keys for every node's config (e.g. `watch_history = 20`).
     pub top: String,
+    /// Seed every node from this backup (`warrant snapshot restore`) before starting it.
+    pub restore_from: Option<PathBuf>,
     /// Nodes configured (ports, certificates, `bootstrap = false`) but not started: ids
     /// `nodes + 1 ..`, for `warrant cluster add-node`.
     pub spare: usize,
@@ -53,6 +55,7 @@ impl Default for Opts {
             secure: false,
             extra: String::new(),
             top: String::new(),
+            restore_from: None,
             spare: 0,
         }
     }
@@ -218,6 +221,23 @@ impl Cluster {
             });
         }
         let mut cluster = Cluster { dir, nodes, certs };
+        if let Some(backup) = &opts.restore_from {
+            for node in cluster.nodes.iter().filter(|n| n.joined) {
+                let out = Command::new(BIN)
+                    .args(["snapshot", "restore"])
+                    .arg(backup)
+                    .arg("--config")
+                    .arg(&node.config)
+                    .output()
+                    .expect("run warrant snapshot restore");
+                assert!(
+                    out.status.success(),
+                    "restore node {}: {}",
+                    node.id,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
         for id in 1..=opts.nodes as u64 {
             cluster.start_node(id);
         }

@@ -1,0 +1,211 @@
+//! `SaveSnapshot`: a consistent backup streamed to the caller (file format in
+//! [`crate::storage::backup`]).
+//!
+//! Consistent: the state's bytes, its applied index and its audit chain length are read under one
+//! read lock of the state machine; the audit records 1..=that length never change afterwards (they
+//! are derived from committed entries), so they are read from RocksDB while the node goes on.
+
+use std::io::Write;
+use std::pin::Pin;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Response, Status};
+
+use super::api::Api;
+use super::auth::Caller;
+use crate::proto;
+use crate::storage::backup::{BackupHeader, BackupWriter};
+use crate::storage::DATA_FORMAT_VERSION;
+
+pub type SnapshotStream = Pin<Box<dyn Stream<Item = Result<proto::SnapshotChunk, Status>> + Send>>;
+
+/// Bytes per streamed chunk.
+const CHUNK: usize = 1 << 20;
+
+/// Sends what is written to it as chunks of [`CHUNK`] bytes.
+struct Chunks {
+    tx: mpsc::Sender<Result<proto::SnapshotChunk, Status>>,
+    buf: Vec<u8>,
+}
+
+impl Chunks {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx
+            .blocking_send(Ok(proto::SnapshotChunk { data }))
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the caller went away")
+            })
+    }
+}
+
+impl Write for Chunks {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+impl Api {
+    pub(super) async fn save_snapshot_rpc(
+        &self,
+        caller: Caller,
+        r: proto::SaveSnapshotRequest,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        let shared = &self.shared;
+        let by = caller.principal(&r.principal)?;
+        if let Some(gap) = shared
+            .audit
+            .gap()
+            .map_err(|e| Status::internal(format!("reading the audit log: {e}")))?
+        {
+            return Err(Status::unavailable(format!(
+                "this node is still fetching audit records {}..={} after a snapshot; ask another node",
+                gap.from, gap.to
+            )));
+        }
+        shared
+            .admin_check(by, "snapshot_save", "save a backup".into())
+            .await?;
+        let (header, state) = {
+            let sm = shared.sm.read();
+            let state = sm.state.to_snapshot();
+            let header = BackupHeader {
+                cluster: shared.config.cluster_name.clone(),
+                node: shared.node_id,
+                taken_at_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                log_index: sm.last_applied.map_or(0, |l| l.index),
+                data_format: DATA_FORMAT_VERSION,
+                state_len: state.len() as u64,
+                audit_records: sm.state.audit_chain().len(),
+            };
+            (header, state)
+        };
+        tracing::info!(
+            log_index = header.log_index,
+            audit_records = header.audit_records,
+            state_bytes = header.state_len,
+            "saving a backup"
+        );
+        let (tx, rx) = mpsc::channel(4);
+        let audit = shared.audit.clone();
+        tokio::task::spawn_blocking(move || {
+            let failed = tx.clone();
+            let result = (|| -> Result<(), String> {
+                let out = Chunks {
+                    tx,
+                    buf: Vec::with_capacity(CHUNK),
+                };
+                let mut w = BackupWriter::start(out, &header, &state).map_err(|e| e.to_string())?;
+                let mut next = 1;
+                for r in audit.iter_range(1, header.audit_records) {
+                    let r = r.map_err(|e| format!("reading the audit log: {e}"))?;
+                    if r.seq != next {
+                        return Err(format!("audit record {next} is missing on this node"));
+                    }
+                    w.record(&r).map_err(|e| e.to_string())?;
+                    next += 1;
+                }
+                if next != header.audit_records + 1 {
+                    return Err(format!("audit record {next} is missing on this node"));
+                }
+                w.finish().map_err(|e| e.to_string())?;
+                Ok(())
+            })();
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "backup not completed");
+                let _ = failed.blocking_send(Err(Status::internal(format!("backup failed: {e}"))));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// What a restore did.
+#[derive(Debug)]
+pub struct Restored {
+    pub header: BackupHeader,
+    /// The token the backup's state would have issued next, and the one the new cluster will.
+    pub next_token_in_backup: u64,
+    pub next_token: u64,
+    pub leases: usize,
+}
+
+/// Seed `config`'s (empty) data directory from the backup `file`: its state with the token counter
+/// moved `skip_tokens` ahead, its audit records, and the config's peers as the voters. Run it for
+/// every node of the new cluster, then start them.
+pub fn restore(
+    file: &std::path::Path,
+    config: &super::config::Config,
+    skip_tokens: u64,
+) -> Result<Restored, String> {
+    use crate::storage::backup::{seed, BackupReader};
+    let (mut reader, state) = BackupReader::open(file).map_err(|e| e.to_string())?;
+    let header = reader.header.clone();
+    if header.data_format != DATA_FORMAT_VERSION {
+        return Err(format!(
+            "{} was written by data format version {}, this build writes version {}: restore it \
+             with the Warrant version that saved it",
+            file.display(),
+            header.data_format,
+            DATA_FORMAT_VERSION
+        ));
+    }
+    let mut state = crate::model::State::from_snapshot(&state)
+        .map_err(|e| format!("{}: the state does not decode: {e}", file.display()))?;
+    if state.audit_chain().len() != header.audit_records {
+        return Err(format!(
+            "{}: the state's audit chain has {} records but the backup holds {}",
+            file.display(),
+            state.audit_chain().len(),
+            header.audit_records
+        ));
+    }
+    let next_token_in_backup = state.next_token_value();
+    state.skip_tokens(skip_tokens);
+    let leases = state.list("").len();
+    let members = config
+        .peers
+        .iter()
+        .map(|(id, p)| {
+            (
+                *id,
+                crate::raft::NodeAddr {
+                    raft: p.raft.clone(),
+                    client: p.client.clone(),
+                },
+            )
+        })
+        .collect();
+    seed(
+        &config.data_dir,
+        &config.cluster_name,
+        config.node_id,
+        members,
+        header.log_index,
+        state.to_snapshot(),
+        || reader.next_record(),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(Restored {
+        next_token: state.next_token_value(),
+        header,
+        next_token_in_backup,
+        leases,
+    })
+}

@@ -1,0 +1,145 @@
+//! Backup and restore on real clusters: `warrant snapshot save` from a running cluster, checksum
+//! checks, `warrant snapshot restore` into a fresh 3-node cluster that keeps leases, completed tasks
+//! and the audit trail, and issues tokens above every token the old cluster may have issued.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{json, stderr, stdout, Cluster, Opts};
+use warrant::client::{AcquireOptions, Acquired, Client, Lease};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn granted(client: &Client, opts: AcquireOptions) -> Lease {
+    match client.acquire(opts).await.expect("acquire") {
+        Acquired::Granted(l) => l,
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+fn ttl(resource: &str, secs: u64) -> AcquireOptions {
+    AcquireOptions::new(resource, Duration::from_secs(secs))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn save_then_restore_into_a_fresh_cluster_keeps_leases_tasks_and_audit_and_tokens_only_grow()
+{
+    let old = Cluster::start(Opts::default());
+    old.wait_leader(WAIT).await;
+    let agent = old.client("agent/deployer");
+    let live = granted(&agent, ttl("b/live", 600)).await;
+    let mut task = ttl("b/task", 60);
+    task.task_key = Some("deploy-42".into());
+    let t = granted(&agent, task.clone()).await;
+    t.checkpoint(b"all pods rolled".to_vec()).await.unwrap();
+    let task_token = t.token();
+    t.release(Some(warrant::model::ReleaseOutcome::Done))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        granted(&agent, ttl(&format!("b/other/{i}"), 60))
+            .await
+            .release(None)
+            .await
+            .unwrap();
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.wbak");
+    let file_arg = file.to_str().unwrap();
+    let saved = old.cli(
+        "human/admin",
+        &["snapshot", "save", file_arg, "--output", "json"],
+    );
+    assert!(saved.status.success(), "{}", stderr(&saved));
+    let saved = json(&saved);
+    let records = saved["backup"]["audit_records"].as_u64().unwrap();
+    assert!(records >= 14, "{saved}");
+    let status = old.cli("human/admin", &["snapshot", "status", file_arg]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    assert!(
+        stdout(&status).contains("ok, sha256"),
+        "{}",
+        stdout(&status)
+    );
+
+    // A damaged copy is refused, by status and by restore, before anything is written.
+    let damaged = dir.path().join("damaged.wbak");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&damaged, bytes).unwrap();
+    let refused = old.cli(
+        "human/admin",
+        &["snapshot", "status", damaged.to_str().unwrap()],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("checksum mismatch"),
+        "{}",
+        stderr(&refused)
+    );
+
+    // The old cluster goes on issuing tokens after the backup (it is not dead yet).
+    let after_backup = granted(&agent, ttl("b/after", 60)).await;
+    let highest_old_token = after_backup.token();
+
+    // The new cluster: every node seeded from the backup, then started.
+    let new = Cluster::start(Opts {
+        restore_from: Some(file.clone()),
+        ..Opts::default()
+    });
+    new.wait_leader(WAIT).await;
+    let admin = new.client("human/admin");
+    let leases = admin.list("b").await.unwrap();
+    let restored = leases
+        .leases
+        .iter()
+        .find(|l| l.resource == "b/live")
+        .expect("the live lease is restored");
+    assert_eq!(restored.lease_id, live.lease_id());
+    assert_eq!(restored.token, live.token());
+    assert!(
+        leases.revision >= records,
+        "the revision continues from the backup's"
+    );
+
+    // The completed task stays completed.
+    let again = new.client("agent/deployer");
+    match again.acquire(task).await.unwrap() {
+        Acquired::AlreadyDone(done) => assert_eq!(done.token, task_token),
+        other => panic!("expected already done, got {other:?}"),
+    }
+
+    // The audit trail came along and verifies; new records chain onto it.
+    let verified = new.cli("human/admin", &["audit", "verify", "--output", "json"]);
+    assert!(verified.status.success(), "{}", stderr(&verified));
+    assert_eq!(json(&verified)["ok"], true);
+    assert!(json(&verified)["records"].as_u64().unwrap() > records);
+
+    // Tokens continue above every token of the backup, and above the ones the old cluster issued
+    // since (the restore skipped a billion by default).
+    let fresh = granted(&again, ttl("b/after", 60)).await;
+    assert!(
+        fresh.token() > highest_old_token,
+        "token {} after restore, the old cluster reached {highest_old_token}",
+        fresh.token()
+    );
+    assert!(fresh.token() > 1_000_000_000, "{}", fresh.token());
+
+    // Restore refuses a data directory that is in use.
+    let busy = new.cli(
+        "human/admin",
+        &[
+            "snapshot",
+            "restore",
+            file_arg,
+            "--config",
+            new.node(1).config.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(busy.status.code(), Some(1));
+    assert!(stderr(&busy).contains("not empty"), "{}", stderr(&busy));
+    drop(live);
+}
