@@ -71,8 +71,8 @@ pub struct Cluster {
     /// Warrant only: nodes 4 and 5, configured (`bootstrap = false`) but not started, with their
     /// raft and client addresses, for the membership change.
     pub spares: Vec<(Proc, String, String)>,
-    /// Data and logs, removed when the cluster is dropped.
-    _dir: tempfile::TempDir,
+    /// Data, configs and logs, removed when the cluster is dropped.
+    pub dir: tempfile::TempDir,
 }
 
 impl Cluster {
@@ -86,7 +86,7 @@ impl Cluster {
             endpoints,
             procs,
             spares: Vec::new(),
-            _dir: dir,
+            dir,
         }
     }
 

@@ -371,7 +371,7 @@ async fn scale(system: System, cluster: &mut Cluster, n: usize) -> Result<String
     .await?;
     let catch_up = restarted.elapsed();
     let membership = match system {
-        System::Warrant => membership(cluster).await?,
+        System::Warrant => membership(cluster).await? + &backup(cluster).await?,
         System::Etcd => String::new(),
     };
     Ok(format!(
@@ -420,6 +420,30 @@ async fn membership(cluster: &mut Cluster) -> Result<String> {
         "; 3 → 5 (start both spares, add-node each: {adds:?} ms): {:.1} s; 5 → 3 (remove-node ×2): {:.1} s",
         grow.as_secs_f64(),
         shrink.as_secs_f64()
+    ))
+}
+
+/// `snapshot save` of the whole state (and audit log) through the client, then `snapshot restore`
+/// of it into a fresh data directory, timed.
+async fn backup(cluster: &Cluster) -> Result<String> {
+    let admin = Client::new(ClientConfig::new(cluster.endpoints.clone(), "human/admin")?)?;
+    let file = cluster.dir.path().join("backup.wbak");
+    let started = Instant::now();
+    let saved = admin.save_snapshot(&file).await?;
+    let save = started.elapsed();
+    let mut config = warrant::server::Config::load(&cluster.dir.path().join("node1.toml"))?;
+    config.data_dir = cluster.dir.path().join("restored1");
+    let started = Instant::now();
+    let restored = warrant::server::backup::restore(&file, &config, 1_000_000_000)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let restore = started.elapsed();
+    Ok(format!(
+        "; snapshot save ({} MiB, {} leases, {} audit records): {:.1} s; restore into a new data dir: {:.1} s",
+        saved.bytes / (1024 * 1024),
+        restored.leases,
+        saved.header.audit_records,
+        save.as_secs_f64(),
+        restore.as_secs_f64()
     ))
 }
 

@@ -46,12 +46,15 @@ impl Chunks {
 }
 
 impl Write for Chunks {
+    /// Takes at most what fills the current chunk (`write_all` loops), so no message exceeds
+    /// [`CHUNK`] bytes, well under gRPC's default 4 MiB limit.
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(bytes);
+        let n = bytes.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&bytes[..n]);
         if self.buf.len() >= CHUNK {
             self.send()?;
         }
-        Ok(bytes.len())
+        Ok(n)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -208,4 +211,27 @@ pub fn restore(
         next_token_in_backup,
         leases,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_write_is_cut_into_chunks_no_bigger_than_the_limit() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mut out = Chunks {
+            tx,
+            buf: Vec::new(),
+        };
+        let data = vec![7u8; CHUNK * 3 + 5];
+        out.write_all(&data).unwrap();
+        out.flush().unwrap();
+        drop(out);
+        let mut sizes = Vec::new();
+        while let Ok(Ok(chunk)) = rx.try_recv() {
+            sizes.push(chunk.data.len());
+        }
+        assert_eq!(sizes, vec![CHUNK, CHUNK, CHUNK, 5]);
+    }
 }
