@@ -278,21 +278,7 @@ impl Api {
             None | Some(Identity::Node(_)) => return Ok(()),
             Some(Identity::Principal(p)) => p.clone(),
         };
-        let by_admin = self.shared.admins.contains(&by);
-        match self
-            .shared
-            .propose(Command::AdminCheck {
-                by,
-                by_admin,
-                action: "audit_read".into(),
-                detail,
-            })
-            .await?
-        {
-            model::Response::AdminCheck(Ok(())) => Ok(()),
-            model::Response::AdminCheck(Err(e)) => Err(op_error(&e)),
-            _ => Err(Status::internal("unexpected answer to AdminCheck")),
-        }
+        self.shared.admin_check(by, "audit_read", detail).await
     }
 
     pub(super) async fn query_audit_rpc(

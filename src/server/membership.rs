@@ -17,9 +17,8 @@ use tonic::{Response, Status};
 
 use super::api::Api;
 use super::auth::Caller;
-use super::convert::op_error;
 use super::{Shared, PROPOSE_TIMEOUT};
-use crate::model::{self, Command};
+use crate::model;
 use crate::proto;
 use crate::raft::{Control, NodeAddr, NodeId};
 
@@ -150,29 +149,6 @@ impl Shared {
             {
                 return live;
             }
-        }
-    }
-
-    /// Authorize (and audit) an admin `action` by `by`: a log entry decided in apply.
-    pub(super) async fn admin_check(
-        &self,
-        by: model::Principal,
-        action: &str,
-        detail: String,
-    ) -> Result<(), Status> {
-        let by_admin = self.admins.contains(&by);
-        match self
-            .propose(Command::AdminCheck {
-                by,
-                by_admin,
-                action: action.into(),
-                detail,
-            })
-            .await?
-        {
-            model::Response::AdminCheck(Ok(())) => Ok(()),
-            model::Response::AdminCheck(Err(e)) => Err(op_error(&e)),
-            _ => Err(Status::internal("unexpected answer to AdminCheck")),
         }
     }
 

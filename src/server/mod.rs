@@ -143,6 +143,29 @@ impl Shared {
             .unwrap_or_else(|| Err(Status::unavailable("node is shutting down")))
     }
 
+    /// Authorize (and audit) an admin `action` by `by`: a log entry decided in apply.
+    pub async fn admin_check(
+        &self,
+        by: model::Principal,
+        action: &str,
+        detail: String,
+    ) -> Result<(), Status> {
+        let by_admin = self.admins.contains(&by);
+        match self
+            .propose(Command::AdminCheck {
+                by,
+                by_admin,
+                action: action.into(),
+                detail,
+            })
+            .await?
+        {
+            model::Response::AdminCheck(Ok(())) => Ok(()),
+            model::Response::AdminCheck(Err(e)) => Err(convert::op_error(&e)),
+            _ => Err(Status::internal("unexpected answer to AdminCheck")),
+        }
+    }
+
     /// Confirm this node leads (quorum round trip) and that its state machine has applied everything
     /// committed before the call: after this, reads are linearizable.
     pub async fn confirm_leadership(&self) -> Result<(), Status> {
