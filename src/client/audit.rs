@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::Stream;
 use tonic::Code;
 
-use super::{from_status, Client, ClientError, ATTEMPT_TIMEOUT};
+use super::{from_status, transient, Client, ClientError, ATTEMPT_TIMEOUT};
 use crate::audit::{AuditDecision, AuditEntry, AuditFilter, AuditRecord, Hash};
 use crate::proto;
 
@@ -80,15 +80,6 @@ fn hash_from_hex(s: &str) -> Result<Hash, String> {
     let mut out = [0u8; 32];
     hex::decode_to_slice(s, &mut out).map_err(|e| e.to_string())?;
     Ok(out)
-}
-
-/// Whether a stream that failed this way may be reopened (elsewhere): the same transient failures
-/// the unary calls move past.
-fn transient(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
-    )
 }
 
 /// State of an export between records.

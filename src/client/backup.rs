@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tonic::Code;
 
-use super::{from_status, Client, ClientError, ATTEMPT_TIMEOUT};
+use super::{from_status, transient, Client, ClientError, ATTEMPT_TIMEOUT};
 use crate::proto;
 use crate::storage::backup::{BackupHeader, BackupReader};
 
@@ -53,14 +53,7 @@ impl Client {
                         bytes += chunk.data.len() as u64;
                     }
                     Ok(Ok(None)) => break None,
-                    Ok(Err(s))
-                        if matches!(
-                            s.code(),
-                            Code::Unavailable | Code::Cancelled | Code::Unknown
-                        ) =>
-                    {
-                        break Some(s.message().to_string())
-                    }
+                    Ok(Err(s)) if transient(s.code()) => break Some(s.message().to_string()),
                     Ok(Err(s)) => {
                         let _ = std::fs::remove_file(&partial);
                         return Err(from_status(s));

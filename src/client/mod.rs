@@ -90,6 +90,15 @@ impl From<ValidationError> for ClientError {
     }
 }
 
+/// Whether a stream that failed this way may be reopened (elsewhere): the same transient failures
+/// the unary calls move past.
+fn transient(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+    )
+}
+
 fn from_status(s: Status) -> ClientError {
     match s.code() {
         Code::InvalidArgument => ClientError::Invalid(s.message().to_string()),

@@ -6,7 +6,7 @@
 use futures::Stream;
 use tonic::{Code, Status};
 
-use super::{from_status, Client, ClientError, ATTEMPT_TIMEOUT};
+use super::{from_status, transient, Client, ClientError, ATTEMPT_TIMEOUT};
 use crate::audit::watch::{WatchEvent, WatchKind};
 use crate::proto;
 
@@ -73,14 +73,7 @@ impl Watch {
                     };
                 }
                 Ok(None) => Status::unavailable("the node ended the watch"),
-                Err(s)
-                    if matches!(
-                        s.code(),
-                        Code::Unavailable | Code::Cancelled | Code::Unknown
-                    ) =>
-                {
-                    s
-                }
+                Err(s) if transient(s.code()) => s,
                 Err(s) => return self.fail(from_status(s)),
             };
             self.stream = None;
