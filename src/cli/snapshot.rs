@@ -89,7 +89,7 @@ pub(super) async fn save(client: &Client, file: &Path) -> Result<Outcome, Client
 pub(super) fn offline(command: SnapshotCommand) -> u8 {
     match command {
         SnapshotCommand::Status { file, common } => match BackupReader::open(&file) {
-            Ok((r, _)) => {
+            Ok(r) => {
                 print(
                     common.output,
                     format!(

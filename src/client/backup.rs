@@ -73,7 +73,7 @@ impl Client {
             let file = file.into_inner().map_err(|e| local(e.into_error()))?;
             file.sync_all().map_err(local)?;
             drop(file);
-            let (reader, _) = BackupReader::open(&partial).map_err(|e| ClientError::Server {
+            let reader = BackupReader::open(&partial).map_err(|e| ClientError::Server {
                 code: Code::DataLoss,
                 message: e.to_string(),
             })?;

@@ -158,7 +158,8 @@ pub fn restore(
     skip_tokens: u64,
 ) -> Result<Restored, String> {
     use crate::storage::backup::{seed, BackupReader};
-    let (mut reader, state) = BackupReader::open(file).map_err(|e| e.to_string())?;
+    let mut reader = BackupReader::open(file).map_err(|e| e.to_string())?;
+    let state = reader.read_state().map_err(|e| e.to_string())?;
     let header = reader.header.clone();
     if header.data_format != DATA_FORMAT_VERSION {
         return Err(format!(

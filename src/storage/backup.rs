@@ -136,13 +136,16 @@ pub struct BackupReader {
     pub header: BackupHeader,
     /// The file's checksum (verified).
     pub sha256: [u8; 32],
+    /// Whether the state has been read (or skipped) past.
+    past_state: bool,
     records_left: u64,
     path: std::path::PathBuf,
 }
 
 impl BackupReader {
-    /// Verify the checksum, then read the header; the state and records follow.
-    pub fn open(path: &Path) -> Result<(Self, Vec<u8>), Error> {
+    /// Verify the checksum, then read the header; [`read_state`](Self::read_state) and the
+    /// records follow.
+    pub fn open(path: &Path) -> Result<Self, Error> {
         let sha256 = verify_file(path)?;
         let io = |e: std::io::Error| corrupt(path, e);
         let mut file =
@@ -174,19 +177,28 @@ impl BackupReader {
         file.read_exact(&mut h).map_err(io)?;
         let header: BackupHeader =
             bincode::deserialize(&h).map_err(|e| corrupt(path, format!("header: {e}")))?;
-        let mut state = vec![0u8; header.state_len as usize];
-        file.read_exact(&mut state).map_err(io)?;
         let records_left = header.audit_records;
-        Ok((
-            Self {
-                file,
-                header,
-                sha256,
-                records_left,
-                path: path.to_path_buf(),
-            },
-            state,
-        ))
+        Ok(Self {
+            file,
+            header,
+            sha256,
+            past_state: false,
+            records_left,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The state's bytes (the state machine's snapshot encoding); call before the records.
+    pub fn read_state(&mut self) -> Result<Vec<u8>, Error> {
+        if self.past_state {
+            return Err(corrupt(&self.path, "the state was already read"));
+        }
+        let mut state = vec![0u8; self.header.state_len as usize];
+        self.file
+            .read_exact(&mut state)
+            .map_err(|e| corrupt(&self.path, e))?;
+        self.past_state = true;
+        Ok(state)
     }
 
     /// The next audit record, in seq order.
@@ -194,22 +206,28 @@ impl BackupReader {
         if self.records_left == 0 {
             return Ok(None);
         }
-        let path = self.path.clone();
-        let io = |e: std::io::Error| corrupt(&path, e);
+        if !self.past_state {
+            self.file
+                .seek_relative(self.header.state_len as i64)
+                .map_err(|e| corrupt(&self.path, e))?;
+            self.past_state = true;
+        }
+        let path = &self.path;
+        let io = |e: std::io::Error| corrupt(path, e);
         let mut len = [0u8; 4];
         self.file.read_exact(&mut len).map_err(io)?;
         let len = u32::from_be_bytes(len);
         if len > MAX_RECORD {
-            return Err(corrupt(&path, format!("audit record of {len} bytes")));
+            return Err(corrupt(path, format!("audit record of {len} bytes")));
         }
         let mut bytes = vec![0u8; len as usize];
         self.file.read_exact(&mut bytes).map_err(io)?;
         let record = AuditRecord::from_bytes(&bytes)
-            .map_err(|e| corrupt(&path, format!("audit record: {e}")))?;
+            .map_err(|e| corrupt(path, format!("audit record: {e}")))?;
         let want = self.header.audit_records - self.records_left + 1;
         if record.seq != want {
             return Err(corrupt(
-                &path,
+                path,
                 format!("audit record {} where {want} belongs", record.seq),
             ));
         }
@@ -336,7 +354,8 @@ mod tests {
         }
         let (sum, _) = w.finish().unwrap();
 
-        let (mut reader, got_state) = BackupReader::open(&path).unwrap();
+        let mut reader = BackupReader::open(&path).unwrap();
+        let got_state = reader.read_state().unwrap();
         assert_eq!(reader.sha256, sum);
         assert_eq!(reader.header, header(3, state.len() as u64));
         assert_eq!(got_state, state);
@@ -345,6 +364,9 @@ mod tests {
             back.push(r);
         }
         assert_eq!(back, records);
+        // Records can be read without loading the state (it is skipped).
+        let mut skipping = BackupReader::open(&path).unwrap();
+        assert_eq!(skipping.next_record().unwrap().as_ref(), Some(&records[0]));
 
         let good = std::fs::read(&path).unwrap();
         for cut in [good.len() - 1, good.len() / 2, 10] {
