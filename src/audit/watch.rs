@@ -196,6 +196,17 @@ impl History {
         *self = Self::new(self.capacity, head);
     }
 
+    /// Whether every event from revision `from` on is still held.
+    pub fn check(&self, from: u64) -> Result<(), Compacted> {
+        if from < self.floor {
+            return Err(Compacted {
+                floor: self.floor,
+                head: self.head,
+            });
+        }
+        Ok(())
+    }
+
     /// Up to `max` events from revision `from` on under `prefix` (segment-wise; empty: all), looking
     /// at no more than `scan` events (keeps a reader's hold on the history short).
     pub fn read(
@@ -205,12 +216,7 @@ impl History {
         max: usize,
         scan: usize,
     ) -> Result<Page, Compacted> {
-        if from < self.floor {
-            return Err(Compacted {
-                floor: self.floor,
-                head: self.head,
-            });
-        }
+        self.check(from)?;
         let start = self.events.partition_point(|e| e.revision < from);
         let mut page = Page {
             events: Vec::new(),

@@ -194,6 +194,21 @@ impl Shared {
         Ok(())
     }
 
+    /// The answer to a membership call: the members now, the index of the change made (else of the
+    /// current membership), and the time taken.
+    fn membership_response(
+        &self,
+        changed_at: Option<u64>,
+        started: Instant,
+    ) -> Response<proto::MembershipResponse> {
+        let (members, current) = self.members();
+        Response::new(proto::MembershipResponse {
+            members,
+            log_index: changed_at.unwrap_or(current),
+            took_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
     /// Members as the API shows them.
     pub(super) fn members(&self) -> (Vec<proto::Member>, u64) {
         let m = self.raft.metrics().borrow().clone();
@@ -531,12 +546,7 @@ impl Api {
             .authorize_membership(by, format!("add node {} ({node})", r.node_id))
             .await?;
         if voters.contains(&r.node_id) {
-            let (members, log_index) = shared.members();
-            return Ok(Response::new(proto::MembershipResponse {
-                members,
-                log_index,
-                took_ms: started.elapsed().as_millis() as u64,
-            }));
+            return Ok(shared.membership_response(None, started));
         }
         if known.is_none() {
             tracing::info!(node = r.node_id, addr = %node, "adding a learner");
@@ -565,12 +575,7 @@ impl Api {
         let log_index = shared
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([r.node_id])))
             .await?;
-        let (members, _) = shared.members();
-        Ok(Response::new(proto::MembershipResponse {
-            members,
-            log_index,
-            took_ms: started.elapsed().as_millis() as u64,
-        }))
+        Ok(shared.membership_response(Some(log_index), started))
     }
 
     /// Wait until the learner's log is within [`CAUGHT_UP_LAG`] entries of the leader's.
@@ -634,12 +639,7 @@ impl Api {
             if let Some((addr, log_index)) = told {
                 shared.tell_removed(r.node_id, &addr, log_index).await;
             }
-            let (members, log_index) = shared.members();
-            return Ok(Response::new(proto::MembershipResponse {
-                members,
-                log_index,
-                took_ms: started.elapsed().as_millis() as u64,
-            }));
+            return Ok(shared.membership_response(None, started));
         };
         let is_voter = voters.contains(&r.node_id);
         let after: BTreeSet<NodeId> = voters
@@ -682,12 +682,7 @@ impl Api {
             removed.insert(r.node_id, (node.clone(), log_index));
         }
         shared.tell_removed(r.node_id, &node, log_index).await;
-        let (members, _) = shared.members();
-        Ok(Response::new(proto::MembershipResponse {
-            members,
-            log_index,
-            took_ms: started.elapsed().as_millis() as u64,
-        }))
+        Ok(shared.membership_response(Some(log_index), started))
     }
 }
 

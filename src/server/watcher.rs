@@ -75,9 +75,7 @@ impl Api {
             from => from,
         };
         // Refuse a compacted start at once, as the call's status rather than in the stream.
-        feed.history()
-            .read(next, &prefix, 0, 0)
-            .map_err(|c| compacted(&c))?;
+        feed.history().check(next).map_err(|c| compacted(&c))?;
         let (tx, rx) = mpsc::channel(BUFFER);
         let mut stopping = self.shared.stopping.clone();
         tokio::spawn(async move {
