@@ -99,8 +99,8 @@ impl WatchFeed {
         self.head.subscribe()
     }
 
-    fn publish(&self) {
-        let head = self.history().head();
+    /// Tell the watchers the head moved to `head`.
+    fn publish(&self, head: u64) {
         self.head.send_replace(head);
     }
 }
@@ -323,8 +323,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             }
         }
-        if !fx.audit.is_empty() {
-            self.watch.publish();
+        if let Some(last) = fx.audit.last() {
+            self.watch.publish(last.seq);
         }
         metrics::histogram!("warrant_sm_apply_duration_seconds").record(started.elapsed());
         metrics::counter!("warrant_sm_applied_entries_total").increment(responses.len() as u64);
@@ -392,9 +392,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         sm.last_applied = meta.last_log_id;
         sm.membership = meta.last_membership.clone();
         // The events between our head and the snapshot's are not here: watchers behind it resync.
-        self.watch.history().reset(sm.state.audit_chain().len());
+        let head = sm.state.audit_chain().len();
+        self.watch.history().reset(head);
         drop(sm);
-        self.watch.publish();
+        self.watch.publish(head);
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }
