@@ -11,6 +11,15 @@ use warrant::client::{AcquireOptions, Acquired, Client, Lease};
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// The cluster id `warrant cluster status` reports.
+fn cluster_id(cluster: &Cluster) -> String {
+    let out = cluster.cli("human/admin", &["cluster", "status", "--output", "json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = json(&out)["cluster_id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 32, "{id}");
+    id
+}
+
 async fn granted(client: &Client, opts: AcquireOptions) -> Lease {
     match client.acquire(opts).await.expect("acquire") {
         Acquired::Granted(l) => l,
@@ -25,7 +34,10 @@ fn ttl(resource: &str, secs: u64) -> AcquireOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn save_then_restore_into_a_fresh_cluster_keeps_leases_tasks_and_audit_and_tokens_only_grow()
 {
-    let old = Cluster::start(Opts::default());
+    let mut old = Cluster::start(Opts {
+        spare: 1,
+        ..Opts::default()
+    });
     old.wait_leader(WAIT).await;
     let agent = old.client("agent/deployer");
     let live = granted(&agent, ttl("b/live", 600)).await;
@@ -56,6 +68,35 @@ async fn save_then_restore_into_a_fresh_cluster_keeps_leases_tasks_and_audit_and
     let saved = json(&saved);
     let records = saved["backup"]["audit_records"].as_u64().unwrap();
     assert!(records >= 14, "{saved}");
+    // Any member saves one: a follower has the leader decide (and audit) the admin check, then
+    // writes its own state.
+    let leader = old.wait_leader(WAIT).await;
+    let follower = old
+        .nodes
+        .iter()
+        .find(|n| n.joined && n.id != leader)
+        .unwrap();
+    let from_follower = dir.path().join("follower.wbak");
+    let out = old.cli(
+        "human/admin",
+        &[
+            "snapshot",
+            "save",
+            from_follower.to_str().unwrap(),
+            "--output",
+            "json",
+            "--endpoints",
+            &follower.client_addr,
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        json(&out)["backup"]["node"],
+        follower.id,
+        "{}",
+        stdout(&out)
+    );
+    assert!(json(&out)["backup"]["audit_records"].as_u64().unwrap() >= records);
     let status = old.cli("human/admin", &["snapshot", "status", file_arg]);
     assert!(status.status.success(), "{}", stderr(&status));
     assert!(
@@ -81,6 +122,30 @@ async fn save_then_restore_into_a_fresh_cluster_keeps_leases_tasks_and_audit_and
         stderr(&refused)
     );
 
+    // The old cluster grows a fourth member after the backup. (Asked to add it under another id,
+    // the leader finds out who answers at that address first.)
+    old.start_spare(4);
+    let (raft4, client4) = (
+        old.node(4).raft_addr.clone(),
+        old.node(4).client_addr.clone(),
+    );
+    let wrong = old.cli(
+        "human/admin",
+        &["cluster", "add-node", "5", &raft4, &client4],
+    );
+    assert!(!wrong.status.success());
+    assert!(
+        stderr(&wrong).contains(&format!("node 4 answers at {raft4}, not node 5")),
+        "{}",
+        stderr(&wrong)
+    );
+    let added = old.cli(
+        "human/admin",
+        &["cluster", "add-node", "4", &raft4, &client4],
+    );
+    assert!(added.status.success(), "{}", stderr(&added));
+    let old_id = cluster_id(&old);
+
     // The old cluster goes on issuing tokens after the backup (it is not dead yet).
     let after_backup = granted(&agent, ttl("b/after", 60)).await;
     let highest_old_token = after_backup.token();
@@ -104,6 +169,25 @@ async fn save_then_restore_into_a_fresh_cluster_keeps_leases_tasks_and_audit_and
         leases.revision >= records,
         "the revision continues from the backup's"
     );
+
+    // The restored cluster has an id of its own, so the old cluster's members cannot join it or
+    // talk Raft to it by mistake: adding the old cluster's node 4 is refused, saying why.
+    let new_id = cluster_id(&new);
+    assert_ne!(new_id, old_id);
+    let foreign = new.cli(
+        "human/admin",
+        &["cluster", "add-node", "4", &raft4, &client4],
+    );
+    assert_eq!(foreign.status.code(), Some(3), "{}", stderr(&foreign));
+    assert!(
+        stderr(&foreign).contains(&format!(
+            "node 4 at {raft4} belongs to another cluster: this node belongs to cluster id \
+             {old_id}, the sender to cluster id {new_id}"
+        )),
+        "{}",
+        stderr(&foreign)
+    );
+    assert_eq!(cluster_id(&old), old_id, "the old cluster is unchanged");
 
     // The completed task stays completed.
     let again = new.client("agent/deployer");

@@ -398,6 +398,7 @@ async fn membership(cluster: &mut Cluster) -> Result<String> {
                 client_address: client.clone(),
                 catch_up_timeout_ms: 600_000,
                 principal: String::new(),
+                learner: false,
             })
             .await?;
         adds.push(r.took_ms);

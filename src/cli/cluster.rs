@@ -27,6 +27,10 @@ pub(super) enum ClusterCommand {
         /// How long the node may take to catch up.
         #[arg(long, value_parser = parse_duration, default_value = "60s")]
         timeout: Duration,
+        /// Add it as a non-voting learner and return at once (it replicates but does not vote);
+        /// add-node without this flag later promotes it.
+        #[arg(long)]
+        learner: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -74,8 +78,14 @@ pub(super) async fn execute(
         ClusterCommand::Status { .. } => {
             let s = client.status().await?;
             let text = format!(
-                "node {} sees leader {} (term {}), last applied {}\n{}",
+                "node {} of cluster {:?} (id {}) sees leader {} (term {}), last applied {}\n{}",
                 s.node_id,
+                s.cluster_name,
+                if s.cluster_id.is_empty() {
+                    "not known yet"
+                } else {
+                    &s.cluster_id
+                },
                 if s.leader == 0 {
                     "none".to_string()
                 } else {
@@ -85,7 +95,7 @@ pub(super) async fn execute(
                 s.last_applied,
                 members_text(&s.members)
             );
-            let json = json!({"node": s.node_id, "leader": if s.leader == 0 { Value::Null } else { json!(s.leader) },
+            let json = json!({"node": s.node_id, "cluster": s.cluster_name, "cluster_id": s.cluster_id, "leader": if s.leader == 0 { Value::Null } else { json!(s.leader) },
                 "term": s.term, "members": members_json(&s.members), "last_applied": s.last_applied, "live_leases": s.live_leases});
             Outcome::ok(text, json)
         }
@@ -94,6 +104,7 @@ pub(super) async fn execute(
             raft_addr,
             client_addr,
             timeout,
+            learner,
             ..
         } => {
             let r = client
@@ -103,9 +114,11 @@ pub(super) async fn execute(
                     client_address: client_addr,
                     catch_up_timeout_ms: timeout.as_millis() as u64,
                     principal: String::new(),
+                    learner,
                 })
                 .await?;
-            changed(format!("node {id} is a voter"), &r)
+            let role = if learner { "a learner" } else { "a voter" };
+            changed(format!("node {id} is {role}"), &r)
         }
         ClusterCommand::RemoveNode { id, .. } => {
             let r = client

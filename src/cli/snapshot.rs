@@ -126,11 +126,13 @@ pub(super) fn offline(command: SnapshotCommand) -> u8 {
                     print(
                         common.output,
                         format!(
-                            "restored node {} of cluster {:?} into {} from {}: {} live leases, audit \
-                             records 1..={}, log index {}; tokens continue at {} (the backup's next \
-                             was {}). Restore every node of the new cluster the same way, then start them.",
+                            "restored node {} of cluster {:?} (new cluster id {}) into {} from {}: {} \
+                             live leases, audit records 1..={}, log index {}; tokens continue at {} \
+                             (the backup's next was {}). Restore every node of the new cluster the same \
+                             way, then start them.",
                             config.node_id,
                             config.cluster_name,
+                            r.cluster_id,
                             config.data_dir.display(),
                             header_text(&r.header),
                             r.leases,
@@ -140,7 +142,7 @@ pub(super) fn offline(command: SnapshotCommand) -> u8 {
                             r.next_token_in_backup
                         ),
                         json!({"node": config.node_id, "cluster": config.cluster_name,
-                            "data_dir": config.data_dir.display().to_string(), "leases": r.leases,
+                            "cluster_id": r.cluster_id, "data_dir": config.data_dir.display().to_string(), "leases": r.leases,
                             "next_token": r.next_token, "next_token_in_backup": r.next_token_in_backup,
                             "backup": header_json(&r.header)}),
                     );

@@ -42,6 +42,28 @@ pub enum Control {
     },
 }
 
+/// Metadata every node-to-node call carries: the sender's cluster id ([`crate::storage::ClusterId`]).
+pub const CLUSTER_ID_METADATA: &str = "warrant-cluster-id";
+
+/// A forwarded command's outcome: the leader's answer, or its gRPC status as code and message.
+pub type Forwarded = Result<model::Response, (i32, String)>;
+
+/// A command a follower forwards to the leader, with where the answer goes.
+pub struct ForwardRequest {
+    pub command: model::Command,
+    pub reply: tokio::sync::oneshot::Sender<Forwarded>,
+}
+
+/// What a node answers to `Identify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub node: NodeId,
+    pub cluster_id: Option<String>,
+    /// The log index this node has applied (a follower compares it with its own to judge whether
+    /// it has caught up).
+    pub applied: u64,
+}
+
 /// The state machine's answer to one log entry; `None` for blank and membership entries.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CommandResponse(pub Option<model::Response>);

@@ -18,26 +18,45 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use super::{Control, NodeAddr, NodeId, TypeConfig};
+use super::{Control, Forwarded, Identity, NodeAddr, NodeId, TypeConfig, CLUSTER_ID_METADATA};
+use crate::model::Command;
 use crate::proto::raft::raft_client::RaftClient;
 use crate::proto::raft::RaftMessage;
+use crate::storage::ClusterId;
 
 /// Creates a [`PeerClient`] per peer for openraft. One HTTP/2 channel per peer address is shared by
 /// every client openraft asks for: openraft makes a fresh client for each leadership check
 /// (`ensure_linearizable`), and a new TCP connection per check would cost more than the check.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Network {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// mTLS to peers (this node's certificate, the cluster CA); `None` in insecure mode.
     tls: Option<ClientTlsConfig>,
+    /// This node's cluster id, sent with every call.
+    cluster_id: ClusterId,
 }
 
 impl Network {
-    pub fn new(tls: Option<ClientTlsConfig>) -> Self {
+    pub fn new(tls: Option<ClientTlsConfig>, cluster_id: ClusterId) -> Self {
         Self {
             channels: Default::default(),
             tls,
+            cluster_id,
         }
+    }
+
+    /// This node's cluster id, once known.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.cluster_id.get()
+    }
+
+    /// A request for `payload`, stamped with this node's cluster id.
+    fn request(
+        &self,
+        payload: Vec<u8>,
+        timeout: std::time::Duration,
+    ) -> tonic::Request<RaftMessage> {
+        stamped(&self.cluster_id, payload, timeout)
     }
 
     fn channel(&self, addr: &str) -> Option<Channel> {
@@ -73,14 +92,62 @@ impl Network {
             .channel(&node.raft)
             .ok_or_else(|| format!("bad raft address {}", node.raft))?;
         let payload = bincode::serialize(notice).map_err(|e| e.to_string())?;
-        let mut request = tonic::Request::new(RaftMessage { payload });
-        request.set_timeout(timeout);
         RaftClient::new(channel)
-            .control(request)
+            .control(self.request(payload, timeout))
             .await
             .map(|_| ())
             .map_err(|s| format!("{}: {}", node.raft, s.message()))
     }
+
+    /// Have the node at `node` (the leader) propose `command`, an admin check, and answer.
+    pub async fn forward(
+        &self,
+        node: &NodeAddr,
+        command: &Command,
+        timeout: std::time::Duration,
+    ) -> Result<Forwarded, tonic::Status> {
+        let channel = self
+            .channel(&node.raft)
+            .ok_or_else(|| tonic::Status::internal(format!("bad raft address {}", node.raft)))?;
+        let payload = bincode::serialize(command)
+            .map_err(|e| tonic::Status::internal(format!("cannot encode: {e}")))?;
+        let reply = RaftClient::new(channel)
+            .forward(self.request(payload, timeout))
+            .await?;
+        bincode::deserialize(&reply.into_inner().payload)
+            .map_err(|e| tonic::Status::internal(format!("undecodable forwarded answer: {e}")))
+    }
+
+    /// Ask who answers at `raft_addr`: its node id and cluster id. The call itself carries our
+    /// cluster id, so a node of another cluster refuses it (FAILED_PRECONDITION) and a node with
+    /// none adopts ours.
+    pub async fn identify(
+        &self,
+        raft_addr: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Identity, tonic::Status> {
+        let channel = self.channel(raft_addr).ok_or_else(|| {
+            tonic::Status::invalid_argument(format!("bad raft address {raft_addr}"))
+        })?;
+        let reply = RaftClient::new(channel)
+            .identify(self.request(Vec::new(), timeout))
+            .await?;
+        bincode::deserialize(&reply.into_inner().payload)
+            .map_err(|e| tonic::Status::internal(format!("undecodable identity: {e}")))
+    }
+}
+
+fn stamped(
+    cluster_id: &ClusterId,
+    payload: Vec<u8>,
+    timeout: std::time::Duration,
+) -> tonic::Request<RaftMessage> {
+    let mut request = tonic::Request::new(RaftMessage { payload });
+    request.set_timeout(timeout);
+    if let Some(id) = cluster_id.get().and_then(|id| id.parse().ok()) {
+        request.metadata_mut().insert(CLUSTER_ID_METADATA, id);
+    }
+    request
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -91,6 +158,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             client: self.channel(&node.raft).map(RaftClient::new),
             addr: node.raft.clone(),
+            cluster_id: self.cluster_id.clone(),
         }
     }
 }
@@ -100,6 +168,7 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     client: Option<RaftClient<Channel>>,
+    cluster_id: ClusterId,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, NodeAddr, RaftError<NodeId, E>>>;
@@ -125,15 +194,15 @@ impl PeerClient {
         };
         let payload =
             bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let mut request = tonic::Request::new(RaftMessage { payload });
-        request.set_timeout(option.hard_ttl());
+        let request = stamped(&self.cluster_id, payload, option.hard_ttl());
         let reply = match which {
             Rpc::Append => client.append_entries(request).await,
             Rpc::Vote => client.vote(request).await,
             Rpc::Snapshot => client.install_snapshot(request).await,
         };
         let reply = reply.map_err(|status| match status.code() {
-            tonic::Code::Unavailable | tonic::Code::Unknown => {
+            // A peer of another cluster refuses us: as good as unreachable (openraft backs off).
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::FailedPrecondition => {
                 RPCError::Unreachable(Unreachable::new(&status))
             }
             _ => RPCError::Network(NetworkError::new(&status)),

@@ -3,24 +3,58 @@
 
 use tonic::{Request, Response, Status};
 
-use super::{Control, Raft};
+use super::{Control, ForwardRequest, Identity, NodeId, Raft, CLUSTER_ID_METADATA};
+use crate::model::Command;
 use crate::proto::raft::raft_server;
 use crate::proto::raft::RaftMessage;
+use crate::storage::{self, ClusterId};
 
 /// Serves `warrant.raft.v1.Raft` for one node.
 pub struct RaftService {
+    node: NodeId,
     raft: Raft,
+    cluster_id: ClusterId,
     /// Where [`Control`] notices go (the node acts on them).
     control: tokio::sync::mpsc::UnboundedSender<Control>,
+    /// Where forwarded commands go (the node proposes them).
+    forward: tokio::sync::mpsc::Sender<ForwardRequest>,
 }
 
 impl RaftService {
     pub fn new(
+        node: NodeId,
         raft: Raft,
+        cluster_id: ClusterId,
         control: tokio::sync::mpsc::UnboundedSender<Control>,
+        forward: tokio::sync::mpsc::Sender<ForwardRequest>,
     ) -> raft_server::RaftServer<Self> {
-        raft_server::RaftServer::new(Self { raft, control })
-            .max_decoding_message_size(64 * 1024 * 1024)
+        raft_server::RaftServer::new(Self {
+            node,
+            raft,
+            cluster_id,
+            control,
+            forward,
+        })
+        .max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    /// Refuse a call from another cluster; adopt the sender's cluster id if this node has none.
+    /// A sender without an id (a node that has not heard from its cluster yet) is let through.
+    fn check_cluster(&self, request: &Request<RaftMessage>) -> Result<(), Status> {
+        let Some(theirs) = request.metadata().get(CLUSTER_ID_METADATA) else {
+            return Ok(());
+        };
+        let theirs = theirs
+            .to_str()
+            .map_err(|_| Status::invalid_argument("the cluster id metadata is not ASCII"))?;
+        self.cluster_id.adopt(theirs).map_err(|e| match e {
+            storage::Error::OtherCluster { .. } => {
+                tracing::warn!(error = %e, "refused a Raft message from another cluster");
+                Status::failed_precondition(e.to_string())
+            }
+            storage::Error::BadClusterId(_) => Status::invalid_argument(e.to_string()),
+            e => Status::internal(format!("cannot record the cluster id: {e}")),
+        })
     }
 }
 
@@ -41,11 +75,13 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.check_cluster(&request)?;
         let req = decode(request)?;
         reply(&self.raft.append_entries(req).await)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        self.check_cluster(&request)?;
         let req = decode(request)?;
         reply(&self.raft.vote(req).await)
     }
@@ -54,6 +90,7 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.check_cluster(&request)?;
         let req = decode(request)?;
         reply(&self.raft.install_snapshot(req).await)
     }
@@ -62,10 +99,50 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.check_cluster(&request)?;
         let notice: Control = decode(request)?;
         self.control
             .send(notice)
             .map_err(|_| Status::unavailable("node is shutting down"))?;
         reply(&())
+    }
+
+    async fn forward(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.check_cluster(&request)?;
+        let command: Command = decode(request)?;
+        if !matches!(command, Command::AdminCheck { .. }) {
+            return Err(Status::invalid_argument(
+                "only admin checks are forwarded between nodes",
+            ));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.forward
+            .send(ForwardRequest { command, reply: tx })
+            .await
+            .map_err(|_| Status::unavailable("node is shutting down"))?;
+        let answer = rx
+            .await
+            .map_err(|_| Status::unavailable("node is shutting down"))?;
+        reply(&answer)
+    }
+
+    async fn identify(
+        &self,
+        request: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
+        self.check_cluster(&request)?;
+        reply(&Identity {
+            node: self.node,
+            cluster_id: self.cluster_id.get(),
+            applied: self
+                .raft
+                .metrics()
+                .borrow()
+                .last_applied
+                .map_or(0, |l| l.index),
+        })
     }
 }

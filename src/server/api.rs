@@ -666,6 +666,8 @@ impl warrant_server::Warrant for Api {
             members,
             last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
             live_leases: self.shared.sm.read().state.live_lease_count() as u64,
+            cluster_name: self.shared.config.cluster_name.clone(),
+            cluster_id: self.shared.network.cluster_id().unwrap_or_default(),
         }))
     }
 

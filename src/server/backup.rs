@@ -143,6 +143,8 @@ impl Api {
 #[derive(Debug)]
 pub struct Restored {
     pub header: BackupHeader,
+    /// The restored cluster's id: the same on every node restored from this file onto these peers.
+    pub cluster_id: String,
     /// The token the backup's state would have issued next, and the one the new cluster will.
     pub next_token_in_backup: u64,
     pub next_token: u64,
@@ -157,7 +159,7 @@ pub fn restore(
     config: &super::config::Config,
     skip_tokens: u64,
 ) -> Result<Restored, String> {
-    use crate::storage::backup::{seed, BackupReader};
+    use crate::storage::backup::{restored_cluster_id, seed, BackupReader, Seed};
     let mut reader = BackupReader::open(file).map_err(|e| e.to_string())?;
     let state = reader.read_state().map_err(|e| e.to_string())?;
     let header = reader.header.clone();
@@ -183,7 +185,7 @@ pub fn restore(
     let next_token_in_backup = state.next_token_value();
     state.skip_tokens(skip_tokens);
     let leases = state.list("").len();
-    let members = config
+    let members: std::collections::BTreeMap<_, _> = config
         .peers
         .iter()
         .map(|(id, p)| {
@@ -196,17 +198,22 @@ pub fn restore(
             )
         })
         .collect();
+    let cluster_id = restored_cluster_id(&reader.sha256, &members);
     seed(
         &config.data_dir,
-        &config.cluster_name,
-        config.node_id,
-        members,
-        header.log_index,
-        state.to_snapshot(),
+        Seed {
+            cluster: config.cluster_name.clone(),
+            cluster_id: cluster_id.clone(),
+            node: config.node_id,
+            members,
+            state: state.to_snapshot(),
+            log_index: header.log_index,
+        },
         || reader.next_record(),
     )
     .map_err(|e| e.to_string())?;
     Ok(Restored {
+        cluster_id,
         next_token: state.next_token_value(),
         header,
         next_token_in_backup,

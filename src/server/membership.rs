@@ -363,6 +363,34 @@ impl Shared {
         }
     }
 
+    /// Before adding node `id`, ask who answers at its raft address: a different node, or a node of
+    /// another cluster (one that kept old data, say), is refused here with what to do. A node that
+    /// does not answer yet is added anyway; it catches up once it starts.
+    async fn identify_joiner(&self, id: NodeId, addr: &NodeAddr) -> Result<(), Status> {
+        match self
+            .network
+            .identify(&addr.raft, Duration::from_secs(2))
+            .await
+        {
+            Ok(found) if found.node != id => Err(Status::failed_precondition(format!(
+                "node {} answers at {}, not node {id}: check the address (or add it as node {})",
+                found.node, addr.raft, found.node
+            ))),
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                Err(Status::failed_precondition(format!(
+                    "node {id} at {} belongs to another cluster: {}",
+                    addr.raft,
+                    s.message()
+                )))
+            }
+            Err(s) => {
+                tracing::info!(node = id, addr = %addr.raft, error = %s.message(), "the new node does not answer yet; adding it anyway");
+                Ok(())
+            }
+        }
+    }
+
     /// The removed node may never receive the entry that removes it: tell it.
     async fn tell_removed(&self, id: NodeId, addr: &NodeAddr, log_index: u64) {
         let notice = Control::Removed {
@@ -546,9 +574,16 @@ impl Api {
             .authorize_membership(by, format!("add node {} ({node})", r.node_id))
             .await?;
         if voters.contains(&r.node_id) {
+            if r.learner {
+                return Err(Status::failed_precondition(format!(
+                    "node {} is a voter already; remove it first to make it a learner",
+                    r.node_id
+                )));
+            }
             return Ok(shared.membership_response(None, started));
         }
         if known.is_none() {
+            shared.identify_joiner(r.node_id, &node).await?;
             tracing::info!(node = r.node_id, addr = %node, "adding a learner");
             tokio::time::timeout(
                 PROPOSE_TIMEOUT,
@@ -559,6 +594,9 @@ impl Api {
                 Status::deadline_exceeded("adding the learner did not commit in time; retry")
             })?
             .map_err(|e| membership_error(e, shared))?;
+        }
+        if r.learner {
+            return Ok(shared.membership_response(None, started));
         }
         self.wait_caught_up(r.node_id, catch_up).await?;
         let mut after = voters.clone();

@@ -44,6 +44,8 @@ use waiters::Waiters;
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a leadership confirmation may take.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a follower waits for the leader to decide a forwarded admin check.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most leases named in one leader maintenance entry (Expire / CheckpointTtl).
 const MAX_PER_ENTRY: usize = 10_000;
 /// Metadata key naming the leader's client address on a "not the leader" answer.
@@ -151,18 +153,43 @@ impl Shared {
         detail: String,
     ) -> Result<(), Status> {
         let by_admin = self.admins.contains(&by);
-        match self
-            .propose(Command::AdminCheck {
-                by,
-                by_admin,
-                action: action.into(),
-                detail,
-            })
-            .await?
-        {
+        let check = Command::AdminCheck {
+            by,
+            by_admin,
+            action: action.into(),
+            detail,
+        };
+        // On a follower the check goes to the leader over the Raft port, so audited admin calls
+        // (a backup, an audit read, a watch) work on any member.
+        let answer = match self.leader_elsewhere() {
+            Some(leader) => self.forward(&leader, check).await?,
+            None => self.propose(check).await?,
+        };
+        match answer {
             model::Response::AdminCheck(Ok(())) => Ok(()),
             model::Response::AdminCheck(Err(e)) => Err(convert::op_error(&e)),
             _ => Err(Status::internal("unexpected answer to AdminCheck")),
+        }
+    }
+
+    /// The leader's address when another node leads (as far as this node knows).
+    fn leader_elsewhere(&self) -> Option<NodeAddr> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let leader = m.current_leader.filter(|l| *l != self.node_id)?;
+        m.membership_config.membership().get_node(&leader).cloned()
+    }
+
+    /// Have `leader` propose `cmd` (an admin check) and answer as if proposed here.
+    async fn forward(&self, leader: &NodeAddr, cmd: Command) -> Result<model::Response, Status> {
+        match self.network.forward(leader, &cmd, FORWARD_TIMEOUT).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err((code, message))) => Err(Status::new(tonic::Code::from(code), message)),
+            Err(status) => Err(Status::unavailable(format!(
+                "could not reach the leader at {} to check this admin call: {}; retry",
+                leader.raft,
+                status.message()
+            ))),
         }
     }
 
@@ -354,7 +381,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         source,
     })?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let (log_store, sm_store) = storage::open(
+    let (log_store, sm_store, cluster_id) = storage::open(
         &config.data_dir,
         &config.cluster_name,
         config.node_id,
@@ -378,7 +405,10 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     }
     .validate()
     .map_err(|e| Error::Raft(e.to_string()))?;
-    let network = Network::new(security.as_ref().map(|(m, _)| m.client()));
+    let network = Network::new(
+        security.as_ref().map(|(m, _)| m.client()),
+        cluster_id.clone(),
+    );
     let raft = Raft::new(
         config.node_id,
         Arc::new(raft_config),
@@ -514,6 +544,22 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             }
         }
     }));
+    let (forward_tx, mut forward_rx) = mpsc::channel::<crate::raft::ForwardRequest>(64);
+    tasks.push(tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            while let Some(f) = forward_rx.recv().await {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let answer = shared
+                        .propose(f.command)
+                        .await
+                        .map_err(|s| (s.code() as i32, s.message().to_string()));
+                    let _ = f.reply.send(answer);
+                });
+            }
+        }
+    }));
     tasks.push(tokio::spawn(membership::watch_removal(shared.clone())));
     if let Some(listener) = http_listener {
         tasks.push(tokio::spawn(observe::serve(
@@ -526,7 +572,13 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     tasks.push(tokio::spawn({
         let peer_auth = auth.clone();
         let svc = tonic::service::interceptor::InterceptedService::new(
-            RaftService::new(raft.clone(), control_tx),
+            RaftService::new(
+                config.node_id,
+                raft.clone(),
+                cluster_id.clone(),
+                control_tx,
+                forward_tx,
+            ),
             move |r| peer_auth.intercept_peer(r),
         );
         let stop = stop(shutdown_rx.clone());
@@ -582,6 +634,9 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             .await
             .map_err(|e| Error::Raft(e.to_string()))?
     {
+        if cluster_id.get().is_none() {
+            cluster_id.adopt(&storage::ClusterId::generate())?;
+        }
         let members: BTreeMap<u64, NodeAddr> = config
             .peers
             .iter()

@@ -25,8 +25,11 @@ const SECONDS_BUCKETS: &[f64] = &[
 /// How long `/readyz` on a leader waits for a quorum's confirmation.
 const QUORUM_WAIT: Duration = Duration::from_secs(1);
 
-/// A follower whose applied index trails its own log by more than this is not ready.
+/// A node whose applied index trails its own log, or the leader's applied index, by more than this
+/// is not ready.
 const READY_LAG: u64 = 1_000;
+/// How long `/readyz` on a follower waits for the leader to say how far it has applied.
+const LEADER_WAIT: Duration = Duration::from_secs(1);
 
 /// The process's Prometheus recorder (one per process; installed on first use).
 fn handle() -> Result<PrometheusHandle, String> {
@@ -77,7 +80,7 @@ pub(super) async fn serve(
 
 /// Ready: a member of a cluster that knows its leader and has applied what it holds.
 async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
-    let mut answer = readiness(&shared);
+    let mut answer = readiness(&shared).await;
     if shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
         // Asking the quorum now would renew the followers' leader lease and delay the hand-over.
         answer = Err("this leader is handing leadership over".into());
@@ -104,7 +107,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
     }
 }
 
-fn readiness(shared: &Shared) -> Result<String, String> {
+async fn readiness(shared: &Shared) -> Result<String, String> {
     if let Some(why) = shared.retired.get() {
         return Err(why.clone());
     }
@@ -126,17 +129,48 @@ fn readiness(shared: &Shared) -> Result<String, String> {
     };
     let applied = m.last_applied.map_or(0, |l| l.index);
     let last = m.last_log_index.unwrap_or(0);
-    if last.saturating_sub(applied) > READY_LAG {
-        return Err(format!("catching up: applied {applied} of {last} entries"));
-    }
+    caught_up(applied, last, "its log holds")?;
     if leader == shared.node_id {
-        Ok(format!("leader of term {}", m.current_term))
-    } else {
-        Ok(format!(
-            "following leader {leader} in term {}",
-            m.current_term
-        ))
+        return Ok(format!("leader of term {}", m.current_term));
     }
+    // A follower's own log says nothing of what it has not received yet: compare with the leader's.
+    let addr = m
+        .membership_config
+        .membership()
+        .get_node(&leader)
+        .cloned()
+        .ok_or_else(|| format!("leader {leader} is not in the membership this node knows"))?;
+    let theirs = shared
+        .network
+        .identify(&addr.raft, LEADER_WAIT)
+        .await
+        .map_err(|s| {
+            format!(
+                "cannot reach leader {leader} at {}: {}",
+                addr.raft,
+                s.message()
+            )
+        })?;
+    caught_up(
+        applied,
+        theirs.applied,
+        &format!("leader {leader} has applied"),
+    )?;
+    Ok(format!(
+        "following leader {leader} in term {}",
+        m.current_term
+    ))
+}
+
+/// Not ready while `applied` trails `reference` by more than [`READY_LAG`] entries; `whose` names
+/// the reference ("its log holds").
+fn caught_up(applied: u64, reference: u64, whose: &str) -> Result<(), String> {
+    if reference.saturating_sub(applied) > READY_LAG {
+        return Err(format!(
+            "catching up: applied {applied}, {whose} {reference}"
+        ));
+    }
+    Ok(())
 }
 
 /// Sample the gauges once a second; count leader changes as they happen.
@@ -164,7 +198,8 @@ pub(super) async fn sample(shared: Arc<Shared>) {
         metrics::gauge!("warrant_raft_apply_lag_entries").set(last.saturating_sub(applied) as f64);
         let voters = m.membership_config.membership().voter_ids().count();
         metrics::gauge!("warrant_raft_voters").set(voters as f64);
-        metrics::gauge!("warrant_ready").set(f64::from(u8::from(readiness(&shared).is_ok())));
+        let ready = readiness(&shared).await.is_ok();
+        metrics::gauge!("warrant_ready").set(f64::from(u8::from(ready)));
         let (leases, audit) = {
             let sm = shared.sm.read();
             (sm.state.live_lease_count(), sm.state.audit_chain().len())
@@ -172,5 +207,23 @@ pub(super) async fn sample(shared: Arc<Shared>) {
         metrics::gauge!("warrant_leases_live").set(leases as f64);
         metrics::gauge!("warrant_audit_records").set(audit as f64);
         metrics::gauge!("warrant_acquire_waiters").set(shared.waiters.len() as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_is_caught_up_within_the_lag_and_says_how_far_behind_it_is_otherwise() {
+        assert!(caught_up(5_000, 5_000, "x").is_ok());
+        assert!(caught_up(4_000, 5_000, "x").is_ok());
+        // Ahead of a reference read a moment ago is caught up too.
+        assert!(caught_up(6_000, 5_000, "x").is_ok());
+        let behind = caught_up(3_999, 5_000, "leader 1 has applied").unwrap_err();
+        assert_eq!(
+            behind,
+            "catching up: applied 3999, leader 1 has applied 5000"
+        );
     }
 }

@@ -236,17 +236,40 @@ impl BackupReader {
     }
 }
 
-/// Seed an empty data directory as node `node` of cluster `cluster` whose voters are `members`,
-/// holding `state` (the state machine's snapshot encoding) as applied at `log_index`, and the audit
-/// records `reader` yields. Raft starts after `log_index` in a term above none: the restored log id
-/// carries term 0, so the new cluster's first leader (term ≥ 1) follows it.
+/// What [`seed`] writes into a new node's data directory.
+pub struct Seed {
+    /// The new cluster's name and id (see [`restored_cluster_id`]) and this node's id.
+    pub cluster: String,
+    pub cluster_id: String,
+    pub node: u64,
+    /// The new cluster's voters.
+    pub members: BTreeMap<NodeId, NodeAddr>,
+    /// The state machine's snapshot encoding, as applied at `log_index`.
+    pub state: Vec<u8>,
+    pub log_index: u64,
+}
+
+/// The id of a cluster restored from the backup whose checksum is `sha256` onto `members`: every node
+/// restored from one file onto one member list derives the same id without talking to the others,
+/// and it differs from the id of the cluster that was backed up, whose old members are refused.
+pub fn restored_cluster_id(sha256: &[u8; 32], members: &BTreeMap<NodeId, NodeAddr>) -> String {
+    let mut hash = Sha256::new();
+    hash.update(b"warrant restored cluster\0");
+    hash.update(sha256);
+    for (id, addr) in members {
+        hash.update(id.to_be_bytes());
+        hash.update(addr.raft.as_bytes());
+        hash.update(b"\0");
+    }
+    hex::encode(&hash.finalize()[..16])
+}
+
+/// Seed an empty data directory with `seed` and the audit records `records` yields. Raft starts after
+/// `seed.log_index` in a term above none: the restored log id carries term 0, so the new cluster's
+/// first leader (term ≥ 1) follows it.
 pub fn seed(
     dir: &Path,
-    cluster: &str,
-    node: u64,
-    members: BTreeMap<NodeId, NodeAddr>,
-    log_index: u64,
-    state: Vec<u8>,
+    seed: Seed,
     mut records: impl FnMut() -> Result<Option<AuditRecord>, Error>,
 ) -> Result<(), Error> {
     if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
@@ -264,7 +287,7 @@ pub fn seed(
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io)?;
     }
-    write_seed(&tmp, cluster, node, members, log_index, state, &mut records)?;
+    write_seed(&tmp, seed, &mut records)?;
     if dir.exists() {
         std::fs::remove_dir(dir).map_err(io)?;
     }
@@ -279,15 +302,13 @@ pub fn seed(
 
 fn write_seed(
     dir: &Path,
-    cluster: &str,
-    node: u64,
-    members: BTreeMap<NodeId, NodeAddr>,
-    log_index: u64,
-    state: Vec<u8>,
+    seed: Seed,
     records: &mut impl FnMut() -> Result<Option<AuditRecord>, Error>,
 ) -> Result<(), Error> {
     let db = open_db(dir)?;
-    super::check_identity(&db, dir, cluster, node)?;
+    super::check_identity(&db, dir, &seed.cluster, seed.node)?;
+    super::check_cluster_id(&seed.cluster_id)?;
+    super::write_cluster_id(&db, &seed.cluster_id)?;
     let audit = AuditLog::new(db.clone());
     let mut batch = Vec::with_capacity(1024);
     while let Some(r) = records()? {
@@ -299,8 +320,10 @@ fn write_seed(
     }
     audit.write(&batch)?;
     audit.sync()?;
-    let log_id: LogId = openraft::LogId::new(openraft::CommittedLeaderId::new(0, 0), log_index);
-    let voters = members
+    let log_id: LogId =
+        openraft::LogId::new(openraft::CommittedLeaderId::new(0, 0), seed.log_index);
+    let voters = seed
+        .members
         .keys()
         .copied()
         .collect::<std::collections::BTreeSet<_>>();
@@ -308,11 +331,11 @@ fn write_seed(
         last_log_id: Some(log_id),
         last_membership: StoredMembership::new(
             Some(log_id),
-            openraft::Membership::new(vec![voters], members),
+            openraft::Membership::new(vec![voters], seed.members),
         ),
-        snapshot_id: format!("restored-{log_index}"),
+        snapshot_id: format!("restored-{}", seed.log_index),
     };
-    let stored = super::state_machine::encoded_snapshot(meta, state);
+    let stored = super::state_machine::encoded_snapshot(meta, seed.state);
     let snapshots = cf(&db, CF_SNAPSHOT);
     let mut wb = rocksdb::WriteBatch::default();
     wb.put_cf(snapshots, b"current", stored);

@@ -11,7 +11,9 @@
 //! the state machine: written without fsync as entries apply and re-derived by replay after a crash.
 //!
 //! The data directory records its format version, cluster name and node id; a node refuses to start
-//! on another cluster's (or another node's) data.
+//! on another cluster's (or another node's) data. It also records the cluster's generated id
+//! ([`ClusterId`]), which every Raft message carries: two clusters that share a name (a cluster and
+//! the one restored from its backup, say) refuse each other's messages.
 
 // openraft's traits fix the error type (`StorageError`, ~224 bytes); boxing it here would only add
 // conversions at every trait boundary.
@@ -70,6 +72,15 @@ pub enum Error {
         node: u64,
     },
     #[error(
+        "this node belongs to cluster id {ours}, the sender to cluster id {theirs}: nodes of two \
+         different clusters (for example an old member of a cluster that was since restored from a \
+         backup) must not exchange Raft messages; to move a node to this cluster, empty its data \
+         directory and add it with `warrant cluster add-node`"
+    )]
+    OtherCluster { ours: String, theirs: String },
+    #[error("a cluster id must be 1 to 64 characters of a-z, 0-9 and '-'; got {0:?}")]
+    BadClusterId(String),
+    #[error(
         "the data directory {path} has format version {found}, this build reads version {supported}; \
          run the Warrant version that wrote it"
     )]
@@ -95,11 +106,91 @@ pub fn open(
     node: u64,
     events: tokio::sync::mpsc::UnboundedSender<AppliedEvents>,
     watch_history: usize,
-) -> Result<(LogStore, StateMachineStore), Error> {
+) -> Result<(LogStore, StateMachineStore, ClusterId), Error> {
     let db = open_db(dir)?;
     check_identity(&db, dir, cluster, node)?;
+    let cluster_id = ClusterId::load(db.clone())?;
     let sm = StateMachineStore::open(db.clone(), events, watch_history)?;
-    Ok((LogStore::new(db), sm))
+    Ok((LogStore::new(db), sm, cluster_id))
+}
+
+const CLUSTER_ID_KEY: &[u8] = b"cluster-id";
+
+/// The cluster's generated id, recorded in the data directory. The bootstrap node makes one when it
+/// initialises a cluster, a restore derives one for the cluster it seeds, and any other node adopts
+/// the id of the first Raft message it receives. From then on it refuses messages from any other id.
+#[derive(Clone)]
+pub struct ClusterId {
+    db: Arc<DB>,
+    known: Arc<std::sync::RwLock<Option<String>>>,
+}
+
+impl ClusterId {
+    fn load(db: Arc<DB>) -> Result<Self, Error> {
+        let known = match db.get_cf(cf(&db, CF_META), CLUSTER_ID_KEY)? {
+            Some(bytes) => Some(
+                String::from_utf8(bytes)
+                    .map_err(|_| Error::Corrupt("the recorded cluster id is not UTF-8".into()))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            db,
+            known: Arc::new(std::sync::RwLock::new(known)),
+        })
+    }
+
+    /// A fresh random id for a new cluster.
+    pub fn generate() -> String {
+        uuid::Uuid::new_v4().simple().to_string()
+    }
+
+    /// The recorded id; `None` on a node that has not heard from its cluster yet.
+    pub fn get(&self) -> Option<String> {
+        self.known.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Record `id` (synced) unless an id is recorded already; [`Error::OtherCluster`] when the
+    /// recorded one differs.
+    pub fn adopt(&self, id: &str) -> Result<(), Error> {
+        check_cluster_id(id)?;
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        match known.as_deref() {
+            Some(ours) if ours == id => Ok(()),
+            Some(ours) => Err(Error::OtherCluster {
+                ours: ours.to_string(),
+                theirs: id.to_string(),
+            }),
+            None => {
+                write_cluster_id(&self.db, id)?;
+                tracing::info!(cluster_id = id, "recorded the cluster id");
+                *known = Some(id.to_string());
+                Ok(())
+            }
+        }
+    }
+}
+
+fn check_cluster_id(id: &str) -> Result<(), Error> {
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadClusterId(id.to_string()))
+    }
+}
+
+fn write_cluster_id(db: &DB, id: &str) -> Result<(), Error> {
+    db.put_cf_opt(
+        cf(db, CF_META),
+        CLUSTER_ID_KEY,
+        id.as_bytes(),
+        &sync_write(),
+    )?;
+    Ok(())
 }
 
 /// Open (creating if needed) the database with every column family.
@@ -147,9 +238,7 @@ fn check_identity(db: &DB, dir: &Path, cluster: &str, node: u64) -> Result<(), E
                 cluster: cluster.to_string(),
                 node,
             };
-            let mut wo = rocksdb::WriteOptions::default();
-            wo.set_sync(true);
-            db.put_cf_opt(meta, b"identity", encode(&me), &wo)?;
+            db.put_cf_opt(meta, b"identity", encode(&me), &sync_write())?;
             Ok(())
         }
     }
@@ -218,5 +307,32 @@ mod tests {
             newer.contains("run the Warrant version that wrote it"),
             "{newer}"
         );
+    }
+
+    #[test]
+    fn a_cluster_id_is_adopted_once_kept_across_reopen_and_another_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        let ids = ClusterId::load(db.clone()).unwrap();
+        assert_eq!(ids.get(), None);
+        assert!(matches!(
+            ids.adopt("Not Valid!"),
+            Err(Error::BadClusterId(_))
+        ));
+        let id = ClusterId::generate();
+        assert_eq!(id.len(), 32);
+        ids.adopt(&id).unwrap();
+        ids.adopt(&id).unwrap();
+        let other = ids.adopt("0123abcd").unwrap_err().to_string();
+        assert!(
+            other.contains(&format!(
+                "belongs to cluster id {id}, the sender to cluster id 0123abcd"
+            )),
+            "{other}"
+        );
+        assert!(other.contains("empty its data directory"), "{other}");
+        drop(ids);
+        let reopened = ClusterId::load(db).unwrap();
+        assert_eq!(reopened.get(), Some(id));
     }
 }
