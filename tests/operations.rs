@@ -471,7 +471,7 @@ async fn a_learner_the_leader_cannot_reach_is_not_ready_until_it_has_caught_up()
     // compares its applied index with the leader's and says it is catching up.
     relay.cut();
     let agent = cluster.client("agent/deployer");
-    for i in 0..600 {
+    for i in 0..800 {
         let opts = AcquireOptions::new(&format!("ops/lag/{}", i % 8), Duration::from_secs(5));
         match agent.acquire(opts).await.unwrap() {
             Acquired::Granted(lease) => {
@@ -480,9 +480,13 @@ async fn a_learner_the_leader_cannot_reach_is_not_ready_until_it_has_caught_up()
             other => panic!("expected a grant, got {other:?}"),
         }
     }
-    let (_, why) = eventually(WAIT, "the lagging learner to be unready", || {
+    let (_, why) = eventually(WAIT, "the lagging learner to say it is catching up", || {
         let probe = ready(&cluster);
-        async move { probe.await.filter(|(code, _)| *code == 503) }
+        async move {
+            probe
+                .await
+                .filter(|(code, body)| *code == 503 && body.contains("catching up"))
+        }
     })
     .await;
     assert!(why.contains("catching up: applied"), "{why}");
@@ -523,4 +527,32 @@ async fn a_learner_the_leader_cannot_reach_is_not_ready_until_it_has_caught_up()
         "{}",
         stderr(&demote)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bootstrap_node_refuses_to_bootstrap_again_after_losing_its_data() {
+    let mut cluster = Cluster::start(Opts::default());
+    cluster.wait_leader(WAIT).await;
+    let status = cluster.client("human/admin").status().await.unwrap();
+    assert_eq!(status.cluster_id.len(), 32, "{status:?}");
+    // Node 1 (bootstrap = true) loses its data directory and starts again.
+    cluster.kill(1);
+    std::fs::remove_dir_all(cluster.dir.path().join("data1")).unwrap();
+    cluster.start_node(1);
+    cluster.wait_log(
+        1,
+        &format!(
+            "refusing to bootstrap: peer 2 ({}) already belongs to cluster id {}",
+            cluster.node(2).raft_addr,
+            status.cluster_id
+        ),
+        WAIT,
+    );
+    assert!(
+        cluster.log_of(1).contains("remove-node 1"),
+        "{}",
+        cluster.log_of(1)
+    );
+    // The others carry on.
+    cluster.wait_leader(WAIT).await;
 }

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{json, stderr, stdout, Cluster, Opts};
+use common::{eventually, json, stderr, stdout, Cluster, Opts};
 use warrant::client::{
     AccessToken, AcquireOptions, Acquired, CertificateRefused, Client, ClientError, FenceGuard,
     GrantVerifier, TlsFiles,
@@ -523,4 +523,164 @@ async fn one_principals_flood_is_refused_while_another_is_served() {
         "{e}"
     );
     calm.status().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_foreign_certificate_cannot_join() {
+    let mut c = Cluster::start(Opts {
+        secure: true,
+        spare: 1,
+        ..Opts::default()
+    });
+    c.wait_leader(WAIT).await;
+    // Node 4's certificate, CA and signing key come from another `certs init`.
+    let evil = c.dir.path().join("evil");
+    certs::init(&evil, &certs::InitOptions::local("test", 4)).unwrap();
+    let config = c.node(4).config.clone();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("\"certs/", "\"evil/");
+    std::fs::write(&config, text).unwrap();
+    c.start_spare(4);
+    let (raft4, client4) = (c.node(4).raft_addr.clone(), c.node(4).client_addr.clone());
+    let out = c.cli(
+        "human/admin",
+        &["cluster", "add-node", "4", &raft4, &client4],
+    );
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("cannot reach node 4 at {raft4}")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("a node certificate from this cluster's CA"),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing changed: three voters, no learner.
+    let status = c.client("human/admin").status().await.unwrap();
+    assert_eq!(status.members.len(), 3, "{:?}", status.members);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_streams_and_waiters_are_limited_per_principal() {
+    use warrant::proto::warrant_client::WarrantClient;
+    let c = secure("[limits]\nkeepalive_streams = 2\nwaiters = 2\n");
+    let leader = c.wait_leader(WAIT).await;
+    let certs = c.certs.clone().unwrap();
+    let leader_addr = c.node(leader).client_addr.clone();
+    // A raw stream to the leader as `principal`: its request side stays open while `tx` lives.
+    let open = |principal: &str| {
+        let stem = principal.replace('/', "-");
+        let (ca, cert, key) = (
+            certs.join("ca.pem"),
+            certs.join(format!("{stem}.pem")),
+            certs.join(format!("{stem}.key")),
+        );
+        let addr = leader_addr.clone();
+        async move {
+            let tls = TlsFiles {
+                ca,
+                cert_and_key: Some((cert, key)),
+            }
+            .load()
+            .unwrap()
+            .client();
+            let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+                .unwrap()
+                .tls_config(tls)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let (tx, rx) = tokio::sync::mpsc::channel::<warrant::proto::KeepAliveRequest>(1);
+            let stream = WarrantClient::new(channel)
+                .keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .map(|r| r.into_inner());
+            (tx, stream)
+        }
+    };
+    let first = open("agent/flood").await;
+    let second = open("agent/flood").await;
+    assert!(first.1.is_ok() && second.1.is_ok());
+    let (_tx, third) = open("agent/flood").await;
+    let e = third.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    assert!(
+        e.message()
+            .contains("agent/flood already has 2 keepalive streams open"),
+        "{e}"
+    );
+    // Another principal is not affected, and closing a stream frees its slot.
+    assert!(open("agent/calm").await.1.is_ok());
+    drop(first);
+    eventually(WAIT, "a freed keepalive stream slot", || {
+        let open = open("agent/flood");
+        async move { open.await.1.ok() }
+    })
+    .await;
+
+    // Waiters: agent/calm holds a resource; agent/flood may queue for it twice, not three times.
+    let calm = c.client("agent/calm");
+    let flood = c.client("agent/flood");
+    let held = match acquire(&calm, "db/held").await.unwrap() {
+        Acquired::Granted(l) => l,
+        other => panic!("{other:?}"),
+    };
+    let waiting = |client: &Client, wait: Duration| {
+        let client = client.clone();
+        let mut opts = AcquireOptions::new("db/held", Duration::from_secs(10));
+        opts.wait = Some(wait);
+        async move { client.acquire(opts).await }
+    };
+    // Two instances of agent/flood (each its own client) queue for it.
+    // Each releases its grant at once, so the other is served next.
+    let queued: Vec<_> = (0..2)
+        .map(|_| {
+            let wait = waiting(&c.client("agent/flood"), Duration::from_secs(20));
+            tokio::spawn(async move {
+                match wait.await {
+                    Ok(Acquired::Granted(l)) => l.release(None).await.map(|_| ()),
+                    other => panic!("{other:?}"),
+                }
+            })
+        })
+        .collect();
+    // Once both wait at the leader (its gauge, sampled each second, says so), a third is refused.
+    let metrics_addr = c.node(leader).http_addr.clone();
+    eventually(WAIT, "two queued acquires", || {
+        let addr = metrics_addr.clone();
+        async move {
+            let (_, text) = common::http_get(&addr, "/metrics").ok()?;
+            text.lines()
+                .any(|l| l.trim() == "warrant_acquire_waiters 2")
+                .then_some(())
+        }
+    })
+    .await;
+    let refused = waiting(&flood, Duration::from_secs(1)).await.unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("agent/flood already has 2 acquires waiting"),
+        "{refused}"
+    );
+    // agent/calm may still wait for something.
+    let mut opts = AcquireOptions::new("db/free", Duration::from_secs(10));
+    opts.wait = Some(Duration::from_secs(1));
+    assert!(matches!(
+        calm.acquire(opts).await.unwrap(),
+        Acquired::Granted(_)
+    ));
+    // The queued ones are served in turn once the holder lets go.
+    held.release(None).await.unwrap();
+    for q in queued {
+        tokio::time::timeout(WAIT, q)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
 }

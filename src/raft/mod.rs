@@ -45,8 +45,9 @@ pub enum Control {
 /// Metadata every node-to-node call carries: the sender's cluster id ([`crate::storage::ClusterId`]).
 pub const CLUSTER_ID_METADATA: &str = "warrant-cluster-id";
 
-/// A forwarded command's outcome: the leader's answer, or its gRPC status as code and message.
-pub type Forwarded = Result<model::Response, (i32, String)>;
+/// A forwarded command's outcome: the leader's answer and the log index it had applied when it
+/// answered (the follower waits to apply as much), or its gRPC status as code and message.
+pub type Forwarded = Result<(model::Response, u64), (i32, String)>;
 
 /// A command a follower forwards to the leader, with where the answer goes.
 pub struct ForwardRequest {

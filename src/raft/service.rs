@@ -38,16 +38,23 @@ impl RaftService {
         .max_decoding_message_size(64 * 1024 * 1024)
     }
 
-    /// Refuse a call from another cluster; adopt the sender's cluster id if this node has none.
+    /// Refuse a call from another cluster. With `adopt` (log replication: only a leader sends it),
+    /// record the sender's cluster id if this node has none; other calls (votes, notices, probes)
+    /// record nothing, so a stray vote request or a mistaken add-node cannot claim a fresh node.
     /// A sender without an id (a node that has not heard from its cluster yet) is let through.
-    fn check_cluster(&self, request: &Request<RaftMessage>) -> Result<(), Status> {
+    fn check_cluster(&self, request: &Request<RaftMessage>, adopt: bool) -> Result<(), Status> {
         let Some(theirs) = request.metadata().get(CLUSTER_ID_METADATA) else {
             return Ok(());
         };
         let theirs = theirs
             .to_str()
             .map_err(|_| Status::invalid_argument("the cluster id metadata is not ASCII"))?;
-        self.cluster_id.adopt(theirs).map_err(|e| match e {
+        let checked = if adopt {
+            self.cluster_id.adopt(theirs)
+        } else {
+            self.cluster_id.check(theirs)
+        };
+        checked.map_err(|e| match e {
             storage::Error::OtherCluster { .. } => {
                 tracing::warn!(error = %e, "refused a Raft message from another cluster");
                 Status::failed_precondition(e.to_string())
@@ -75,13 +82,13 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        self.check_cluster(&request)?;
+        self.check_cluster(&request, true)?;
         let req = decode(request)?;
         reply(&self.raft.append_entries(req).await)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        self.check_cluster(&request)?;
+        self.check_cluster(&request, false)?;
         let req = decode(request)?;
         reply(&self.raft.vote(req).await)
     }
@@ -90,7 +97,7 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        self.check_cluster(&request)?;
+        self.check_cluster(&request, true)?;
         let req = decode(request)?;
         reply(&self.raft.install_snapshot(req).await)
     }
@@ -99,7 +106,7 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        self.check_cluster(&request)?;
+        self.check_cluster(&request, false)?;
         let notice: Control = decode(request)?;
         self.control
             .send(notice)
@@ -111,7 +118,7 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        self.check_cluster(&request)?;
+        self.check_cluster(&request, false)?;
         let command: Command = decode(request)?;
         if !matches!(command, Command::AdminCheck { .. }) {
             return Err(Status::invalid_argument(
@@ -133,7 +140,7 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        self.check_cluster(&request)?;
+        self.check_cluster(&request, false)?;
         reply(&Identity {
             node: self.node,
             cluster_id: self.cluster_id.get(),

@@ -27,6 +27,8 @@ const PROBE_WAIT: Duration = Duration::from_secs(1);
 /// Default and largest time a new node may take to catch up.
 const DEFAULT_CATCH_UP: Duration = Duration::from_secs(60);
 const MAX_CATCH_UP: Duration = Duration::from_secs(3600);
+/// How long add-node waits for the new node to say who it is.
+const IDENTIFY_WAIT: Duration = Duration::from_secs(3);
 /// A learner within this many entries of the leader is caught up enough to vote.
 const CAUGHT_UP_LAG: u64 = 100;
 /// The file in a data directory that marks a node removed from its cluster.
@@ -363,20 +365,45 @@ impl Shared {
         }
     }
 
-    /// Before adding node `id`, ask who answers at its raft address: a different node, or a node of
-    /// another cluster (one that kept old data, say), is refused here with what to do. A node that
-    /// does not answer yet is added anyway; it catches up once it starts.
+    /// Before adding node `id`, ask who answers at its raft address (over mTLS on a secure
+    /// cluster). Refused, with what to do: nobody answers (not started, or its certificate is not
+    /// from this cluster's CA), a different node answers, or a node of another cluster (one that
+    /// kept old data, say).
     async fn identify_joiner(&self, id: NodeId, addr: &NodeAddr) -> Result<(), Status> {
-        match self
-            .network
-            .identify(&addr.raft, Duration::from_secs(2))
-            .await
-        {
-            Ok(found) if found.node != id => Err(Status::failed_precondition(format!(
+        // A node started a moment ago may not listen yet: ask again until the wait is over.
+        let deadline = tokio::time::Instant::now() + IDENTIFY_WAIT;
+        let answer = loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let answer = self
+                .network
+                .identify(&addr.raft, left.max(Duration::from_millis(100)))
+                .await;
+            match &answer {
+                Err(s)
+                    if s.code() == tonic::Code::Unavailable
+                        && tokio::time::Instant::now() + Duration::from_millis(100) < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                _ => break answer,
+            }
+        };
+        match answer {
+            Ok(ref found) if found.node != id => Err(Status::failed_precondition(format!(
                 "node {} answers at {}, not node {id}: check the address (or add it as node {})",
                 found.node, addr.raft, found.node
             ))),
-            Ok(_) => Ok(()),
+            Ok(found) => match (found.cluster_id, self.network.cluster_id()) {
+                (Some(theirs), ours) if Some(&theirs) != ours.as_ref() => {
+                    Err(Status::failed_precondition(format!(
+                        "node {id} at {} belongs to another cluster (id {theirs}; this one is {}): \
+                         empty its data directory and start it again to join this one",
+                        addr.raft,
+                        ours.as_deref().unwrap_or("without an id")
+                    )))
+                }
+                _ => Ok(()),
+            },
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
                 Err(Status::failed_precondition(format!(
                     "node {id} at {} belongs to another cluster: {}",
@@ -384,10 +411,13 @@ impl Shared {
                     s.message()
                 )))
             }
-            Err(s) => {
-                tracing::info!(node = id, addr = %addr.raft, error = %s.message(), "the new node does not answer yet; adding it anyway");
-                Ok(())
-            }
+            Err(s) => Err(Status::failed_precondition(format!(
+                "cannot reach node {id} at {} ({}: {}): start it first, with `bootstrap = false` and, \
+                 on a secure cluster, a node certificate from this cluster's CA, then retry",
+                addr.raft,
+                s.code(),
+                s.message()
+            ))),
         }
     }
 

@@ -68,6 +68,19 @@ pub enum Error {
     Security(String),
     #[error("{0}")]
     Retired(String),
+    #[error(
+        "refusing to bootstrap: peer {peer} ({addr}) already belongs to cluster id {cluster_id}, so \
+         this cluster was bootstrapped before and this node's data directory is new (lost or wiped). \
+         A voter that lost its data must not come back as itself (it may have voted): remove it \
+         (`warrant cluster remove-node {me}`), then start it with an empty data directory and \
+         `bootstrap = false`, and add it again (`warrant cluster add-node`)"
+    )]
+    AlreadyBootstrapped {
+        peer: u64,
+        addr: String,
+        cluster_id: String,
+        me: u64,
+    },
 }
 
 /// Wall-clock milliseconds since the Unix epoch: stamped into entries for audit and policy only;
@@ -180,17 +193,55 @@ impl Shared {
         m.membership_config.membership().get_node(&leader).cloned()
     }
 
-    /// Have `leader` propose `cmd` (an admin check) and answer as if proposed here.
+    /// Have `leader` decide `cmd` (an admin check), then wait until this node has applied what the
+    /// leader had when it answered: what the caller reads here next (a backup, the audit) then
+    /// holds every write acknowledged before the check, as it would on the leader.
     async fn forward(&self, leader: &NodeAddr, cmd: Command) -> Result<model::Response, Status> {
-        match self.network.forward(leader, &cmd, FORWARD_TIMEOUT).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err((code, message))) => Err(Status::new(tonic::Code::from(code), message)),
-            Err(status) => Err(Status::unavailable(format!(
-                "could not reach the leader at {} to check this admin call: {}; retry",
-                leader.raft,
-                status.message()
-            ))),
+        let (answer, applied) = match self.network.forward(leader, &cmd, FORWARD_TIMEOUT).await {
+            Ok(Ok(answered)) => answered,
+            Ok(Err((code, message))) => return Err(Status::new(tonic::Code::from(code), message)),
+            // A leader of an older version: the client goes there itself.
+            Err(s) if s.code() == tonic::Code::Unimplemented => return Err(self.redirect()),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => return Err(s),
+            Err(s) => {
+                return Err(Status::unavailable(format!(
+                    "could not reach the leader at {} to check this admin call: {}; retry",
+                    leader.raft,
+                    s.message()
+                )))
+            }
+        };
+        self.raft
+            .wait(Some(FORWARD_TIMEOUT))
+            .applied_index_at_least(Some(applied), "apply up to the leader's answer")
+            .await
+            .map_err(|_| {
+                Status::unavailable(format!(
+                    "this node has not applied up to the leader's index {applied} within {}; ask \
+                     another node",
+                    humantime::format_duration(FORWARD_TIMEOUT)
+                ))
+            })?;
+        Ok(answer)
+    }
+
+    /// The leader's side of [`Self::forward`]: propose the admin check, with the admin flag taken
+    /// from this node's config (not the sender's), and answer with the applied index after it.
+    async fn decide_forwarded(&self, mut cmd: Command) -> crate::raft::Forwarded {
+        if let Command::AdminCheck { by, by_admin, .. } = &mut cmd {
+            *by_admin = self.admins.contains(by);
         }
+        let answer = self
+            .propose(cmd)
+            .await
+            .map_err(|s| (s.code() as i32, s.message().to_string()))?;
+        let applied = self
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index);
+        Ok((answer, applied))
     }
 
     /// Confirm this node leads (quorum round trip) and that its state machine has applied everything
@@ -551,11 +602,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             while let Some(f) = forward_rx.recv().await {
                 let shared = shared.clone();
                 tokio::spawn(async move {
-                    let answer = shared
-                        .propose(f.command)
-                        .await
-                        .map_err(|s| (s.code() as i32, s.message().to_string()));
-                    let _ = f.reply.send(answer);
+                    let _ = f.reply.send(shared.decide_forwarded(f.command).await);
                 });
             }
         }
@@ -635,6 +682,14 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             .map_err(|e| Error::Raft(e.to_string()))?
     {
         if cluster_id.get().is_none() {
+            if let Some((peer, addr, id)) = existing_cluster(&network, &config).await {
+                return Err(Error::AlreadyBootstrapped {
+                    peer,
+                    addr,
+                    cluster_id: id,
+                    me: config.node_id,
+                });
+            }
             cluster_id.adopt(&storage::ClusterId::generate())?;
         }
         let members: BTreeMap<u64, NodeAddr> = config
@@ -673,6 +728,27 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         shutdown,
         tasks,
     })
+}
+
+/// A peer that already has a cluster id (asked for 1 s each, all at once): the cluster this node
+/// is about to bootstrap exists already.
+async fn existing_cluster(network: &Network, config: &Config) -> Option<(u64, String, String)> {
+    let asks = config
+        .peers
+        .iter()
+        .filter(|(id, _)| **id != config.node_id)
+        .map(|(id, p)| async move {
+            let found = network
+                .identify(&p.raft, Duration::from_secs(1))
+                .await
+                .ok()?;
+            Some((*id, p.raft.clone(), found.cluster_id?))
+        });
+    futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .next()
 }
 
 /// Accepted connections with Nagle's algorithm off: small request/response messages must not wait

@@ -150,10 +150,39 @@ impl ClusterId {
         self.known.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// [`Error::OtherCluster`] when an id is recorded and `id` is another; Ok otherwise (also when
+    /// none is recorded: nothing is written).
+    pub fn check(&self, id: &str) -> Result<(), Error> {
+        check_cluster_id(id)?;
+        match self.get() {
+            Some(ours) if ours != id => Err(Error::OtherCluster {
+                ours,
+                theirs: id.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Record `id` (synced) unless an id is recorded already; [`Error::OtherCluster`] when the
     /// recorded one differs.
     pub fn adopt(&self, id: &str) -> Result<(), Error> {
         check_cluster_id(id)?;
+        // Every Raft message gets here: the common case (already recorded) takes the read lock.
+        if let Some(ours) = self
+            .known
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_deref()
+        {
+            return if ours == id {
+                Ok(())
+            } else {
+                Err(Error::OtherCluster {
+                    ours: ours.to_string(),
+                    theirs: id.to_string(),
+                })
+            };
+        }
         let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
         match known.as_deref() {
             Some(ours) if ours == id => Ok(()),
@@ -321,8 +350,16 @@ mod tests {
         ));
         let id = ClusterId::generate();
         assert_eq!(id.len(), 32);
+        // Checking records nothing.
+        ids.check("0123abcd").unwrap();
+        assert_eq!(ids.get(), None);
         ids.adopt(&id).unwrap();
         ids.adopt(&id).unwrap();
+        ids.check(&id).unwrap();
+        assert!(matches!(
+            ids.check("0123abcd"),
+            Err(Error::OtherCluster { .. })
+        ));
         let other = ids.adopt("0123abcd").unwrap_err().to_string();
         assert!(
             other.contains(&format!(
