@@ -348,6 +348,16 @@ async fn access_tokens_work_until_revoked_or_expired_and_admin_actions_are_audit
     );
     lease.release(None).await.unwrap();
 
+    // Token requests are answered only by a leader that has applied its whole log (so no committed
+    // revocation can be missed): a client that knows only a follower is sent to the leader.
+    let leader = c.wait_leader(WAIT).await;
+    let follower = c.nodes.iter().find(|n| n.id != leader).unwrap();
+    let status = token_client(&token, vec![follower.client_addr.clone()])
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(status.node_id, leader, "answered by the leader");
+
     // A forged token (another cluster's key) and an altered one are refused.
     let mut altered = token.clone().into_bytes();
     let i = "v4.public.".len() + 3;

@@ -751,7 +751,12 @@ impl Client {
     /// The status as one endpoint sees it (the first that answers).
     pub async fn status(&self) -> Result<proto::StatusResponse, ClientError> {
         let mut last = String::new();
-        for endpoint in self.candidates() {
+        let mut endpoints = std::collections::VecDeque::from(self.candidates());
+        let mut tried = std::collections::HashSet::new();
+        while let Some(endpoint) = endpoints.pop_front() {
+            if !tried.insert(endpoint.clone()) {
+                continue;
+            }
             let mut client = self.rpc(&endpoint)?;
             match tokio::time::timeout(
                 Duration::from_secs(3),
@@ -775,7 +780,17 @@ impl Client {
                         message: s.message().to_string(),
                     })
                 }
-                Ok(Err(s)) => last = format!("{endpoint}: {}", s.message()),
+                Ok(Err(s)) => {
+                    last = format!("{endpoint}: {}", s.message());
+                    // Sent to the leader (access-token requests are served there): ask it next.
+                    if let Some(leader) = s
+                        .metadata()
+                        .get(LEADER_METADATA)
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        endpoints.push_front(leader.to_string());
+                    }
+                }
                 Err(_) => last = format!("{endpoint}: timed out"),
             }
         }

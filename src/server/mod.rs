@@ -185,6 +185,30 @@ impl Shared {
         }
     }
 
+    /// Access-token requests are served only by a leader whose lease clock runs: it has applied
+    /// the first entry of its term, so every revocation committed before is applied too and the
+    /// interceptor's revocation check cannot miss one. Elsewhere they are sent to the leader.
+    fn token_gate(&self, request: &tonic::Request<()>) -> Result<(), Status> {
+        let Ok(caller) = auth::caller(request) else {
+            return Ok(());
+        };
+        if !matches!(caller.via, auth::Via::Token(_)) {
+            return Ok(());
+        }
+        let leading = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.current_leader == Some(self.node_id)).then_some(m.current_term)
+        };
+        match leading {
+            Some(term) if self.clock.active_term() == Some(term) => Ok(()),
+            Some(_) => Err(Status::unavailable(
+                "this leader is still applying its predecessors' entries; retry in a moment",
+            )),
+            None => Err(self.redirect()),
+        }
+    }
+
     /// The leader's address when another node leads (as far as this node knows).
     fn leader_elsewhere(&self) -> Option<NodeAddr> {
         let m = self.raft.metrics();
@@ -642,12 +666,17 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     tasks.push(tokio::spawn({
         let client_auth = auth.clone();
         let retired = retired.clone();
+        let gate = shared.clone();
         let svc = tonic::service::interceptor::InterceptedService::new(
             api::service(shared.clone()),
             // UNAVAILABLE, not FAILED_PRECONDITION: every gRPC client then tries another member.
             move |r| match retired.get() {
                 Some(why) => Err(Status::unavailable(why.clone())),
-                None => client_auth.intercept(r),
+                None => {
+                    let r = client_auth.intercept(r)?;
+                    gate.token_gate(&r)?;
+                    Ok(r)
+                }
             },
         );
         let stop = stop(shutdown_rx.clone());
