@@ -54,6 +54,17 @@ fn start_load(
         .collect()
 }
 
+/// The roles a membership answer (`--output json`) gives node `id`.
+fn roles_of(out: &std::process::Output, id: u64) -> Vec<String> {
+    json(out)["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["id"] == id)
+        .map(|m| m["role"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// The voters and learners a node reports.
 async fn members(client: &Client) -> BTreeMap<u64, String> {
     client
@@ -107,13 +118,7 @@ async fn three_to_five_to_three_under_load_loses_no_grant_and_tokens_only_grow()
             ],
         );
         assert!(out.status.success(), "add-node {id}: {}", stderr(&out));
-        let roles = json(&out)["members"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|m| m["id"] == id)
-            .map(|m| m["role"].as_str().unwrap().to_string())
-            .collect::<Vec<_>>();
+        let roles = roles_of(&out, id);
         assert_eq!(roles.len(), 1, "{}", stdout(&out));
         assert_ne!(roles[0], "learner");
         cluster.nodes[(id - 1) as usize].joined = true;
@@ -450,13 +455,7 @@ async fn a_learner_the_leader_cannot_reach_is_not_ready_until_it_has_caught_up()
         ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let role = json(&out)["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == 4)
-        .map(|m| m["role"].as_str().unwrap().to_string());
-    assert_eq!(role.as_deref(), Some("learner"), "{}", stdout(&out));
+    assert_eq!(roles_of(&out, 4), ["learner"], "{}", stdout(&out));
     let ready = |cluster: &Cluster| {
         let addr = cluster.node(4).http_addr.clone();
         async move { common::http_get(&addr, "/readyz").ok() }

@@ -29,6 +29,29 @@ fn code(o: &std::process::Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
 
+/// A raw mTLS channel to `addr` with this CA, certificate and key.
+async fn tls_channel(
+    addr: &str,
+    ca: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let tls = TlsFiles {
+        ca,
+        cert_and_key: Some((cert, key)),
+    }
+    .load()
+    .unwrap()
+    .client();
+    tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await
+}
+
 /// A client whose refusals come back at once (no long retrying of transport failures).
 fn quick(mut config: warrant::client::ClientConfig) -> Client {
     config.call_timeout = Duration::from_secs(2);
@@ -204,21 +227,7 @@ async fn raft_port_refuses_foreign_nodes_and_non_node_certificates() {
     let send = |ca: std::path::PathBuf, cert: std::path::PathBuf, key: std::path::PathBuf| {
         let addr = raft_addr.clone();
         async move {
-            let tls = TlsFiles {
-                ca,
-                cert_and_key: Some((cert, key)),
-            }
-            .load()
-            .unwrap()
-            .client();
-            let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
-                .unwrap()
-                .tls_config(tls)
-                .unwrap()
-                .connect_timeout(Duration::from_secs(2))
-                .connect()
-                .await;
-            match channel {
+            match tls_channel(&addr, ca, cert, key).await {
                 Err(e) => Err(tonic::Status::unavailable(e.to_string())),
                 Ok(ch) => RaftClient::new(ch)
                     .vote(RaftMessage {
@@ -590,20 +599,7 @@ async fn keepalive_streams_and_waiters_are_limited_per_principal() {
         );
         let addr = leader_addr.clone();
         async move {
-            let tls = TlsFiles {
-                ca,
-                cert_and_key: Some((cert, key)),
-            }
-            .load()
-            .unwrap()
-            .client();
-            let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
-                .unwrap()
-                .tls_config(tls)
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
+            let channel = tls_channel(&addr, ca, cert, key).await.unwrap();
             let (tx, rx) = tokio::sync::mpsc::channel::<warrant::proto::KeepAliveRequest>(1);
             let stream = WarrantClient::new(channel)
                 .keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
