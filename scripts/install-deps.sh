@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install the system packages the build needs on Debian/Ubuntu: clang and libclang for RocksDB's
 # bindgen, a C++ compiler for RocksDB itself, and protoc for the benchmark's etcd client (the
-# server's own protos use a vendored protoc). Skips apt entirely when everything is already there.
+# server's own protos use a vendored protoc); iproute2, nftables and faketime for the chaos suite's
+# namespaces, partitions and clock nemesis. Skips apt entirely when everything is already there.
 set -euo pipefail
 need=()
-for pkg in clang libclang-dev g++ make pkg-config protobuf-compiler; do
+for pkg in clang libclang-dev g++ make pkg-config protobuf-compiler iproute2 nftables faketime; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -eq 0 ]; then

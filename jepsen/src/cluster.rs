@@ -247,6 +247,22 @@ pub struct Cluster {
     pub mode: Mode,
     pub nodes: Vec<Node>,
     bin: PathBuf,
+    /// With the clock nemesis: libfaketime, preloaded into every node, and the directory of the
+    /// per-node offset files it re-reads every second.
+    faketime: Option<(PathBuf, PathBuf)>,
+}
+
+/// Where Debian's `libfaketime` package puts the thread-safe preload library.
+pub fn find_faketime() -> Option<PathBuf> {
+    let arch = std::env::consts::ARCH;
+    [
+        format!("/usr/lib/{arch}-linux-gnu/faketime/libfaketimeMT.so.1"),
+        "/usr/lib/faketime/libfaketimeMT.so.1".to_string(),
+        "/usr/local/lib/faketime/libfaketimeMT.so.1".to_string(),
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
 }
 
 /// Settings that make faults matter: short elections and fast expiry.
@@ -261,7 +277,16 @@ fn free_port() -> anyhow::Result<u16> {
 
 impl Cluster {
     /// Write configs under `dir`, set up the network (netns mode) and start every node.
-    pub fn start(mode: Mode, nodes: u64, bin: &Path, dir: &Path) -> anyhow::Result<Cluster> {
+    ///
+    /// `faketime`: preload this libfaketime into every node so the clock nemesis can move its wall
+    /// clock ([`Cluster::set_clock`]).
+    pub fn start(
+        mode: Mode,
+        nodes: u64,
+        bin: &Path,
+        dir: &Path,
+        faketime: Option<PathBuf>,
+    ) -> anyhow::Result<Cluster> {
         if !(1..=MAX_NODES).contains(&nodes) {
             bail!("--nodes must be 1..={MAX_NODES}");
         }
@@ -302,11 +327,25 @@ impl Cluster {
                 log: dir.join(format!("node{id}.log")),
             });
         }
+        let faketime = match faketime {
+            Some(lib) => {
+                let clocks = dir.join("clocks");
+                std::fs::create_dir_all(&clocks)?;
+                Some((lib, clocks))
+            }
+            None => None,
+        };
         let cluster = Cluster {
             mode,
             nodes: list,
             bin: bin.to_path_buf(),
+            faketime,
         };
+        if cluster.has_clock_control() {
+            for id in 1..=nodes {
+                cluster.set_clock(id, 0)?;
+            }
+        }
         for id in 1..=nodes {
             cluster.start_node(id)?;
         }
@@ -344,6 +383,14 @@ impl Cluster {
             }
             Mode::Local => Command::new(&self.bin),
         };
+        if let Some((lib, clocks)) = &self.faketime {
+            // Only the wall clock moves (CLOCK_REALTIME): the offset file is re-read every second;
+            // the monotonic clock, which every lease deadline uses, is left alone.
+            cmd.env("LD_PRELOAD", lib)
+                .env("FAKETIME_TIMESTAMP_FILE", clocks.join(format!("node{id}")))
+                .env("FAKETIME_CACHE_DURATION", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
         cmd.args(["server", "--config"])
             .arg(&node.config)
             .env("RUST_LOG", "info,openraft=warn")
@@ -402,33 +449,64 @@ impl Cluster {
     /// Cut the nodes of `a` from those of `b` (both directions), with nft rules inside each
     /// namespace. The harness (10.77.0.1) still reaches every node, as Jepsen's clients do.
     pub fn partition(&self, a: &[u64], b: &[u64]) -> anyhow::Result<()> {
+        let mut grudge: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for (side, other) in [(a, b), (b, a)] {
+            for &id in side {
+                grudge.entry(id).or_default().extend_from_slice(other);
+            }
+        }
+        self.cut(&grudge)
+    }
+
+    /// Install a grudge: each node drops every packet from and to the nodes listed for it. The
+    /// caller makes it symmetric; it need not be transitive (a bridge node or a ring sees nodes that
+    /// cannot see each other).
+    pub fn cut(&self, grudge: &BTreeMap<u64, Vec<u64>>) -> anyhow::Result<()> {
         if self.mode != Mode::Netns {
             bail!("partitions need netns mode");
         }
         self.heal()?;
-        for (side, other) in [(a, b), (b, a)] {
+        for (&id, other) in grudge {
+            if other.is_empty() {
+                continue;
+            }
             let ips: Vec<String> = other.iter().map(|&i| ip_of(i)).collect();
             let set = ips.join(", ");
-            for &id in side {
-                let rules = format!(
-                    "table inet {PART_TABLE} {{\n chain input {{ type filter hook input priority 0; policy accept; ip saddr {{ {set} }} drop; }}\n chain output {{ type filter hook output priority 0; policy accept; ip daddr {{ {set} }} drop; }}\n}}\n"
-                );
-                let path = std::env::temp_dir().join(format!("wj-part-{id}.nft"));
-                std::fs::write(&path, rules)?;
-                let r = run(&[
-                    "ip",
-                    "netns",
-                    "exec",
-                    &ns_name(id),
-                    "nft",
-                    "-f",
-                    &path.to_string_lossy(),
-                ]);
-                let _ = std::fs::remove_file(&path);
-                r?;
-            }
+            let rules = format!(
+                "table inet {PART_TABLE} {{\n chain input {{ type filter hook input priority 0; policy accept; ip saddr {{ {set} }} drop; }}\n chain output {{ type filter hook output priority 0; policy accept; ip daddr {{ {set} }} drop; }}\n}}\n"
+            );
+            let path = std::env::temp_dir().join(format!("wj-part-{id}.nft"));
+            std::fs::write(&path, rules)?;
+            let r = run(&[
+                "ip",
+                "netns",
+                "exec",
+                &ns_name(id),
+                "nft",
+                "-f",
+                &path.to_string_lossy(),
+            ]);
+            let _ = std::fs::remove_file(&path);
+            r?;
         }
         Ok(())
+    }
+
+    /// Set node `id`'s wall clock `offset_s` seconds away from the real one (0: back in step). It
+    /// takes effect within a second, without a restart. Fails without the clock nemesis.
+    pub fn set_clock(&self, id: u64, offset_s: i64) -> anyhow::Result<()> {
+        let Some((_, clocks)) = &self.faketime else {
+            bail!("the clock nemesis needs libfaketime (apt-get install faketime)");
+        };
+        let path = clocks.join(format!("node{id}"));
+        let tmp = clocks.join(format!(".node{id}.tmp"));
+        std::fs::write(&tmp, format!("{offset_s:+}\n"))?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(())
+    }
+
+    pub fn has_clock_control(&self) -> bool {
+        self.faketime.is_some()
     }
 
     /// Remove every partition rule.

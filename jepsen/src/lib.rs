@@ -90,15 +90,33 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
         );
     }
     std::fs::create_dir_all(&opts.out)?;
-    let faults = Fault::parse_list(&opts.nemesis, opts.mode)?;
+    let mut faults = Fault::parse_list(&opts.nemesis, opts.mode)?;
     let mut notes = Vec::new();
+    let faketime = if faults.contains(&Fault::Clock) {
+        match cluster::find_faketime() {
+            Some(lib) => Some(lib),
+            None if opts.nemesis.split(',').any(|p| p.trim() == "clock") => {
+                anyhow::bail!("--nemesis clock needs libfaketime: apt-get install faketime")
+            }
+            None => {
+                // `mixed` without libfaketime: run the other faults (results.json lists those run).
+                faults.retain(|f| *f != Fault::Clock);
+                eprintln!("clock nemesis skipped: libfaketime is not installed (apt-get install faketime)");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let _lock = cluster::lock_run()?;
     cluster::cleanup_leftovers();
     let clock = Clock::new();
     let rec = Recorder::new(clock, Some(&opts.out.join("history.jsonl")))?;
     let timeline = Timeline::new(clock, &opts.out.join("nemesis.jsonl"))?;
 
-    let cluster = Arc::new(Cluster::start(opts.mode, opts.nodes, &opts.bin, &opts.out)?);
+    let cluster = Arc::new(Cluster::start(
+        opts.mode, opts.nodes, &opts.bin, &opts.out, faketime,
+    )?);
     let Some(leader) = cluster.wait_leader(Duration::from_secs(30)).await else {
         anyhow::bail!(
             "no leader within 30 s of start; see the node logs in {}",

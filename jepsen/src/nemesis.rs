@@ -7,6 +7,11 @@
 //!   a frozen VM; its sockets stay open but it answers nothing.
 //! - `partition` (netns mode only): nft drop rules inside the namespaces, either isolating the leader
 //!   or splitting the nodes into a random minority and majority, for 2–5 s; then heal.
+//! - `bridge` (netns): two halves that cannot reach each other, and one node that reaches both.
+//! - `ring` (netns, 4+ nodes): nodes in a random ring, each reaching only its nearest neighbours —
+//!   every node sees a majority, but no two neighbours see the same one.
+//! - `clock`: jump one node's wall clock (the leader with probability 0.5) by ±2 s … ±5 min for
+//!   2–5 s, then back; libfaketime moves CLOCK_REALTIME only, the monotonic clock keeps running.
 //! - `mixed`: each step picks one of the above at random.
 //!
 //! The schedule (which fault, waits, durations, random choices) comes from `--seed`; which node is
@@ -35,6 +40,15 @@ pub enum Fault {
     Kill,
     Pause,
     Partition,
+    Bridge,
+    Ring,
+    Clock,
+}
+
+impl Fault {
+    fn is_network(self) -> bool {
+        matches!(self, Fault::Partition | Fault::Bridge | Fault::Ring)
+    }
 }
 
 impl Fault {
@@ -47,18 +61,32 @@ impl Fault {
                 "kill" => out.push(Fault::Kill),
                 "pause" => out.push(Fault::Pause),
                 "partition" => out.push(Fault::Partition),
-                "mixed" | "all" => out.extend([Fault::Kill, Fault::Pause, Fault::Partition]),
+                "bridge" => out.push(Fault::Bridge),
+                "ring" => out.push(Fault::Ring),
+                "clock" => out.push(Fault::Clock),
+                "mixed" | "all" => out.extend([
+                    Fault::Kill,
+                    Fault::Pause,
+                    Fault::Partition,
+                    Fault::Bridge,
+                    Fault::Ring,
+                    Fault::Clock,
+                ]),
                 other => anyhow::bail!(
-                    "--nemesis: unknown fault {other:?} (kill, pause, partition, mixed, none)"
+                    "--nemesis: unknown fault {other:?} (kill, pause, partition, bridge, ring, clock, mixed, none)"
                 ),
             }
         }
-        if mode == Mode::Local && out.contains(&Fault::Partition) {
-            if s.split(',').any(|p| p.trim() == "partition") {
-                anyhow::bail!("--nemesis partition needs --mode netns");
+        if mode == Mode::Local && out.iter().any(|f| f.is_network()) {
+            if let Some(p) = s
+                .split(',')
+                .map(str::trim)
+                .find(|p| ["partition", "bridge", "ring"].contains(p))
+            {
+                anyhow::bail!("--nemesis {p} needs --mode netns");
             }
             // `mixed` in local mode: partitions are not available there.
-            out.retain(|f| *f != Fault::Partition);
+            out.retain(|f| !f.is_network());
         }
         out.sort();
         out.dedup();
@@ -156,6 +184,47 @@ impl Timeline {
     }
 }
 
+/// A grudge: for each node, the nodes it must not reach (kept symmetric).
+pub type Grudge = BTreeMap<u64, Vec<u64>>;
+
+fn add_cut(grudge: &mut Grudge, a: u64, b: u64) {
+    grudge.entry(a).or_default().push(b);
+    grudge.entry(b).or_default().push(a);
+}
+
+/// Two halves joined only through one node (`order` is a shuffled node list): returns the grudge,
+/// the halves and the bridge node.
+pub fn bridge(order: &[u64]) -> (Grudge, Vec<u64>, u64, Vec<u64>) {
+    let mid = order.len() / 2;
+    let (a, rest) = order.split_at(mid);
+    let (bridge, b) = rest.split_first().expect("at least one node");
+    let mut grudge = Grudge::new();
+    for &x in a {
+        for &y in b {
+            add_cut(&mut grudge, x, y);
+        }
+    }
+    (grudge, a.to_vec(), *bridge, b.to_vec())
+}
+
+/// The nodes in ring `order`, each reaching only the nearest `h` on either side, with `h` the
+/// smallest that still lets every node see a majority (itself included). Empty for fewer than 4
+/// nodes, where such a ring cuts nothing.
+pub fn ring(order: &[u64]) -> Grudge {
+    let n = order.len();
+    let h = (n / 2).div_ceil(2);
+    let mut grudge = Grudge::new();
+    for i in 0..n {
+        for j in i + 1..n {
+            let d = (j - i).min(n - (j - i));
+            if d > h {
+                add_cut(&mut grudge, order[i], order[j]);
+            }
+        }
+    }
+    grudge
+}
+
 /// Sleep until `d` passes or `deadline`, whichever is first; false if the deadline was reached.
 async fn sleep_before(d: Duration, deadline: tokio::time::Instant) -> bool {
     let until = (tokio::time::Instant::now() + d).min(deadline);
@@ -201,6 +270,44 @@ pub async fn run(
             }
         };
         match fault {
+            Fault::Clock => {
+                let id = pick(&mut rng, 0.5);
+                let size = rng.gen_range(2..=300i64);
+                let offset = if rng.gen_bool(0.5) { size } else { -size };
+                match cluster.set_clock(id, offset) {
+                    Ok(()) => {
+                        timeline.log(
+                            "start",
+                            Some(fault),
+                            vec![id],
+                            vec![],
+                            leader,
+                            format!("node {id} wall clock {offset:+} s (monotonic unchanged)"),
+                        );
+                        sleep_before(hold + Duration::from_millis(1000), deadline).await;
+                        let r = cluster.set_clock(id, 0);
+                        timeline.log(
+                            if r.is_ok() { "end" } else { "error" },
+                            Some(fault),
+                            vec![id],
+                            vec![],
+                            None,
+                            match r {
+                                Ok(()) => format!("node {id} wall clock back in step"),
+                                Err(e) => format!("reset clock of node {id}: {e:#}"),
+                            },
+                        );
+                    }
+                    Err(e) => timeline.log(
+                        "error",
+                        Some(fault),
+                        vec![id],
+                        vec![],
+                        leader,
+                        format!("clock: {e:#}"),
+                    ),
+                }
+            }
             Fault::Kill => {
                 let id = pick(&mut rng, 0.6);
                 let killed = cluster.kill(id);
@@ -256,6 +363,47 @@ pub async fn run(
                     None,
                     format!("SIGCONT node {id}"),
                 );
+            }
+            Fault::Bridge | Fault::Ring => {
+                let mut order = ids.clone();
+                order.shuffle(&mut rng);
+                let (grudge, a, b, how) = if fault == Fault::Ring && order.len() >= 4 {
+                    let how = format!(
+                        "ring {}: each node reaches only its neighbours",
+                        order
+                            .iter()
+                            .map(u64::to_string)
+                            .collect::<Vec<_>>()
+                            .join("-")
+                    );
+                    (ring(&order), order.clone(), vec![], how)
+                } else {
+                    let (grudge, a, mid, b) = bridge(&order);
+                    let how = format!("bridge: {a:?} | {mid} | {b:?} (node {mid} reaches both)");
+                    (grudge, a, b, how)
+                };
+                let hold = hold + Duration::from_millis(1000);
+                match cluster.cut(&grudge) {
+                    Ok(()) => {
+                        timeline.log("start", Some(fault), a.clone(), b.clone(), leader, how);
+                        sleep_before(hold, deadline).await;
+                        let r = cluster.heal();
+                        timeline.log(
+                            if r.is_ok() { "end" } else { "error" },
+                            Some(fault),
+                            a,
+                            b,
+                            None,
+                            format!(
+                                "heal{}",
+                                r.err().map(|e| format!(": {e:#}")).unwrap_or_default()
+                            ),
+                        );
+                    }
+                    Err(e) => {
+                        timeline.log("error", Some(fault), a, b, leader, format!("{how}: {e:#}"))
+                    }
+                }
             }
             Fault::Partition => {
                 let (a, b, how) = match leader {
@@ -319,6 +467,11 @@ pub fn heal_all(cluster: &Cluster, timeline: &Timeline) {
         detail.push(format!("heal partitions: {e:#}"));
     }
     for id in cluster.ids() {
+        if cluster.has_clock_control() {
+            if let Err(e) = cluster.set_clock(id, 0) {
+                detail.push(format!("reset clock of node {id}: {e:#}"));
+            }
+        }
         if cluster.is_running(id) {
             cluster.signal(id, Signal::SIGCONT);
         } else {
@@ -336,4 +489,52 @@ pub fn heal_all(cluster: &Cluster, timeline: &Timeline) {
         None,
         detail.join("; "),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reaches(g: &Grudge, a: u64, b: u64) -> bool {
+        !g.get(&a).is_some_and(|v| v.contains(&b))
+    }
+
+    fn symmetric(g: &Grudge) -> bool {
+        g.iter()
+            .all(|(a, v)| v.iter().all(|b| g.get(b).is_some_and(|w| w.contains(a))))
+    }
+
+    #[test]
+    fn a_bridge_node_reaches_both_halves_which_cannot_reach_each_other() {
+        for order in [vec![3, 1, 2], vec![5, 2, 4, 1, 3]] {
+            let (g, a, mid, b) = bridge(&order);
+            assert!(symmetric(&g));
+            assert_eq!(a.len(), b.len());
+            assert!(!g.contains_key(&mid), "the bridge node is cut from nobody");
+            for &x in &a {
+                for &y in &b {
+                    assert!(!reaches(&g, x, y) && !reaches(&g, y, x));
+                }
+                assert!(reaches(&g, x, mid));
+            }
+        }
+    }
+
+    #[test]
+    fn in_a_ring_every_node_sees_a_majority_but_not_everyone() {
+        for n in 4..=9u64 {
+            let order: Vec<u64> = (1..=n).rev().collect();
+            let g = ring(&order);
+            assert!(symmetric(&g));
+            for &id in &order {
+                let seen = order.iter().filter(|&&o| reaches(&g, id, o)).count() as u64;
+                assert!(seen > n / 2, "n={n}: node {id} sees {seen}");
+                assert!(seen < n, "n={n}: node {id} sees everyone");
+            }
+        }
+        // 5 nodes: each reaches exactly its two neighbours in the ring order.
+        let g = ring(&[1, 2, 3, 4, 5]);
+        assert_eq!(g[&1], vec![3, 4]);
+        assert!(ring(&[1, 2, 3]).is_empty());
+    }
 }
