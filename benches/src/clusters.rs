@@ -9,6 +9,30 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use procfs::WithCurrentSystemInfo;
 
+/// What a Ctrl-C or SIGTERM must clean up: the PIDs of running servers and the clusters' temp dirs
+/// (a signal ends the process without running destructors).
+static LIVE: std::sync::Mutex<(Vec<u32>, Vec<PathBuf>)> =
+    std::sync::Mutex::new((Vec::new(), Vec::new()));
+
+fn live() -> std::sync::MutexGuard<'static, (Vec<u32>, Vec<PathBuf>)> {
+    LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Kill every server this process started (by PID, SIGKILL after SIGCONT) and remove the clusters'
+/// temp dirs. For the signal path; a normal exit drops the clusters instead.
+pub fn cleanup_on_signal() {
+    let (pids, dirs) = std::mem::take(&mut *live());
+    for pid in pids {
+        // Children this process spawned and has not reaped: the PIDs cannot have been reused.
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    for dir in dirs {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -43,17 +67,20 @@ impl Proc {
     /// kill -9.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            live().0.retain(|&p| p != c.id());
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
     pub fn start(&mut self) -> Result<()> {
-        self.child = Some(
-            self.restart
-                .spawn()
-                .with_context(|| format!("start {}", self.name))?,
-        );
+        let mut live = live();
+        let child = self
+            .restart
+            .spawn()
+            .with_context(|| format!("start {}", self.name))?;
+        live.0.push(child.id());
+        self.child = Some(child);
         Ok(())
     }
 }
@@ -115,8 +142,10 @@ impl Cluster {
 }
 
 /// Start a 3-node Warrant cluster from the `warrant` binary.
-pub fn start_warrant(bin: &Path) -> Result<Cluster> {
+/// `extra` is TOML inserted into every node's config before the peer tables (e.g. `[raft]` settings).
+pub fn start_warrant(bin: &Path, extra: &str) -> Result<Cluster> {
     let dir = tempfile::tempdir()?;
+    live().1.push(dir.path().to_path_buf());
     let ports: Vec<(u16, u16)> = (0..5)
         .map(|_| Ok((free_port()?, free_port()?)))
         .collect::<Result<_>>()?;
@@ -135,7 +164,7 @@ pub fn start_warrant(bin: &Path) -> Result<Cluster> {
             &config,
             format!(
                 "node_id = {id}\ncluster_name = \"bench\"\ndata_dir = \"data{id}\"\nbootstrap = {}\ninsecure = true\ndefault_decision = \"allow\"\n\
-                 admins = [\"human/admin\"]\n{}",
+                 admins = [\"human/admin\"]\n{extra}\n{}",
                 id == 1,
                 // Bootstrap members list the first three; a spare lists them too (and itself).
                 if id <= 3 {
@@ -171,6 +200,7 @@ pub fn start_warrant(bin: &Path) -> Result<Cluster> {
 /// Start a 3-node etcd cluster (default durability: fsync on every commit).
 pub fn start_etcd(bin: &Path) -> Result<Cluster> {
     let dir = tempfile::tempdir()?;
+    live().1.push(dir.path().to_path_buf());
     let ports: Vec<(u16, u16)> = (0..3)
         .map(|_| Ok((free_port()?, free_port()?)))
         .collect::<Result<_>>()?;

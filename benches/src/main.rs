@@ -56,6 +56,16 @@ enum Cmd {
         /// Only these systems (profiling one side); the ratio column needs both.
         #[arg(long, value_delimiter = ',', default_value = "warrant,etcd")]
         systems: Vec<String>,
+        /// Only these workloads: uncontended, contended, contended-wait, keepalive, failover, scale.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "uncontended,contended,contended-wait,keepalive,failover,scale"
+        )]
+        workloads: Vec<String>,
+        /// TOML added to every Warrant node's config, e.g. "[raft]\nsnapshot_after_entries = 50000".
+        #[arg(long, default_value = "")]
+        warrant_config: String,
     },
 }
 
@@ -176,6 +186,18 @@ async fn failover(cluster: &mut Cluster) -> Result<String> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // Ctrl-C or SIGTERM: stop the servers we started and remove their data before exiting.
+    tokio::spawn(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        clusters::cleanup_on_signal();
+        eprintln!("interrupted: servers stopped, temp dirs removed");
+        std::process::exit(130);
+    });
     let Cmd::All {
         warrant_bin,
         etcd_bin,
@@ -187,7 +209,10 @@ async fn main() -> Result<()> {
         keepalive_window,
         scale_leases,
         systems,
+        workloads,
+        warrant_config,
     } = Cli::parse().command;
+    let wants = |w: &str| workloads.iter().any(|x| x == w);
     let warrant_bin = match warrant_bin {
         Some(b) => b,
         None => clusters::sibling_warrant()?,
@@ -197,17 +222,29 @@ async fn main() -> Result<()> {
         "{} not found: apt-get install etcd-server",
         etcd_bin.display()
     );
-    let mut warrant = start_warrant(&warrant_bin).context("start warrant")?;
+    let mut warrant = start_warrant(&warrant_bin, &warrant_config).context("start warrant")?;
     let mut etcd = start_etcd(&etcd_bin).context("start etcd")?;
     ready(System::Warrant, &warrant).await?;
     ready(System::Etcd, &etcd).await?;
 
     let mut rows = Vec::new();
     for run in 1..=repeats {
-        for (workload, contention) in [
-            ("uncontended", Contention::Uncontended),
-            ("contended (8 resources)", Contention::Contended),
+        for (key, workload, contention) in [
+            ("uncontended", "uncontended", Contention::Uncontended),
+            (
+                "contended",
+                "contended (8 resources)",
+                Contention::Contended,
+            ),
+            (
+                "contended-wait",
+                "contended, waiting (8 resources)",
+                Contention::ContendedWait,
+            ),
         ] {
+            if !wants(key) {
+                continue;
+            }
             for &c in &clients {
                 for (system, cluster) in [(System::Warrant, &warrant), (System::Etcd, &etcd)] {
                     if !systems.iter().any(|s| s == system.name()) {
@@ -231,7 +268,7 @@ async fn main() -> Result<()> {
             }
         }
         for (system, cluster) in [(System::Warrant, &warrant), (System::Etcd, &etcd)] {
-            if !systems.iter().any(|s| s == system.name()) {
+            if !systems.iter().any(|s| s == system.name()) || !wants("keepalive") {
                 continue;
             }
             let stats = workloads::keepalives(
@@ -257,9 +294,13 @@ async fn main() -> Result<()> {
             });
         }
     }
-    let failover = failover(&mut warrant).await?;
+    let failover = if wants("failover") {
+        failover(&mut warrant).await?
+    } else {
+        "not run".to_string()
+    };
     let mut scale_lines = Vec::new();
-    if scale_leases > 0 {
+    if scale_leases > 0 && wants("scale") {
         for (system, cluster) in [(System::Warrant, &mut warrant), (System::Etcd, &mut etcd)] {
             if !systems.iter().any(|s| s == system.name()) {
                 continue;

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, LockOptions, PutOptions, Txn, TxnOp};
 use hdrhistogram::Histogram;
 use warrant::client::{AcquireOptions, Acquired, Client, ClientConfig};
 
@@ -32,8 +32,11 @@ impl System {
 pub enum Contention {
     /// Each client cycles over its own resources.
     Uncontended,
-    /// All clients fight over 8 resources.
+    /// All clients fight over 8 resources; a busy answer is retried after 5 ms.
     Contended,
+    /// All clients fight over 8 resources, each system's waiting primitive queueing them: Warrant's
+    /// FIFO wait (`AcquireOptions::wait`), etcd's Lock RPC (its server-side lock recipe).
+    ContendedWait,
 }
 
 /// What one measured run produced.
@@ -77,13 +80,19 @@ async fn connect(system: System, endpoints: &[String], principal: &str) -> Resul
 
 const TTL: Duration = Duration::from_secs(10);
 const BUSY_RETRY: Duration = Duration::from_millis(5);
+/// The longest wait Warrant accepts by default (`lease.max_wait`).
+const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// One full cycle on `key`: returns (acquire latency, busy answers seen, token).
 async fn cycle(
     conn: &mut Conn,
     key: &str,
     deadline: Instant,
+    contention: Contention,
 ) -> Result<Option<(Duration, u64, u64)>> {
+    if contention == Contention::ContendedWait {
+        return waiting_cycle(conn, key, deadline).await;
+    }
     let start = Instant::now();
     let mut busy = 0;
     match conn {
@@ -134,6 +143,56 @@ async fn cycle(
     }
 }
 
+/// One full cycle with the system's waiting primitive; None when the run ended while waiting.
+async fn waiting_cycle(
+    conn: &mut Conn,
+    key: &str,
+    deadline: Instant,
+) -> Result<Option<(Duration, u64, u64)>> {
+    let start = Instant::now();
+    // Waiters still queued when the run ends give up a little after it.
+    let patience = deadline.saturating_duration_since(start) + Duration::from_secs(2);
+    match conn {
+        Conn::Warrant(c) => {
+            let mut options = AcquireOptions::new(key, TTL);
+            options.wait = Some(patience.min(MAX_WAIT));
+            match c.acquire(options).await? {
+                Acquired::Granted(lease) => {
+                    let acquired = start.elapsed();
+                    let token = lease.token();
+                    lease.release(None).await?;
+                    Ok(Some((acquired, 0, token)))
+                }
+                // Only a waiter still queued when the run ended gives up.
+                Acquired::WaitEnded => Ok(None),
+                other => Err(anyhow!("unexpected answer {other:?}")),
+            }
+        }
+        Conn::Etcd(c) => {
+            let lease = c.lease_grant(TTL.as_secs() as i64, None).await?.id();
+            let locked = tokio::time::timeout(
+                patience,
+                c.lock(key, Some(LockOptions::new().with_lease(lease))),
+            )
+            .await;
+            match locked {
+                Ok(resp) => {
+                    let resp = resp?;
+                    let acquired = start.elapsed();
+                    let token = resp.header().map(|h| h.revision() as u64).unwrap_or(0);
+                    c.unlock(resp.key()).await?;
+                    c.lease_revoke(lease).await?;
+                    Ok(Some((acquired, 0, token)))
+                }
+                Err(_elapsed) => {
+                    c.lease_revoke(lease).await?;
+                    Ok(None)
+                }
+            }
+        }
+    }
+}
+
 /// Run `clients` concurrent clients doing full cycles: warm up, then measure for `duration`.
 pub async fn cycles(
     system: System,
@@ -158,11 +217,14 @@ pub async fn cycles(
             while Instant::now() < end {
                 let key = match contention {
                     Contention::Uncontended => format!("bench/{run}/c{i}/r{}", n % 8),
-                    Contention::Contended => format!("bench/{run}/shared/r{}", n % 8),
+                    Contention::Contended | Contention::ContendedWait => {
+                        format!("bench/{run}/shared/r{}", n % 8)
+                    }
                 };
                 n += 1;
                 let t0 = Instant::now();
-                let Some((acquired, b, _token)) = cycle(&mut conn, &key, end).await? else {
+                let Some((acquired, b, _token)) = cycle(&mut conn, &key, end, contention).await?
+                else {
                     break;
                 };
                 if t0 >= measure_from && Instant::now() <= end {
