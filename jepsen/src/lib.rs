@@ -13,6 +13,7 @@ pub mod deploy;
 pub mod deploy_check;
 pub mod history;
 pub mod nemesis;
+pub mod timeline_svg;
 pub mod workload;
 
 use std::collections::BTreeMap;
@@ -266,6 +267,10 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
     std::fs::write(
         opts.out.join("results.json"),
         serde_json::to_string_pretty(&results)?,
+    )?;
+    std::fs::write(
+        opts.out.join("timeline.svg"),
+        timeline_svg::render(&events, &timeline.events(), &results.checkers),
     )?;
     Ok(results)
 }

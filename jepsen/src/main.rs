@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use warrant_jepsen::cluster::{self, Mode};
-use warrant_jepsen::{checker, history, RunOpts};
+use warrant_jepsen::{checker, history, timeline_svg, RunOpts};
 
 #[derive(Parser)]
 #[command(name = "warrant-jepsen", about = "Fault-injection suite for Warrant")]
@@ -233,6 +233,14 @@ fn check(path: &std::path::Path) -> i32 {
     };
     let verdicts = checker::check_all(&events);
     let valid = verdicts.values().all(|v| v.valid);
+    // Redraw the run next to its history, with the faults if the run's nemesis.jsonl is there.
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let faults = warrant_jepsen::nemesis::load(&dir.join("nemesis.jsonl")).unwrap_or_default();
+    let svg = dir.join("timeline.svg");
+    match std::fs::write(&svg, timeline_svg::render(&events, &faults, &verdicts)) {
+        Ok(()) => eprintln!("timeline: {}", svg.display()),
+        Err(e) => eprintln!("cannot write {}: {e}", svg.display()),
+    }
     match serde_json::to_string_pretty(&verdicts) {
         Ok(s) => println!("{s}"),
         Err(e) => eprintln!("{e}"),

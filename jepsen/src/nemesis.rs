@@ -28,13 +28,13 @@ use nix::sys::signal::Signal;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Cluster, Mode};
 use crate::history::{wall_ms, Clock};
 
 /// A fault kind a run may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Fault {
     Kill,
@@ -95,14 +95,14 @@ impl Fault {
 }
 
 /// One line of nemesis.jsonl.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NemesisEvent {
     /// "start" or "end" of a fault, "heal-all" at the end, "error" if an action failed.
-    pub phase: &'static str,
+    pub phase: String,
     pub fault: Option<Fault>,
     pub nodes: Vec<u64>,
     /// For partitions: the other side.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub other: Vec<u64>,
     pub leader_before: Option<u64>,
     pub detail: String,
@@ -141,7 +141,7 @@ impl Timeline {
         detail: String,
     ) {
         let ev = NemesisEvent {
-            phase,
+            phase: phase.to_string(),
             fault,
             nodes,
             other,
@@ -489,6 +489,15 @@ pub fn heal_all(cluster: &Cluster, timeline: &Timeline) {
         None,
         detail.join("; "),
     );
+}
+
+/// Read a nemesis.jsonl written by a run.
+pub fn load(path: &Path) -> anyhow::Result<Vec<NemesisEvent>> {
+    let text = std::fs::read_to_string(path)?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| Ok(serde_json::from_str(l)?))
+        .collect()
 }
 
 #[cfg(test)]
