@@ -367,7 +367,13 @@ pub async fn run(
             Fault::Bridge | Fault::Ring => {
                 let mut order = ids.clone();
                 order.shuffle(&mut rng);
-                let (grudge, a, b, how) = if fault == Fault::Ring && order.len() >= 4 {
+                // Fewer than 4 nodes make no ring: a bridge runs instead, and is logged as one.
+                let fault = if order.len() >= 4 {
+                    fault
+                } else {
+                    Fault::Bridge
+                };
+                let (grudge, a, b, how) = if fault == Fault::Ring {
                     let how = format!(
                         "ring {}: each node reaches only its neighbours",
                         order
