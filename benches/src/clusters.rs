@@ -11,22 +11,31 @@ use procfs::WithCurrentSystemInfo;
 
 /// What a Ctrl-C or SIGTERM must clean up: the PIDs of running servers and the clusters' temp dirs
 /// (a signal ends the process without running destructors).
-static LIVE: std::sync::Mutex<(Vec<u32>, Vec<PathBuf>)> =
-    std::sync::Mutex::new((Vec::new(), Vec::new()));
+/// The third field: cleanup has begun, so nothing may be started any more.
+type Live = (Vec<u32>, Vec<PathBuf>, bool);
+static LIVE: std::sync::Mutex<Live> = std::sync::Mutex::new((Vec::new(), Vec::new(), false));
 
-fn live() -> std::sync::MutexGuard<'static, (Vec<u32>, Vec<PathBuf>)> {
+fn live() -> std::sync::MutexGuard<'static, Live> {
     LIVE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Kill every server this process started (by PID, SIGKILL after SIGCONT) and remove the clusters'
 /// temp dirs. For the signal path; a normal exit drops the clusters instead.
 pub fn cleanup_on_signal() {
-    let (pids, dirs) = std::mem::take(&mut *live());
-    for pid in pids {
+    let (pids, dirs) = {
+        let mut live = live();
+        live.2 = true;
+        (std::mem::take(&mut live.0), std::mem::take(&mut live.1))
+    };
+    for &pid in &pids {
         // Children this process spawned and has not reaped: the PIDs cannot have been reused.
         let pid = nix::unistd::Pid::from_raw(pid as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    // Reap them before removing their data directories.
+    for pid in pids {
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
     }
     for dir in dirs {
         let _ = std::fs::remove_dir_all(dir);
@@ -67,14 +76,17 @@ impl Proc {
     /// kill -9.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
-            live().0.retain(|&p| p != c.id());
             let _ = c.kill();
+            live().0.retain(|&p| p != c.id());
             let _ = c.wait();
         }
     }
 
     pub fn start(&mut self) -> Result<()> {
         let mut live = live();
+        if live.2 {
+            bail!("interrupted: not starting {}", self.name);
+        }
         let child = self
             .restart
             .spawn()

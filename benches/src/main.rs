@@ -63,7 +63,8 @@ enum Cmd {
             default_value = "uncontended,contended,contended-wait,keepalive,failover,scale"
         )]
         workloads: Vec<String>,
-        /// TOML added to every Warrant node's config, e.g. "[raft]\nsnapshot_after_entries = 50000".
+        /// TOML added to every Warrant node's config, with real newlines (in bash:
+        /// `$'[raft]\nsnapshot_after_entries = 50000'`).
         #[arg(long, default_value = "")]
         warrant_config: String,
     },
@@ -190,13 +191,13 @@ async fn main() -> Result<()> {
     tokio::spawn(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("install a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        let code = tokio::select! {
+            _ = tokio::signal::ctrl_c() => 130,
+            _ = term.recv() => 143,
+        };
         clusters::cleanup_on_signal();
         eprintln!("interrupted: servers stopped, temp dirs removed");
-        std::process::exit(130);
+        std::process::exit(code);
     });
     let Cmd::All {
         warrant_bin,

@@ -80,7 +80,7 @@ async fn connect(system: System, endpoints: &[String], principal: &str) -> Resul
 
 const TTL: Duration = Duration::from_secs(10);
 const BUSY_RETRY: Duration = Duration::from_millis(5);
-/// The longest wait Warrant accepts by default (`lease.max_wait`).
+/// A waiter's longest wait (the server's default `lease.max_wait` is 300 s).
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// One full cycle on `key`: returns (acquire latency, busy answers seen, token).

@@ -184,6 +184,10 @@ impl Timeline {
     }
 }
 
+/// How late a node may see a change of its clock offset (libfaketime's cache of 1 s, checked only
+/// when it has expired).
+const CLOCK_LAG: Duration = Duration::from_millis(2_100);
+
 /// A grudge: for each node, the nodes it must not reach (kept symmetric).
 pub type Grudge = BTreeMap<u64, Vec<u64>>;
 
@@ -284,7 +288,9 @@ pub async fn run(
                             leader,
                             format!("node {id} wall clock {offset:+} s (monotonic unchanged)"),
                         );
-                        sleep_before(hold + Duration::from_millis(1000), deadline).await;
+                        // libfaketime re-reads the offset up to ~2 s late: hold long enough that
+                        // the jump is in effect for at least the drawn hold.
+                        sleep_before(hold + CLOCK_LAG, deadline).await;
                         let r = cluster.set_clock(id, 0);
                         timeline.log(
                             if r.is_ok() { "end" } else { "error" },
@@ -472,12 +478,16 @@ pub fn heal_all(cluster: &Cluster, timeline: &Timeline) {
     if let Err(e) = cluster.heal() {
         detail.push(format!("heal partitions: {e:#}"));
     }
-    for id in cluster.ids() {
-        if cluster.has_clock_control() {
+    if cluster.has_clock_control() {
+        for id in cluster.ids() {
             if let Err(e) = cluster.set_clock(id, 0) {
                 detail.push(format!("reset clock of node {id}: {e:#}"));
             }
         }
+        // Every node has read its reset offset before the final reads begin.
+        std::thread::sleep(CLOCK_LAG);
+    }
+    for id in cluster.ids() {
         if cluster.is_running(id) {
             cluster.signal(id, Signal::SIGCONT);
         } else {

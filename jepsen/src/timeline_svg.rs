@@ -7,7 +7,8 @@
 //! - Ticks under the bars: accepted writes and deploy steps (green), rejected ones (red).
 //! - Faults from the nemesis timeline are shaded across every row, coloured by kind and labelled.
 //! - Each checker violation is marked in red in its resource's row, labelled with the checker: two
-//!   holders at once as the span they overlapped, others at the times and history indexes they name.
+//!   holders at once as the span they overlapped, others at the times and history indexes they name,
+//!   and one that names no moment (a final-state check) across the whole row.
 //!
 //! Every element has a `<title>`, so hovering in a browser shows the details.
 
@@ -270,7 +271,7 @@ pub fn render(
                 if *lane > 0 { "red" } else { "none" },
                 b.process,
                 token,
-                b.lease.as_deref().unwrap_or("?"),
+                esc(b.lease.as_deref().unwrap_or("?")),
                 b.from as f64 / 1e9,
                 b.to as f64 / 1e9,
                 b.ended_by
@@ -325,6 +326,10 @@ pub fn render(
                     times.dedup();
                     spans.extend(times.into_iter().map(|t| (t, t)));
                 }
+            }
+            if spans.is_empty() {
+                // A violation of the final state names no moment: mark the whole row (or picture).
+                spans.push((0, end));
             }
             for (from, to) in spans {
                 let (x0, x1) = (x(from), x(to));
