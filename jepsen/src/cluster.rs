@@ -446,19 +446,11 @@ impl Cluster {
         }
     }
 
-    /// Cut the nodes of `a` from those of `b` (both directions), with nft rules inside each
-    /// namespace. The harness (10.77.0.1) still reaches every node, as Jepsen's clients do.
-    pub fn partition(&self, a: &[u64], b: &[u64]) -> anyhow::Result<()> {
-        let mut grudge: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-        for (side, other) in [(a, b), (b, a)] {
-            for &id in side {
-                grudge.entry(id).or_default().extend_from_slice(other);
-            }
-        }
-        self.cut(&grudge)
-    }
-
-    /// Install a grudge: each node drops every packet from and to the nodes listed for it. The
+    /// Install a grudge (both directions; see `nemesis::bipartite`, `bridge`, `ring`), with nft
+    /// rules inside each namespace. The harness (10.77.0.1) still reaches every node, as Jepsen's
+    /// clients do.
+    ///
+    /// Each node drops every packet from and to the nodes listed for it. The
     /// caller makes it symmetric; it need not be transitive (a bridge node or a ring sees nodes that
     /// cannot see each other).
     pub fn cut(&self, grudge: &BTreeMap<u64, Vec<u64>>) -> anyhow::Result<()> {

@@ -196,19 +196,58 @@ fn add_cut(grudge: &mut Grudge, a: u64, b: u64) {
     grudge.entry(b).or_default().push(a);
 }
 
-/// Two halves joined only through one node (`order` is a shuffled node list): returns the grudge,
-/// the halves and the bridge node.
-pub fn bridge(order: &[u64]) -> (Grudge, Vec<u64>, u64, Vec<u64>) {
-    let mid = order.len() / 2;
-    let (a, rest) = order.split_at(mid);
-    let (bridge, b) = rest.split_first().expect("at least one node");
+/// Every node of `a` cut from every node of `b`, both ways.
+pub fn bipartite(a: &[u64], b: &[u64]) -> Grudge {
     let mut grudge = Grudge::new();
     for &x in a {
         for &y in b {
             add_cut(&mut grudge, x, y);
         }
     }
-    (grudge, a.to_vec(), *bridge, b.to_vec())
+    grudge
+}
+
+/// Install `grudge`, log it, hold it (1 s longer than `hold`), heal, log the heal.
+#[allow(clippy::too_many_arguments)]
+async fn hold_cut(
+    cluster: &Cluster,
+    timeline: &Timeline,
+    fault: Fault,
+    grudge: &Grudge,
+    a: Vec<u64>,
+    b: Vec<u64>,
+    leader: Option<u64>,
+    how: String,
+    hold: Duration,
+    deadline: tokio::time::Instant,
+) {
+    if let Err(e) = cluster.cut(grudge) {
+        timeline.log("error", Some(fault), a, b, leader, format!("{how}: {e:#}"));
+        return;
+    }
+    timeline.log("start", Some(fault), a.clone(), b.clone(), leader, how);
+    sleep_before(hold + Duration::from_millis(1000), deadline).await;
+    let r = cluster.heal();
+    timeline.log(
+        if r.is_ok() { "end" } else { "error" },
+        Some(fault),
+        a,
+        b,
+        None,
+        format!(
+            "heal{}",
+            r.err().map(|e| format!(": {e:#}")).unwrap_or_default()
+        ),
+    );
+}
+
+/// Two halves joined only through one node (`order` is a shuffled node list): returns the grudge,
+/// the halves and the bridge node.
+pub fn bridge(order: &[u64]) -> (Grudge, Vec<u64>, u64, Vec<u64>) {
+    let mid = order.len() / 2;
+    let (a, rest) = order.split_at(mid);
+    let (bridge, b) = rest.split_first().expect("at least one node");
+    (bipartite(a, b), a.to_vec(), *bridge, b.to_vec())
 }
 
 /// The nodes in ring `order`, each reaching only the nearest `h` on either side, with `h` the
@@ -394,28 +433,10 @@ pub async fn run(
                     let how = format!("bridge: {a:?} | {mid} | {b:?} (node {mid} reaches both)");
                     (grudge, a, b, how)
                 };
-                let hold = hold + Duration::from_millis(1000);
-                match cluster.cut(&grudge) {
-                    Ok(()) => {
-                        timeline.log("start", Some(fault), a.clone(), b.clone(), leader, how);
-                        sleep_before(hold, deadline).await;
-                        let r = cluster.heal();
-                        timeline.log(
-                            if r.is_ok() { "end" } else { "error" },
-                            Some(fault),
-                            a,
-                            b,
-                            None,
-                            format!(
-                                "heal{}",
-                                r.err().map(|e| format!(": {e:#}")).unwrap_or_default()
-                            ),
-                        );
-                    }
-                    Err(e) => {
-                        timeline.log("error", Some(fault), a, b, leader, format!("{how}: {e:#}"))
-                    }
-                }
+                hold_cut(
+                    &cluster, &timeline, fault, &grudge, a, b, leader, how, hold, deadline,
+                )
+                .await;
             }
             Fault::Partition => {
                 let (a, b, how) = match leader {
@@ -432,40 +453,12 @@ pub async fn run(
                         (a.to_vec(), b.to_vec(), "minority | majority")
                     }
                 };
-                let hold = hold + Duration::from_millis(1000);
-                match cluster.partition(&a, &b) {
-                    Ok(()) => {
-                        timeline.log(
-                            "start",
-                            Some(fault),
-                            a.clone(),
-                            b.clone(),
-                            leader,
-                            how.to_string(),
-                        );
-                        sleep_before(hold, deadline).await;
-                        let r = cluster.heal();
-                        timeline.log(
-                            if r.is_ok() { "end" } else { "error" },
-                            Some(fault),
-                            a,
-                            b,
-                            None,
-                            format!(
-                                "heal{}",
-                                r.err().map(|e| format!(": {e:#}")).unwrap_or_default()
-                            ),
-                        );
-                    }
-                    Err(e) => timeline.log(
-                        "error",
-                        Some(fault),
-                        a,
-                        b,
-                        leader,
-                        format!("partition: {e:#}"),
-                    ),
-                }
+                let grudge = bipartite(&a, &b);
+                let how = how.to_string();
+                hold_cut(
+                    &cluster, &timeline, fault, &grudge, a, b, leader, how, hold, deadline,
+                )
+                .await;
             }
         }
     }
