@@ -375,13 +375,24 @@ impl State {
     /// `SNAPSHOT_FORMAT_VERSION`, then the bincode encoding of the state. Identical bytes on every
     /// replica with the same state (only ordered collections inside).
     pub fn to_snapshot(&self) -> Vec<u8> {
-        let mut out = vec![SNAPSHOT_FORMAT_VERSION];
-        // Serialising plain structs, ordered maps and strings into a Vec cannot fail; if it ever did,
-        // an empty body makes `from_snapshot` report corruption rather than load a wrong state.
-        if let Ok(body) = Self::codec().serialize(self) {
-            out.extend_from_slice(&body);
-        }
+        let mut out = Vec::new();
+        self.write_snapshot(&mut out);
         out
+    }
+
+    /// Append the snapshot bytes (as `to_snapshot`) to `out`, sized first and written in place: no
+    /// copy of the state and no second buffer, so a snapshot costs its own size in memory.
+    pub fn write_snapshot(&self, out: &mut Vec<u8>) {
+        let size = Self::codec().serialized_size(self).unwrap_or(0) as usize;
+        out.reserve(1 + size);
+        let start = out.len();
+        out.push(SNAPSHOT_FORMAT_VERSION);
+        // Serialising plain structs, ordered maps and strings into a Vec cannot fail; if it ever did,
+        // a body cut off after the version byte makes `from_snapshot` report corruption rather than
+        // load a wrong state.
+        if Self::codec().serialize_into(&mut *out, self).is_err() {
+            out.truncate(start + 1);
+        }
     }
 
     pub fn from_snapshot(bytes: &[u8]) -> Result<State, SnapshotError> {

@@ -75,8 +75,9 @@ fn first_bad(s: &str, bad: impl Fn(char) -> bool) -> Option<String> {
         .map(|(at, c)| format!("character {:?} at byte {at} is not allowed", c))
 }
 
-/// Implements `serde(try_from = "String", into = "String")` plumbing and the usual accessors for a
-/// validated string newtype.
+/// Implements the `serde(try_from = "String")` plumbing, `Serialize` as a plain string (borrowed:
+/// encoding a log entry or a snapshot copies no string) and the usual accessors for a validated
+/// string newtype.
 macro_rules! validated_string {
     ($ty:ident) => {
         impl $ty {
@@ -101,9 +102,14 @@ macro_rules! validated_string {
                 Self::parse(&s)
             }
         }
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
         impl From<$ty> for String {
             fn from(v: $ty) -> String {
-                v.0
+                v.0.into()
             }
         }
         impl AsRef<str> for $ty {
@@ -115,9 +121,9 @@ macro_rules! validated_string {
 }
 
 /// A slash-separated resource path such as `k8s/prod/payments/deploy`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ResourcePath(String);
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ResourcePath(Box<str>);
 validated_string!(ResourcePath);
 
 impl ResourcePath {
@@ -154,7 +160,7 @@ impl ResourcePath {
                 segments.len()
             )));
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(s.into()))
     }
 
     /// Segment-wise prefix match: `a/b` is within `a` and `a/b`; `a/bc` is not within `a/b`. An empty
@@ -230,9 +236,9 @@ pub enum PrincipalKind {
 }
 
 /// The authenticated caller: `agent/NAME` or `human/NAME`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Principal(String);
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Principal(Box<str>);
 validated_string!(Principal);
 
 impl Principal {
@@ -258,7 +264,7 @@ impl Principal {
         }) {
             return Err(err(format!("{why} (NAME uses A-Z a-z 0-9 . _ @ -)")));
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(s.into()))
     }
 
     pub fn kind(&self) -> PrincipalKind {
@@ -276,9 +282,9 @@ impl Principal {
 }
 
 /// One incarnation of an agent process: a restarted process is a new instance.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct InstanceId(String);
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct InstanceId(Box<str>);
 validated_string!(InstanceId);
 
 impl InstanceId {
@@ -296,14 +302,14 @@ impl InstanceId {
         if let Some(why) = first_bad(s, is_control_or_space) {
             return Err(err(format!("{why} (no whitespace or control characters)")));
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(s.into()))
     }
 }
 
 /// Names a unit of work, for duplicate-execution protection and recovery (see DESIGN "Task").
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct TaskKey(String);
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct TaskKey(Box<str>);
 validated_string!(TaskKey);
 
 impl TaskKey {
@@ -321,14 +327,14 @@ impl TaskKey {
         if let Some(why) = first_bad(s, char::is_control) {
             return Err(err(format!("{why} (no control characters)")));
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(s.into()))
     }
 }
 
 /// Client-chosen id that makes an acquire idempotent: a retry returns the first answer.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct RequestId(String);
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
+pub struct RequestId(Box<str>);
 validated_string!(RequestId);
 
 impl RequestId {
@@ -346,7 +352,7 @@ impl RequestId {
         if let Some(why) = first_bad(s, is_control_or_space) {
             return Err(err(format!("{why} (no whitespace or control characters)")));
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(s.into()))
     }
 }
 
