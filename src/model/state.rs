@@ -375,24 +375,53 @@ impl State {
     /// `SNAPSHOT_FORMAT_VERSION`, then the bincode encoding of the state. Identical bytes on every
     /// replica with the same state (only ordered collections inside).
     pub fn to_snapshot(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.write_snapshot(&mut out);
+        let mut out = Vec::with_capacity(self.snapshot_len() as usize);
+        // Writing plain structs, ordered maps and strings into a Vec cannot fail; if it ever did, a
+        // body cut off after the version byte makes `from_snapshot` report corruption rather than
+        // load a wrong state.
+        if self.write_snapshot(&mut out).is_err() {
+            out.truncate(1);
+        }
         out
     }
 
-    /// Append the snapshot bytes (as `to_snapshot`) to `out`, sized first and written in place: no
-    /// copy of the state and no second buffer, so a snapshot costs its own size in memory.
-    pub fn write_snapshot(&self, out: &mut Vec<u8>) {
-        let size = Self::codec().serialized_size(self).unwrap_or(0) as usize;
-        out.reserve(1 + size);
-        let start = out.len();
-        out.push(SNAPSHOT_FORMAT_VERSION);
-        // Serialising plain structs, ordered maps and strings into a Vec cannot fail; if it ever did,
-        // a body cut off after the version byte makes `from_snapshot` report corruption rather than
-        // load a wrong state.
-        if Self::codec().serialize_into(&mut *out, self).is_err() {
-            out.truncate(start + 1);
+    /// The length of `to_snapshot`'s bytes, computed without encoding them.
+    pub fn snapshot_len(&self) -> u64 {
+        1 + Self::codec().serialized_size(self).unwrap_or(0)
+    }
+
+    /// Write the snapshot bytes (as `to_snapshot`) to `out` as they are encoded: no copy of the
+    /// state and no buffer of its size.
+    pub fn write_snapshot<W: std::io::Write>(&self, mut out: W) -> std::io::Result<()> {
+        out.write_all(&[SNAPSHOT_FORMAT_VERSION])?;
+        Self::codec()
+            .serialize_into(out, self)
+            .map_err(|e| match *e {
+                bincode::ErrorKind::Io(e) => e,
+                other => std::io::Error::other(other.to_string()),
+            })
+    }
+
+    /// Read a snapshot written by `write_snapshot` from `input`, decoding as it reads. The caller
+    /// bounds `input` to the snapshot's length and checks that all of it was read.
+    pub fn read_snapshot<R: std::io::Read>(mut input: R) -> Result<State, SnapshotError> {
+        let mut version = [0u8; 1];
+        match input.read_exact(&mut version) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(SnapshotError::Empty)
+            }
+            Err(e) => return Err(SnapshotError::Corrupt(e.to_string())),
         }
+        if version[0] != SNAPSHOT_FORMAT_VERSION {
+            return Err(SnapshotError::UnknownVersion {
+                found: version[0],
+                supported: SNAPSHOT_FORMAT_VERSION,
+            });
+        }
+        Self::codec()
+            .deserialize_from(input)
+            .map_err(|e| SnapshotError::Corrupt(e.to_string()))
     }
 
     pub fn from_snapshot(bytes: &[u8]) -> Result<State, SnapshotError> {

@@ -3,8 +3,6 @@
 //! Log entries carry a [`model::Request`] (a command stamped with the leader's wall clock); applying
 //! one yields a [`CommandResponse`]. Storage lives in [`crate::storage`].
 
-use std::io::Cursor;
-
 use serde::{Deserialize, Serialize};
 
 use crate::model;
@@ -77,7 +75,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = NodeAddr,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::storage::SnapshotFile,
 );
 
 pub type NodeId = u64;

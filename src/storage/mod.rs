@@ -22,6 +22,7 @@
 mod audit_log;
 pub mod backup;
 mod log_store;
+mod snapshot_files;
 mod state_machine;
 
 use std::path::Path;
@@ -31,6 +32,7 @@ use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
 pub use audit_log::{AuditGap, AuditLog};
 pub use log_store::LogStore;
+pub use snapshot_files::SnapshotFile;
 pub use state_machine::{AppliedEvents, SmReader, StateMachineStore, WatchFeed};
 
 /// On-disk format of the data directory. Bump when entries or snapshots change incompatibly.
@@ -53,6 +55,11 @@ pub enum Error {
     Io(#[from] rocksdb::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("{path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
     /// A stored audit record that does not decode; verifying the trail reports it as a break.
     #[error("audit record {seq}: {source}")]
     AuditRecord {
@@ -110,7 +117,7 @@ pub fn open(
     let db = open_db(dir)?;
     check_identity(&db, dir, cluster, node)?;
     let cluster_id = ClusterId::load(db.clone())?;
-    let sm = StateMachineStore::open(db.clone(), events, watch_history)?;
+    let sm = StateMachineStore::open(db.clone(), dir, events, watch_history)?;
     Ok((LogStore::new(db), sm, cluster_id))
 }
 

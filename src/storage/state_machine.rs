@@ -1,5 +1,5 @@
 //! The replicated state machine as openraft sees it: the pure [`model::State`] in memory, its snapshots
-//! in RocksDB (`snapshot` column family), and the events each applied batch produced, handed to the
+//! in files (`snapshot_files.rs`), and the events each applied batch produced, handed to the
 //! server (to wake waiting acquires and to keep the leader's lease clock in step).
 //!
 //! At start the last snapshot is loaded; openraft then re-applies the committed log after it.
@@ -11,16 +11,16 @@
 //! records the audit records it now lacks as an `AuditGap`, and the server fetches them from peers,
 //! checking that they link to the chain head the replicated state names.
 
-use std::io::Cursor;
+use std::path::Path;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use rocksdb::DB;
-use serde::Deserialize;
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::{cf, decode, encode, sync_write, AuditGap, AuditLog, Error, CF_SNAPSHOT};
+use super::snapshot_files::{self, SnapshotFile, SnapshotFiles};
+use super::{encode, AuditGap, AuditLog, Error};
 use crate::audit::watch::History;
 use crate::model::{self, Effects, EntryMeta, Event};
 use crate::raft::{
@@ -39,38 +39,13 @@ pub struct SmData {
     pub membership: StoredMembership,
 }
 
-/// A snapshot as stored on disk and sent to followers: openraft's meta plus the model's own bytes
-/// (which start with the model's snapshot format version), bincode-encoded as the pair. Read back
-/// borrowing `data` from the stored bytes, and written by `encode_stored` straight from the state:
-/// a snapshot is never copied whole once it exists.
-#[derive(Deserialize)]
-struct StoredSnapshot<'a> {
-    meta: SnapshotMeta,
-    #[serde(borrow)]
-    data: &'a [u8],
-}
-
-impl<'a> StoredSnapshot<'a> {
-    fn decode(bytes: &'a [u8]) -> Result<Self, Error> {
-        bincode::deserialize(bytes).map_err(|e| Error::Corrupt(e.to_string()))
-    }
-}
-
-/// The stored bytes of a snapshot: `meta`, then the model's bytes as `write` appends them, with the
-/// length prefix bincode gives a byte sequence (patched in once the length is known).
-fn encode_stored(meta: &SnapshotMeta, write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
-    let mut out = encode(meta);
-    let len_at = out.len();
-    out.extend_from_slice(&[0; 8]);
-    write(&mut out);
-    let len = (out.len() - len_at - 8) as u64;
-    out[len_at..len_at + 8].copy_from_slice(&len.to_le_bytes());
-    out
-}
-
-/// A snapshot's stored bytes, for seeding a data directory from a backup.
+/// A snapshot's stored bytes (openraft's meta, then the model's bytes as a length-prefixed sequence:
+/// the format of a snapshot file), for seeding a data directory from a backup.
 pub(super) fn encoded_snapshot(meta: SnapshotMeta, data: Vec<u8>) -> Vec<u8> {
-    encode_stored(&meta, |out| out.extend_from_slice(&data))
+    let mut out = encode(&meta);
+    out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    out.extend_from_slice(&data);
+    out
 }
 
 /// Read access to the state machine for the server (queries, leader duties).
@@ -90,10 +65,7 @@ impl SmReader {
 #[derive(Clone)]
 pub struct StateMachineStore {
     data: Arc<RwLock<SmData>>,
-    /// Serialises snapshot saves: openraft builds snapshots in a task of their own, which may finish
-    /// after a newer snapshot was installed.
-    snapshot_save: Arc<std::sync::Mutex<()>>,
-    db: Arc<DB>,
+    snapshots: Arc<SnapshotFiles>,
     audit: AuditLog,
     events: UnboundedSender<AppliedEvents>,
     watch: WatchFeed,
@@ -129,16 +101,17 @@ impl WatchFeed {
 impl StateMachineStore {
     pub(super) fn open(
         db: Arc<DB>,
+        dir: &Path,
         events: UnboundedSender<AppliedEvents>,
         watch_history: usize,
     ) -> Result<Self, Error> {
         let mut data = SmData::default();
-        if let Some(bytes) = db.get_pinned_cf(cf(&db, CF_SNAPSHOT), b"current")? {
-            let snap = StoredSnapshot::decode(&bytes)?;
-            data.state = model::State::from_snapshot(snap.data)
-                .map_err(|e| Error::Corrupt(e.to_string()))?;
-            data.last_applied = snap.meta.last_log_id;
-            data.membership = snap.meta.last_membership.clone();
+        let snapshots = SnapshotFiles::open(db.clone(), dir)?;
+        if let Some(path) = snapshots.current()? {
+            let (meta, state) = snapshot_files::read(&path)?;
+            data.state = state;
+            data.last_applied = meta.last_log_id;
+            data.membership = meta.last_membership;
         }
         let audit = AuditLog::new(db.clone());
         // Records past the snapshot's head come from entries the replay will apply again (and write
@@ -169,8 +142,7 @@ impl StateMachineStore {
         let head = history.head();
         Ok(Self {
             data: Arc::new(RwLock::new(data)),
-            snapshot_save: Default::default(),
-            db,
+            snapshots: Arc::new(snapshots),
             audit,
             events,
             watch: WatchFeed {
@@ -206,57 +178,19 @@ impl StateMachineStore {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
-
-    /// The stored snapshot's meta and its stored bytes (as sent to a follower).
-    fn load_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
-        let bytes = self
-            .db
-            .get_cf(cf(&self.db, CF_SNAPSHOT), b"current")
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        match bytes {
-            Some(b) => {
-                let meta = StoredSnapshot::decode(&b)
-                    .map_err(|e| StorageIOError::read_snapshot(None, &e))?
-                    .meta;
-                Ok(Some((meta, b)))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// Store `bytes` (a snapshot with `meta`, as `encode_stored` writes it) as the current snapshot
-    /// unless a newer one is already stored (a build that finished after an install must not
-    /// replace it, or a restart would miss the purged log between).
-    fn save_snapshot(&self, meta: &SnapshotMeta, bytes: &[u8]) -> Result<bool, StorageError> {
-        let _guard = self.snapshot_save.lock().unwrap_or_else(|p| p.into_inner());
-        let snapshots = cf(&self.db, CF_SNAPSHOT);
-        let write_err =
-            |e: rocksdb::Error| StorageIOError::write_snapshot(Some(meta.signature()), &e);
-        // The last log id of the stored snapshot is kept under its own key: checking it must not
-        // read and decode the whole snapshot.
-        if let Some(bytes) = self
-            .db
-            .get_cf(snapshots, b"current_last_log_id")
-            .map_err(write_err)?
-        {
-            let stored: Option<LogId> =
-                decode(&bytes).map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-            if stored > meta.last_log_id {
-                return Ok(false);
-            }
-        }
-        let mut batch = rocksdb::WriteBatch::default();
-        batch.put_cf(snapshots, b"current", bytes);
-        batch.put_cf(snapshots, b"current_last_log_id", encode(&meta.last_log_id));
-        self.db.write_opt(batch, &sync_write()).map_err(write_err)?;
-        Ok(true)
-    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let started = std::time::Instant::now();
-        let (meta, bytes) = {
+        let io_err = |e: &dyn std::fmt::Display| {
+            StorageIOError::write_snapshot(None, &Error::Corrupt(e.to_string()))
+        };
+        let (tmp, file) = self
+            .snapshots
+            .create_temp("build")
+            .map_err(|e| io_err(&e))?;
+        let meta = {
             let sm = self.read();
             let id = match sm.last_applied {
                 Some(l) => format!(
@@ -272,19 +206,28 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
                 last_membership: sm.membership.clone(),
                 snapshot_id: id,
             };
-            // Encoded under the read lock straight from the state: applies wait while it is
-            // written (half the time a clone of the state took), and no copy of the state is made.
-            let bytes = encode_stored(&meta, |out| sm.state.write_snapshot(out));
-            (meta, bytes)
+            // Encoded into the file under the read lock, straight from the state: applies wait while
+            // it is written (to the page cache; the fsync comes after), and no copy of the state or
+            // of its bytes is made.
+            if let Err(e) = snapshot_files::write(&file, &meta, &sm.state) {
+                drop(sm);
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io_err(&e).into());
+            }
+            meta
         };
-        // The snapshot's sync write also makes every earlier audit write durable (one WAL).
-        self.save_snapshot(&meta, &bytes)?;
-        tracing::info!(snapshot = %meta.snapshot_id, bytes = bytes.len(), "built snapshot");
+        let write_err = |e: &Error| StorageIOError::write_snapshot(Some(meta.signature()), e);
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let snapshot = self
+            .snapshots
+            .commit(&tmp, &file, &meta)
+            .map_err(|e| write_err(&e))?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes, "built snapshot");
         metrics::histogram!("warrant_snapshot_build_duration_seconds").record(started.elapsed());
-        metrics::gauge!("warrant_snapshot_size_bytes").set(bytes.len() as f64);
+        metrics::gauge!("warrant_snapshot_size_bytes").set(bytes as f64);
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(snapshot),
         })
     }
 }
@@ -358,29 +301,39 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
+        let io_err = |e: &Error| StorageIOError::write_snapshot(None, e);
+        // One reception at a time: what an abandoned one left is not needed.
+        self.snapshots
+            .remove_temps("recv")
+            .map_err(|e| io_err(&e))?;
+        let (path, file) = self.snapshots.create_temp("recv").map_err(|e| io_err(&e))?;
+        Ok(Box::new(SnapshotFile::new(file, path)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
         metrics::counter!("warrant_snapshot_installed_total").increment(1);
-        let bytes = snapshot.into_inner();
         let read_err = |e: &dyn std::fmt::Display| {
             StorageIOError::read_snapshot(Some(meta.signature()), &Error::Corrupt(e.to_string()))
         };
-        let (state, reencoded) = {
-            let received = StoredSnapshot::decode(&bytes).map_err(|e| read_err(&e))?;
-            let state = model::State::from_snapshot(received.data).map_err(|e| read_err(&e))?;
-            // Stored as received unless its meta differs from the one openraft installs (the
-            // leader sends both, so it never should).
-            let reencoded = (received.meta != *meta)
-                .then(|| encode_stored(meta, |out| out.extend_from_slice(received.data)));
-            (state, reencoded)
-        };
+        let mut path = snapshot.path().to_path_buf();
+        let mut file = snapshot.finish().await.map_err(|e| read_err(&e))?;
+        let (received, state) = snapshot_files::read(&path).map_err(|e| read_err(&e))?;
+        if received != *meta {
+            // The leader sends the file and its meta together, so they never differ; if they did,
+            // the meta openraft installs is the one to store.
+            let _ = std::fs::remove_file(&path);
+            let (tmp, rewritten) = self
+                .snapshots
+                .create_temp("recv")
+                .map_err(|e| read_err(&e))?;
+            snapshot_files::write(&rewritten, meta, &state).map_err(|e| read_err(&e))?;
+            (path, file) = (tmp, rewritten);
+        }
         // The snapshot names the audit chain's head, not its records: note the ones this node lacks
         // (before the snapshot is saved, so a restart never loads a state whose records are neither
         // here nor noted), and let the server fetch them from peers.
@@ -408,9 +361,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 "audit records to fetch from peers after a snapshot"
             );
         }
-        let stored = reencoded.unwrap_or(bytes);
-        self.save_snapshot(meta, &stored)?;
-        drop(stored);
+        self.snapshots
+            .commit(&path, &file, meta)
+            .map_err(|e| write_err(&e))?;
         let mut sm = self.write();
         sm.state = state;
         sm.last_applied = meta.last_log_id;
@@ -425,9 +378,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        Ok(self.load_snapshot()?.map(|(meta, bytes)| Snapshot {
+        let read_err = |e: &dyn std::fmt::Display| {
+            StorageIOError::read_snapshot(None, &Error::Corrupt(e.to_string()))
+        };
+        let Some(path) = self.snapshots.current().map_err(|e| read_err(&e))? else {
+            return Ok(None);
+        };
+        // Opened before the meta is read: a newer snapshot may replace the file, not this handle.
+        let file = std::fs::File::open(&path).map_err(|e| read_err(&e))?;
+        let meta = snapshot_files::read_meta(&path).map_err(|e| read_err(&e))?;
+        Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(SnapshotFile::new(file, path)),
         }))
     }
 }
@@ -455,15 +417,8 @@ fn rebuild_history(
 mod tests {
     use super::*;
 
-    /// The format data directories and backups already hold: bincode of the owned pair.
-    #[derive(serde::Serialize)]
-    struct OwnedStored {
-        meta: SnapshotMeta,
-        data: Vec<u8>,
-    }
-
     #[test]
-    fn a_snapshot_written_in_place_has_the_stored_format_and_reads_back_without_a_copy() {
+    fn a_snapshot_file_has_the_format_a_restore_seeds_and_reads_back() {
         let mut state = model::State::default();
         state.observe(EntryMeta { index: 1, term: 3 });
         let meta = SnapshotMeta {
@@ -471,16 +426,22 @@ mod tests {
             last_membership: StoredMembership::default(),
             snapshot_id: "3-7-x".into(),
         };
-        let in_place = encode_stored(&meta, |out| state.write_snapshot(out));
-        let owned = encode(&OwnedStored {
-            meta: meta.clone(),
-            data: state.to_snapshot(),
-        });
-        assert_eq!(in_place, owned);
-        let back = StoredSnapshot::decode(&in_place).unwrap();
-        assert_eq!(back.meta, meta);
-        assert_eq!(model::State::from_snapshot(back.data).unwrap(), state);
-        assert_eq!(encoded_snapshot(meta, state.to_snapshot()), owned);
-        assert!(StoredSnapshot::decode(&in_place[..in_place.len() - 1]).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.snap");
+        let file = std::fs::File::create(&path).unwrap();
+        snapshot_files::write(&file, &meta, &state).unwrap();
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(written, encoded_snapshot(meta.clone(), state.to_snapshot()));
+        let (back_meta, back) = snapshot_files::read(&path).unwrap();
+        assert_eq!((back_meta, back), (meta.clone(), state));
+        assert_eq!(snapshot_files::read_meta(&path).unwrap(), meta);
+        // Cut short or with bytes after it, it is refused.
+        std::fs::write(&path, &written[..written.len() - 1]).unwrap();
+        assert!(snapshot_files::read(&path).is_err());
+        let mut longer = written.clone();
+        longer.push(0);
+        std::fs::write(&path, &longer).unwrap();
+        let err = snapshot_files::read(&path).unwrap_err().to_string();
+        assert!(err.contains("bytes after the state"), "{err}");
     }
 }
