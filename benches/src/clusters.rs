@@ -42,8 +42,21 @@ pub fn cleanup_on_signal() {
     }
 }
 
+/// A port nothing listens on now and that this process has not handed out before: a port is only
+/// bound when its server starts, so without the second rule a port given to a Warrant node that is
+/// still starting could be given to etcd as well (seen once: a client reached etcd at a Warrant
+/// endpoint and got "unknown service warrant.v1.Warrant").
 fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    bail!("no free port on 127.0.0.1 after 100 tries")
 }
 
 /// A server process we started.

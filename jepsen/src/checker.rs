@@ -59,6 +59,10 @@ pub fn check_all(events: &[Event]) -> BTreeMap<String, Verdict> {
     out.insert("token_order".to_string(), token_order(events));
     out.insert("lease_exclusivity".to_string(), lease_exclusivity(events));
     out.insert("durability".to_string(), durability(events));
+    out.insert(
+        "linearizable".to_string(),
+        crate::linearizable::check(events),
+    );
     out.extend(crate::deploy_check::check_all(events));
     out
 }

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod deploy;
 pub mod deploy_check;
 pub mod history;
+pub mod linearizable;
 pub mod nemesis;
 pub mod timeline_svg;
 pub mod workload;
