@@ -402,9 +402,10 @@ impl State {
             })
     }
 
-    /// Read a snapshot written by `write_snapshot` from `input`, decoding as it reads. The caller
-    /// bounds `input` to the snapshot's length and checks that all of it was read.
-    pub fn read_snapshot<R: std::io::Read>(mut input: R) -> Result<State, SnapshotError> {
+    /// Read a snapshot of `len` bytes written by `write_snapshot` from `input`, decoding as it reads;
+    /// a length inside it that would reach past `len` is corruption, not an allocation. The caller
+    /// checks that all `len` bytes were read.
+    pub fn read_snapshot<R: std::io::Read>(mut input: R, len: u64) -> Result<State, SnapshotError> {
         let mut version = [0u8; 1];
         match input.read_exact(&mut version) {
             Ok(()) => {}
@@ -420,6 +421,7 @@ impl State {
             });
         }
         Self::codec()
+            .with_limit(len.saturating_sub(1))
             .deserialize_from(input)
             .map_err(|e| SnapshotError::Corrupt(e.to_string()))
     }

@@ -18,7 +18,7 @@ use super::api::Api;
 use super::auth::Caller;
 use crate::proto;
 use crate::storage::backup::{BackupHeader, BackupWriter};
-use crate::storage::DATA_FORMAT_VERSION;
+use crate::storage::{DATA_FORMAT_VERSION, OLDEST_DATA_FORMAT};
 
 pub type SnapshotStream = Pin<Box<dyn Stream<Item = Result<proto::SnapshotChunk, Status>> + Send>>;
 
@@ -163,7 +163,7 @@ pub fn restore(
     let mut reader = BackupReader::open(file).map_err(|e| e.to_string())?;
     let state = reader.read_state().map_err(|e| e.to_string())?;
     let header = reader.header.clone();
-    if header.data_format != DATA_FORMAT_VERSION {
+    if !(OLDEST_DATA_FORMAT..=DATA_FORMAT_VERSION).contains(&header.data_format) {
         return Err(format!(
             "{} was written by data format version {}, this build writes version {}: restore it \
              with the Warrant version that saved it",

@@ -36,7 +36,12 @@ pub use snapshot_files::SnapshotFile;
 pub use state_machine::{AppliedEvents, SmReader, StateMachineStore, WatchFeed};
 
 /// On-disk format of the data directory. Bump when entries or snapshots change incompatibly.
-pub const DATA_FORMAT_VERSION: u32 = 3;
+/// 4: snapshots are files in `snapshots/` (3 kept the whole snapshot in the `snapshot` column family;
+/// a version 3 directory is upgraded in place at open, and a version 3 build refuses a version 4 one
+/// instead of starting from an empty state).
+pub const DATA_FORMAT_VERSION: u32 = 4;
+/// The oldest format this build opens (and upgrades); also the oldest backup it restores.
+pub const OLDEST_DATA_FORMAT: u32 = 3;
 
 const CF_META: &str = "meta";
 const CF_LOGS: &str = "logs";
@@ -269,8 +274,8 @@ fn check_identity(db: &DB, dir: &Path, cluster: &str, node: u64) -> Result<(), E
     let path = dir.display().to_string();
     match db.get_cf(meta, b"identity")? {
         Some(bytes) => {
-            let found: Identity = decode(&bytes)?;
-            if found.format != DATA_FORMAT_VERSION {
+            let mut found: Identity = decode(&bytes)?;
+            if !(OLDEST_DATA_FORMAT..=DATA_FORMAT_VERSION).contains(&found.format) {
                 return Err(Error::UnknownFormat {
                     path,
                     found: found.format,
@@ -285,6 +290,18 @@ fn check_identity(db: &DB, dir: &Path, cluster: &str, node: u64) -> Result<(), E
                     cluster: cluster.to_string(),
                     node,
                 });
+            }
+            if found.format < DATA_FORMAT_VERSION {
+                // Recorded before anything is converted: from here on an older build refuses this
+                // directory rather than misreading it.
+                tracing::info!(
+                    path,
+                    from = found.format,
+                    to = DATA_FORMAT_VERSION,
+                    "upgrading the data directory's format"
+                );
+                found.format = DATA_FORMAT_VERSION;
+                db.put_cf_opt(meta, b"identity", encode(&found), &sync_write())?;
             }
             Ok(())
         }
@@ -322,6 +339,31 @@ fn sync_write() -> rocksdb::WriteOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_format_3_directory_is_upgraded_in_place_and_an_older_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        let put = |format| {
+            let id = Identity {
+                format,
+                cluster: "prod".into(),
+                node: 1,
+            };
+            db.put_cf(cf(&db, CF_META), b"identity", encode(&id))
+                .unwrap();
+        };
+        put(3);
+        check_identity(&db, dir.path(), "prod", 1).unwrap();
+        let stored: Identity =
+            decode(&db.get_cf(cf(&db, CF_META), b"identity").unwrap().unwrap()).unwrap();
+        assert_eq!(stored.format, DATA_FORMAT_VERSION);
+        put(OLDEST_DATA_FORMAT - 1);
+        let err = check_identity(&db, dir.path(), "prod", 1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has format version 2"), "{err}");
+    }
 
     #[test]
     fn a_data_directory_of_another_format_or_cluster_is_refused_with_what_to_do() {

@@ -29,6 +29,8 @@ const CURRENT_LAST_LOG_ID: &[u8] = b"current_last_log_id";
 /// Where snapshots were stored whole before they became files; a restore still seeds one here.
 const LEGACY_CURRENT: &[u8] = b"current";
 const BUFFER: usize = 1 << 20;
+/// A snapshot's meta is its id, last log id and membership: far below this.
+const META_LIMIT: u64 = 1 << 20;
 
 /// The node's snapshot directory and the column family that names the current snapshot in it.
 pub(super) struct SnapshotFiles {
@@ -42,7 +44,10 @@ pub(super) struct SnapshotFiles {
 impl SnapshotFiles {
     pub(super) fn open(db: Arc<DB>, data_dir: &Path) -> Result<Self, Error> {
         let dir = data_dir.join("snapshots");
-        std::fs::create_dir_all(&dir).map_err(file_err(&dir))?;
+        if !dir.is_dir() {
+            std::fs::create_dir_all(&dir).map_err(file_err(&dir))?;
+            sync_dir(data_dir)?;
+        }
         let files = Self {
             dir,
             db,
@@ -149,7 +154,7 @@ impl SnapshotFiles {
         else {
             return Ok(());
         };
-        let meta: SnapshotMeta = bincode::deserialize_from(&mut &bytes[..])
+        let meta = read_meta_from(&bytes[..])
             .map_err(|e| Error::Corrupt(format!("the stored snapshot: {e}")))?;
         let (tmp, file) = self.create_temp("move")?;
         (&file).write_all(&bytes).map_err(file_err(&tmp))?;
@@ -159,12 +164,12 @@ impl SnapshotFiles {
         Ok(())
     }
 
-    /// Remove every file in the directory but the current snapshot.
+    /// Remove every file in the directory but the current snapshot (nothing else is written there).
     fn remove_others(&self) -> Result<(), Error> {
         let current = self.current()?;
         for entry in std::fs::read_dir(&self.dir).map_err(file_err(&self.dir))? {
             let path = entry.map_err(file_err(&self.dir))?.path();
-            if Some(path.as_path()) != current.as_deref() {
+            if path.is_file() && Some(path.as_path()) != current.as_deref() {
                 std::fs::remove_file(&path).map_err(file_err(&path))?;
             }
         }
@@ -202,12 +207,19 @@ pub(super) fn read(path: &Path) -> Result<(SnapshotMeta, State), Error> {
         Error::Corrupt(format!("snapshot file {}: {what}", path.display()))
     };
     let file = std::fs::File::open(path).map_err(file_err(path))?;
+    let size = file.metadata().map_err(file_err(path))?.len();
     let mut input = BufReader::with_capacity(BUFFER, file);
-    let meta: SnapshotMeta = bincode::deserialize_from(&mut input).map_err(|e| corrupt(&e))?;
+    let meta = read_meta_from(&mut input).map_err(|e| corrupt(&e))?;
     let mut len = [0u8; 8];
     input.read_exact(&mut len).map_err(|e| corrupt(&e))?;
-    let mut body = (&mut input).take(u64::from_le_bytes(len));
-    let state = State::read_snapshot(&mut body).map_err(|e| corrupt(&e))?;
+    let len = u64::from_le_bytes(len);
+    if len > size {
+        return Err(corrupt(&format!(
+            "the state claims {len} bytes in a file of {size}"
+        )));
+    }
+    let mut body = (&mut input).take(len);
+    let state = State::read_snapshot(&mut body, len).map_err(|e| corrupt(&e))?;
     if body.limit() != 0 {
         return Err(corrupt(&format!(
             "{} bytes of the state were not read",
@@ -220,11 +232,35 @@ pub(super) fn read(path: &Path) -> Result<(SnapshotMeta, State), Error> {
     Ok((meta, state))
 }
 
-/// Read only the meta at the start of the snapshot in `path`.
-pub(super) fn read_meta(path: &Path) -> Result<SnapshotMeta, Error> {
-    let file = std::fs::File::open(path).map_err(file_err(path))?;
-    bincode::deserialize_from(BufReader::new(file))
-        .map_err(|e| Error::Corrupt(format!("snapshot file {}: {e}", path.display())))
+/// Open the current snapshot for sending, with its meta read from the same handle: a build that
+/// replaces the file meanwhile leaves this handle readable. `None` when there is no snapshot.
+pub(super) fn open_current(files: &SnapshotFiles) -> Result<Option<SnapshotFile>, Error> {
+    // The file named current can be replaced and removed between reading its name and opening it;
+    // then the name read again is the newer one.
+    for _ in 0..10 {
+        let Some(path) = files.current()? else {
+            return Ok(None);
+        };
+        match std::fs::File::open(&path) {
+            Ok(file) => return Ok(Some(SnapshotFile::new(file, path))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(file_err(&path)(e)),
+        }
+    }
+    Err(Error::Corrupt(
+        "the current snapshot file kept disappearing while being opened".into(),
+    ))
+}
+
+/// Read the meta at the start of a snapshot (bounded: a damaged length is an error, not an
+/// allocation).
+pub(super) fn read_meta_from<R: Read>(input: R) -> bincode::Result<SnapshotMeta> {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .allow_trailing_bytes()
+        .with_limit(META_LIMIT)
+        .deserialize_from(input)
 }
 
 fn file_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
@@ -275,6 +311,19 @@ impl SnapshotFile {
 
     pub(super) fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Read the meta at the start of the file and rewind it.
+    pub(super) async fn read_meta(&mut self) -> std::io::Result<SnapshotMeta> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        self.file.seek(std::io::SeekFrom::Start(0)).await?;
+        let mut head = Vec::new();
+        (&mut self.file)
+            .take(META_LIMIT)
+            .read_to_end(&mut head)
+            .await?;
+        self.file.seek(std::io::SeekFrom::Start(0)).await?;
+        read_meta_from(&head[..]).map_err(std::io::Error::other)
     }
 
     /// Wait for every write to reach the file and return it.

@@ -381,15 +381,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let read_err = |e: &dyn std::fmt::Display| {
             StorageIOError::read_snapshot(None, &Error::Corrupt(e.to_string()))
         };
-        let Some(path) = self.snapshots.current().map_err(|e| read_err(&e))? else {
+        let Some(mut file) =
+            snapshot_files::open_current(&self.snapshots).map_err(|e| read_err(&e))?
+        else {
             return Ok(None);
         };
-        // Opened before the meta is read: a newer snapshot may replace the file, not this handle.
-        let file = std::fs::File::open(&path).map_err(|e| read_err(&e))?;
-        let meta = snapshot_files::read_meta(&path).map_err(|e| read_err(&e))?;
+        let meta = file.read_meta().await.map_err(|e| read_err(&e))?;
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(SnapshotFile::new(file, path)),
+            snapshot: Box::new(file),
         }))
     }
 }
@@ -433,8 +433,8 @@ mod tests {
         let written = std::fs::read(&path).unwrap();
         assert_eq!(written, encoded_snapshot(meta.clone(), state.to_snapshot()));
         let (back_meta, back) = snapshot_files::read(&path).unwrap();
-        assert_eq!((back_meta, back), (meta.clone(), state));
-        assert_eq!(snapshot_files::read_meta(&path).unwrap(), meta);
+        assert_eq!((back_meta, back), (meta.clone(), state.clone()));
+        assert_eq!(snapshot_files::read_meta_from(&written[..]).unwrap(), meta);
         // Cut short or with bytes after it, it is refused.
         std::fs::write(&path, &written[..written.len() - 1]).unwrap();
         assert!(snapshot_files::read(&path).is_err());
@@ -443,5 +443,15 @@ mod tests {
         std::fs::write(&path, &longer).unwrap();
         let err = snapshot_files::read(&path).unwrap_err().to_string();
         assert!(err.contains("bytes after the state"), "{err}");
+        // A damaged length is an error, not an allocation of that size.
+        let meta_len = encode(&meta).len();
+        let mut huge = written.clone();
+        huge[meta_len..meta_len + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        std::fs::write(&path, &huge).unwrap();
+        let err = snapshot_files::read(&path).unwrap_err().to_string();
+        assert!(err.contains("claims 1099511627776 bytes"), "{err}");
+        let mut inner = state.to_snapshot();
+        inner.extend_from_slice(&[0; 64]);
+        assert!(model::State::read_snapshot(&inner[..], 16).is_err());
     }
 }
