@@ -279,13 +279,15 @@ impl Cluster {
     /// Write configs under `dir`, set up the network (netns mode) and start every node.
     ///
     /// `faketime`: preload this libfaketime into every node so the clock nemesis can move its wall
-    /// clock ([`Cluster::set_clock`]).
+    /// clock ([`Cluster::set_clock`]). `top_level`: more top-level config keys for every node (a
+    /// deliberately broken mode), one per line.
     pub fn start(
         mode: Mode,
         nodes: u64,
         bin: &Path,
         dir: &Path,
         faketime: Option<PathBuf>,
+        top_level: &str,
     ) -> anyhow::Result<Cluster> {
         if !(1..=MAX_NODES).contains(&nodes) {
             bail!("--nodes must be 1..={MAX_NODES}");
@@ -316,7 +318,7 @@ impl Cluster {
             let config = dir.join(format!("wj-node{id}.toml"));
             let text = format!(
                 "node_id = {id}\ncluster_name = \"jepsen\"\ndata_dir = \"data{id}\"\nbootstrap = {}\n\
-                 insecure = true\ndefault_decision = \"allow\"\nadmins = [\"human/admin\"]\n{LEASE_AND_RAFT}{peers}",
+                 insecure = true\ndefault_decision = \"allow\"\nadmins = [\"human/admin\"]\n{top_level}{LEASE_AND_RAFT}{peers}",
                 id == 1
             );
             std::fs::write(&config, text)?;

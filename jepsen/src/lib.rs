@@ -116,8 +116,12 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
     let rec = Recorder::new(clock, Some(&opts.out.join("history.jsonl")))?;
     let timeline = Timeline::new(clock, &opts.out.join("nemesis.jsonl"))?;
 
+    let top_level = match opts.broken {
+        Some(workload::Broken::UnconfirmedAnswers) => "chaos_break = \"unconfirmed-answers\"\n",
+        _ => "",
+    };
     let cluster = Arc::new(Cluster::start(
-        opts.mode, opts.nodes, &opts.bin, &opts.out, faketime,
+        opts.mode, opts.nodes, &opts.bin, &opts.out, faketime, top_level,
     )?);
     let Some(leader) = cluster.wait_leader(Duration::from_secs(30)).await else {
         anyhow::bail!(

@@ -32,6 +32,8 @@ enum BrokenArg {
     SkipFence,
     /// A process waking from a pause acts as if it still held its lease.
     IgnoreExpiry,
+    /// Server side: nodes answer busy acquires from their own state without confirming leadership.
+    UnconfirmedAnswers,
 }
 
 #[derive(Subcommand)]
@@ -135,6 +137,9 @@ fn main() {
                 broken: broken.map(|b| match b {
                     BrokenArg::SkipFence => warrant_jepsen::workload::Broken::SkipFence,
                     BrokenArg::IgnoreExpiry => warrant_jepsen::workload::Broken::IgnoreExpiry,
+                    BrokenArg::UnconfirmedAnswers => {
+                        warrant_jepsen::workload::Broken::UnconfirmedAnswers
+                    }
                 }),
                 register,
                 deploy,

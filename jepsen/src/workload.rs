@@ -47,6 +47,10 @@ pub enum Broken {
     /// A process waking from a pause believes it still holds its lease (ignores expiry) and acts on
     /// that belief: its write counts as a claim.
     IgnoreExpiry,
+    /// Server side: every node answers a busy acquire from its own state without confirming
+    /// leadership (`chaos_break = "unconfirmed-answers"`), and each client starts at a different
+    /// node, so followers and deposed leaders get asked.
+    UnconfirmedAnswers,
 }
 
 pub fn resource_name(i: u64) -> String {
@@ -143,7 +147,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut set = tokio::task::JoinSet::new();
     for p in 0..params.clients {
-        let mut cfg = ClientConfig::new(endpoints.clone(), &format!("agent/jepsen-{p}"))?;
+        let mut endpoints = endpoints.clone();
+        if params.broken == Some(Broken::UnconfirmedAnswers) && !endpoints.is_empty() {
+            let n = endpoints.len();
+            endpoints.rotate_left(p as usize % n);
+        }
+        let mut cfg = ClientConfig::new(endpoints, &format!("agent/jepsen-{p}"))?;
         cfg.instance = InstanceId::parse(&format!("jepsen-{p}-{}", params.seed))?;
         cfg.call_timeout = Duration::from_secs(5);
         let client = Client::new(cfg)?;

@@ -505,6 +505,13 @@ async fn serve(path: PathBuf) -> u8 {
              claim any principal; for development only (see README \"Security\")"
         );
     }
+    if let Some(broken) = config.chaos_break {
+        tracing::error!(
+            ?broken,
+            "DELIBERATELY BROKEN NODE (chaos_break): this node has a known bug switched on so the \
+             chaos suite can show its checkers catch it; never run it for anything else"
+        );
+    }
     let node = match crate::server::start(config).await {
         Ok(n) => n,
         Err(e) => {

@@ -152,15 +152,18 @@ impl Api {
         cmd: &AcquireCmd,
     ) -> Result<Option<AcquireOutcome>, Status> {
         let now_ms = super::wall_now_ms();
-        if self
+        let local = self
             .shared
             .sm
             .read()
             .state
-            .answer_without_write(cmd, now_ms)
-            .is_none()
-        {
+            .answer_without_write(cmd, now_ms);
+        if local.is_none() {
             return Ok(None);
+        }
+        if self.shared.config.chaos_break == Some(super::config::ChaosBreak::UnconfirmedAnswers) {
+            // The deliberate bug: no quorum confirmation, whoever this node is.
+            return Ok(local);
         }
         self.shared
             .confirmer

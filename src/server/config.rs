@@ -214,6 +214,20 @@ pub struct Config {
     pub lease: LeaseConfig,
     #[serde(default)]
     pub raft: RaftConfig,
+    /// Deliberately break this node, for the chaos suite's tests of its own checkers only. Needs
+    /// `insecure = true`; the server logs an error at every start.
+    #[serde(default)]
+    pub chaos_break: Option<ChaosBreak>,
+}
+
+/// `chaos_break` in the config: a known bug to switch on, so a chaos run can show its checkers
+/// catching it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChaosBreak {
+    /// Answer a busy (or already-done, or retried) acquire from this node's own state without
+    /// confirming leadership, on any node: a follower or a deposed leader answers from a stale state.
+    UnconfirmedAnswers,
 }
 
 fn default_watch_history() -> usize {
@@ -352,6 +366,14 @@ impl Config {
                 ))
             }
             _ => {}
+        }
+        if self.chaos_break.is_some() && !self.insecure {
+            return Err(bad(
+                "chaos_break",
+                "a deliberately broken node is for the chaos suite's tests only and needs \
+                 insecure = true"
+                    .into(),
+            ));
         }
         if self.limits.max_request_bytes < 64 * 1024 {
             return Err(bad(
@@ -562,6 +584,28 @@ min_ttl = "2s"
                 .to_string();
             assert!(err.contains(key), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn a_deliberately_broken_node_must_be_insecure() {
+        let broken = GOOD.replace(
+            "insecure = true\n",
+            "insecure = true\nchaos_break = \"unconfirmed-answers\"\n",
+        );
+        let c = Config::parse(&broken, "x.toml").unwrap();
+        assert_eq!(c.chaos_break, Some(ChaosBreak::UnconfirmedAnswers));
+        assert_eq!(Config::parse(GOOD, "x.toml").unwrap().chaos_break, None);
+        let secure = format!(
+            "{}\n[security]\nca = \"c\"\ncert = \"n\"\nkey = \"k\"\nsigning_key = \"s\"\n",
+            broken.replace("insecure = true\n", "")
+        );
+        let err = Config::parse(&secure, "x.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("key `chaos_break`") && err.contains("insecure = true"),
+            "{err}"
+        );
+        let unknown = broken.replace("unconfirmed-answers", "everything");
+        assert!(Config::parse(&unknown, "x.toml").is_err());
     }
 
     #[test]
