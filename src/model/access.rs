@@ -295,6 +295,59 @@ mod tests {
     }
 
     #[test]
+    fn a_command_from_a_revoked_token_is_refused_in_apply_and_changes_nothing() {
+        use crate::model::testkit::acq;
+        let mut h = Harness::new();
+        mint(&mut h, "t1", "human/admin", true).unwrap();
+        let as_token = |cmd| Command::AsToken {
+            token_id: "t1".into(),
+            cmd: Box::new(cmd),
+        };
+        // Before the revocation the wrapped command is applied as itself.
+        let first = h.apply(as_token(Command::Acquire(acq(
+            "r1",
+            "a/x",
+            "agent/bot",
+            "i1",
+        ))));
+        assert!(
+            matches!(
+                first,
+                Response::Acquire(crate::model::AcquireOutcome::Granted(_))
+            ),
+            "{first:?}"
+        );
+        revoke(&mut h, "t1", "human/admin", true).unwrap();
+        let snapshot = h.state.to_snapshot();
+        // Checked when it arrived, applied after the revocation: refused, nothing changes (not even
+        // the audit chain or the dedup table).
+        let late = h.apply(as_token(Command::Acquire(acq(
+            "r2",
+            "a/y",
+            "agent/bot",
+            "i1",
+        ))));
+        assert_eq!(
+            late,
+            Response::Refused(OpError::TokenRevoked { id: "t1".into() })
+        );
+        let mut again = crate::model::State::from_snapshot(&snapshot).unwrap();
+        again.now_ms = h.state.now_ms;
+        again.last_index = h.state.last_index;
+        again.current_term = h.state.current_term;
+        again.prev_term = h.state.prev_term;
+        assert_eq!(again, h.state);
+        // Never nested.
+        let nested = h.apply(as_token(as_token(Command::Acquire(acq(
+            "r3",
+            "a/z",
+            "agent/bot",
+            "i1",
+        )))));
+        assert_eq!(nested, Response::Batch(Vec::new()));
+    }
+
+    #[test]
     fn admin_checks_are_audited_allowed_or_denied() {
         let mut h = Harness::new();
         let check = |h: &mut Harness, by: &str, by_admin: bool| match h.apply(Command::AdminCheck {

@@ -168,6 +168,14 @@ pub enum Command {
         action: String,
         detail: String,
     },
+    /// `cmd` from a caller that authenticated with access token `token_id`: refused in apply if
+    /// the token was revoked by an earlier entry, so a revocation holds from its log position on,
+    /// on every node, whatever a node checked when the request arrived. Wraps one client command
+    /// (never a batch or another `AsToken`).
+    AsToken {
+        token_id: String,
+        cmd: Box<Command>,
+    },
 }
 
 /// The answer to an acquire; also what the dedup table stores per request id.
@@ -343,6 +351,8 @@ pub enum Response {
     MintToken(Result<super::access::TokenRecord, OpError>),
     RevokeToken(Result<super::access::TokenRecord, OpError>),
     AdminCheck(Result<(), OpError>),
+    /// The command was not applied (its access token was revoked).
+    Refused(OpError),
 }
 
 /// What one apply produced besides its answers: events for the server and audit records for

@@ -81,6 +81,8 @@ pub enum OpError {
         request_id: RequestId,
         by: Principal,
     },
+    #[error("access token {id} was revoked before this request was applied")]
+    TokenRevoked { id: String },
 }
 
 /// Coarse class of an `OpError`, mapped to a gRPC status code (and CLI exit code) in one place.
@@ -93,6 +95,8 @@ pub enum ErrorKind {
     ResourceExhausted,
     /// A fencing token lower than the current one: the caller must stop acting (DESIGN rule 4).
     Stale,
+    /// The caller's credential is no longer good.
+    Unauthenticated,
 }
 
 impl OpError {
@@ -118,6 +122,7 @@ impl OpError {
                 ErrorKind::ResourceExhausted
             }
             OpError::StaleToken { .. } => ErrorKind::Stale,
+            OpError::TokenRevoked { .. } => ErrorKind::Unauthenticated,
         }
     }
 }

@@ -277,6 +277,16 @@ impl State {
                 action,
                 detail,
             } => Response::AdminCheck(self.admin_check(by, *by_admin, action, detail, fx)),
+            Command::AsToken { token_id, cmd } => match **cmd {
+                // Never nested: answered empty and changes nothing, like a nested batch.
+                Command::Batch(_) | Command::AsToken { .. } => Response::Batch(Vec::new()),
+                _ if self.token_revoked(token_id) => {
+                    Response::Refused(super::error::OpError::TokenRevoked {
+                        id: token_id.clone(),
+                    })
+                }
+                ref inner => self.apply_command(inner, fx),
+            },
         }
     }
 

@@ -120,7 +120,11 @@ impl raft_server::Raft for RaftService {
     ) -> Result<Response<RaftMessage>, Status> {
         self.check_cluster(&request, false)?;
         let command: Command = decode(request)?;
-        if !matches!(command, Command::AdminCheck { .. }) {
+        let check = match &command {
+            Command::AsToken { cmd, .. } => cmd.as_ref(),
+            cmd => cmd,
+        };
+        if !matches!(check, Command::AdminCheck { .. }) {
             return Err(Status::invalid_argument(
                 "only admin checks are forwarded between nodes",
             ));

@@ -366,7 +366,11 @@ impl warrant_server::Warrant for Api {
         let woken = self.shared.waiters.register(&request_id);
         let answer = match self.answer_without_write(&cmd).await {
             Ok(Some(answer)) => answer,
-            Ok(None) => match self.shared.propose(Command::Acquire(cmd)).await {
+            Ok(None) => match self
+                .shared
+                .propose(caller.wrap(Command::Acquire(cmd)))
+                .await
+            {
                 Ok(crate::model::Response::Acquire(a)) => a,
                 Ok(_) => {
                     self.shared.waiters.unregister(&request_id);
@@ -390,10 +394,10 @@ impl warrant_server::Warrant for Api {
                     // outcome — the grant if it happened meanwhile, so no lease is ever orphaned here.
                     _ => match self
                         .shared
-                        .propose(Command::CancelWait {
+                        .propose(caller.wrap(Command::CancelWait {
                             request_id: request_id.clone(),
                             principal,
-                        })
+                        }))
                         .await?
                     {
                         crate::model::Response::CancelWait(outcome) => outcome,
@@ -411,10 +415,10 @@ impl warrant_server::Warrant for Api {
                     Ok(Ok(outcome)) => outcome,
                     _ => match self
                         .shared
-                        .propose(Command::CancelWait {
+                        .propose(caller.wrap(Command::CancelWait {
                             request_id: request_id.clone(),
                             principal,
-                        })
+                        }))
                         .await?
                     {
                         crate::model::Response::CancelWait(outcome) => outcome,
@@ -492,7 +496,7 @@ impl warrant_server::Warrant for Api {
             token: FencingToken(r.token),
             data: r.data,
         };
-        match self.shared.propose(cmd).await? {
+        match self.shared.propose(caller.wrap(cmd)).await? {
             crate::model::Response::Checkpoint(Ok(())) => {
                 Ok(Response::new(proto::CheckpointResponse {}))
             }
@@ -523,7 +527,7 @@ impl warrant_server::Warrant for Api {
             principal: caller.principal(&r.principal)?,
             outcome,
         };
-        match self.shared.propose(cmd).await? {
+        match self.shared.propose(caller.wrap(cmd)).await? {
             crate::model::Response::Release(Ok(ok)) => Ok(Response::new(proto::ReleaseResponse {
                 ended: ok.ended.to_string(),
                 already: ok.already,
@@ -555,12 +559,12 @@ impl warrant_server::Warrant for Api {
         let by_admin = self.shared.admins.contains(&by);
         match self
             .shared
-            .propose(Command::Revoke {
+            .propose(caller.wrap(Command::Revoke {
                 target,
                 by,
                 reason: r.reason,
                 by_admin,
-            })
+            }))
             .await?
         {
             crate::model::Response::Revoke(Ok(lease)) => Ok(Response::new(proto::RevokeResponse {

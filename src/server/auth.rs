@@ -49,6 +49,18 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// `cmd` as this caller's log entry: a caller that came with an access token has it re-checked
+    /// in apply ([`Command::AsToken`]), so a revocation ordered before the entry refuses it.
+    pub fn wrap(&self, cmd: crate::model::Command) -> crate::model::Command {
+        match &self.via {
+            Via::Token(id) => crate::model::Command::AsToken {
+                token_id: id.clone(),
+                cmd: Box::new(cmd),
+            },
+            Via::Claim | Via::Certificate => cmd,
+        }
+    }
+
     /// The principal a request acts as. Secure: the authenticated one; a request naming another is
     /// refused. Insecure: whatever the request names.
     pub fn principal(&self, claimed: &str) -> Result<Principal, Status> {

@@ -81,7 +81,7 @@ impl Api {
             )));
         }
         shared
-            .admin_check(by, "snapshot_save", "save a backup".into())
+            .admin_check(&caller, by, "snapshot_save", "save a backup".into())
             .await?;
         let (header, state) = {
             let sm = shared.sm.read();

@@ -18,6 +18,7 @@ pub fn op_error(e: &OpError) -> Status {
         ErrorKind::PermissionDenied => Status::permission_denied(msg),
         ErrorKind::InvalidArgument => Status::invalid_argument(msg),
         ErrorKind::ResourceExhausted => Status::resource_exhausted(msg),
+        ErrorKind::Unauthenticated => Status::unauthenticated(msg),
     }
 }
 

@@ -84,13 +84,13 @@ impl Api {
         let by_admin = self.shared.admins.contains(&by);
         match self
             .shared
-            .propose(Command::PutPolicy {
+            .propose(caller.wrap(Command::PutPolicy {
                 by,
                 by_admin,
                 policies: r.policies,
                 entities,
                 intent_window_ms,
-            })
+            }))
             .await?
         {
             model::Response::PutPolicy(Ok(version)) => {
@@ -219,11 +219,11 @@ impl Api {
         note("comment", &r.comment, false)?;
         match self
             .shared
-            .propose(Command::Approve {
+            .propose(caller.wrap(Command::Approve {
                 request_id: id,
                 by,
                 comment: r.comment,
-            })
+            }))
             .await?
         {
             model::Response::Approve(Ok(progress)) => {
@@ -251,11 +251,11 @@ impl Api {
         note("reason", &r.reason, true)?;
         match self
             .shared
-            .propose(Command::Reject {
+            .propose(caller.wrap(Command::Reject {
                 request_id: id,
                 by,
                 reason: r.reason,
-            })
+            }))
             .await?
         {
             model::Response::Reject(Ok(view)) => Ok(Response::new(proto::RejectResponse {
@@ -278,7 +278,9 @@ impl Api {
             None | Some(Identity::Node(_)) => return Ok(()),
             Some(Identity::Principal(p)) => p.clone(),
         };
-        self.shared.admin_check(by, "audit_read", detail).await
+        self.shared
+            .admin_check(caller, by, "audit_read", detail)
+            .await
     }
 
     pub(super) async fn query_audit_rpc(

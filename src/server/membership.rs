@@ -157,10 +157,11 @@ impl Shared {
     /// Authorize (and audit) a membership change; returns the index of the check's entry.
     async fn authorize_membership(
         &self,
+        caller: &Caller,
         by: model::Principal,
         detail: String,
     ) -> Result<u64, Status> {
-        self.admin_check(by, "membership", detail).await?;
+        self.admin_check(caller, by, "membership", detail).await?;
         Ok(self
             .raft
             .metrics()
@@ -601,7 +602,7 @@ impl Api {
             }
         }
         let probe = shared
-            .authorize_membership(by, format!("add node {} ({node})", r.node_id))
+            .authorize_membership(&caller, by, format!("add node {} ({node})", r.node_id))
             .await?;
         if voters.contains(&r.node_id) {
             if r.learner {
@@ -697,7 +698,11 @@ impl Api {
             // Already gone (a retry after an answer that was lost): the goal holds. Authorized
             // and audited all the same, and the node is told again if this leader removed it.
             shared
-                .authorize_membership(by, format!("remove node {} (not a member)", r.node_id))
+                .authorize_membership(
+                    &caller,
+                    by,
+                    format!("remove node {} (not a member)", r.node_id),
+                )
                 .await?;
             let told = shared
                 .removed
@@ -722,7 +727,7 @@ impl Api {
             )));
         }
         let probe = shared
-            .authorize_membership(by, format!("remove node {} ({node})", r.node_id))
+            .authorize_membership(&caller, by, format!("remove node {} ({node})", r.node_id))
             .await?;
         if is_voter {
             shared

@@ -152,26 +152,29 @@ impl Shared {
         if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(handing_over());
         }
-        self.proposer
-            .submit(cmd)
-            .await
-            .unwrap_or_else(|| Err(Status::unavailable("node is shutting down")))
+        match self.proposer.submit(cmd).await {
+            None => Err(Status::unavailable("node is shutting down")),
+            // Not applied: the caller's access token was revoked first (`Command::AsToken`).
+            Some(Ok(model::Response::Refused(e))) => Err(convert::op_error(&e)),
+            Some(answer) => answer,
+        }
     }
 
     /// Authorize (and audit) an admin `action` by `by`: a log entry decided in apply.
     pub async fn admin_check(
         &self,
+        caller: &auth::Caller,
         by: model::Principal,
         action: &str,
         detail: String,
     ) -> Result<(), Status> {
         let by_admin = self.admins.contains(&by);
-        let check = Command::AdminCheck {
+        let check = caller.wrap(Command::AdminCheck {
             by,
             by_admin,
             action: action.into(),
             detail,
-        };
+        });
         // On a follower the check goes to the leader over the Raft port, so audited admin calls
         // (a backup, an audit read, a watch) work on any member.
         let answer = match self.leader_elsewhere() {
@@ -252,7 +255,11 @@ impl Shared {
     /// The leader's side of [`Self::forward`]: propose the admin check, with the admin flag taken
     /// from this node's config (not the sender's), and answer with the applied index after it.
     async fn decide_forwarded(&self, mut cmd: Command) -> crate::raft::Forwarded {
-        if let Command::AdminCheck { by, by_admin, .. } = &mut cmd {
+        let check = match &mut cmd {
+            Command::AsToken { cmd, .. } => cmd.as_mut(),
+            cmd => cmd,
+        };
+        if let Command::AdminCheck { by, by_admin, .. } = check {
             *by_admin = self.admins.contains(by);
         }
         let answer = self

@@ -55,7 +55,7 @@ impl Api {
         let by_admin = self.shared.admins.contains(&by);
         let stored = match self
             .shared
-            .propose(Command::MintToken { record, by_admin })
+            .propose(caller.wrap(Command::MintToken { record, by_admin }))
             .await?
         {
             model::Response::MintToken(Ok(t)) => t,
@@ -98,12 +98,12 @@ impl Api {
         let by_admin = self.shared.admins.contains(&by);
         match self
             .shared
-            .propose(Command::RevokeToken {
+            .propose(caller.wrap(Command::RevokeToken {
                 id: r.id,
                 by,
                 by_admin,
                 reason: r.reason,
-            })
+            }))
             .await?
         {
             model::Response::RevokeToken(Ok(t)) => Ok(Response::new(proto::RevokeTokenResponse {
