@@ -279,6 +279,15 @@ impl Api {
         // release or takeover that won the race is visible now, with its reason (etcd#14758).
         let lease = {
             let sm = self.shared.sm.read();
+            // Checked again after the confirmation: a revocation of the caller's access token that
+            // committed while this keepalive waited refuses it here, not one ttl later.
+            if let auth::Via::Token(token) = &caller.via {
+                if sm.state.token_revoked(token) {
+                    return Err(Status::unauthenticated(format!(
+                        "access token {token} was revoked"
+                    )));
+                }
+            }
             match sm.state.lease(&id) {
                 Some(l) => l.clone(),
                 None => {
@@ -394,10 +403,12 @@ impl warrant_server::Warrant for Api {
                     // outcome — the grant if it happened meanwhile, so no lease is ever orphaned here.
                     _ => match self
                         .shared
-                        .propose(caller.wrap(Command::CancelWait {
+                        // Not wrapped: withdrawing one's own request must work even after the
+                        // caller's token was revoked, or a pending request would outlive it.
+                        .propose(Command::CancelWait {
                             request_id: request_id.clone(),
                             principal,
-                        }))
+                        })
                         .await?
                     {
                         crate::model::Response::CancelWait(outcome) => outcome,
@@ -415,10 +426,12 @@ impl warrant_server::Warrant for Api {
                     Ok(Ok(outcome)) => outcome,
                     _ => match self
                         .shared
-                        .propose(caller.wrap(Command::CancelWait {
+                        // Not wrapped: withdrawing one's own request must work even after the
+                        // caller's token was revoked, or a pending request would outlive it.
+                        .propose(Command::CancelWait {
                             request_id: request_id.clone(),
                             principal,
-                        }))
+                        })
                         .await?
                     {
                         crate::model::Response::CancelWait(outcome) => outcome,
