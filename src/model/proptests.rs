@@ -105,7 +105,19 @@ fn acquire() -> impl Strategy<Value = Command> {
         })
 }
 
+/// A command, sometimes as sent by a caller with an access token (`AsToken`): the tokens `t0`..`t2`
+/// are minted and revoked by other generated commands, so some of these are refused in apply.
 fn command() -> impl Strategy<Value = Command> {
+    prop_oneof![
+        6 => plain_command(),
+        1 => (0u8..3, plain_command()).prop_map(|(id, cmd)| Command::AsToken {
+            token_id: format!("t{id}"),
+            cmd: Box::new(cmd),
+        }),
+    ]
+}
+
+fn plain_command() -> impl Strategy<Value = Command> {
     prop_oneof![
         4 => acquire(),
         2 => (
@@ -238,6 +250,11 @@ fn check_step(
     events: &[Event],
     seen: &mut Seen,
 ) -> Result<(), TestCaseError> {
+    // A command sent with an access token is checked as itself (a refused one answers `Refused`).
+    let cmd = match cmd {
+        Some(Command::AsToken { cmd, .. }) => Some(cmd.as_ref()),
+        cmd => cmd,
+    };
     let mut ended_now: BTreeMap<LeaseId, &Lease> = BTreeMap::new();
     for event in events {
         match event {
