@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::command::{Denial, Effects};
+use super::command::{Command, Denial, Effects};
 use super::error::OpError;
 use super::governance::{Facts, Verdict};
 use super::state::State;
@@ -213,6 +213,37 @@ impl State {
 
     /// True when the token was revoked (an unknown id is not revoked: it may be minted by a leader
     /// whose entry this member has not applied yet; its signature and expiry still hold).
+    /// Audit a command refused in apply because its access token was revoked first: the token's
+    /// principal, the command's action (and resource and request for an acquire), decision `Invalid`.
+    pub(super) fn audit_token_refusal(&mut self, id: &str, cmd: &Command, fx: &mut Effects) {
+        let action = match cmd {
+            Command::Acquire(a) if a.takeover => "takeover",
+            Command::Acquire(_) => "acquire",
+            Command::Release { .. } => "release",
+            Command::Checkpoint { .. } => "checkpoint",
+            Command::Revoke { .. } => "revoke",
+            Command::PutPolicy { .. } => "policy_put",
+            Command::Approve { .. } => "approve",
+            Command::Reject { .. } => "reject",
+            Command::CancelWait { .. } => "cancel_wait",
+            Command::MintToken { .. } => "token_mint",
+            Command::RevokeToken { .. } => "token_revoke",
+            Command::AdminCheck { action, .. } => action.as_str(),
+            _ => "command",
+        };
+        let mut entry = AuditEntry::new(action, AuditDecision::Invalid);
+        if let Some(t) = self.tokens.get(id) {
+            entry.principal = t.principal.to_string();
+        }
+        if let Command::Acquire(a) = cmd {
+            entry.resource = a.resource.to_string();
+            entry.request_id = a.request_id.to_string();
+            entry.instance = a.instance.to_string();
+        }
+        entry.reason = format!("access token {id} was revoked before this request was applied");
+        self.audit(fx, entry);
+    }
+
     pub fn token_revoked(&self, id: &str) -> bool {
         self.tokens.get(id).is_some_and(|t| t.revoked_by.is_some())
     }
@@ -318,9 +349,9 @@ mod tests {
             "{first:?}"
         );
         revoke(&mut h, "t1", "human/admin", true).unwrap();
-        let snapshot = h.state.to_snapshot();
-        // Checked when it arrived, applied after the revocation: refused, nothing changes (not even
-        // the audit chain or the dedup table).
+        let chain = h.state.audit_chain().len();
+        // Checked when it arrived, applied after the revocation: refused, nothing granted, no dedup
+        // record (a retry is refused again), and the refusal is audited.
         let late = h.apply(as_token(Command::Acquire(acq(
             "r2",
             "a/y",
@@ -331,12 +362,25 @@ mod tests {
             late,
             Response::Refused(OpError::TokenRevoked { id: "t1".into() })
         );
-        let mut again = crate::model::State::from_snapshot(&snapshot).unwrap();
-        again.now_ms = h.state.now_ms;
-        again.last_index = h.state.last_index;
-        again.current_term = h.state.current_term;
-        again.prev_term = h.state.prev_term;
-        assert_eq!(again, h.state);
+        assert!(h
+            .state
+            .request(&crate::model::RequestId::parse("r2").unwrap())
+            .is_none());
+        assert!(h
+            .state
+            .resource(&crate::model::ResourcePath::parse("a/y").unwrap())
+            .is_none_or(|r| r.holder.is_none()));
+        assert_eq!(h.state.audit_chain().len(), chain + 1);
+        let record = h.audit.last().unwrap();
+        assert_eq!(record.entry.action, "acquire");
+        assert_eq!(record.entry.decision, AuditDecision::Invalid);
+        assert_eq!(record.entry.principal, "agent/bot");
+        assert_eq!(record.entry.resource, "a/y");
+        assert!(
+            record.entry.reason.contains("t1 was revoked"),
+            "{:?}",
+            record.entry
+        );
         // Never nested.
         let nested = h.apply(as_token(as_token(Command::Acquire(acq(
             "r3",

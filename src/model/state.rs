@@ -280,7 +280,8 @@ impl State {
             Command::AsToken { token_id, cmd } => match **cmd {
                 // Never nested: answered empty and changes nothing, like a nested batch.
                 Command::Batch(_) | Command::AsToken { .. } => Response::Batch(Vec::new()),
-                _ if self.token_revoked(token_id) => {
+                ref inner if self.token_revoked(token_id) => {
+                    self.audit_token_refusal(token_id, inner, fx);
                     Response::Refused(super::error::OpError::TokenRevoked {
                         id: token_id.clone(),
                     })
