@@ -251,67 +251,50 @@ pub fn search(ops: &[Operation], budget: u64) -> Outcome {
         if steps > budget {
             return Outcome::Unchecked;
         }
-        if at == usize::MAX {
-            // Only calls of unknown outcome were left to try here: back up.
-            let Some((call, before)) = stack.pop() else {
-                return Outcome::Violation {
-                    stuck: best.1.min(ops.len().saturating_sub(1)),
-                    placed: best.0,
-                };
-            };
-            let i = list[call].op;
-            state = before;
-            placed[i / 64] &= !(1 << (i % 64));
-            // In the reverse order of unlinking.
-            if let Some(r) = return_at[i] {
-                relink(&mut list, r);
-                returns_left += 1;
-            }
-            relink(&mut list, call);
-            at = list[call].next;
-            continue;
-        }
-        let e = list[at];
-        if e.is_call {
-            let i = e.op;
-            if let Some(next) = state.step(ops[i].op) {
-                placed[i / 64] |= 1 << (i % 64);
-                if seen.insert((placed.clone(), next)) {
-                    stack.push((at, state));
-                    state = next;
-                    unlink(&mut list, at);
-                    if let Some(r) = return_at[i] {
-                        unlink(&mut list, r);
-                        returns_left -= 1;
+        match (at != usize::MAX).then(|| list[at]) {
+            Some(e) if e.is_call => {
+                let i = e.op;
+                if let Some(next) = state.step(ops[i].op) {
+                    placed[i / 64] |= 1 << (i % 64);
+                    if seen.insert((placed.clone(), next)) {
+                        stack.push((at, state));
+                        state = next;
+                        unlink(&mut list, at);
+                        if let Some(r) = return_at[i] {
+                            unlink(&mut list, r);
+                            returns_left -= 1;
+                        }
+                        at = list[HEAD].next;
+                        continue;
                     }
-                    at = list[HEAD].next;
-                    continue;
+                    placed[i / 64] &= !(1 << (i % 64));
                 }
-                placed[i / 64] &= !(1 << (i % 64));
+                at = e.next;
+                continue;
             }
-            at = e.next;
-        } else {
-            // A completed operation that could not be placed before its answer: back up.
-            if stack.len() >= best.0 {
-                best = (stack.len(), e.op);
-            }
-            let Some((call, before)) = stack.pop() else {
-                return Outcome::Violation {
-                    stuck: best.1,
-                    placed: best.0,
-                };
-            };
-            let i = list[call].op;
-            state = before;
-            placed[i / 64] &= !(1 << (i % 64));
-            // In the reverse order of unlinking.
-            if let Some(r) = return_at[i] {
-                relink(&mut list, r);
-                returns_left += 1;
-            }
-            relink(&mut list, call);
-            at = list[call].next;
+            // A completed operation that could not be placed before its answer: remember the
+            // deepest such point for the report.
+            Some(e) if stack.len() >= best.0 => best = (stack.len(), e.op),
+            // A shallower one, or only calls of unknown outcome were left to try here.
+            _ => {}
         }
+        // Back up: undo the last placement and try what follows it.
+        let Some((call, before)) = stack.pop() else {
+            return Outcome::Violation {
+                stuck: best.1.min(ops.len().saturating_sub(1)),
+                placed: best.0,
+            };
+        };
+        let i = list[call].op;
+        state = before;
+        placed[i / 64] &= !(1 << (i % 64));
+        // In the reverse order of unlinking.
+        if let Some(r) = return_at[i] {
+            relink(&mut list, r);
+            returns_left += 1;
+        }
+        relink(&mut list, call);
+        at = list[call].next;
     }
 }
 
