@@ -493,6 +493,63 @@ async fn access_tokens_work_until_revoked_or_expired_and_admin_actions_are_audit
         !trail.contains(&token),
         "a token's text never enters the audit"
     );
+
+    // What the token did, as one asks after a leak: its records name its id (format v2), and the
+    // chain holding them still verifies.
+    let via = c.cli(
+        "human/admin",
+        &["audit", "query", "--via-token", &id, "--output", "json"],
+    );
+    assert_eq!(code(&via), 0, "{}", stderr(&via));
+    let via: Vec<(String, String, String, String)> = stdout(&via)
+        .lines()
+        .map(|l| {
+            let r: serde_json::Value = serde_json::from_str(l).unwrap();
+            let field = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            (
+                field("principal"),
+                field("action"),
+                field("decision"),
+                field("via_token"),
+            )
+        })
+        .collect();
+    let expect = |action: &str, decision: &str| {
+        (
+            "agent/runtime".to_string(),
+            action.to_string(),
+            decision.to_string(),
+            id.clone(),
+        )
+    };
+    assert_eq!(
+        via,
+        [expect("acquire", "granted"), expect("release", "released")]
+    );
+    assert!(
+        !records
+            .iter()
+            .any(|r| r["principal"] != "agent/runtime" && r.get("via_token").is_some()),
+        "only the token's requests name it"
+    );
+    let verified = c.cli("human/admin", &["audit", "verify"]);
+    assert_eq!(
+        code(&verified),
+        0,
+        "{}{}",
+        stdout(&verified),
+        stderr(&verified)
+    );
+    let bad = c.cli(
+        "human/admin",
+        &["audit", "query", "--via-token", "not-an-id"],
+    );
+    assert_eq!(code(&bad), 2, "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("token id must be"),
+        "{}",
+        stderr(&bad)
+    );
     assert!(
         c.nodes.iter().all(|n| !c.log_of(n.id).contains(&token)),
         "a token's text is never logged"

@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 
 use super::{AuditDecision, AuditEntry, AuditError, AuditRecord, Hash};
 
-/// Names the format; a new encoding gets a new tag.
+/// Names the format; a new encoding gets a new tag. v1: every record without a `via_token`.
 pub(super) const DOMAIN_TAG: &[u8; 17] = b"warrant-audit-v1\0";
+/// v2: v1 plus `via_token` (non-empty) before `prev_hash`.
+pub(super) const DOMAIN_TAG_V2: &[u8; 17] = b"warrant-audit-v2\0";
 
 /// Where canonical bytes go.
 pub(super) trait Sink {
@@ -49,7 +51,8 @@ fn put_list(out: &mut impl Sink, items: &[String]) {
 /// Writes the canonical bytes of `r` (everything but `r.hash`).
 pub(super) fn write(r: &AuditRecord, out: &mut impl Sink) {
     let e = &r.entry;
-    out.put(DOMAIN_TAG);
+    let v2 = !e.via_token.is_empty();
+    out.put(if v2 { DOMAIN_TAG_V2 } else { DOMAIN_TAG });
     out.put(&r.seq.to_be_bytes());
     out.put(&r.index.to_be_bytes());
     out.put(&r.at_ms.to_be_bytes());
@@ -72,6 +75,9 @@ pub(super) fn write(r: &AuditRecord, out: &mut impl Sink) {
     out.put(&e.policy_version.to_be_bytes());
     put_list(out, &e.policies);
     put_list(out, &e.approvers);
+    if v2 {
+        put_str(out, &e.via_token);
+    }
     out.put(&r.prev_hash);
 }
 
@@ -102,6 +108,11 @@ pub(super) fn size_hint(r: &AuditRecord) -> usize {
         + 8
         + list(&e.policies)
         + list(&e.approvers)
+        + if e.via_token.is_empty() {
+            0
+        } else {
+            s(&e.via_token)
+        }
         + 32
 }
 
@@ -175,16 +186,21 @@ impl<'a> Reader<'a> {
 pub(super) fn read(bytes: &[u8]) -> Result<AuditRecord, AuditError> {
     let mut r = Reader { rest: bytes };
     let tag = r.take(DOMAIN_TAG.len(), "domain tag")?;
-    if tag != DOMAIN_TAG {
+    let v2 = if tag == DOMAIN_TAG {
+        false
+    } else if tag == DOMAIN_TAG_V2 {
+        true
+    } else {
         return Err(malformed(
             "domain tag",
             format!(
-                "expected {:?}, found {:?}",
+                "expected {:?} or {:?}, found {:?}",
                 String::from_utf8_lossy(DOMAIN_TAG),
+                String::from_utf8_lossy(DOMAIN_TAG_V2),
                 String::from_utf8_lossy(tag)
             ),
         ));
-    }
+    };
     let seq = r.u64("seq")?;
     let index = r.u64("index")?;
     let at_ms = r.u64("at_ms")?;
@@ -218,6 +234,16 @@ pub(super) fn read(bytes: &[u8]) -> Result<AuditRecord, AuditError> {
     let policy_version = r.u64("policy_version")?;
     let policies = r.list("policies")?;
     let approvers = r.list("approvers")?;
+    let via_token = if v2 {
+        let id = r.string("via_token")?;
+        if id.is_empty() {
+            // Not canonical: a record without a token is written in v1.
+            return Err(malformed("via_token", "empty in a v2 record"));
+        }
+        id
+    } else {
+        String::new()
+    };
     let prev_hash = r.hash("prev_hash")?;
     let hash = r.hash("hash")?;
     if !r.rest.is_empty() {
@@ -245,6 +271,7 @@ pub(super) fn read(bytes: &[u8]) -> Result<AuditRecord, AuditError> {
             policy_version,
             policies,
             approvers,
+            via_token,
         },
         prev_hash,
         hash,
@@ -344,6 +371,30 @@ mod tests {
         bad[at] = b'X';
         let err = AuditRecord::from_bytes(&bad).unwrap_err();
         assert!(err.to_string().contains("decision: unknown"), "{err}");
+    }
+
+    #[test]
+    fn an_empty_via_token_in_a_v2_record_is_not_canonical() {
+        let (_, records) = sample_chain(3);
+        let r = &records[2];
+        assert!(!r.entry.via_token.is_empty());
+        let bytes = r.to_bytes();
+        assert_eq!(&bytes[..DOMAIN_TAG_V2.len()], DOMAIN_TAG_V2);
+        // Replace the via_token string with an empty one.
+        let field = [
+            &(r.entry.via_token.len() as u32).to_be_bytes()[..],
+            r.entry.via_token.as_bytes(),
+        ]
+        .concat();
+        let at = find(&bytes, &field);
+        let bad = [&bytes[..at], &[0, 0, 0, 0][..], &bytes[at + field.len()..]].concat();
+        let err = AuditRecord::from_bytes(&bad).unwrap_err();
+        assert!(
+            err.to_string().contains("via_token: empty in a v2 record"),
+            "{err}"
+        );
+        // A v1 record never has one.
+        assert_eq!(&records[0].to_bytes()[..DOMAIN_TAG.len()], DOMAIN_TAG);
     }
 
     fn find(haystack: &[u8], needle: &[u8]) -> usize {

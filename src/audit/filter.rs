@@ -1,4 +1,5 @@
-//! Selecting records: by resource subtree, principal, decision and time range (all given must match).
+//! Selecting records: by resource subtree, principal, decision, time range and access token (all given
+//! must match).
 
 use super::{AuditDecision, AuditError, AuditRecord};
 
@@ -16,6 +17,8 @@ pub struct AuditFilter {
     pub since_ms: Option<u64>,
     /// Records at or before this time (Unix ms, inclusive).
     pub until_ms: Option<u64>,
+    /// Exactly this `via_token`: what requests made with one access token caused.
+    pub via_token: Option<String>,
 }
 
 impl AuditFilter {
@@ -39,6 +42,7 @@ impl AuditFilter {
             && self.decision.is_none_or(|d| e.decision == d)
             && self.since_ms.is_none_or(|t| r.at_ms >= t)
             && self.until_ms.is_none_or(|t| r.at_ms <= t)
+            && self.via_token.as_deref().is_none_or(|t| e.via_token == t)
     }
 }
 
@@ -141,7 +145,10 @@ mod tests {
             decision: Some(AuditDecision::Denied),
             since_ms: Some(10),
             until_ms: Some(10),
+            via_token: Some("tok1".into()),
         };
+        let mut r = r;
+        r.entry.via_token = "tok1".into();
         assert!(f.matches(&r));
         for other in [
             AuditFilter {
@@ -158,6 +165,10 @@ mod tests {
             },
             AuditFilter {
                 resource_prefix: Some("db".into()),
+                ..f.clone()
+            },
+            AuditFilter {
+                via_token: Some("tok2".into()),
                 ..f.clone()
             },
         ] {

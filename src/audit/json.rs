@@ -33,6 +33,8 @@ struct LineOut<'a> {
     policy_version: u64,
     policies: &'a [String],
     approvers: &'a [String],
+    #[serde(skip_serializing_if = "str::is_empty")]
+    via_token: &'a str,
     prev_hash: String,
     hash: String,
 }
@@ -61,6 +63,9 @@ struct LineIn {
     policy_version: u64,
     policies: Vec<String>,
     approvers: Vec<String>,
+    /// Only on records made through an access token (format v2).
+    #[serde(default)]
+    via_token: String,
     prev_hash: String,
     hash: String,
 }
@@ -112,8 +117,9 @@ impl AuditRecord {
     ///  "prev_hash":"00…00","hash":"5f…"}
     /// ```
     ///
-    /// Numbers are exact u64 (a JavaScript reader must parse them as big integers); `at` is `null`
-    /// past the year 9999.
+    /// A record made through an access token has `"via_token":"<token id>"` after `approvers`; other
+    /// records have no such key. Numbers are exact u64 (a JavaScript reader must parse them as big
+    /// integers); `at` is `null` past the year 9999.
     pub fn to_json_line(&self) -> String {
         let e = &self.entry;
         let line = LineOut {
@@ -135,13 +141,14 @@ impl AuditRecord {
             policy_version: e.policy_version,
             policies: &e.policies,
             approvers: &e.approvers,
+            via_token: &e.via_token,
             prev_hash: hex::encode(self.prev_hash),
             hash: hex::encode(self.hash),
         };
         serde_json::to_string(&line).expect("a record of strings and integers serialises to JSON")
     }
 
-    /// Reads one line written by [`to_json_line`](Self::to_json_line). Every field is required and no
+    /// Reads one line written by [`to_json_line`](Self::to_json_line). Every field is required (but `via_token`, absent when empty) and no
     /// other is allowed; `at` must agree with `at_ms`. Does not check the hash ([`verify`] does).
     ///
     /// [`verify`]: super::verify
@@ -177,6 +184,7 @@ impl AuditRecord {
                 policy_version: l.policy_version,
                 policies: l.policies,
                 approvers: l.approvers,
+                via_token: l.via_token,
             },
         })
     }
@@ -355,6 +363,7 @@ mod tests {
             (
                 proptest::collection::vec(".*", 0..3),
                 proptest::collection::vec(".*", 0..3),
+                "[a-z0-9]{0,32}",
             ),
         )
             .prop_map(
@@ -363,7 +372,7 @@ mod tests {
                     labels,
                     decision,
                     (reason, policy_version),
-                    (policies, approvers),
+                    (policies, approvers, via_token),
                 )| AuditEntry {
                     principal,
                     instance,
@@ -379,6 +388,7 @@ mod tests {
                     policy_version,
                     policies,
                     approvers,
+                    via_token,
                 },
             )
     }

@@ -13,14 +13,16 @@
 //! records were cut off: compare the verified head with the replicated chain
 //! ([`VerifyReport::matches_chain`]).
 //!
-//! # Canonical encoding (format v1)
+//! # Canonical encoding (formats v1 and v2)
 //!
 //! `hash = SHA-256(canonical bytes)`, where the canonical bytes cover every field of the record except
-//! `hash` itself, in this order:
+//! `hash` itself, in this order. A record made through an access token (a non-empty `via_token`) is
+//! written in format v2, which adds field 18; every other record is written in format v1, so records
+//! from before v2 keep their bytes and hashes, and one chain may hold both:
 //!
 //! | # | field            | encoding                                                   |
 //! |---|------------------|------------------------------------------------------------|
-//! | 0 | domain tag       | the 16 ASCII bytes `warrant-audit-v1`, then one `0x00` byte |
+//! | 0 | domain tag       | the 16 ASCII bytes `warrant-audit-v1` (or `-v2`), then one `0x00` byte |
 //! | 1 | `seq`            | u64                                                        |
 //! | 2 | `index`          | u64                                                        |
 //! | 3 | `at_ms`          | u64                                                        |
@@ -38,15 +40,16 @@
 //! | 15| `policy_version` | u64                                                        |
 //! | 16| `policies`       | u32 count, then each item as a string, in recorded order   |
 //! | 17| `approvers`      | u32 count, then each item as a string, in recorded order   |
-//! | 18| `prev_hash`      | 32 raw bytes                                               |
+//! | 18| `via_token`      | string, **v2 only** (never empty in v2)                     |
+//! | 19| `prev_hash`      | 32 raw bytes                                               |
 //!
 //! - **u64**: 8 bytes, big-endian. **u32**: 4 bytes, big-endian.
 //! - **string**: its UTF-8 byte length as a u32, then the UTF-8 bytes (no terminator, no normalisation).
 //! - Labels are sorted by key comparing the keys' UTF-8 bytes; keys are unique.
 //! - An absent value is the empty string or 0 (`token` 0 means "no token").
 //!
-//! The domain tag names the format: a change to the encoding gets a new tag (`warrant-audit-v2`), never
-//! a silent change — a known-answer test pins the bytes.
+//! The domain tag names the format: a change to the encoding gets a new tag (`warrant-audit-v3`), never
+//! a silent change — known-answer tests pin the bytes of both formats.
 //!
 //! Storage keeps a record as its canonical bytes followed by the 32 bytes of `hash`
 //! ([`AuditRecord::to_bytes`]); the export format is one JSON object per line, described at
@@ -249,6 +252,11 @@ pub struct AuditEntry {
     pub policies: Vec<String>,
     /// The approvers recorded so far (for approval decisions).
     pub approvers: Vec<String>,
+    /// The id of the access token the request that caused this record authenticated with (format
+    /// v2); empty when it came with a certificate, or from the cluster itself (expiry, …). Records a
+    /// token's request causes for others carry it too: the grant to the next waiter when a token's
+    /// holder releases, for instance.
+    pub via_token: String,
 }
 
 impl AuditEntry {
@@ -270,6 +278,7 @@ impl AuditEntry {
             policy_version: 0,
             policies: Vec::new(),
             approvers: Vec::new(),
+            via_token: String::new(),
         }
     }
 }
@@ -442,6 +451,12 @@ pub(crate) mod tests {
                     policy_version: 3,
                     policies: vec!["p1".into()],
                     approvers: vec!["human/ann".into()],
+                    // Every third record made through an access token (format v2).
+                    via_token: if i % 3 == 2 {
+                        format!("tok{i}")
+                    } else {
+                        String::new()
+                    },
                     ..AuditEntry::new("acquire", decision)
                 };
                 chain.append(10 + i, 1_700_000_000_000 + 1000 * i, entry)
@@ -573,5 +588,32 @@ pub(crate) mod tests {
             hex::encode(r.hash),
             "55c55d20d3713dd1c4dd60e3a425466701ff5d9ade5bbcece924e54ba3961a4f"
         );
+    }
+
+    #[test]
+    fn known_answer_pins_format_v2_for_a_record_made_through_a_token() {
+        // v2 = v1 with the tag "warrant-audit-v2\0" and `via_token` before prev_hash; hash computed
+        // independently (Python, from the module docs).
+        let mut r = known_answer_record();
+        let v1 = r.canonical_bytes();
+        r.entry.via_token = "3f2a9c0e1b7d4e6f8a5b2c1d0e9f8a7b".into();
+        r.hash = r.compute_hash();
+        let v2 = r.canonical_bytes();
+        let token = concat!(
+            "00000020",
+            "3366326139633065316237643465366638613562326331643065396638613762"
+        );
+        let expected = format!(
+            "{}{}{token}{}",
+            hex::encode(b"warrant-audit-v2\0"),
+            hex::encode(&v1[17..v1.len() - 32]),
+            hex::encode([0xab; 32])
+        );
+        assert_eq!(hex::encode(&v2), expected);
+        assert_eq!(
+            hex::encode(r.hash),
+            "338b7952f300128ab7aab2a5f8bb3707fdf3677ad38d036efe4c4a488aceb64a"
+        );
+        assert_eq!(AuditRecord::from_bytes(&r.to_bytes()), Ok(r));
     }
 }

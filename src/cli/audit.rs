@@ -42,6 +42,10 @@ pub(super) enum AuditCommand {
         /// Records at or before T.
         #[arg(long, value_parser = parse_time)]
         until: Option<u64>,
+        /// Only records caused by requests made with this access token (the id `warrant token
+        /// create` printed): what a token did, e.g. after it leaked.
+        #[arg(long, value_name = "TOKEN_ID")]
+        via_token: Option<String>,
         /// At most N records (the cluster's default is 1000, its cap 100000).
         #[arg(long)]
         limit: Option<u32>,
@@ -107,6 +111,7 @@ fn query_filter(
     decision: Option<AuditDecision>,
     since: Option<u64>,
     until: Option<u64>,
+    via_token: Option<String>,
 ) -> Result<AuditFilter, AuditError> {
     let filter = AuditFilter {
         resource_prefix: resource,
@@ -114,6 +119,7 @@ fn query_filter(
         decision,
         since_ms: since,
         until_ms: until,
+        via_token,
     };
     filter.validate()?;
     Ok(filter)
@@ -210,10 +216,12 @@ pub(super) async fn run(client: &Client, command: AuditCommand, output: Output) 
             decision,
             since,
             until,
+            via_token,
             limit,
             ..
         } => {
-            let filter = match query_filter(resource, principal, decision, since, until) {
+            let filter = match query_filter(resource, principal, decision, since, until, via_token)
+            {
                 Ok(f) => f,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -280,7 +288,11 @@ fn print_query(records: &[AuditRecord], output: Output) {
                     vec![
                         r.seq.to_string(),
                         rfc3339_ms(r.at_ms),
-                        e.principal.clone(),
+                        if e.via_token.is_empty() {
+                            e.principal.clone()
+                        } else {
+                            format!("{} (token {})", e.principal, e.via_token)
+                        },
                         e.action.clone(),
                         e.resource.clone(),
                         e.decision.to_string(),
@@ -400,11 +412,11 @@ mod tests {
 
     #[test]
     fn an_inverted_time_range_is_refused_before_any_call() {
-        let e = query_filter(None, None, None, Some(2_000), Some(1_000)).unwrap_err();
+        let e = query_filter(None, None, None, Some(2_000), Some(1_000), None).unwrap_err();
         assert!(matches!(e, AuditError::InvertedTimeRange { .. }));
         assert!(e.to_string().contains("swap them"));
-        assert!(query_filter(None, None, None, Some(1_000), Some(1_000)).is_ok());
-        assert!(query_filter(None, None, None, Some(1_000), None).is_ok());
+        assert!(query_filter(None, None, None, Some(1_000), Some(1_000), None).is_ok());
+        assert!(query_filter(None, None, None, Some(1_000), None, None).is_ok());
     }
 
     #[test]

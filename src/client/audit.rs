@@ -65,6 +65,7 @@ pub fn audit_record_from_proto(p: proto::AuditRecord) -> Result<AuditRecord, Cli
             policy_version: p.policy_version,
             policies: p.policies,
             approvers: p.approvers,
+            via_token: p.via_token,
         },
         prev_hash,
         hash,
@@ -170,6 +171,7 @@ impl Client {
             since_ms: filter.since_ms.unwrap_or(0),
             until_ms: filter.until_ms.unwrap_or(0),
             limit: limit.unwrap_or(0),
+            via_token: filter.via_token.clone().unwrap_or_default(),
         };
         let mut tries = 0;
         'query: loop {
@@ -281,6 +283,7 @@ mod tests {
             approvers: e.approvers.clone(),
             prev_hash: hex::encode(r.prev_hash),
             hash: hex::encode(r.hash),
+            via_token: e.via_token.clone(),
         }
     }
 
@@ -301,6 +304,11 @@ mod tests {
                     .into(),
                     policies: vec!["p2".into(), "p1".into()],
                     approvers: vec!["human/ann".into(), "human/bob".into()],
+                    via_token: if i % 2 == 0 {
+                        String::new()
+                    } else {
+                        format!("tok{i}")
+                    },
                     ..AuditEntry::new("acquire", decision)
                 };
                 chain.append(10 + i, 1_700_000_000_000 + i, entry)

@@ -211,8 +211,6 @@ impl State {
         self.tokens.get(id)
     }
 
-    /// True when the token was revoked (an unknown id is not revoked: it may be minted by a leader
-    /// whose entry this member has not applied yet; its signature and expiry still hold).
     /// Audit a command refused in apply because its access token was revoked first: the token's
     /// principal, the command's action (and resource and request for an acquire), decision `Invalid`.
     pub(super) fn audit_token_refusal(&mut self, id: &str, cmd: &Command, fx: &mut Effects) {
@@ -244,6 +242,8 @@ impl State {
         self.audit(fx, entry);
     }
 
+    /// True when the token was revoked (an unknown id is not revoked: it may be minted by a leader
+    /// whose entry this member has not applied yet; its signature and expiry still hold).
     pub fn token_revoked(&self, id: &str) -> bool {
         self.tokens.get(id).is_some_and(|t| t.revoked_by.is_some())
     }
@@ -389,6 +389,80 @@ mod tests {
             "i1",
         )))));
         assert_eq!(nested, Response::Batch(Vec::new()));
+    }
+
+    #[test]
+    fn records_a_token_request_causes_name_the_token_and_no_others_do() {
+        use crate::model::testkit::acq;
+        let mut h = Harness::new();
+        mint(&mut h, "t1", "human/admin", true).unwrap();
+        let as_token = |cmd| Command::AsToken {
+            token_id: "t1".into(),
+            cmd: Box::new(cmd),
+        };
+        let held = match h.apply(as_token(Command::Acquire(acq(
+            "r1",
+            "a/x",
+            "agent/bot",
+            "i1",
+        )))) {
+            Response::Acquire(crate::model::AcquireOutcome::Granted(g)) => g,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(h.audit.len(), 1);
+        assert_eq!(h.audit[0].entry.via_token, "t1");
+        // A certificate client queues behind it: its record has no token.
+        let mut waiter = acq("r2", "a/x", "agent/other", "i2");
+        waiter.wait_ms = Some(60_000);
+        h.apply(Command::Acquire(waiter));
+        assert_eq!(h.audit.len(), 1);
+        assert_eq!(h.audit[0].entry.decision, AuditDecision::Queued);
+        assert_eq!(h.audit[0].entry.via_token, "");
+        // The token's release, and the grant to the waiter it causes, both name the token.
+        h.apply(as_token(Command::Release {
+            lease_id: held.lease.lease_id,
+            principal: p("agent/bot"),
+            outcome: None,
+        }));
+        let decisions: Vec<_> = h
+            .audit
+            .iter()
+            .map(|r| {
+                (
+                    r.entry.decision,
+                    r.entry.principal.as_str(),
+                    r.entry.via_token.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            decisions,
+            [
+                (AuditDecision::Released, "agent/bot", "t1"),
+                (AuditDecision::Granted, "agent/other", "t1"),
+            ]
+        );
+        // In a batch, only the wrapped command's records name the token.
+        h.apply(Command::Batch(vec![
+            Command::Acquire(acq("r3", "a/y", "agent/other", "i2")),
+            as_token(Command::Acquire(acq("r4", "a/z", "agent/bot", "i1"))),
+        ]));
+        let via: Vec<_> = h.audit.iter().map(|r| r.entry.via_token.as_str()).collect();
+        assert_eq!(via, ["", "t1"]);
+        // A refusal names it too.
+        revoke(&mut h, "t1", "human/admin", true).unwrap();
+        assert_eq!(
+            h.audit[0].entry.via_token, "",
+            "an admin's revocation by certificate"
+        );
+        h.apply(as_token(Command::Acquire(acq(
+            "r5",
+            "a/w",
+            "agent/bot",
+            "i1",
+        ))));
+        assert_eq!(h.audit[0].entry.decision, AuditDecision::Invalid);
+        assert_eq!(h.audit[0].entry.via_token, "t1");
     }
 
     #[test]

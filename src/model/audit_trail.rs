@@ -16,6 +16,9 @@ impl State {
         if entry.policy_version == 0 {
             entry.policy_version = self.policy_version();
         }
+        if let Some(id) = &fx.via_token {
+            entry.via_token.clone_from(id);
+        }
         let record = self.audit.append(self.last_index, self.now_ms, entry);
         fx.audit.push(record);
     }

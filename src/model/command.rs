@@ -361,6 +361,9 @@ pub enum Response {
 pub struct Effects {
     pub events: Vec<Event>,
     pub audit: Vec<AuditRecord>,
+    /// While a `Command::AsToken` is applied: its token id, stamped into every audit record the
+    /// command causes (`AuditEntry::via_token`).
+    pub(super) via_token: Option<String>,
 }
 
 /// Side effects of an apply the server acts on: waking waiting acquires and keepalive streams.

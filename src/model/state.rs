@@ -280,13 +280,19 @@ impl State {
             Command::AsToken { token_id, cmd } => match **cmd {
                 // Never nested: answered empty and changes nothing, like a nested batch.
                 Command::Batch(_) | Command::AsToken { .. } => Response::Batch(Vec::new()),
-                ref inner if self.token_revoked(token_id) => {
-                    self.audit_token_refusal(token_id, inner, fx);
-                    Response::Refused(super::error::OpError::TokenRevoked {
-                        id: token_id.clone(),
-                    })
+                ref inner => {
+                    fx.via_token = Some(token_id.clone());
+                    let answer = if self.token_revoked(token_id) {
+                        self.audit_token_refusal(token_id, inner, fx);
+                        Response::Refused(super::error::OpError::TokenRevoked {
+                            id: token_id.clone(),
+                        })
+                    } else {
+                        self.apply_command(inner, fx)
+                    };
+                    fx.via_token = None;
+                    answer
                 }
-                ref inner => self.apply_command(inner, fx),
             },
         }
     }

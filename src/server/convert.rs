@@ -159,5 +159,6 @@ pub fn audit_record(r: &crate::audit::AuditRecord) -> proto::AuditRecord {
         approvers: e.approvers.clone(),
         prev_hash: hex::encode(r.prev_hash),
         hash: hex::encode(r.hash),
+        via_token: e.via_token.clone(),
     }
 }

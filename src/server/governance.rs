@@ -312,6 +312,11 @@ impl Api {
             },
             since_ms: (r.since_ms > 0).then_some(r.since_ms),
             until_ms: (r.until_ms > 0).then_some(r.until_ms),
+            via_token: if r.via_token.is_empty() {
+                None
+            } else {
+                Some(super::tokens::token_id(&r.via_token)?.to_string())
+            },
         };
         filter
             .validate()

@@ -85,15 +85,7 @@ impl Api {
         r: proto::RevokeTokenRequest,
     ) -> Result<Response<proto::RevokeTokenResponse>, Status> {
         let by = caller.principal("")?;
-        if r.id.is_empty()
-            || r.id.len() > model::access::MAX_TOKEN_ID_BYTES
-            || !r.id.chars().all(|c| c.is_ascii_alphanumeric())
-        {
-            return Err(Status::invalid_argument(format!(
-                "id must be 1 to {} letters and digits (the id `warrant token create` printed)",
-                model::access::MAX_TOKEN_ID_BYTES
-            )));
-        }
+        token_id(&r.id)?;
         note("reason", &r.reason, true)?;
         let by_admin = self.shared.admins.contains(&by);
         match self
@@ -114,4 +106,18 @@ impl Api {
             _ => Err(Status::internal("unexpected answer to RevokeToken")),
         }
     }
+}
+
+/// A token id as `warrant token create` prints it: 1 to `MAX_TOKEN_ID_BYTES` letters and digits.
+pub(super) fn token_id(id: &str) -> Result<&str, Status> {
+    if id.is_empty()
+        || id.len() > model::access::MAX_TOKEN_ID_BYTES
+        || !id.chars().all(|c| c.is_ascii_alphanumeric())
+    {
+        return Err(Status::invalid_argument(format!(
+            "token id must be 1 to {} letters and digits (the id `warrant token create` printed)",
+            model::access::MAX_TOKEN_ID_BYTES
+        )));
+    }
+    Ok(id)
 }

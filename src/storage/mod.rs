@@ -39,7 +39,9 @@ pub use state_machine::{AppliedEvents, SmReader, StateMachineStore, WatchFeed};
 /// 4: snapshots are files in `snapshots/` (3 kept the whole snapshot in the `snapshot` column family;
 /// a version 3 directory is upgraded in place at open, and a version 3 build refuses a version 4 one
 /// instead of starting from an empty state).
-pub const DATA_FORMAT_VERSION: u32 = 4;
+/// 5: audit records caused by access-token requests are written in audit format v2 (`via_token`),
+/// which a version 4 build cannot read; a version 4 directory needs no conversion.
+pub const DATA_FORMAT_VERSION: u32 = 5;
 /// The oldest format this build opens (and upgrades); also the oldest backup it restores.
 pub const OLDEST_DATA_FORMAT: u32 = 3;
 
@@ -341,7 +343,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_format_3_directory_is_upgraded_in_place_and_an_older_one_refused() {
+    fn format_3_and_4_directories_are_upgraded_in_place_and_an_older_one_refused() {
         let dir = tempfile::tempdir().unwrap();
         let db = open_db(dir.path()).unwrap();
         let put = |format| {
@@ -353,11 +355,13 @@ mod tests {
             db.put_cf(cf(&db, CF_META), b"identity", encode(&id))
                 .unwrap();
         };
-        put(3);
-        check_identity(&db, dir.path(), "prod", 1).unwrap();
-        let stored: Identity =
-            decode(&db.get_cf(cf(&db, CF_META), b"identity").unwrap().unwrap()).unwrap();
-        assert_eq!(stored.format, DATA_FORMAT_VERSION);
+        for old in [3, 4] {
+            put(old);
+            check_identity(&db, dir.path(), "prod", 1).unwrap();
+            let stored: Identity =
+                decode(&db.get_cf(cf(&db, CF_META), b"identity").unwrap().unwrap()).unwrap();
+            assert_eq!(stored.format, DATA_FORMAT_VERSION);
+        }
         put(OLDEST_DATA_FORMAT - 1);
         let err = check_identity(&db, dir.path(), "prod", 1)
             .unwrap_err()
