@@ -1,5 +1,6 @@
 //! Local 3-node clusters of Warrant (`warrant server` processes) and etcd (Debian's `etcd`), on
-//! 127.0.0.1 with their data in a temp dir, stopped (by PID) when dropped.
+//! 127.0.0.1 with their data in a temp dir, stopped (by PID) when dropped; with `--tls`, both with mutual
+//! TLS on client and peer traffic (`tls.rs`).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,13 @@ fn free_port() -> Result<u16> {
         }
     }
     bail!("no free port on 127.0.0.1 after 100 tries")
+}
+
+/// A temp dir removed when dropped, and also by `cleanup_on_signal`.
+pub fn temp_dir() -> Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir()?;
+    live().1.push(dir.path().to_path_buf());
+    Ok(dir)
 }
 
 /// A server process we started.
@@ -169,8 +177,7 @@ impl Cluster {
 /// Start a 3-node Warrant cluster from the `warrant` binary.
 /// `extra` is TOML inserted into every node's config before the peer tables (e.g. `[raft]` settings).
 pub fn start_warrant(bin: &Path, extra: &str) -> Result<Cluster> {
-    let dir = tempfile::tempdir()?;
-    live().1.push(dir.path().to_path_buf());
+    let dir = temp_dir()?;
     let ports: Vec<(u16, u16)> = (0..5)
         .map(|_| Ok((free_port()?, free_port()?)))
         .collect::<Result<_>>()?;
@@ -185,18 +192,19 @@ pub fn start_warrant(bin: &Path, extra: &str) -> Result<Cluster> {
     let mut spares = Vec::new();
     for id in 1..=5u64 {
         let config = dir.path().join(format!("node{id}.toml"));
+        let (insecure, security) = crate::tls::warrant_node_security(id);
         std::fs::write(
             &config,
             format!(
-                "node_id = {id}\ncluster_name = \"bench\"\ndata_dir = \"data{id}\"\nbootstrap = {}\ninsecure = true\ndefault_decision = \"allow\"\n\
-                 admins = [\"human/admin\"]\n{extra}\n{}",
+                "node_id = {id}\ncluster_name = \"bench\"\ndata_dir = \"data{id}\"\nbootstrap = {}\n{insecure}default_decision = \"allow\"\n\
+                 admins = [\"human/admin\"]\n{extra}\n{}\n{security}",
                 id == 1,
                 // Bootstrap members list the first three; a spare lists them too (and itself).
                 if id <= 3 {
                     peers.lines().take(9).collect::<Vec<_>>().join("\n")
                 } else {
                     peers.clone()
-                }
+                },
             ),
         )?;
         let log = std::fs::File::create(dir.path().join(format!("node{id}.log")))?;
@@ -224,15 +232,15 @@ pub fn start_warrant(bin: &Path, extra: &str) -> Result<Cluster> {
 
 /// Start a 3-node etcd cluster (default durability: fsync on every commit).
 pub fn start_etcd(bin: &Path) -> Result<Cluster> {
-    let dir = tempfile::tempdir()?;
-    live().1.push(dir.path().to_path_buf());
+    let dir = temp_dir()?;
     let ports: Vec<(u16, u16)> = (0..3)
         .map(|_| Ok((free_port()?, free_port()?)))
         .collect::<Result<_>>()?;
+    let scheme = crate::tls::scheme();
     let initial: Vec<String> = ports
         .iter()
         .enumerate()
-        .map(|(i, (peer, _))| format!("n{}=http://127.0.0.1:{peer}", i + 1))
+        .map(|(i, (peer, _))| format!("n{}={scheme}://127.0.0.1:{peer}", i + 1))
         .collect();
     let mut procs = Vec::new();
     for (i, (peer, client)) in ports.iter().enumerate() {
@@ -244,16 +252,19 @@ pub fn start_etcd(bin: &Path) -> Result<Cluster> {
             .arg(dir.path().join(&name))
             .args([
                 "--listen-client-urls",
-                &format!("http://127.0.0.1:{client}"),
+                &format!("{scheme}://127.0.0.1:{client}"),
             ])
             .args([
                 "--advertise-client-urls",
-                &format!("http://127.0.0.1:{client}"),
+                &format!("{scheme}://127.0.0.1:{client}"),
             ])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--listen-peer-urls",
+                &format!("{scheme}://127.0.0.1:{peer}"),
+            ])
             .args([
                 "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
+                &format!("{scheme}://127.0.0.1:{peer}"),
             ])
             .args(["--initial-cluster", &initial.join(",")])
             .args([
@@ -263,6 +274,7 @@ pub fn start_etcd(bin: &Path) -> Result<Cluster> {
                 "warrant-bench",
             ])
             .args(["--log-level", "warn", "--logger", "zap"])
+            .args(crate::tls::etcd_args(i + 1))
             .stdout(Stdio::null())
             .stderr(log);
         procs.push(Proc::spawn(format!("etcd-{name}"), cmd)?);

@@ -7,6 +7,7 @@
 //! Both 3-node clusters run on 127.0.0.1 with their data in temp dirs and are stopped at the end.
 
 mod clusters;
+mod tls;
 mod workloads;
 
 use std::fmt::Write as _;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
-use warrant::client::{AcquireOptions, Acquired, Client, ClientConfig};
+use warrant::client::{AcquireOptions, Acquired};
 
 use clusters::{start_etcd, start_warrant, wait_until, Cluster};
 use workloads::{Contention, Stats, System};
@@ -67,6 +68,10 @@ enum Cmd {
         /// `$'[raft]\nsnapshot_after_entries = 50000'`).
         #[arg(long, default_value = "")]
         warrant_config: String,
+        /// Both clusters with mutual TLS on client and peer traffic (one CA from `warrant certs
+        /// init`; etcd with --client-cert-auth and --peer-client-cert-auth), as run in production.
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -101,7 +106,7 @@ async fn ready(system: System, cluster: &Cluster) -> Result<()> {
         async move {
             match system {
                 System::Warrant => {
-                    match Client::new(ClientConfig::new(endpoints, "agent/bench").unwrap())
+                    match tls::warrant_client(endpoints, "agent/bench")
                         .unwrap()
                         .status()
                         .await
@@ -110,7 +115,7 @@ async fn ready(system: System, cluster: &Cluster) -> Result<()> {
                         Err(_) => false,
                     }
                 }
-                System::Etcd => match etcd_client::Client::connect(endpoints, None).await {
+                System::Etcd => match tls::etcd_client(&endpoints).await {
                     Ok(mut c) => c.put("bench/ready", "1", None).await.is_ok(),
                     Err(_) => false,
                 },
@@ -121,10 +126,11 @@ async fn ready(system: System, cluster: &Cluster) -> Result<()> {
 }
 
 /// Kill -9 Warrant's leader under load (16 clients cycling); report the time from the kill to the
-/// next successful grant, and check that no acknowledged grant was lost (each resource's fence is at
+/// first grant of an acquire sent after it (one sent before may still be answered by the old leader,
+/// which says nothing about failover), and check that no acknowledged grant was lost (each resource's fence is at
 /// least every token acknowledged for it).
 async fn failover(cluster: &mut Cluster) -> Result<String> {
-    let client = Client::new(ClientConfig::new(cluster.endpoints.clone(), "agent/bench")?)?;
+    let client = tls::warrant_client(cluster.endpoints.clone(), "agent/bench")?;
     let leader = client.status().await?.leader as usize;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let stop_at = Instant::now() + Duration::from_secs(8);
@@ -134,17 +140,19 @@ async fn failover(cluster: &mut Cluster) -> Result<String> {
         let endpoints = cluster.endpoints.clone();
         let run = run.clone();
         tasks.push(tokio::spawn(async move {
-            let c = Client::new(ClientConfig::new(endpoints, &format!("agent/fo-{i}"))?)?;
-            let mut acked: Vec<(String, u64, Instant)> = Vec::new();
+            let c = tls::warrant_client(endpoints, &format!("agent/fo-{i}"))?;
+            // (resource, token, acquire sent, grant received)
+            let mut acked: Vec<(String, u64, Instant, Instant)> = Vec::new();
             let mut n = 0;
             while Instant::now() < stop_at {
                 let key = format!("fo/{run}/c{i}/r{}", n % 4);
                 n += 1;
+                let sent = Instant::now();
                 if let Ok(Acquired::Granted(l)) = c
                     .acquire(AcquireOptions::new(&key, Duration::from_secs(10)))
                     .await
                 {
-                    acked.push((key, l.token(), Instant::now()));
+                    acked.push((key, l.token(), sent, Instant::now()));
                     let _ = l.release(None).await;
                 }
             }
@@ -160,13 +168,13 @@ async fn failover(cluster: &mut Cluster) -> Result<String> {
     }
     let first_after = acked
         .iter()
-        .map(|(_, _, at)| *at)
-        .filter(|at| *at > killed)
+        .filter(|(_, _, sent, _)| *sent > killed)
+        .map(|(_, _, _, at)| *at)
         .min();
     let gap = first_after.map(|t| t - killed);
     let mut lost = 0;
     let mut checked = std::collections::BTreeMap::<String, u64>::new();
-    for (key, token, _) in &acked {
+    for (key, token, _, _) in &acked {
         let e = checked.entry(key.clone()).or_default();
         *e = (*e).max(*token);
     }
@@ -212,6 +220,7 @@ async fn main() -> Result<()> {
         systems,
         workloads,
         warrant_config,
+        tls,
     } = Cli::parse().command;
     let wants = |w: &str| workloads.iter().any(|x| x == w);
     let warrant_bin = match warrant_bin {
@@ -223,6 +232,11 @@ async fn main() -> Result<()> {
         "{} not found: apt-get install etcd-server",
         etcd_bin.display()
     );
+    // Kept until the end: etcd reads its certificate files again at every handshake.
+    let certs = clusters::temp_dir()?;
+    if tls {
+        tls::enable(certs.path())?;
+    }
     let mut warrant = start_warrant(&warrant_bin, &warrant_config).context("start warrant")?;
     let mut etcd = start_etcd(&etcd_bin).context("start etcd")?;
     ready(System::Warrant, &warrant).await?;
@@ -311,6 +325,15 @@ async fn main() -> Result<()> {
     }
 
     let mut out = String::new();
+    writeln!(
+        out,
+        "Transport: {}.\n",
+        if tls {
+            "mutual TLS on client and peer traffic for both systems (--tls)"
+        } else {
+            "plaintext for both systems (Warrant `insecure = true`; run with --tls for mutual TLS)"
+        }
+    )?;
     writeln!(out, "| workload | C | run | system | ops/s | acquire p50 / p99 / p99.9 ms | cycle p50 / p99 / p99.9 ms | busy answers / grant | server CPU % | Warrant ÷ etcd ops/s |")?;
     writeln!(out, "|---|---|---|---|---|---|---|---|---|---|")?;
     for r in &rows {
@@ -376,7 +399,7 @@ async fn scale(system: System, cluster: &mut Cluster, n: usize) -> Result<String
     let rss = mib(&cluster.rss_bytes());
     let (victim, probe) = match system {
         System::Warrant => {
-            let c = Client::new(ClientConfig::new(cluster.endpoints.clone(), "agent/bench")?)?;
+            let c = tls::warrant_client(cluster.endpoints.clone(), "agent/bench")?;
             let status = c.status().await?;
             let victim = (1..=3)
                 .find(|id| *id != status.leader as usize)
@@ -394,7 +417,7 @@ async fn scale(system: System, cluster: &mut Cluster, n: usize) -> Result<String
         async move {
             match system {
                 System::Warrant => {
-                    match Client::new(ClientConfig::new([endpoint], "agent/bench").unwrap())
+                    match tls::warrant_client([endpoint], "agent/bench")
                         .unwrap()
                         .status()
                         .await
@@ -403,7 +426,7 @@ async fn scale(system: System, cluster: &mut Cluster, n: usize) -> Result<String
                         Err(_) => false,
                     }
                 }
-                System::Etcd => match etcd_client::Client::connect([endpoint], None).await {
+                System::Etcd => match tls::etcd_client(&[endpoint]).await {
                     Ok(mut c) => c.status().await.is_ok(),
                     Err(_) => false,
                 },
@@ -427,7 +450,7 @@ async fn scale(system: System, cluster: &mut Cluster, n: usize) -> Result<String
 /// 3 → 5 → 3 with the scale workload's leases live: start the two spares, add each (learner,
 /// catch-up by snapshot, promotion), then remove them again.
 async fn membership(cluster: &mut Cluster) -> Result<String> {
-    let admin = Client::new(ClientConfig::new(cluster.endpoints.clone(), "human/admin")?)?;
+    let admin = tls::warrant_client(cluster.endpoints.clone(), "human/admin")?;
     let started = Instant::now();
     let mut adds = Vec::new();
     for (proc, raft, client) in cluster.spares.iter_mut() {
@@ -469,7 +492,7 @@ async fn membership(cluster: &mut Cluster) -> Result<String> {
 /// `snapshot save` of the whole state (and audit log) through the client, then `snapshot restore`
 /// of it into a fresh data directory, timed.
 async fn backup(cluster: &Cluster) -> Result<String> {
-    let admin = Client::new(ClientConfig::new(cluster.endpoints.clone(), "human/admin")?)?;
+    let admin = tls::warrant_client(cluster.endpoints.clone(), "human/admin")?;
     let file = cluster.dir.path().join("backup.wbak");
     let started = Instant::now();
     let saved = admin.save_snapshot(&file).await?;

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use etcd_client::{Compare, CompareOp, LockOptions, PutOptions, Txn, TxnOp};
 use hdrhistogram::Histogram;
-use warrant::client::{AcquireOptions, Acquired, Client, ClientConfig};
+use warrant::client::{AcquireOptions, Acquired, Client};
 
 use crate::clusters::Cluster;
+use crate::tls;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum System {
@@ -68,13 +69,8 @@ enum Conn {
 
 async fn connect(system: System, endpoints: &[String], principal: &str) -> Result<Conn> {
     Ok(match system {
-        System::Warrant => Conn::Warrant(Client::new(ClientConfig::new(
-            endpoints.to_vec(),
-            principal,
-        )?)?),
-        System::Etcd => Conn::Etcd(Box::new(
-            etcd_client::Client::connect(endpoints.to_vec(), None).await?,
-        )),
+        System::Warrant => Conn::Warrant(tls::warrant_client(endpoints.to_vec(), principal)?),
+        System::Etcd => Conn::Etcd(Box::new(tls::etcd_client(endpoints).await?)),
     })
 }
 
@@ -309,7 +305,7 @@ pub async fn keepalives(
     let run = uuid::Uuid::new_v4().simple().to_string();
     let leader = match system {
         System::Warrant => {
-            let c = Client::new(ClientConfig::new(cluster.endpoints.clone(), "agent/bench")?)?;
+            let c = tls::warrant_client(cluster.endpoints.clone(), "agent/bench")?;
             let s = c.status().await?;
             if s.leader_address.is_empty() {
                 return Err(anyhow!("no leader"));
@@ -330,8 +326,7 @@ pub async fn keepalives(
             let mut flight = InFlight::new(measure_from);
             match system {
                 System::Warrant => {
-                    let client =
-                        Client::new(ClientConfig::new(endpoints, &format!("agent/ka-{i}"))?)?;
+                    let client = tls::warrant_client(endpoints, &format!("agent/ka-{i}"))?;
                     let lease = match client
                         .acquire(AcquireOptions::new(&key, Duration::from_secs(60)))
                         .await?
@@ -341,10 +336,9 @@ pub async fn keepalives(
                     };
                     let id = lease.lease_id().to_string();
                     let principal = format!("agent/ka-{i}");
-                    let mut raw = warrant::proto::warrant_client::WarrantClient::connect(format!(
-                        "http://{leader}"
-                    ))
-                    .await?;
+                    let mut raw = warrant::proto::warrant_client::WarrantClient::new(
+                        tls::warrant_channel(&leader, &principal).await?,
+                    );
                     let (tx, rx) = tokio::sync::mpsc::channel(window * 2);
                     let mut answers = raw
                         .keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -373,7 +367,7 @@ pub async fn keepalives(
                     drop(lease);
                 }
                 System::Etcd => {
-                    let mut c = etcd_client::Client::connect(vec![leader.clone()], None).await?;
+                    let mut c = tls::etcd_client(std::slice::from_ref(&leader)).await?;
                     let id = c.lease_grant(60, None).await?.id();
                     let (mut keeper, mut answers) = c.lease_keep_alive(id).await?;
                     for _ in 0..window {
