@@ -12,9 +12,10 @@ else
   cargo test --workspace --no-fail-fast
 fi
 # Chaos smoke run (about 65 s): 3 real nodes, kills, pauses and (as root, in network namespaces)
-# partitions, with a fixed seed; exits non-zero if any checker finds a violation.
+# partitions, with a fixed seed, on the production path (mutual TLS, clients authenticated by
+# certificate); exits non-zero if any checker finds a violation.
 cargo build -p warrant --bin warrant
 cargo build -p warrant-jepsen
 target="${CARGO_TARGET_DIR:-target}"
 out="$(mktemp -d)/warrant-jepsen-smoke"
-"$target/debug/warrant-jepsen" run --nodes 3 --time 60s --nemesis mixed --seed 42 --mode auto --out "$out"
+"$target/debug/warrant-jepsen" run --nodes 3 --time 60s --nemesis mixed --seed 42 --mode auto --tls --out "$out"

@@ -6,22 +6,19 @@
 //! client certificate, issued on first use, because a Warrant principal comes from its certificate
 //! (and the per-principal limits count per principal).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use warrant::client::{Client, ClientConfig, TlsFiles};
-use warrant::security::certs::{self, Ca, InitOptions};
+use warrant::client::{Client, ClientConfig};
+use warrant::security::certs::{self, Ca, ClientIssuer, InitOptions};
 use warrant::security::tls::TlsMaterial;
-use warrant::security::Identity;
 
 struct Tls {
+    /// `certs init`'s files: the CA, node certificates and the signing key.
     dir: PathBuf,
-    ca: Ca,
-    /// Client material per principal, issued on first use.
-    issued: Mutex<HashMap<String, TlsMaterial>>,
+    clients: ClientIssuer,
 }
 
 static TLS: OnceLock<Tls> = OnceLock::new();
@@ -35,8 +32,7 @@ pub fn enable(dir: &Path) -> Result<()> {
     let ca = Ca::load(dir).map_err(|e| anyhow!("load the bench CA: {e}"))?;
     TLS.set(Tls {
         dir: dir.to_path_buf(),
-        ca,
-        issued: Mutex::new(HashMap::new()),
+        clients: ClientIssuer::new(ca, Duration::from_secs(86_400)),
     })
     .map_err(|_| anyhow!("TLS enabled twice"))
 }
@@ -56,33 +52,10 @@ pub fn scheme() -> &'static str {
 
 /// The client material for `principal` (`agent/NAME`), issuing its certificate the first time.
 fn material(principal: &str) -> Result<Option<TlsMaterial>> {
-    let Some(tls) = TLS.get() else {
-        return Ok(None);
-    };
-    let mut issued = tls.issued.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(m) = issued.get(principal) {
-        return Ok(Some(m.clone()));
-    }
-    let identity = Identity::Principal(warrant::model::Principal::parse(principal)?);
-    let pair = tls
-        .ca
-        .issue(&identity, &[], Duration::from_secs(86_400))
-        .map_err(|e| anyhow!("issue a certificate for {principal}: {e}"))?;
-    let stem = certs::file_stem(&identity);
-    let (cert, key) = (
-        tls.dir.join(format!("{stem}.pem")),
-        tls.dir.join(format!("{stem}.key")),
-    );
-    std::fs::write(&cert, pair.cert)?;
-    std::fs::write(&key, pair.key)?;
-    let m = TlsFiles {
-        ca: tls.dir.join("ca.pem"),
-        cert_and_key: Some((cert, key)),
-    }
-    .load()
-    .map_err(|e| anyhow!(e))?;
-    issued.insert(principal.to_string(), m.clone());
-    Ok(Some(m))
+    TLS.get()
+        .map(|t| t.clients.material(principal))
+        .transpose()
+        .map_err(|e| anyhow!("a certificate for {principal}: {e}"))
 }
 
 /// A Warrant client acting as `principal`: with its certificate under `--tls`, by claim otherwise.

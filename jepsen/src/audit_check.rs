@@ -15,27 +15,28 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::json;
 use warrant::audit::AuditDecision;
-use warrant::client::{Client, ClientConfig};
+use warrant::client::Client;
 
 use crate::checker::Verdict;
 use crate::history::{Event, Kind, Op};
+use crate::security::Security;
 
 /// How long a node may take to catch up and verify after healing.
 const CATCH_UP: Duration = Duration::from_secs(60);
 
-fn client(endpoint: &str) -> anyhow::Result<Client> {
-    Ok(Client::new(ClientConfig::new(
-        [endpoint.to_string()],
-        "human/jepsen",
-    )?)?)
+fn client(endpoint: &str, security: &Security) -> anyhow::Result<Client> {
+    Ok(Client::new(
+        // Reading the audit is an admin action: the nodes' config names human/admin.
+        security.client([endpoint.to_string()], "human/admin")?,
+    )?)
 }
 
 /// Check every node's audit log against the others and against the history.
-pub async fn check(endpoints: &[String], events: &[Event]) -> Verdict {
+pub async fn check(endpoints: &[String], events: &[Event], security: &Security) -> Verdict {
     let mut v = Verdict::new();
     let mut lengths = Vec::new();
     for endpoint in endpoints {
-        let Ok(c) = client(endpoint) else {
+        let Ok(c) = client(endpoint, security) else {
             v.violation(json!({"node": endpoint, "error": "no client"}));
             continue;
         };
@@ -61,7 +62,9 @@ pub async fn check(endpoints: &[String], events: &[Event]) -> Verdict {
     if let Some(n) = lengths.iter().map(|(_, n)| *n).min().filter(|n| *n > 0) {
         let mut hashes = BTreeSet::new();
         for (endpoint, _) in &lengths {
-            let Ok(c) = client(endpoint) else { continue };
+            let Ok(c) = client(endpoint, security) else {
+                continue;
+            };
             let mut records = Box::pin(c.export_audit(n));
             match records.next().await {
                 Some(Ok(r)) if r.seq == n => {
@@ -85,7 +88,7 @@ pub async fn check(endpoints: &[String], events: &[Event]) -> Verdict {
         .filter_map(|e| e.token.map(|t| (e.resource.clone(), t)))
         .collect();
     if let Some((endpoint, _)) = lengths.first() {
-        if let Ok(c) = client(endpoint) {
+        if let Ok(c) = client(endpoint, security) {
             let mut granted = BTreeSet::new();
             let mut records = Box::pin(c.export_audit(1));
             while let Some(r) = records.next().await {

@@ -20,7 +20,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use warrant::client::{Client, ClientConfig};
+use warrant::client::Client;
+
+use crate::security::Security;
 
 pub const BRIDGE: &str = "wjbr0";
 const BRIDGE_ADDR: &str = "10.77.0.1/24";
@@ -250,6 +252,8 @@ pub struct Cluster {
     /// With the clock nemesis: libfaketime, preloaded into every node, and the directory of the
     /// per-node offset files it re-reads every second.
     faketime: Option<(PathBuf, PathBuf)>,
+    /// How nodes and clients authenticate (`--tls`, or insecure).
+    pub security: Security,
 }
 
 /// Where Debian's `libfaketime` package puts the thread-safe preload library.
@@ -288,6 +292,7 @@ impl Cluster {
         dir: &Path,
         faketime: Option<PathBuf>,
         top_level: &str,
+        tls: bool,
     ) -> anyhow::Result<Cluster> {
         if !(1..=MAX_NODES).contains(&nodes) {
             bail!("--nodes must be 1..={MAX_NODES}");
@@ -305,6 +310,12 @@ impl Cluster {
                 ),
             });
         }
+        let security = if tls {
+            let hosts = (1..=nodes).map(ip_of).collect();
+            Security::tls(&dir.join("certs"), nodes, hosts)?
+        } else {
+            Security::default()
+        };
         let mut peers = String::new();
         for (i, (raft, client)) in addrs.iter().enumerate() {
             peers.push_str(&format!(
@@ -316,9 +327,10 @@ impl Cluster {
         for (i, (_, client)) in addrs.iter().enumerate() {
             let id = i as u64 + 1;
             let config = dir.join(format!("wj-node{id}.toml"));
+            let (insecure, security_table) = security.node_config(id);
             let text = format!(
                 "node_id = {id}\ncluster_name = \"jepsen\"\ndata_dir = \"data{id}\"\nbootstrap = {}\n\
-                 insecure = true\ndefault_decision = \"allow\"\nadmins = [\"human/admin\"]\n{top_level}{LEASE_AND_RAFT}{peers}",
+                 {insecure}default_decision = \"allow\"\nadmins = [\"human/admin\"]\n{top_level}{LEASE_AND_RAFT}{peers}{security_table}",
                 id == 1
             );
             std::fs::write(&config, text)?;
@@ -342,6 +354,7 @@ impl Cluster {
             nodes: list,
             bin: bin.to_path_buf(),
             faketime,
+            security,
         };
         if cluster.has_clock_control() {
             for id in 1..=nodes {
@@ -527,7 +540,9 @@ impl Cluster {
 
     /// A client that talks to one node only.
     pub fn node_client(&self, id: u64) -> anyhow::Result<Client> {
-        let mut cfg = ClientConfig::new([self.node(id).client_addr.clone()], "human/jepsen")?;
+        let mut cfg = self
+            .security
+            .client([self.node(id).client_addr.clone()], "human/jepsen")?;
         cfg.call_timeout = Duration::from_secs(2);
         Ok(Client::new(cfg)?)
     }

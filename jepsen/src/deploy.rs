@@ -24,10 +24,11 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use warrant::client::{AcquireOptions, Acquired, Client, ClientConfig, FenceGuard, Lease};
+use warrant::client::{AcquireOptions, Acquired, Client, FenceGuard, Lease};
 use warrant::model::ReleaseOutcome;
 
 use crate::history::{Event, Kind, Op, Recorder};
+use crate::security::Security;
 use crate::workload::{describe, kind_of, Params};
 
 /// Steps per deploy.
@@ -247,22 +248,25 @@ async fn instance(
     let resource = deploy_resource(slot);
     let rec = &ctx.rec;
     let ttl = ctx.params.ttl;
-    let client =
-        match ClientConfig::new(ctx.endpoints.clone(), &principal(slot)).and_then(|mut c| {
+    let client = match ctx
+        .params
+        .security
+        .client(ctx.endpoints.clone(), &principal(slot))
+        .and_then(|mut c| {
             c.call_timeout = Duration::from_secs(5);
-            Client::new(c)
+            Ok(Client::new(c)?)
         }) {
-            Ok(c) => c,
-            Err(e) => {
-                rec.record(
-                    Event::new(Kind::Fail, Op::Acquire, p, &resource)
-                        .key(&key)
-                        .error(e),
-                );
-                let _ = tx.send(End::Died);
-                return;
-            }
-        };
+        Ok(c) => c,
+        Err(e) => {
+            rec.record(
+                Event::new(Kind::Fail, Op::Acquire, p, &resource)
+                    .key(&key)
+                    .error(e),
+            );
+            let _ = tx.send(End::Died);
+            return;
+        }
+    };
     let ev = |kind, f| Event::new(kind, f, p, &resource).key(&key);
 
     // Acquire: one logical acquire, retried with the same request id so a lost answer is returned
@@ -453,6 +457,7 @@ async fn checkpoint(
 /// released at once, leaving the task open).
 pub async fn probe(
     endpoints: Vec<String>,
+    security: &Security,
     keys: &[(u64, String)],
     ttl: Duration,
     timeout: Duration,
@@ -464,7 +469,7 @@ pub async fn probe(
         let client = match clients.get(slot) {
             Some(c) => c.clone(),
             None => {
-                let mut cfg = ClientConfig::new(endpoints.clone(), &principal(*slot))?;
+                let mut cfg = security.client(endpoints.clone(), &principal(*slot))?;
                 cfg.call_timeout = Duration::from_secs(5);
                 let c = Client::new(cfg)?;
                 clients.insert(*slot, c.clone());

@@ -14,6 +14,7 @@ pub mod deploy_check;
 pub mod history;
 pub mod linearizable;
 pub mod nemesis;
+pub mod security;
 pub mod timeline_svg;
 pub mod workload;
 
@@ -46,6 +47,9 @@ pub struct RunOpts {
     pub register: bool,
     /// Run the replacement-mid-deploy workload.
     pub deploy: bool,
+    /// Mutual TLS and certificate-authenticated clients (the production path) instead of an
+    /// insecure cluster.
+    pub tls: bool,
 }
 
 /// results.json.
@@ -62,6 +66,8 @@ pub struct Results {
     pub ttl_ms: u64,
     /// A deliberately broken mode, if one was asked for (then the run is expected to fail).
     pub broken: Option<workload::Broken>,
+    /// Whether the cluster ran with mutual TLS (`--tls`) or insecure.
+    pub tls: bool,
     /// Completions per operation and outcome, e.g. "acquire.ok".
     pub ops: BTreeMap<String, u64>,
     pub faults: BTreeMap<String, u64>,
@@ -121,7 +127,7 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
         _ => "",
     };
     let cluster = Arc::new(Cluster::start(
-        opts.mode, opts.nodes, &opts.bin, &opts.out, faketime, top_level,
+        opts.mode, opts.nodes, &opts.bin, &opts.out, faketime, top_level, opts.tls,
     )?);
     let Some(leader) = cluster.wait_leader(Duration::from_secs(30)).await else {
         anyhow::bail!(
@@ -143,6 +149,7 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
         seed: opts.seed,
         p_pause: 0.08,
         broken: opts.broken,
+        security: cluster.security.clone(),
     };
     let nem = tokio::spawn(nemesis::run(
         cluster.clone(),
@@ -210,10 +217,18 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
     if opts.deploy {
         names.extend((0..deploy::SLOTS).map(deploy::deploy_resource));
     }
-    workload::final_reads(cluster.endpoints(), &names, Duration::from_secs(20), &rec).await?;
+    workload::final_reads(
+        cluster.endpoints(),
+        &names,
+        Duration::from_secs(20),
+        &rec,
+        &cluster.security,
+    )
+    .await?;
     if opts.deploy {
         deploy::probe(
             cluster.endpoints(),
+            &cluster.security,
             &deploy_keys,
             opts.ttl,
             Duration::from_secs(60),
@@ -227,7 +242,7 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
     let mut checkers = checker::check_all(&events);
     checkers.insert(
         "audit".into(),
-        audit_check::check(&cluster.endpoints(), &events).await,
+        audit_check::check(&cluster.endpoints(), &events, &cluster.security).await,
     );
     let mut ops: BTreeMap<String, u64> = BTreeMap::new();
     for e in &events {
@@ -256,6 +271,7 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
         resources: opts.resources,
         ttl_ms: opts.ttl.as_millis() as u64,
         broken: opts.broken,
+        tls: opts.tls,
         ops,
         faults: timeline.counts(),
         checkers,

@@ -75,6 +75,11 @@ enum Cmd {
         /// ignore-expiry.
         #[arg(long = "break", value_enum)]
         broken: Option<BrokenArg>,
+        /// Run the cluster as in production: mutual TLS on client and Raft ports, every client
+        /// authenticated by its own certificate (made under OUT/certs). Not with
+        /// `--break unconfirmed-answers`, a server bug that only insecure nodes accept.
+        #[arg(long)]
+        tls: bool,
     },
     /// Re-run the checkers over a recorded history.jsonl.
     Check { history: PathBuf },
@@ -103,7 +108,15 @@ fn main() {
             ttl,
             warrant_bin,
             broken,
+            tls,
         } => {
+            if tls && matches!(broken, Some(BrokenArg::UnconfirmedAnswers)) {
+                eprintln!(
+                    "--break unconfirmed-answers needs an insecure cluster (the server refuses a \
+                     broken mode with TLS); drop --tls"
+                );
+                std::process::exit(2);
+            }
             let (register, deploy) = match workload.as_str() {
                 "register" => (true, false),
                 "deploy" => (false, true),
@@ -143,6 +156,7 @@ fn main() {
                 }),
                 register,
                 deploy,
+                tls,
             };
             run(opts)
         }
@@ -199,9 +213,10 @@ fn run(opts: RunOpts) -> i32 {
 
 fn print_summary(r: &warrant_jepsen::Results) {
     println!(
-        "{} — {:?} mode, {} nodes, seed {}, {} s, nemesis {:?}",
+        "{} — {:?} mode, {}, {} nodes, seed {}, {} s, nemesis {:?}",
         if r.valid { "PASS" } else { "FAIL" },
         r.mode,
+        if r.tls { "mutual TLS" } else { "insecure" },
         r.nodes,
         r.seed,
         r.time_s,

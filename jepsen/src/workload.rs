@@ -18,10 +18,11 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::time::Instant;
-use warrant::client::{AcquireOptions, Acquired, Client, ClientConfig, ClientError, FenceGuard};
+use warrant::client::{AcquireOptions, Acquired, Client, ClientError, FenceGuard};
 use warrant::model::InstanceId;
 
 use crate::history::{Event, Kind, Op, Recorder};
+use crate::security::Security;
 
 pub const TASK_KEY: &str = "jepsen";
 
@@ -36,6 +37,8 @@ pub struct Params {
     pub p_pause: f64,
     /// A deliberately broken mode, to show the checkers catch it.
     pub broken: Option<Broken>,
+    /// How clients authenticate (the cluster's).
+    pub security: Security,
 }
 
 /// Deliberately broken behaviour (`--break`): the suite must be able to fail.
@@ -152,7 +155,9 @@ pub async fn run(
             let n = endpoints.len();
             endpoints.rotate_left(p as usize % n);
         }
-        let mut cfg = ClientConfig::new(endpoints, &format!("agent/jepsen-{p}"))?;
+        let mut cfg = params
+            .security
+            .client(endpoints, &format!("agent/jepsen-{p}"))?;
         cfg.instance = InstanceId::parse(&format!("jepsen-{p}-{}", params.seed))?;
         cfg.call_timeout = Duration::from_secs(5);
         let client = Client::new(cfg)?;
@@ -313,9 +318,10 @@ pub async fn final_reads(
     names: &[String],
     timeout: Duration,
     rec: &Recorder,
+    security: &Security,
 ) -> anyhow::Result<()> {
     const READER: u64 = 1_000_000;
-    let mut cfg = ClientConfig::new(endpoints, "human/jepsen-reader")?;
+    let mut cfg = security.client(endpoints, "human/jepsen-reader")?;
     cfg.call_timeout = Duration::from_secs(5);
     let client = Client::new(cfg)?;
     let deadline = Instant::now() + timeout;

@@ -160,6 +160,45 @@ impl Ca {
     }
 }
 
+/// Client TLS material issued from a CA on first use per principal, then kept: for harnesses that
+/// act as many principals at once (the benchmark, the chaos suite), where a principal comes from its
+/// certificate.
+pub struct ClientIssuer {
+    ca: Ca,
+    valid_for: Duration,
+    issued: std::sync::Mutex<std::collections::HashMap<String, super::tls::TlsMaterial>>,
+}
+
+impl ClientIssuer {
+    pub fn new(ca: Ca, valid_for: Duration) -> Self {
+        Self {
+            ca,
+            valid_for,
+            issued: Default::default(),
+        }
+    }
+
+    /// The material for `principal` (`agent/NAME` or `human/NAME`): the CA and its certificate.
+    pub fn material(&self, principal: &str) -> Result<super::tls::TlsMaterial, CertError> {
+        let mut issued = self.issued.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = issued.get(principal) {
+            return Ok(m.clone());
+        }
+        let identity = Identity::Principal(
+            crate::model::Principal::parse(principal)
+                .map_err(|e| CertError::Invalid(e.to_string()))?,
+        );
+        let pair = self.ca.issue(&identity, &[], self.valid_for)?;
+        let m = super::tls::TlsMaterial::from_pems(
+            self.ca.pem().cert.clone(),
+            Some((pair.cert, pair.key)),
+        )
+        .map_err(CertError::Invalid)?;
+        issued.insert(principal.to_string(), m.clone());
+        Ok(m)
+    }
+}
+
 /// What `certs init` makes.
 #[derive(Debug, Clone)]
 pub struct InitOptions {
@@ -314,6 +353,27 @@ mod tests {
             let der = pem_der(&pair.cert);
             assert_eq!(Identity::from_cert_der(&der).unwrap(), id);
         }
+    }
+
+    #[test]
+    fn a_client_issuer_makes_one_certificate_per_principal_and_refuses_other_names() {
+        let issuer = ClientIssuer::new(
+            Ca::generate("t", DEFAULT_CA_VALIDITY).unwrap(),
+            DEFAULT_LEAF_VALIDITY,
+        );
+        let a = issuer.material("agent/a").unwrap();
+        let agent_a = Identity::Principal(crate::model::Principal::parse("agent/a").unwrap());
+        assert_eq!(a.identity, Some(agent_a.clone()));
+        assert_eq!(issuer.material("agent/a").unwrap().identity, Some(agent_a));
+        assert_eq!(
+            issuer.issued.lock().unwrap().len(),
+            1,
+            "kept, not issued twice"
+        );
+        let human = issuer.material("human/b").unwrap();
+        assert!(matches!(human.identity, Some(Identity::Principal(_))));
+        assert!(issuer.material("node/1").is_err());
+        assert!(issuer.material("nobody").is_err());
     }
 
     #[test]

@@ -38,15 +38,39 @@ impl TlsFiles {
     /// Read the files and learn who the certificate names.
     pub fn load(&self) -> Result<TlsMaterial, String> {
         let ca = read(&self.ca, "CA certificate")?;
-        first_cert_der(&ca, &self.ca)?;
-        let (pair, identity) = match &self.cert_and_key {
+        let pair = match &self.cert_and_key {
+            None => None,
+            Some((cert, key)) => Some((
+                read(cert, "certificate")?,
+                read(key, "private key")?,
+                cert.as_path(),
+            )),
+        };
+        TlsMaterial::from_pem(ca, pair, &self.ca)
+    }
+}
+
+impl TlsMaterial {
+    /// Material from PEM text already in memory (e.g. just issued by [`super::certs::Ca`]):
+    /// the CA certificate, and this party's certificate and key if it has one.
+    pub fn from_pems(ca: String, cert_and_key: Option<(String, String)>) -> Result<Self, String> {
+        let pair = cert_and_key.map(|(c, k)| (c, k, Path::new("certificate")));
+        Self::from_pem(ca, pair, Path::new("CA certificate"))
+    }
+
+    /// Checks the PEM and learns who the certificate names; paths only name the files in errors.
+    fn from_pem(
+        ca: String,
+        pair: Option<(String, String, &Path)>,
+        ca_path: &Path,
+    ) -> Result<Self, String> {
+        first_cert_der(&ca, ca_path)?;
+        let (pair, identity) = match pair {
             None => (None, None),
-            Some((cert, key)) => {
-                let c = read(cert, "certificate")?;
-                let k = read(key, "private key")?;
-                let der = first_cert_der(&c, cert)?;
+            Some((c, k, cert_path)) => {
+                let der = first_cert_der(&c, cert_path)?;
                 let id = Identity::from_cert_der(&der)
-                    .map_err(|e| format!("{}: {e}", cert.display()))?;
+                    .map_err(|e| format!("{}: {e}", cert_path.display()))?;
                 (Some((c, k)), Some(id))
             }
         };
