@@ -424,6 +424,23 @@ async fn access_tokens_work_until_revoked_or_expired_and_admin_actions_are_audit
         .await;
         assert!(e.to_string().contains(&id), "{e}");
     }
+    // Refusals before authentication are not audited (an unauthenticated caller must not grow the
+    // replicated log) but counted and logged, with the token's id and never its text.
+    for n in &c.nodes {
+        let (_, metrics) = common::http_get(&n.http_addr, "/metrics").unwrap();
+        let revoked: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("warrant_auth_refused_total{reason=\"token_revoked\"}"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(revoked >= 1.0, "node {}: {metrics}", n.id);
+        let log = c.log_of(n.id);
+        assert!(
+            log.contains("refused: access token") && log.contains(&id),
+            "node {}: {log}",
+            n.id
+        );
+    }
 
     // Expired: a 1 s token is refused once its second is over.
     let short = c.cli(

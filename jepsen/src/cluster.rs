@@ -312,6 +312,7 @@ impl Cluster {
         }
         let security = if tls {
             let hosts = (1..=nodes).map(ip_of).collect();
+            // Node configs name the files relative to themselves (`certs/…`).
             Security::tls(&dir.join("certs"), nodes, hosts)?
         } else {
             Security::default()

@@ -4,7 +4,7 @@
 //! `warrant certs init` material is made in the run's directory (`certs/`): node certificates valid
 //! for every node's address, and a client certificate per principal issued on first use.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,6 @@ use warrant::client::ClientConfig;
 use warrant::security::certs::{self, Ca, ClientIssuer, InitOptions};
 
 struct Tls {
-    dir: PathBuf,
     clients: ClientIssuer,
 }
 
@@ -32,7 +31,7 @@ impl std::fmt::Debug for Security {
 
 impl Security {
     /// A CA, node certificates 1..=`nodes` valid for `hosts` (and 127.0.0.1), and the cluster
-    /// signing key, written to `dir`.
+    /// signing key, written to `dir` (the run's `certs`, next to the node configs).
     pub fn tls(dir: &Path, nodes: u64, hosts: Vec<String>) -> anyhow::Result<Self> {
         let mut options = InitOptions::local("jepsen", nodes);
         options.hosts = hosts;
@@ -40,7 +39,6 @@ impl Security {
         certs::init(dir, &options).map_err(|e| anyhow::anyhow!("certs init: {e}"))?;
         let ca = Ca::load(dir).map_err(|e| anyhow::anyhow!("the run's CA: {e}"))?;
         Ok(Self(Some(Arc::new(Tls {
-            dir: dir.to_path_buf(),
             clients: ClientIssuer::new(ca, Duration::from_secs(7 * 86_400)),
         }))))
     }
@@ -67,18 +65,16 @@ impl Security {
         Ok(config)
     }
 
-    /// Node `id`'s settings: a top-level line, and a table that goes after every other table.
+    /// Node `id`'s settings: a top-level line, and a table that goes after every other table. Paths
+    /// are relative to the node's config file, which is next to the `certs` directory.
     pub fn node_config(&self, id: u64) -> (&'static str, String) {
         match &self.0 {
             None => ("insecure = true\n", String::new()),
-            Some(t) => (
+            Some(_) => (
                 "",
                 format!(
-                    "[security]\nca = {:?}\ncert = {:?}\nkey = {:?}\nsigning_key = {:?}\n",
-                    t.dir.join("ca.pem"),
-                    t.dir.join(format!("node{id}.pem")),
-                    t.dir.join(format!("node{id}.key")),
-                    t.dir.join("cluster-signing.key"),
+                    "[security]\nca = \"certs/ca.pem\"\ncert = \"certs/node{id}.pem\"\n\
+                     key = \"certs/node{id}.key\"\nsigning_key = \"certs/cluster-signing.key\"\n"
                 ),
             ),
         }

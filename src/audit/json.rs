@@ -63,8 +63,8 @@ struct LineIn {
     policy_version: u64,
     policies: Vec<String>,
     approvers: Vec<String>,
-    /// Only on records made through an access token (format v2).
-    #[serde(default)]
+    /// Only on records made through an access token (format v2); never empty when present.
+    #[serde(default, deserialize_with = "non_empty")]
     via_token: String,
     prev_hash: String,
     hash: String,
@@ -93,6 +93,17 @@ fn unique_labels<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Str
         }
     }
     d.deserialize_map(Labels)
+}
+
+/// A string that is present must not be empty: a v1 record has no `via_token` key at all.
+fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Err(serde::de::Error::custom(
+            "via_token is empty; a record without a token has no via_token key",
+        ));
+    }
+    Ok(s)
 }
 
 fn hash_from_hex(field: &str, s: &str) -> Result<Hash, AuditError> {
@@ -148,8 +159,9 @@ impl AuditRecord {
         serde_json::to_string(&line).expect("a record of strings and integers serialises to JSON")
     }
 
-    /// Reads one line written by [`to_json_line`](Self::to_json_line). Every field is required (but `via_token`, absent when empty) and no
-    /// other is allowed; `at` must agree with `at_ms`. Does not check the hash ([`verify`] does).
+    /// Reads one line written by [`to_json_line`](Self::to_json_line). Every field is required
+    /// (but `via_token`, absent when empty) and no other is allowed; `at` must agree with `at_ms`.
+    /// Does not check the hash ([`verify`] does).
     ///
     /// [`verify`]: super::verify
     pub fn from_json_line(line: &str) -> Result<Self, AuditError> {
@@ -343,6 +355,14 @@ mod tests {
             "{\"scale\":\"up\",\"scale\":\"down\"}",
         );
         assert!(parse_err(&dup).contains("duplicate label \"scale\""));
+
+        // A v1 record has no via_token key; an empty one is not how any record is written.
+        let empty = line.replace(",\"prev_hash\"", ",\"via_token\":\"\",\"prev_hash\"");
+        assert!(
+            parse_err(&empty).contains("via_token is empty"),
+            "{}",
+            parse_err(&empty)
+        );
     }
 
     fn arb_entry() -> impl Strategy<Value = AuditEntry> {

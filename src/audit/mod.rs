@@ -253,9 +253,9 @@ pub struct AuditEntry {
     /// The approvers recorded so far (for approval decisions).
     pub approvers: Vec<String>,
     /// The id of the access token the request that caused this record authenticated with (format
-    /// v2); empty when it came with a certificate, or from the cluster itself (expiry, …). Records a
-    /// token's request causes for others carry it too: the grant to the next waiter when a token's
-    /// holder releases, for instance.
+    /// v2); empty when it came with a certificate, or from the cluster itself (expiry, …). Every
+    /// record a token's request triggers carries it, also records about others: the grant to the
+    /// next waiter when a token's holder releases, timed-out waits cleared meanwhile.
     pub via_token: String,
 }
 

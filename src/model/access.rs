@@ -396,8 +396,9 @@ mod tests {
         use crate::model::testkit::acq;
         let mut h = Harness::new();
         mint(&mut h, "t1", "human/admin", true).unwrap();
-        let as_token = |cmd| Command::AsToken {
+        let as_token = |cmd| Command::ViaToken {
             token_id: "t1".into(),
+            recheck: true,
             cmd: Box::new(cmd),
         };
         let held = match h.apply(as_token(Command::Acquire(acq(
@@ -463,6 +464,30 @@ mod tests {
         ))));
         assert_eq!(h.audit[0].entry.decision, AuditDecision::Invalid);
         assert_eq!(h.audit[0].entry.via_token, "t1");
+        // Without the re-check (withdrawing one's own wait) it is applied, and named.
+        let mut wait = acq("r6", "a/x", "agent/bot", "i1");
+        wait.wait_ms = Some(60_000);
+        h.apply(Command::Acquire(acq("r7", "a/x", "agent/other", "i2")));
+        h.apply(Command::Acquire(wait));
+        let cancel = h.apply(Command::ViaToken {
+            token_id: "t1".into(),
+            recheck: false,
+            cmd: Box::new(Command::CancelWait {
+                request_id: crate::model::testkit::rid("r6"),
+                principal: p("agent/bot"),
+            }),
+        });
+        assert!(matches!(cancel, Response::CancelWait(_)), "{cancel:?}");
+        assert_eq!(h.audit[0].entry.decision, AuditDecision::WaitEnded);
+        assert_eq!(h.audit[0].entry.via_token, "t1");
+        // A format-4 entry (`AsToken`) is applied as format 4 did: no token in its records.
+        mint(&mut h, "t2", "human/admin", true).unwrap();
+        h.apply(Command::AsToken {
+            token_id: "t2".into(),
+            cmd: Box::new(Command::Acquire(acq("r8", "a/v", "agent/bot", "i1"))),
+        });
+        assert_eq!(h.audit[0].entry.decision, AuditDecision::Granted);
+        assert_eq!(h.audit[0].entry.via_token, "");
     }
 
     #[test]

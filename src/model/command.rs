@@ -171,9 +171,20 @@ pub enum Command {
     /// `cmd` from a caller that authenticated with access token `token_id`: refused in apply if
     /// the token was revoked by an earlier entry, so a revocation holds from its log position on,
     /// on every node, whatever a node checked when the request arrived. Wraps one client command
-    /// (never a batch or another `AsToken`).
+    /// (never a batch or another wrapper). Written by data format 4; applied as then, without
+    /// naming the token in audit records, so replaying such a log gives the records it gave.
     AsToken {
         token_id: String,
+        cmd: Box<Command>,
+    },
+    /// Data format 5's `AsToken`: every audit record `cmd` causes names the token
+    /// (`AuditEntry::via_token`). With `recheck`, refused in apply like `AsToken` when the token
+    /// was revoked first; without (a caller withdrawing its own wait, the audit note of an answer
+    /// already given), applied anyway. A format-4 member cannot decode it, and so stops instead of
+    /// writing audit records that differ from its peers'.
+    ViaToken {
+        token_id: String,
+        recheck: bool,
         cmd: Box<Command>,
     },
 }
@@ -361,7 +372,7 @@ pub enum Response {
 pub struct Effects {
     pub events: Vec<Event>,
     pub audit: Vec<AuditRecord>,
-    /// While a `Command::AsToken` is applied: its token id, stamped into every audit record the
+    /// While a `Command::ViaToken` is applied: its token id, stamped into every audit record the
     /// command causes (`AuditEntry::via_token`).
     pub(super) via_token: Option<String>,
 }

@@ -105,14 +105,22 @@ fn acquire() -> impl Strategy<Value = Command> {
         })
 }
 
-/// A command, sometimes as sent by a caller with an access token (`AsToken`): the tokens `t0`..`t2`
-/// are minted and revoked by other generated commands, so some of these are refused in apply.
+/// A command, sometimes as sent by a caller with an access token (`ViaToken`, or format 4's
+/// `AsToken`): the tokens `t0`..`t2` are minted and revoked by other generated commands, so some of
+/// these are refused in apply.
 fn command() -> impl Strategy<Value = Command> {
     prop_oneof![
         6 => plain_command(),
         1 => (0u8..3, plain_command()).prop_map(|(id, cmd)| Command::AsToken {
             token_id: format!("t{id}"),
             cmd: Box::new(cmd),
+        }),
+        2 => (0u8..3, any::<bool>(), plain_command()).prop_map(|(id, recheck, cmd)| {
+            Command::ViaToken {
+                token_id: format!("t{id}"),
+                recheck,
+                cmd: Box::new(cmd),
+            }
         }),
     ]
 }

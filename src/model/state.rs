@@ -277,23 +277,41 @@ impl State {
                 action,
                 detail,
             } => Response::AdminCheck(self.admin_check(by, *by_admin, action, detail, fx)),
-            Command::AsToken { token_id, cmd } => match **cmd {
-                // Never nested: answered empty and changes nothing, like a nested batch.
-                Command::Batch(_) | Command::AsToken { .. } => Response::Batch(Vec::new()),
-                ref inner => {
-                    fx.via_token = Some(token_id.clone());
-                    let answer = if self.token_revoked(token_id) {
-                        self.audit_token_refusal(token_id, inner, fx);
-                        Response::Refused(super::error::OpError::TokenRevoked {
-                            id: token_id.clone(),
-                        })
-                    } else {
-                        self.apply_command(inner, fx)
-                    };
-                    fx.via_token = None;
-                    answer
-                }
-            },
+            Command::AsToken { token_id, cmd } => self.apply_as_token(token_id, true, cmd, fx),
+            Command::ViaToken {
+                token_id,
+                recheck,
+                cmd,
+            } => {
+                fx.via_token = Some(token_id.clone());
+                let answer = self.apply_as_token(token_id, *recheck, cmd, fx);
+                fx.via_token = None;
+                answer
+            }
+        }
+    }
+
+    /// `cmd` made with access token `token_id`; with `recheck`, refused (and audited) if the token
+    /// was revoked by an earlier entry.
+    fn apply_as_token(
+        &mut self,
+        token_id: &str,
+        recheck: bool,
+        cmd: &Command,
+        fx: &mut Effects,
+    ) -> Response {
+        match cmd {
+            // Never nested: answered empty and changes nothing, like a nested batch.
+            Command::Batch(_) | Command::AsToken { .. } | Command::ViaToken { .. } => {
+                Response::Batch(Vec::new())
+            }
+            inner if recheck && self.token_revoked(token_id) => {
+                self.audit_token_refusal(token_id, inner, fx);
+                Response::Refused(super::error::OpError::TokenRevoked {
+                    id: token_id.to_string(),
+                })
+            }
+            inner => self.apply_command(inner, fx),
         }
     }
 

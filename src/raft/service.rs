@@ -121,7 +121,7 @@ impl raft_server::Raft for RaftService {
         self.check_cluster(&request, false)?;
         let command: Command = decode(request)?;
         let check = match &command {
-            Command::AsToken { cmd, .. } => cmd.as_ref(),
+            Command::AsToken { cmd, .. } | Command::ViaToken { cmd, .. } => cmd.as_ref(),
             cmd => cmd,
         };
         if !matches!(check, Command::AdminCheck { .. }) {

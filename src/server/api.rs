@@ -149,6 +149,7 @@ impl Api {
     /// audit trail gets it in a later batch entry, off the caller's path.
     async fn answer_without_write(
         &self,
+        caller: &auth::Caller,
         cmd: &AcquireCmd,
     ) -> Result<Option<AcquireOutcome>, Status> {
         let now_ms = super::wall_now_ms();
@@ -181,7 +182,7 @@ impl Api {
             &answer
         {
             if !retry {
-                self.note_answer(cmd, outcome);
+                self.note_answer(caller, cmd, outcome);
             }
         }
         Ok(answer)
@@ -190,7 +191,7 @@ impl Api {
     /// Propose the audit note of an answer given without a write, in the background and bounded:
     /// past `MAX_NOTES_IN_FLIGHT` notes waiting to commit, further ones are dropped and counted in
     /// the log (a flood of busy retries must not grow memory without bound).
-    fn note_answer(&self, cmd: &AcquireCmd, outcome: &AcquireOutcome) {
+    fn note_answer(&self, caller: &auth::Caller, cmd: &AcquireCmd, outcome: &AcquireOutcome) {
         use std::sync::atomic::Ordering;
         let in_flight = &self.shared.notes_in_flight;
         if in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_NOTES_IN_FLIGHT {
@@ -204,10 +205,11 @@ impl Api {
         if let AcquireOutcome::Busy { holder } = &mut outcome {
             holder.checkpoint = None;
         }
-        let note = Command::NoteAnswer {
+        // The answer was given: its note is recorded even if the token is revoked meanwhile.
+        let note = caller.wrap_unchecked(Command::NoteAnswer {
             cmd: Box::new(cmd.clone()),
             outcome: Box::new(outcome),
-        };
+        });
         let shared = self.shared.clone();
         tokio::spawn(async move {
             if let Err(e) = shared.propose(note).await {
@@ -373,7 +375,7 @@ impl warrant_server::Warrant for Api {
             None
         };
         let woken = self.shared.waiters.register(&request_id);
-        let answer = match self.answer_without_write(&cmd).await {
+        let answer = match self.answer_without_write(&caller, &cmd).await {
             Ok(Some(answer)) => answer,
             Ok(None) => match self
                 .shared
@@ -403,12 +405,12 @@ impl warrant_server::Warrant for Api {
                     // outcome — the grant if it happened meanwhile, so no lease is ever orphaned here.
                     _ => match self
                         .shared
-                        // Not wrapped: withdrawing one's own request must work even after the
-                        // caller's token was revoked, or a pending request would outlive it.
-                        .propose(Command::CancelWait {
+                        // Not re-checked: withdrawing one's own request must work even after
+                        // the caller's token was revoked, or a pending request would outlive it.
+                        .propose(caller.wrap_unchecked(Command::CancelWait {
                             request_id: request_id.clone(),
                             principal,
-                        })
+                        }))
                         .await?
                     {
                         crate::model::Response::CancelWait(outcome) => outcome,
@@ -426,12 +428,12 @@ impl warrant_server::Warrant for Api {
                     Ok(Ok(outcome)) => outcome,
                     _ => match self
                         .shared
-                        // Not wrapped: withdrawing one's own request must work even after the
-                        // caller's token was revoked, or a pending request would outlive it.
-                        .propose(Command::CancelWait {
+                        // Not re-checked: withdrawing one's own request must work even after
+                        // the caller's token was revoked, or a pending request would outlive it.
+                        .propose(caller.wrap_unchecked(Command::CancelWait {
                             request_id: request_id.clone(),
                             principal,
-                        })
+                        }))
                         .await?
                     {
                         crate::model::Response::CancelWait(outcome) => outcome,

@@ -12,10 +12,17 @@
 //!   affected.
 //!
 //! In insecure mode (development only) callers name their principal in the request, as before.
+//!
+//! Refusals here are not audited: the audit log records decisions about authenticated principals,
+//! and an unauthenticated caller must not be able to grow the replicated log. They are counted
+//! (`warrant_auth_refused_total{reason}`, `warrant_limit_refused_total{limit}`) and logged as
+//! warnings, at most one per reason every [`WARN_EVERY`], naming the peer address and a token's id
+//! (never its text) and how many similar refusals were not logged.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tonic::{Request, Status};
@@ -27,6 +34,77 @@ use crate::storage::SmReader;
 
 /// Metadata key of an access token (`Bearer v4.public.…`).
 pub const AUTHORIZATION: &str = "authorization";
+
+/// At most one warning per refusal reason this often.
+pub const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Why a request was refused before the API saw it: the `reason` label of
+/// `warrant_auth_refused_total` (or, for a limit, the `limit` label of `warrant_limit_refused_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Refusal {
+    /// Neither a client certificate nor an access token.
+    NoCredential,
+    /// A client certificate that names no principal, or ran out.
+    Certificate,
+    /// An access token that is malformed, forged, altered, expired or another cluster's.
+    Token,
+    /// A revoked access token.
+    TokenRevoked,
+    /// A Raft message without a node certificate.
+    Peer,
+    /// Over the principal's request rate.
+    Rate,
+    /// Over the principal's open keepalive streams.
+    KeepaliveStreams,
+    /// Over the principal's waiting acquires.
+    Waiters,
+}
+
+impl Refusal {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::NoCredential => "no_credential",
+            Self::Certificate => "certificate",
+            Self::Token => "token",
+            Self::TokenRevoked => "token_revoked",
+            Self::Peer => "peer",
+            Self::Rate => "rate",
+            Self::KeepaliveStreams => "keepalive_streams",
+            Self::Waiters => "waiters",
+        }
+    }
+
+    fn is_limit(self) -> bool {
+        matches!(self, Self::Rate | Self::KeepaliveStreams | Self::Waiters)
+    }
+}
+
+/// Lets one warning per key through every [`WARN_EVERY`] and counts the rest.
+#[derive(Default)]
+struct Throttle {
+    last: Mutex<HashMap<Refusal, (Instant, u64)>>,
+}
+
+impl Throttle {
+    /// `Some(n)`: log now; `n` similar refusals were not logged since the last warning.
+    fn admit(&self, key: Refusal, now: Instant) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match last.get_mut(&key) {
+            Some((at, skipped)) if now.saturating_duration_since(*at) < WARN_EVERY => {
+                *skipped += 1;
+                None
+            }
+            Some((at, skipped)) => {
+                *at = now;
+                Some(std::mem::take(skipped))
+            }
+            None => {
+                last.insert(key, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
 
 /// How a caller proved who it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,11 +128,23 @@ pub struct Caller {
 
 impl Caller {
     /// `cmd` as this caller's log entry: a caller that came with an access token has it re-checked
-    /// in apply ([`Command::AsToken`]), so a revocation ordered before the entry refuses it.
+    /// in apply ([`Command::ViaToken`]), so a revocation ordered before the entry refuses it, and
+    /// the audit records it causes name the token.
     pub fn wrap(&self, cmd: crate::model::Command) -> crate::model::Command {
+        self.via_token(cmd, true)
+    }
+
+    /// Like [`wrap`](Self::wrap) but applied even after the token's revocation: for withdrawing
+    /// one's own wait, and the audit note of an answer already given.
+    pub fn wrap_unchecked(&self, cmd: crate::model::Command) -> crate::model::Command {
+        self.via_token(cmd, false)
+    }
+
+    fn via_token(&self, cmd: crate::model::Command, recheck: bool) -> crate::model::Command {
         match &self.via {
-            Via::Token(id) => crate::model::Command::AsToken {
+            Via::Token(id) => crate::model::Command::ViaToken {
                 token_id: id.clone(),
+                recheck,
                 cmd: Box::new(cmd),
             },
             Via::Claim | Via::Certificate => cmd,
@@ -163,6 +253,7 @@ pub struct Auth {
     rate: Option<DefaultKeyedRateLimiter<String>>,
     streams: Arc<Slots>,
     waiters: Arc<Slots>,
+    warnings: Throttle,
 }
 
 impl Auth {
@@ -201,7 +292,35 @@ impl Auth {
             rate,
             streams: Default::default(),
             waiters: Default::default(),
+            warnings: Throttle::default(),
         }
+    }
+
+    /// Count a refusal, log it if the throttle lets it through, and hand back its status.
+    fn refuse(
+        &self,
+        why: Refusal,
+        status: Status,
+        peer: Option<std::net::SocketAddr>,
+        token_id: Option<&str>,
+    ) -> Status {
+        if why.is_limit() {
+            metrics::counter!("warrant_limit_refused_total", "limit" => why.as_str()).increment(1);
+        } else {
+            metrics::counter!("warrant_auth_refused_total", "reason" => why.as_str()).increment(1);
+        }
+        if let Some(skipped) = self.warnings.admit(why, Instant::now()) {
+            let peer = peer.map_or_else(|| "unknown".to_string(), |a| a.to_string());
+            tracing::warn!(
+                reason = why.as_str(),
+                %peer,
+                token_id = token_id.unwrap_or(""),
+                not_logged_since_last = skipped,
+                "refused: {}",
+                status.message()
+            );
+        }
+        status
     }
 
     pub fn is_secure(&self) -> bool {
@@ -211,29 +330,41 @@ impl Auth {
     /// Authenticate a client request and charge its principal's rate; the caller goes into the
     /// request's extensions.
     pub fn intercept(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let caller = self.authenticate(&request)?;
+        let peer = request.remote_addr();
+        let caller = self
+            .authenticate(&request)
+            .map_err(|(why, status, token)| self.refuse(why, status, peer, token.as_deref()))?;
         // Insecure callers are anonymous until their request body is read: no rate per principal.
         if let Some(id) = &caller.identity {
-            self.charge(&id.to_string())?;
+            self.charge(&id.to_string(), peer)?;
         }
         request.extensions_mut().insert(caller);
         Ok(request)
     }
 
     /// Charge one request to `key`'s rate.
-    fn charge(&self, key: &str) -> Result<(), Status> {
+    fn charge(&self, key: &str, peer: Option<std::net::SocketAddr>) -> Result<(), Status> {
         match &self.rate {
-            Some(rate) if rate.check_key(&key.to_string()).is_err() => {
-                Err(Status::resource_exhausted(format!(
+            Some(rate) if rate.check_key(&key.to_string()).is_err() => Err(self.refuse(
+                Refusal::Rate,
+                Status::resource_exhausted(format!(
                     "{key} is over its request rate ({} per second, burst {}); slow down and retry",
                     self.limits.requests_per_second, self.limits.burst
-                )))
-            }
+                )),
+                peer,
+                None,
+            )),
             _ => Ok(()),
         }
     }
 
-    fn authenticate<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+    /// Who is calling; a refusal comes with its reason and, for a token, the token's id.
+    #[allow(clippy::result_large_err)]
+    fn authenticate<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<Caller, (Refusal, Status, Option<String>)> {
+        let cert = |m: String| (Refusal::Certificate, Status::unauthenticated(m), None);
         let Mode::Secure {
             verifying,
             cluster,
@@ -249,14 +380,14 @@ impl Auth {
         if let Some(der) = request.peer_certs().and_then(|c| c.first().cloned()) {
             // The TLS layer already checked the chain to the cluster CA and the validity period.
             let identity = Identity::from_cert_der(&der)
-                .map_err(|e| Status::unauthenticated(format!("client certificate refused: {e}")))?;
+                .map_err(|e| cert(format!("client certificate refused: {e}")))?;
             // The handshake checked the validity period once; an HTTP/2 connection lives on, so a
             // certificate that ran out since is refused here, per request.
             let valid_until_ms = Identity::cert_not_after_ms(&der)
-                .map_err(|e| Status::unauthenticated(format!("client certificate refused: {e}")))?;
+                .map_err(|e| cert(format!("client certificate refused: {e}")))?;
             if crate::security::grant::unix_now_ms() >= valid_until_ms {
-                return Err(Status::unauthenticated(
-                    "client certificate expired; get a new one (warrant certs issue)",
+                return Err(cert(
+                    "client certificate expired; get a new one (warrant certs issue)".into(),
                 ));
             }
             return Ok(Caller {
@@ -266,17 +397,22 @@ impl Auth {
             });
         }
         let Some(value) = request.metadata().get(AUTHORIZATION) else {
-            return Err(Status::unauthenticated(
-                "no client certificate and no access token: present a certificate signed by the cluster CA \
-                 (--cert/--key) or an access token (--access-token or WARRANT_ACCESS_TOKEN)",
+            return Err((
+                Refusal::NoCredential,
+                Status::unauthenticated(
+                    "no client certificate and no access token: present a certificate signed by the cluster CA \
+                     (--cert/--key) or an access token (--access-token or WARRANT_ACCESS_TOKEN)",
+                ),
+                None,
             ));
         };
+        let token = |m: String| (Refusal::Token, Status::unauthenticated(m), None);
         let text = value
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| {
-                Status::unauthenticated("authorization metadata must be `Bearer <access token>`")
+                token("authorization metadata must be `Bearer <access token>`".into())
             })?;
         let claims = AccessClaims::verify(
             verifying,
@@ -284,12 +420,13 @@ impl Auth {
             text,
             crate::security::grant::unix_now_ms(),
         )
-        .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        .map_err(|e| token(e.to_string()))?;
         if sm.read().state.token_revoked(&claims.id) {
-            return Err(Status::unauthenticated(format!(
-                "access token {} was revoked",
-                claims.id
-            )));
+            return Err((
+                Refusal::TokenRevoked,
+                Status::unauthenticated(format!("access token {} was revoked", claims.id)),
+                Some(claims.id),
+            ));
         }
         Ok(Caller {
             identity: Some(Identity::Principal(claims.principal)),
@@ -301,20 +438,35 @@ impl Auth {
     /// Check again, for one message of a long-lived stream: the credential has not run out, a
     /// token has not been revoked since the stream opened, and the caller is within its rate.
     pub fn recheck(&self, caller: &Caller) -> Result<(), Status> {
+        let token_id = match &caller.via {
+            Via::Token(id) => Some(id.as_str()),
+            _ => None,
+        };
         if crate::security::grant::unix_now_ms() >= caller.valid_until_ms {
-            return Err(Status::unauthenticated(
-                "credential expired while the stream was open",
+            let why = if token_id.is_some() {
+                Refusal::Token
+            } else {
+                Refusal::Certificate
+            };
+            return Err(self.refuse(
+                why,
+                Status::unauthenticated("credential expired while the stream was open"),
+                None,
+                token_id,
             ));
         }
-        if let (Via::Token(id), Mode::Secure { sm, .. }) = (&caller.via, &self.mode) {
+        if let (Some(id), Mode::Secure { sm, .. }) = (token_id, &self.mode) {
             if sm.read().state.token_revoked(id) {
-                return Err(Status::unauthenticated(format!(
-                    "access token {id} was revoked"
-                )));
+                return Err(self.refuse(
+                    Refusal::TokenRevoked,
+                    Status::unauthenticated(format!("access token {id} was revoked")),
+                    None,
+                    token_id,
+                ));
             }
         }
         if let Some(id) = &caller.identity {
-            self.charge(&id.to_string())?;
+            self.charge(&id.to_string(), None)?;
         }
         Ok(())
     }
@@ -324,16 +476,22 @@ impl Auth {
         if !self.is_secure() {
             return Ok(request);
         }
+        let peer = request.remote_addr();
+        let refuse = |status| self.refuse(Refusal::Peer, status, peer, None);
         let der = request
             .peer_certs()
             .and_then(|c| c.first().cloned())
-            .ok_or_else(|| Status::unauthenticated("raft: a node certificate is required"))?;
+            .ok_or_else(|| {
+                refuse(Status::unauthenticated(
+                    "raft: a node certificate is required",
+                ))
+            })?;
         match Identity::from_cert_der(&der) {
             Ok(Identity::Node(_)) => Ok(request),
-            Ok(other) => Err(Status::permission_denied(format!(
+            Ok(other) => Err(refuse(Status::permission_denied(format!(
                 "raft: {other} is not a cluster member; only node certificates may send Raft messages"
-            ))),
-            Err(e) => Err(Status::unauthenticated(format!("raft: {e}"))),
+            )))),
+            Err(e) => Err(refuse(Status::unauthenticated(format!("raft: {e}")))),
         }
     }
 
@@ -343,10 +501,15 @@ impl Auth {
         self.streams
             .take(key.clone(), self.limits.keepalive_streams)
             .ok_or_else(|| {
-                Status::resource_exhausted(format!(
-                    "{key} already has {} keepalive streams open (limits.keepalive_streams); close some",
-                    self.limits.keepalive_streams
-                ))
+                self.refuse(
+                    Refusal::KeepaliveStreams,
+                    Status::resource_exhausted(format!(
+                        "{key} already has {} keepalive streams open (limits.keepalive_streams); close some",
+                        self.limits.keepalive_streams
+                    )),
+                    None,
+                    None,
+                )
             })
     }
 
@@ -356,10 +519,15 @@ impl Auth {
         self.waiters
             .take(key.clone(), self.limits.waiters)
             .ok_or_else(|| {
-                Status::resource_exhausted(format!(
-                    "{key} already has {} acquires waiting (limits.waiters); let some finish first",
-                    self.limits.waiters
-                ))
+                self.refuse(
+                    Refusal::Waiters,
+                    Status::resource_exhausted(format!(
+                        "{key} already has {} acquires waiting (limits.waiters); let some finish first",
+                        self.limits.waiters
+                    )),
+                    None,
+                    None,
+                )
             })
     }
 
@@ -422,12 +590,46 @@ mod tests {
         let auth = Auth::insecure(limits);
         let mut refused = 0;
         for _ in 0..20 {
-            if let Err(e) = auth.charge("agent/flood") {
+            if let Err(e) = auth.charge("agent/flood", None) {
                 assert_eq!(e.code(), tonic::Code::ResourceExhausted);
                 refused += 1;
             }
         }
-        assert!(auth.charge("agent/calm").is_ok());
+        assert!(auth.charge("agent/calm", None).is_ok());
         assert!(refused >= 10, "{refused}");
+    }
+
+    #[test]
+    fn refusal_warnings_are_throttled_per_reason_and_count_what_they_skipped() {
+        let t = Throttle::default();
+        let t0 = Instant::now();
+        assert_eq!(t.admit(Refusal::Token, t0), Some(0));
+        assert_eq!(t.admit(Refusal::Token, t0 + Duration::from_secs(1)), None);
+        assert_eq!(t.admit(Refusal::Token, t0 + Duration::from_secs(9)), None);
+        // Another reason has its own budget.
+        assert_eq!(
+            t.admit(Refusal::NoCredential, t0 + Duration::from_secs(2)),
+            Some(0)
+        );
+        // After WARN_EVERY the next one is logged, saying two were not.
+        assert_eq!(t.admit(Refusal::Token, t0 + WARN_EVERY), Some(2));
+        assert_eq!(
+            t.admit(Refusal::Token, t0 + WARN_EVERY + Duration::from_secs(1)),
+            None
+        );
+    }
+
+    #[test]
+    fn refusals_keep_their_status() {
+        let auth = Auth::insecure(LimitsConfig::default());
+        let s = auth.refuse(
+            Refusal::TokenRevoked,
+            Status::unauthenticated("access token t1 was revoked"),
+            None,
+            Some("t1"),
+        );
+        assert_eq!(s.code(), tonic::Code::Unauthenticated);
+        assert_eq!(s.message(), "access token t1 was revoked");
+        assert!(Refusal::Waiters.is_limit() && !Refusal::Peer.is_limit());
     }
 }

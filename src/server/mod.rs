@@ -154,7 +154,7 @@ impl Shared {
         }
         match self.proposer.submit(cmd).await {
             None => Err(Status::unavailable("node is shutting down")),
-            // Not applied: the caller's access token was revoked first (`Command::AsToken`).
+            // Not applied: the caller's access token was revoked first (`Command::ViaToken`).
             Some(Ok(model::Response::Refused(e))) => Err(convert::op_error(&e)),
             Some(answer) => answer,
         }
@@ -256,7 +256,7 @@ impl Shared {
     /// from this node's config (not the sender's), and answer with the applied index after it.
     async fn decide_forwarded(&self, mut cmd: Command) -> crate::raft::Forwarded {
         let check = match &mut cmd {
-            Command::AsToken { cmd, .. } => cmd.as_mut(),
+            Command::AsToken { cmd, .. } | Command::ViaToken { cmd, .. } => cmd.as_mut(),
             cmd => cmd,
         };
         if let Command::AdminCheck { by, by_admin, .. } = check {
