@@ -38,6 +38,30 @@ pub struct Api {
     pub(super) shared: Arc<Shared>,
 }
 
+/// tonic answers a request larger than `max_decoding_message_size` with OUT_OF_RANGE; gRPC's own
+/// implementations, and Warrant's other limits, say RESOURCE_EXHAUSTED. This rewrites that one
+/// answer (a unary call's, whose status is in the headers) and names the setting.
+pub fn request_too_large_is_resource_exhausted<B>(
+    mut response: http::Response<B>,
+) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let Some(status) = Status::from_header_map(headers) else {
+        return response;
+    };
+    if status.code() == tonic::Code::OutOfRange
+        && status.message().contains("decoded message length too large")
+    {
+        let mapped = Status::resource_exhausted(format!(
+            "request too large for this cluster (limits.max_request_bytes): {}",
+            status.message()
+        ));
+        if let Err(e) = mapped.add_header(headers) {
+            tracing::warn!(error = %e, "could not rewrite a too-large answer");
+        }
+    }
+    response
+}
+
 pub(super) fn principal(s: &str) -> Result<Principal, Status> {
     if s.is_empty() {
         return Err(Status::invalid_argument(

@@ -616,7 +616,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         }
     };
     let mut raft_server = server_builder(true)?;
-    let mut client_server = server_builder(false)?;
+    let client_server = server_builder(false)?;
     let (control_tx, mut control_rx) = mpsc::unbounded_channel();
     tasks.push(tokio::spawn({
         let shared = shared.clone();
@@ -689,6 +689,9 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         let stop = stop(shutdown_rx.clone());
         async move {
             if let Err(e) = client_server
+                .layer(tower::util::MapResponseLayer::new(
+                    api::request_too_large_is_resource_exhausted,
+                ))
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming(client_listener), stop)
                 .await
