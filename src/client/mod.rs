@@ -102,6 +102,18 @@ fn transient(code: Code) -> bool {
 fn from_status(s: Status) -> ClientError {
     match s.code() {
         Code::InvalidArgument => ClientError::Invalid(s.message().to_string()),
+        // A status without a message (e.g. a Warrant call sent to a node's Raft port): say what
+        // the code means rather than nothing.
+        Code::Unimplemented if s.message().is_empty() => ClientError::Server {
+            code: Code::Unimplemented,
+            message: "the server does not offer this call: is this a node's client address \
+                      (not its Raft address), and of a build at least as new as this client?"
+                .into(),
+        },
+        code if s.message().is_empty() => ClientError::Server {
+            code,
+            message: format!("{} (the server gave no message)", code.description()),
+        },
         code => ClientError::Server {
             code,
             message: s.message().to_string(),
@@ -795,5 +807,24 @@ impl Client {
             }
         }
         Err(ClientError::Unavailable { last })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_without_a_message_still_says_something() {
+        let e = from_status(Status::new(Code::Unimplemented, ""));
+        assert_eq!(e.code(), Code::Unimplemented);
+        assert!(e.to_string().contains("Raft address"), "{e}");
+        let e = from_status(Status::new(Code::PermissionDenied, ""));
+        assert!(
+            e.to_string().contains("(the server gave no message)"),
+            "{e}"
+        );
+        let e = from_status(Status::new(Code::NotFound, "no lease 7"));
+        assert_eq!(e.to_string(), "no lease 7");
     }
 }

@@ -49,7 +49,9 @@ pub fn request_too_large_is_resource_exhausted<B>(
         return response;
     };
     if status.code() == tonic::Code::OutOfRange
-        && status.message().contains("decoded message length too large")
+        && status
+            .message()
+            .contains("decoded message length too large")
     {
         let mapped = Status::resource_exhausted(format!(
             "request too large for this cluster (limits.max_request_bytes): {}",
