@@ -240,14 +240,19 @@ pub fn netns_available() -> bool {
 pub struct Node {
     pub id: u64,
     pub client_addr: String,
+    pub raft_addr: String,
     pub config: PathBuf,
     pub log: PathBuf,
+    pub data: PathBuf,
 }
 
 /// The nodes of one run.
 pub struct Cluster {
     pub mode: Mode,
+    /// The founding members, then the spares (configured, not members, not running).
     pub nodes: Vec<Node>,
+    /// How many of `nodes` founded the cluster; the rest are spares for the membership nemesis.
+    members: usize,
     bin: PathBuf,
     /// With the clock nemesis: libfaketime, preloaded into every node, and the directory of the
     /// per-node offset files it re-reads every second.
@@ -279,24 +284,47 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// What [`Cluster::start`] sets up.
+pub struct Setup<'a> {
+    pub mode: Mode,
+    /// Founding members.
+    pub nodes: u64,
+    /// Nodes configured but not started, for the membership nemesis.
+    pub spares: u64,
+    /// The `warrant` binary.
+    pub bin: &'a Path,
+    /// The run's directory: configs, data, logs, certificates.
+    pub dir: &'a Path,
+    /// Preload this libfaketime into every node so the clock nemesis can move its wall clock
+    /// ([`Cluster::set_clock`]).
+    pub faketime: Option<PathBuf>,
+    /// More top-level config keys for every node (a deliberately broken mode), one per line.
+    pub top_level: &'a str,
+    /// Mutual TLS and certificate-authenticated clients instead of an insecure cluster.
+    pub tls: bool,
+}
+
 impl Cluster {
-    /// Write configs under `dir`, set up the network (netns mode) and start every node.
-    ///
-    /// `faketime`: preload this libfaketime into every node so the clock nemesis can move its wall
-    /// clock ([`Cluster::set_clock`]). `top_level`: more top-level config keys for every node (a
-    /// deliberately broken mode), one per line.
-    pub fn start(
-        mode: Mode,
-        nodes: u64,
-        bin: &Path,
-        dir: &Path,
-        faketime: Option<PathBuf>,
-        top_level: &str,
-        tls: bool,
-    ) -> anyhow::Result<Cluster> {
+    /// Write configs under `dir`, set up the network (netns mode) and start every founding node.
+    pub fn start(setup: Setup<'_>) -> anyhow::Result<Cluster> {
+        let Setup {
+            mode,
+            nodes,
+            spares,
+            bin,
+            dir,
+            faketime,
+            top_level,
+            tls,
+        } = setup;
         if !(1..=MAX_NODES).contains(&nodes) {
             bail!("--nodes must be 1..={MAX_NODES}");
         }
+        if nodes + spares > MAX_NODES {
+            bail!("--nodes {nodes} leaves no room for {spares} spare nodes (at most {MAX_NODES} in all)");
+        }
+        let founders = nodes;
+        let nodes = founders + spares;
         if mode == Mode::Netns {
             setup_network(nodes)?;
         }
@@ -317,18 +345,28 @@ impl Cluster {
         } else {
             Security::default()
         };
-        let mut peers = String::new();
-        for (i, (raft, client)) in addrs.iter().enumerate() {
-            peers.push_str(&format!(
+        // Founders list the founders; a spare lists them and itself (it joins through add-node).
+        let peer = |i: usize, (raft, client): &(String, String)| {
+            format!(
                 "[peers.{}]\nraft = \"{raft}\"\nclient = \"{client}\"\n",
                 i + 1
-            ));
-        }
+            )
+        };
+        let founding: String = addrs[..founders as usize]
+            .iter()
+            .enumerate()
+            .map(|(i, a)| peer(i, a))
+            .collect();
         let mut list = Vec::new();
-        for (i, (_, client)) in addrs.iter().enumerate() {
+        for (i, (raft, client)) in addrs.iter().enumerate() {
             let id = i as u64 + 1;
             let config = dir.join(format!("wj-node{id}.toml"));
             let (insecure, security_table) = security.node_config(id);
+            let peers = if id <= founders {
+                founding.clone()
+            } else {
+                format!("{founding}{}", peer(i, &addrs[i]))
+            };
             let text = format!(
                 "node_id = {id}\ncluster_name = \"jepsen\"\ndata_dir = \"data{id}\"\nbootstrap = {}\n\
                  {insecure}default_decision = \"allow\"\nadmins = [\"human/admin\"]\n{top_level}{LEASE_AND_RAFT}{peers}{security_table}",
@@ -338,8 +376,10 @@ impl Cluster {
             list.push(Node {
                 id,
                 client_addr: client.clone(),
+                raft_addr: raft.clone(),
                 config,
                 log: dir.join(format!("node{id}.log")),
+                data: dir.join(format!("data{id}")),
             });
         }
         let faketime = match faketime {
@@ -353,6 +393,7 @@ impl Cluster {
         let cluster = Cluster {
             mode,
             nodes: list,
+            members: founders as usize,
             bin: bin.to_path_buf(),
             faketime,
             security,
@@ -362,7 +403,7 @@ impl Cluster {
                 cluster.set_clock(id, 0)?;
             }
         }
-        for id in 1..=nodes {
+        for id in 1..=founders {
             cluster.start_node(id)?;
         }
         Ok(cluster)
@@ -372,12 +413,39 @@ impl Cluster {
         &self.nodes[(id - 1) as usize]
     }
 
+    /// The founding members: what the workloads talk to and the other nemeses act on.
     pub fn ids(&self) -> Vec<u64> {
-        self.nodes.iter().map(|n| n.id).collect()
+        self.nodes[..self.members].iter().map(|n| n.id).collect()
+    }
+
+    /// Nodes configured to join (and leave) through the membership nemesis.
+    pub fn spare_ids(&self) -> Vec<u64> {
+        self.nodes[self.members..].iter().map(|n| n.id).collect()
     }
 
     pub fn endpoints(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| n.client_addr.clone()).collect()
+        self.nodes[..self.members]
+            .iter()
+            .map(|n| n.client_addr.clone())
+            .collect()
+    }
+
+    /// An admin client (the config's `human/admin`) over the founding members.
+    pub fn admin_client(&self) -> anyhow::Result<Client> {
+        let mut cfg = self.security.client(self.endpoints(), "human/admin")?;
+        cfg.call_timeout = Duration::from_secs(20);
+        Ok(Client::new(cfg)?)
+    }
+
+    /// Forget a stopped spare's data: a node removed from the cluster refuses to start on it.
+    pub fn wipe(&self, id: u64) -> anyhow::Result<()> {
+        if self.is_running(id) {
+            bail!("node {id} is running");
+        }
+        match std::fs::remove_dir_all(&self.node(id).data) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
     }
 
     /// Start (or restart after a kill) a node; its stderr is appended to its log.

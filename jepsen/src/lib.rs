@@ -126,9 +126,21 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
         Some(workload::Broken::UnconfirmedAnswers) => "chaos_break = \"unconfirmed-answers\"\n",
         _ => "",
     };
-    let cluster = Arc::new(Cluster::start(
-        opts.mode, opts.nodes, &opts.bin, &opts.out, faketime, top_level, opts.tls,
-    )?);
+    let spares = if faults.contains(&Fault::Membership) {
+        nemesis::SPARES
+    } else {
+        0
+    };
+    let cluster = Arc::new(Cluster::start(cluster::Setup {
+        mode: opts.mode,
+        nodes: opts.nodes,
+        spares,
+        bin: &opts.bin,
+        dir: &opts.out,
+        faketime,
+        top_level,
+        tls: opts.tls,
+    })?);
     let Some(leader) = cluster.wait_leader(Duration::from_secs(30)).await else {
         anyhow::bail!(
             "no leader within 30 s of start; see the node logs in {}",

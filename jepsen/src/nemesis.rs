@@ -12,6 +12,9 @@
 //!   every node sees a majority, but no two neighbours see the same one.
 //! - `clock`: jump one node's wall clock (the leader with probability 0.5) by ±2 s … ±5 min for
 //!   2–5 s, then back; libfaketime moves CLOCK_REALTIME only, the monotonic clock keeps running.
+//! - `membership`: grow the cluster by two voters and shrink it back (3 → 5 → 3, or 5 → 7 → 5) under
+//!   load: start the two spare nodes, `add-node` each (learner, catch-up, promotion), hold 1–4 s,
+//!   `remove-node` both (a hand-over when one of them leads by then), stop them and wipe their data.
 //! - `mixed`: each step picks one of the above at random.
 //!
 //! The schedule (which fault, waits, durations, random choices) comes from `--seed`; which node is
@@ -43,7 +46,11 @@ pub enum Fault {
     Bridge,
     Ring,
     Clock,
+    Membership,
 }
+
+/// Spare nodes the membership nemesis adds and removes.
+pub const SPARES: u64 = 2;
 
 impl Fault {
     fn is_network(self) -> bool {
@@ -64,6 +71,7 @@ impl Fault {
                 "bridge" => out.push(Fault::Bridge),
                 "ring" => out.push(Fault::Ring),
                 "clock" => out.push(Fault::Clock),
+                "membership" => out.push(Fault::Membership),
                 "mixed" | "all" => out.extend([
                     Fault::Kill,
                     Fault::Pause,
@@ -71,9 +79,10 @@ impl Fault {
                     Fault::Bridge,
                     Fault::Ring,
                     Fault::Clock,
+                    Fault::Membership,
                 ]),
                 other => anyhow::bail!(
-                    "--nemesis: unknown fault {other:?} (kill, pause, partition, bridge, ring, clock, mixed, none)"
+                    "--nemesis: unknown fault {other:?} (kill, pause, partition, bridge, ring, clock, membership, mixed, none)"
                 ),
             }
         }
@@ -313,6 +322,7 @@ pub async fn run(
             }
         };
         match fault {
+            Fault::Membership => membership(&cluster, &timeline, leader, hold, deadline).await,
             Fault::Clock => {
                 let id = pick(&mut rng, 0.5);
                 let size = rng.gen_range(2..=300i64);
@@ -465,6 +475,128 @@ pub async fn run(
     heal_all(&cluster, &timeline);
 }
 
+/// Grow by the spares and shrink back: see the module docs. Logged as one fault whose `nodes` are
+/// the spares that became voters; an add or remove that fails is logged as an error, and whatever
+/// was added is removed again.
+async fn membership(
+    cluster: &Cluster,
+    timeline: &Timeline,
+    leader: Option<u64>,
+    hold: Duration,
+    deadline: tokio::time::Instant,
+) {
+    let fault = Some(Fault::Membership);
+    let spares = cluster.spare_ids();
+    let admin = match cluster.admin_client() {
+        Ok(c) => c,
+        Err(e) => {
+            timeline.log(
+                "error",
+                fault,
+                spares,
+                vec![],
+                leader,
+                format!("admin client: {e:#}"),
+            );
+            return;
+        }
+    };
+    let before = cluster.ids().len();
+    let mut added = Vec::new();
+    let mut trouble = Vec::new();
+    for &id in &spares {
+        if let Err(e) = cluster.start_node(id) {
+            trouble.push(format!("start node {id}: {e:#}"));
+            break;
+        }
+        let node = cluster.node(id);
+        let request = warrant::proto::AddNodeRequest {
+            node_id: id,
+            raft_address: node.raft_addr.clone(),
+            client_address: node.client_addr.clone(),
+            catch_up_timeout_ms: 15_000,
+            principal: String::new(),
+            learner: false,
+        };
+        match admin.add_node(request).await {
+            Ok(_) => added.push(id),
+            Err(e) => {
+                // It may have become a voter even so (an answer lost to a leader change): remove
+                // it below like the others.
+                trouble.push(format!("add node {id}: {e}"));
+                added.push(id);
+                break;
+            }
+        }
+    }
+    if trouble.is_empty() {
+        timeline.log(
+            "start",
+            fault,
+            added.clone(),
+            vec![],
+            leader,
+            format!(
+                "{before} → {} voters: added nodes {added:?}",
+                before + added.len()
+            ),
+        );
+        sleep_before(hold, deadline).await;
+    } else {
+        timeline.log(
+            "error",
+            fault,
+            added.clone(),
+            vec![],
+            leader,
+            trouble.join("; "),
+        );
+    }
+    let mut removed = Vec::new();
+    for &id in added.iter().rev() {
+        let request = warrant::proto::RemoveNodeRequest {
+            node_id: id,
+            principal: String::new(),
+        };
+        // Removing a node that is not (or no longer) a member answers OK, so retrying is safe.
+        let mut last = None;
+        for _attempt in 0..3 {
+            match admin.remove_node(request.clone()).await {
+                Ok(_) => {
+                    last = None;
+                    break;
+                }
+                Err(e) => last = Some(e.to_string()),
+            }
+        }
+        match last {
+            None => removed.push(id),
+            Some(e) => trouble.push(format!("remove node {id}: {e}")),
+        }
+    }
+    for &id in &spares {
+        cluster.kill(id);
+        if let Err(e) = cluster.wipe(id) {
+            trouble.push(format!("wipe node {id}: {e:#}"));
+        }
+    }
+    let detail = format!(
+        "{} → {before} voters: removed nodes {removed:?}, stopped and wiped{}",
+        before + added.len(),
+        if trouble.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", trouble.join("; "))
+        }
+    );
+    let phase = if removed.len() == added.len() {
+        "end"
+    } else {
+        "error"
+    };
+    timeline.log(phase, fault, added, vec![], None, detail);
+}
+
 /// Resume, restart and reconnect every node.
 pub fn heal_all(cluster: &Cluster, timeline: &Timeline) {
     let mut detail = Vec::new();
@@ -512,6 +644,18 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<NemesisEvent>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn membership_is_selectable_and_in_mixed_in_both_modes() {
+        let local = Fault::parse_list("mixed", Mode::Local).unwrap();
+        assert!(local.contains(&Fault::Membership) && !local.contains(&Fault::Partition));
+        assert_eq!(
+            Fault::parse_list("membership", Mode::Netns).unwrap(),
+            [Fault::Membership]
+        );
+        let e = Fault::parse_list("members", Mode::Netns).unwrap_err();
+        assert!(e.to_string().contains("membership"), "{e}");
+    }
 
     fn reaches(g: &Grudge, a: u64, b: u64) -> bool {
         !g.get(&a).is_some_and(|v| v.contains(&b))

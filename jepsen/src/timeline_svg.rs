@@ -52,6 +52,7 @@ fn fault_colour(f: Option<Fault>) -> &'static str {
         Some(Fault::Bridge) => "#bcbd22",
         Some(Fault::Ring) => "#17becf",
         Some(Fault::Clock) => "#8c564b",
+        Some(Fault::Membership) => "#2ca02c",
         None => "#7f7f7f",
     }
 }
