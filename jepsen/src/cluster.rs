@@ -433,7 +433,7 @@ impl Cluster {
     /// An admin client (the config's `human/admin`) over the founding members.
     pub fn admin_client(&self) -> anyhow::Result<Client> {
         let mut cfg = self.security.client(self.endpoints(), "human/admin")?;
-        cfg.call_timeout = Duration::from_secs(20);
+        cfg.call_timeout = Duration::from_secs(10);
         Ok(Client::new(cfg)?)
     }
 
