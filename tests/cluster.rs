@@ -401,6 +401,61 @@ async fn a_client_that_knows_only_a_follower_is_redirected_to_the_leader() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serializable_read_is_answered_by_the_member_itself_even_without_a_quorum() {
+    let mut cluster = Cluster::start(Opts::default());
+    let leader = cluster.wait_leader(WAIT).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let other = (1..=3).find(|id| *id != leader && *id != follower).unwrap();
+    let lease = granted(&cluster.client("agent/a"), opts("serial/x", 60_000)).await;
+    let token = lease.token();
+    let via_follower = cluster.node_client(follower, "agent/a");
+    // The follower has applied the grant once its applied index reaches the leader's.
+    let got = eventually(WAIT, "the follower applies the grant", || {
+        let c = via_follower.clone();
+        async move {
+            c.get_serializable("serial/x")
+                .await
+                .ok()
+                .filter(|g| g.fence >= token)
+        }
+    })
+    .await;
+    assert_eq!(got.holder.map(|h| h.token), Some(token));
+    assert!(got.applied_index > 0);
+    // Without a quorum, a linearizable read cannot be answered; the member's own state still is.
+    cluster.kill(leader);
+    cluster.kill(other);
+    let mut quick =
+        cluster.client_config(vec![cluster.node(follower).client_addr.clone()], "agent/a");
+    quick.call_timeout = Duration::from_secs(2);
+    let e = Client::new(quick)
+        .unwrap()
+        .get("serial/x")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable, "{e}");
+    let alone = via_follower.get_serializable("serial/x").await.unwrap();
+    assert_eq!(alone.fence, token);
+    assert!(alone.applied_index >= got.applied_index);
+    // The CLI says the same.
+    let out = cluster.cli(
+        "agent/a",
+        &[
+            "get",
+            "serial/x",
+            "--serializable",
+            "--endpoints",
+            &cluster.node(follower).client_addr,
+            "--output",
+            "json",
+        ],
+    );
+    let json = common::json(&out);
+    assert_eq!(json["fence"], token, "{json}");
+    drop(lease);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_five_node_cluster_keeps_granting_with_two_nodes_down() {
     let mut cluster = Cluster::start(Opts {
         nodes: 5,

@@ -14,6 +14,7 @@ pub mod deploy_check;
 pub mod history;
 pub mod linearizable;
 pub mod nemesis;
+pub mod node_check;
 pub mod security;
 pub mod timeline_svg;
 pub mod workload;
@@ -255,6 +256,10 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
     checkers.insert(
         "audit".into(),
         audit_check::check(&cluster.endpoints(), &events, &cluster.security).await,
+    );
+    checkers.insert(
+        "node_state".into(),
+        node_check::check(&cluster, &names, &events).await,
     );
     let mut ops: BTreeMap<String, u64> = BTreeMap::new();
     for e in &events {

@@ -233,6 +233,10 @@ enum Command {
     /// The holder and fence of RESOURCE.
     Get {
         resource: String,
+        /// Read the first answering node's own state without confirming leadership (etcd's
+        /// `--consistency=s`): possibly stale, shows how far that node has applied.
+        #[arg(long)]
+        serializable: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -885,15 +889,23 @@ async fn execute(client: &Client, command: Command) -> Result<Outcome, ClientErr
                 code,
             }
         }
-        Command::Get { resource, .. } => {
-            let resp = client.get(&resource).await?;
+        Command::Get {
+            resource,
+            serializable,
+            ..
+        } => {
+            let resp = if serializable {
+                client.get_serializable(&resource).await?
+            } else {
+                client.get(&resource).await?
+            };
             let h = resp.holder.as_ref();
             let json = json!({
                 "resource": resp.resource, "held": h.is_some(),
                 "holder": h.map(|l| l.principal.clone()), "instance": h.map(|l| l.instance.clone()),
                 "lease_id": h.map(|l| l.lease_id.clone()), "token": h.map(|l| l.token),
                 "expires_in_ms": h.map(|l| l.expires_in_ms), "intent": h.and_then(|l| l.intent.as_ref().map(|i| i.text.clone())),
-                "fence": resp.fence, "waiters": resp.waiters,
+                "fence": resp.fence, "waiters": resp.waiters, "applied_index": resp.applied_index,
             });
             let text = match h {
                 Some(l) => format!(

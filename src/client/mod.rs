@@ -737,8 +737,27 @@ impl Client {
 
     /// Linearizable read of a resource's holder and fence.
     pub async fn get(&self, resource: &str) -> Result<proto::GetResponse, ClientError> {
+        self.get_with(resource, false).await
+    }
+
+    /// Like [`get`](Self::get), but answered by the first endpoint that answers from its own applied
+    /// state, with no leadership confirmation: possibly stale (a partitioned or lagging member),
+    /// never a redirect. `applied_index` in the answer says how far that state reaches.
+    pub async fn get_serializable(
+        &self,
+        resource: &str,
+    ) -> Result<proto::GetResponse, ClientError> {
+        self.get_with(resource, true).await
+    }
+
+    async fn get_with(
+        &self,
+        resource: &str,
+        serializable: bool,
+    ) -> Result<proto::GetResponse, ClientError> {
         let req = proto::GetRequest {
             resource: resource.to_string(),
+            serializable,
         };
         self.call(self.inner.config.call_timeout, ATTEMPT_TIMEOUT, |mut c| {
             let req = req.clone();

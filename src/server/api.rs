@@ -647,8 +647,11 @@ impl warrant_server::Warrant for Api {
     ) -> Result<Response<proto::GetResponse>, Status> {
         let r = request.into_inner();
         let res = resource(&r.resource)?;
-        self.shared.confirm_leadership().await?;
+        if !r.serializable {
+            self.shared.confirm_leadership().await?;
+        }
         let sm = self.shared.sm.read();
+        let applied_index = sm.last_applied.map_or(0, |id| id.index);
         let view = sm.state.resource(&res);
         let (holder, fence, waiters) = match view {
             Some(v) => (
@@ -664,6 +667,7 @@ impl warrant_server::Warrant for Api {
             holder,
             fence,
             waiters,
+            applied_index,
         }))
     }
 
