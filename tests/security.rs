@@ -390,6 +390,20 @@ async fn access_tokens_work_until_revoked_or_expired_and_admin_actions_are_audit
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
     assert!(e.to_string().contains("signature"), "{e}");
 
+    // A retried mint (same id: the client keeps one per call) returns the same token, not a second
+    // one; the same id for another principal is refused.
+    let admin = c.client("human/admin");
+    let mint = |principal: &str| warrant::proto::MintTokenRequest {
+        principal: principal.into(),
+        ttl_ms: 3_600_000,
+        id: "retry1".into(),
+    };
+    let first = admin.mint_token(mint("agent/runtime")).await.unwrap();
+    let again = admin.mint_token(mint("agent/runtime")).await.unwrap();
+    assert_eq!((first.id.as_str(), &first.token), ("retry1", &again.token));
+    let e = admin.mint_token(mint("agent/other")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+
     // Tokens are for agents: one for a human would let an admin act as an approver.
     let human = c.cli(
         "human/admin",

@@ -145,6 +145,8 @@ pub(super) async fn token(client: &Client, command: TokenCommand) -> Result<Outc
                 .mint_token(proto::MintTokenRequest {
                     principal: subject,
                     ttl_ms: ttl.as_millis() as u64,
+                    // The client picks one id for all its attempts.
+                    id: String::new(),
                 })
                 .await?;
             let expires = humantime::format_rfc3339_seconds(

@@ -5,12 +5,17 @@ use super::{Client, ClientError, ATTEMPT_TIMEOUT};
 use crate::proto;
 
 impl Client {
-    /// Mint an access token for `req.principal`. A retried call after a lost answer may mint a
-    /// second token; only the one returned is ever shown.
+    /// Mint an access token for `req.principal`. Safe to retry: every attempt carries one token id
+    /// (`req.id`, set here when empty), so a retry after a lost answer returns the same token.
     pub async fn mint_token(
         &self,
-        req: proto::MintTokenRequest,
+        mut req: proto::MintTokenRequest,
     ) -> Result<proto::MintTokenResponse, ClientError> {
+        // One id for every attempt: a retry after a lost answer returns the token the first
+        // attempt minted instead of minting a second one.
+        if req.id.is_empty() {
+            req.id = uuid::Uuid::new_v4().simple().to_string();
+        }
         self.call(self.inner.config.call_timeout, ATTEMPT_TIMEOUT, |mut c| {
             let req = req.clone();
             async move { c.mint_token(req).await }

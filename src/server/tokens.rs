@@ -43,9 +43,14 @@ impl Api {
                 humantime::format_duration(MAX_TOKEN_TTL)
             )));
         }
+        let id = if r.id.is_empty() {
+            uuid::Uuid::new_v4().simple().to_string()
+        } else {
+            token_id(&r.id)?.to_string()
+        };
         let now = super::wall_now_ms();
         let record = TokenRecord {
-            id: uuid::Uuid::new_v4().simple().to_string(),
+            id,
             principal: subject,
             minted_by: by.clone(),
             issued_at_ms: now,
@@ -58,6 +63,13 @@ impl Api {
             .propose(caller.wrap(Command::MintToken { record, by_admin }))
             .await?
         {
+            // A retry of a mint whose token was revoked meanwhile gets no token text.
+            model::Response::MintToken(Ok(t)) if t.revoked_by.is_some() => {
+                return Err(Status::failed_precondition(format!(
+                    "access token {} was minted and then revoked; mint a new one",
+                    t.id
+                )))
+            }
             model::Response::MintToken(Ok(t)) => t,
             model::Response::MintToken(Err(e)) => return Err(op_error(&e)),
             _ => return Err(Status::internal("unexpected answer to MintToken")),
