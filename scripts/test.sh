@@ -17,5 +17,12 @@ fi
 cargo build -p warrant --bin warrant
 cargo build -p warrant-jepsen
 target="${CARGO_TARGET_DIR:-target}"
-out="$(mktemp -d)/warrant-jepsen-smoke"
-"$target/debug/warrant-jepsen" run --nodes 3 --time 60s --nemesis mixed --seed 42 --mode auto --tls --out "$out"
+smoke="$(mktemp -d)"
+out="$smoke/warrant-jepsen-smoke"
+# Kept only when it fails: its history, node logs and timeline are what one reads then.
+if "$target/debug/warrant-jepsen" run --nodes 3 --time 60s --nemesis mixed --seed 42 --mode auto --tls --out "$out"; then
+  rm -rf "$smoke"
+else
+  echo "chaos smoke run failed; history, node logs and timeline.svg are in $out" >&2
+  exit 1
+fi
