@@ -125,22 +125,41 @@ pub fn cleanup() {
 /// names and the pidfile.
 pub struct RunLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
 
-/// Take the machine-wide run lock, or say that another run is in progress.
+/// How long a run waits for another one to finish before giving up.
+pub const LOCK_WAIT: Duration = Duration::from_secs(180);
+
+/// Take the machine-wide run lock, waiting up to [`LOCK_WAIT`] for a run in progress to end (so
+/// runs queue instead of failing; the suite's own tests rely on that).
 pub fn lock_run() -> anyhow::Result<RunLock> {
     let path = std::env::temp_dir().join("warrant-jepsen.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .map(RunLock)
-        .map_err(|(_, e)| {
-            anyhow::anyhow!(
-                "another warrant-jepsen run holds {} ({e}); one run at a time",
-                path.display()
-            )
-        })
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut said = false;
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(RunLock(lock)),
+            Err((_, e)) if std::time::Instant::now() >= deadline => {
+                bail!(
+                    "another warrant-jepsen run has held {} for {LOCK_WAIT:?} ({e}); one run at a time",
+                    path.display()
+                )
+            }
+            Err(_) => {
+                if !said {
+                    eprintln!(
+                        "waiting (up to {LOCK_WAIT:?}) for another warrant-jepsen run to finish ({})",
+                        path.display()
+                    );
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
 }
 
 /// Remove what an earlier run may have left: processes inside our namespaces (by the PIDs the kernel

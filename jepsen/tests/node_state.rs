@@ -18,6 +18,9 @@ async fn node_state_catches_a_grant_or_release_the_nodes_do_not_have() {
         "build the warrant binary first ({})",
         bin.display()
     );
+    // One run at a time on a machine: the other tests start `warrant-jepsen run`, which clears the
+    // nodes an earlier run left behind.
+    let _lock = cluster::lock_run().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let c = Cluster::start(Setup {
         mode: Mode::Local,

@@ -1,12 +1,15 @@
-//! A bounded smoke run in local mode (no root needed): 3 real nodes, kills and pauses for 20 s, and
-//! every checker must pass (both workloads: register and deploy). Needs the `warrant` binary built next to this test
-//! (`cargo build -p warrant --bin warrant`) or named by `$WARRANT_BIN`.
+//! Bounded runs of the suite in local mode (no root needed), 3 real nodes each: a smoke run with
+//! kills and pauses that every checker must pass (both workloads: register and deploy), and runs with
+//! a deliberately broken mode that the right checker must fail. Needs the `warrant` binary built
+//! next to this test (`cargo build -p warrant --bin warrant`) or named by `$WARRANT_BIN`. Runs queue
+//! on the machine-wide run lock, so these tests may start together.
 
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-#[test]
-fn smoke_run_in_local_mode_passes_every_checker() {
+/// `warrant-jepsen run --mode local --nodes 3 --nemesis kill,pause --seed 7 ARGS`: its exit status
+/// and results.json.
+fn run_suite(args: &[&str]) -> (ExitStatus, serde_json::Value, String) {
     let bin = warrant_jepsen::find_warrant_bin();
     assert!(
         bin.is_file(),
@@ -21,21 +24,21 @@ fn smoke_run_in_local_mode_passes_every_checker() {
             "local",
             "--nodes",
             "3",
-            "--time",
-            "20s",
             "--nemesis",
             "kill,pause",
             "--seed",
             "7",
-            "--out",
         ])
+        .args(args)
+        .arg("--out")
         .arg(out.path())
         .arg("--warrant-bin")
         .arg(&bin)
         .spawn()
         .expect("start warrant-jepsen");
-    // Bounded: the run itself takes ~25 s; give it 150 s before killing it (it cleans up on SIGTERM).
-    let deadline = Instant::now() + Duration::from_secs(150);
+    // Bounded: a run takes its time plus ~5 s, and may first wait for another run's lock (up to
+    // 180 s); kill it past 400 s (it cleans up on SIGTERM).
+    let deadline = Instant::now() + Duration::from_secs(400);
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait for warrant-jepsen") {
             break s;
@@ -46,13 +49,19 @@ fn smoke_run_in_local_mode_passes_every_checker() {
                 nix::sys::signal::Signal::SIGTERM,
             );
             let _ = child.wait();
-            panic!("smoke run did not finish within 150 s");
+            panic!("warrant-jepsen {args:?} did not finish within 400 s");
         }
         std::thread::sleep(Duration::from_millis(200));
     };
     let results = std::fs::read_to_string(out.path().join("results.json")).unwrap_or_default();
+    let v = serde_json::from_str(&results).unwrap_or(serde_json::Value::Null);
+    (status, v, results)
+}
+
+#[test]
+fn smoke_run_in_local_mode_passes_every_checker() {
+    let (status, v, results) = run_suite(&["--time", "20s"]);
     assert!(status.success(), "smoke run failed ({status}): {results}");
-    let v: serde_json::Value = serde_json::from_str(&results).expect("results.json is json");
     assert_eq!(v["valid"], true);
     assert!(
         v["ops"]["acquire.ok"].as_u64().unwrap_or(0) > 5,
@@ -78,6 +87,48 @@ fn smoke_run_in_local_mode_passes_every_checker() {
         "deploy_once",
         "deploy_previous",
         "deploy_duplicates",
+        "node_state",
+    ] {
+        assert_eq!(v["checkers"][c]["valid"], true, "{c}: {results}");
+    }
+}
+
+/// A protected resource that skips the fence check accepts a fenced-out instance's steps: exit 1,
+/// and `deploy_fencing` names them.
+#[test]
+fn a_resource_skipping_the_fence_check_fails_the_run() {
+    let (status, v, results) = run_suite(&["--time", "15s", "--break", "skip-fence"]);
+    assert_eq!(status.code(), Some(1), "{results}");
+    assert_eq!(v["valid"], false, "{results}");
+    assert_eq!(v["checkers"]["deploy_fencing"]["valid"], false, "{results}");
+    // The cluster itself did nothing wrong.
+    for c in [
+        "token_order",
+        "linearizable",
+        "durability",
+        "audit",
+        "node_state",
+    ] {
+        assert_eq!(v["checkers"][c]["valid"], true, "{c}: {results}");
+    }
+}
+
+/// A client that acts after its lease expired (waking from a pause) overlaps the next holder:
+/// exit 1, and `lease_exclusivity` names the overlap.
+#[test]
+fn a_client_ignoring_expiry_fails_the_run() {
+    let (status, v, results) = run_suite(&["--time", "20s", "--break", "ignore-expiry"]);
+    assert_eq!(status.code(), Some(1), "{results}");
+    assert_eq!(
+        v["checkers"]["lease_exclusivity"]["valid"], false,
+        "{results}"
+    );
+    for c in [
+        "token_order",
+        "linearizable",
+        "durability",
+        "audit",
+        "node_state",
     ] {
         assert_eq!(v["checkers"][c]["valid"], true, "{c}: {results}");
     }
