@@ -123,9 +123,9 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
     let rec = Recorder::new(clock, Some(&opts.out.join("history.jsonl")))?;
     let timeline = Timeline::new(clock, &opts.out.join("nemesis.jsonl"))?;
 
-    let top_level = match opts.broken {
-        Some(workload::Broken::UnconfirmedAnswers) => "chaos_break = \"unconfirmed-answers\"\n",
-        _ => "",
+    let top_level = match opts.broken.and_then(workload::Broken::chaos_break) {
+        Some(mode) => format!("chaos_break = \"{mode}\"\n"),
+        None => String::new(),
     };
     let spares = if faults.contains(&Fault::Membership) {
         nemesis::SPARES
@@ -139,7 +139,7 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
         bin: &opts.bin,
         dir: &opts.out,
         faketime,
-        top_level,
+        top_level: &top_level,
         tls: opts.tls,
     })?);
     let Some(leader) = cluster.wait_leader(Duration::from_secs(30)).await else {

@@ -34,6 +34,8 @@ enum BrokenArg {
     IgnoreExpiry,
     /// Server side: nodes answer busy acquires from their own state without confirming leadership.
     UnconfirmedAnswers,
+    /// Server side: the leader's lease clock runs four times fast.
+    EarlyExpiry,
 }
 
 #[derive(Subcommand)]
@@ -110,10 +112,15 @@ fn main() {
             broken,
             tls,
         } => {
-            if tls && matches!(broken, Some(BrokenArg::UnconfirmedAnswers)) {
+            if tls
+                && matches!(
+                    broken,
+                    Some(BrokenArg::UnconfirmedAnswers | BrokenArg::EarlyExpiry)
+                )
+            {
                 eprintln!(
-                    "--break unconfirmed-answers needs an insecure cluster (the server refuses a \
-                     broken mode with TLS); drop --tls"
+                    "a server-side --break needs an insecure cluster (the server refuses a broken \
+                     mode with TLS); drop --tls"
                 );
                 std::process::exit(2);
             }
@@ -153,6 +160,7 @@ fn main() {
                     BrokenArg::UnconfirmedAnswers => {
                         warrant_jepsen::workload::Broken::UnconfirmedAnswers
                     }
+                    BrokenArg::EarlyExpiry => warrant_jepsen::workload::Broken::EarlyExpiry,
                 }),
                 register,
                 deploy,

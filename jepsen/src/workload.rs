@@ -54,6 +54,20 @@ pub enum Broken {
     /// leadership (`chaos_break = "unconfirmed-answers"`), and each client starts at a different
     /// node, so followers and deposed leaders get asked.
     UnconfirmedAnswers,
+    /// Server side: the leader's lease clock runs four times fast (`chaos_break = "early-expiry"`),
+    /// so it hands a lease to the next client while its holder still rightly believes it holds it.
+    EarlyExpiry,
+}
+
+impl Broken {
+    /// The server's `chaos_break` value for a server-side mode.
+    pub fn chaos_break(self) -> Option<&'static str> {
+        match self {
+            Broken::UnconfirmedAnswers => Some("unconfirmed-answers"),
+            Broken::EarlyExpiry => Some("early-expiry"),
+            Broken::SkipFence | Broken::IgnoreExpiry => None,
+        }
+    }
 }
 
 pub fn resource_name(i: u64) -> String {

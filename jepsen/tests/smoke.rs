@@ -133,3 +133,19 @@ fn a_client_ignoring_expiry_fails_the_run() {
         assert_eq!(v["checkers"][c]["valid"], true, "{c}: {results}");
     }
 }
+
+/// Server side: a leader whose lease clock runs fast (`chaos_break = "early-expiry"`) grants a lease
+/// to the next client while its holder still rightly believes it holds it: `lease_exclusivity`
+/// names the overlap, though every token is still in order.
+#[test]
+fn a_leader_expiring_leases_early_fails_the_run() {
+    let (status, v, results) = run_suite(&["--time", "15s", "--break", "early-expiry"]);
+    assert_eq!(status.code(), Some(1), "{results}");
+    assert_eq!(
+        v["checkers"]["lease_exclusivity"]["valid"], false,
+        "{results}"
+    );
+    for c in ["token_order", "durability", "audit", "node_state"] {
+        assert_eq!(v["checkers"][c]["valid"], true, "{c}: {results}");
+    }
+}

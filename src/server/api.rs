@@ -325,7 +325,7 @@ impl Api {
             }
         };
         let ttl = Duration::from_millis(ttl_ms);
-        if self.shared.clock.renew(id, ttl) {
+        if self.shared.clock.renew(id, self.shared.counted_ttl(ttl)) {
             metrics::counter!("warrant_keepalives_total").increment(1);
             let certificate = if req.certificate {
                 self.certificate(&lease, super::wall_now_ms().saturating_add(ttl_ms))

@@ -228,6 +228,10 @@ pub enum ChaosBreak {
     /// Answer a busy (or already-done, or retried) acquire from this node's own state without
     /// confirming leadership, on any node: a follower or a deposed leader answers from a stale state.
     UnconfirmedAnswers,
+    /// The leader's lease clock counts every lease down four times too fast (as a leader whose
+    /// clock runs fast beyond the drift bound would), so it expires leases — and grants them to
+    /// others — while their holders still rightly believe they hold them.
+    EarlyExpiry,
 }
 
 fn default_watch_history() -> usize {
@@ -594,6 +598,11 @@ min_ttl = "2s"
         );
         let c = Config::parse(&broken, "x.toml").unwrap();
         assert_eq!(c.chaos_break, Some(ChaosBreak::UnconfirmedAnswers));
+        let c = Config::parse(
+            &broken.replace("unconfirmed-answers", "early-expiry"),
+            "x.toml",
+        );
+        assert_eq!(c.unwrap().chaos_break, Some(ChaosBreak::EarlyExpiry));
         assert_eq!(Config::parse(GOOD, "x.toml").unwrap().chaos_break, None);
         let secure = format!(
             "{}\n[security]\nca = \"c\"\ncert = \"n\"\nkey = \"k\"\nsigning_key = \"s\"\n",
