@@ -160,7 +160,13 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
         resources: opts.resources,
         ttl: opts.ttl,
         seed: opts.seed,
-        p_pause: 0.08,
+        // A process that ignores expiry only shows when it pauses: pause more often then, so a
+        // short run catches it every time.
+        p_pause: if opts.broken == Some(workload::Broken::IgnoreExpiry) {
+            0.4
+        } else {
+            0.08
+        },
         broken: opts.broken,
         security: cluster.security.clone(),
     };
