@@ -299,8 +299,22 @@ expiry_interval = \"50ms\"\nttl_checkpoint_interval = \"250ms\"\n[raft]\nheartbe
 election_timeout_min = \"400ms\"\nelection_timeout_max = \"800ms\"\nsnapshot_after_entries = 2000\n\
 keep_entries_after_snapshot = 500\n";
 
+/// A port for a local-mode node: free now, below Linux's ephemeral range (so no outgoing connection
+/// takes it before the node binds it, nor a test that asks the kernel for port 0), and never handed
+/// out twice by this process.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use rand::Rng;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut rng = rand::thread_rng();
+    for _ in 0..1000 {
+        let port = rng.gen_range(20_000..32_000);
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    bail!("no free port in 20000..32000 on 127.0.0.1 after 1000 tries")
 }
 
 /// What [`Cluster::start`] sets up.

@@ -117,7 +117,8 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
     } else {
         None
     };
-    let _lock = cluster::lock_run()?;
+    // The wait for another run's lock blocks; keep it off the runtime so Ctrl-C is still handled.
+    let _lock = tokio::task::spawn_blocking(cluster::lock_run).await??;
     cluster::cleanup_leftovers();
     let clock = Clock::new();
     let rec = Recorder::new(clock, Some(&opts.out.join("history.jsonl")))?;

@@ -75,16 +75,18 @@ impl Expected {
 pub async fn check(cluster: &Cluster, names: &[String], events: &[Event]) -> Verdict {
     let mut v = Verdict::new();
     let expected = Expected::from_history(events);
-    // How far the leader had applied: every member should get there.
+    // How far the cluster had applied (the most any member has: applied means committed): every
+    // member should get there. Once a leader is known, so that healing has settled.
     let mut target = None;
     let deadline = Instant::now() + Duration::from_secs(20);
     while target.is_none() && Instant::now() < deadline {
-        if let Some(leader) = cluster.leader().await {
-            if let Ok(s) = match cluster.node_client(leader) {
-                Ok(c) => c.status().await.map_err(anyhow::Error::from),
-                Err(e) => Err(e),
-            } {
-                target = Some(s.last_applied);
+        if cluster.leader().await.is_some() {
+            for id in cluster.ids() {
+                if let Ok(c) = cluster.node_client(id) {
+                    if let Ok(s) = c.status().await {
+                        target = target.max(Some(s.last_applied));
+                    }
+                }
             }
         }
         if target.is_none() {

@@ -21,6 +21,15 @@ async fn node_state_catches_a_grant_or_release_the_nodes_do_not_have() {
     // One run at a time on a machine: the other tests start `warrant-jepsen run`, which clears the
     // nodes an earlier run left behind.
     let _lock = cluster::lock_run().unwrap();
+    cluster::cleanup_leftovers();
+    // Stops the nodes however the test ends, also on a failed assertion.
+    struct Cleanup;
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            cluster::cleanup();
+        }
+    }
+    let _cleanup = Cleanup;
     let dir = tempfile::tempdir().unwrap();
     let c = Cluster::start(Setup {
         mode: Mode::Local,
@@ -81,5 +90,4 @@ async fn node_state_catches_a_grant_or_release_the_nodes_do_not_have() {
         "{text}"
     );
     drop(held);
-    cluster::cleanup();
 }

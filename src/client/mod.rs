@@ -741,8 +741,9 @@ impl Client {
     }
 
     /// Like [`get`](Self::get), but answered by the first endpoint that answers from its own applied
-    /// state, with no leadership confirmation: possibly stale (a partitioned or lagging member),
-    /// never a redirect. `applied_index` in the answer says how far that state reaches.
+    /// state, with no leadership confirmation: possibly stale (a partitioned or lagging member).
+    /// `applied_index` in the answer says how far that state reaches. A caller with an access token
+    /// is still answered only by the leader (requests made with tokens always are).
     pub async fn get_serializable(
         &self,
         resource: &str,

@@ -21,6 +21,8 @@ pub const MAX_TOKENS: usize = 100_000;
 pub const REVOKED_RETENTION_MS: u64 = 10 * 60 * 1000;
 /// Longest token id.
 pub const MAX_TOKEN_ID_BYTES: usize = 64;
+/// How long after a mint a retry of it (same id, principal and minter) still gets the token back.
+pub const MINT_RETRY_WINDOW_MS: u64 = 5 * 60 * 1000;
 
 /// What the cluster remembers of a minted access token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,8 +96,9 @@ impl State {
         verdict.map_err(OpError::Denied)
     }
 
-    /// Register a new access token. Retrying the same mint (same id, principal, minter) answers the
-    /// same record.
+    /// Register a new access token. Retrying the same mint (same id, principal, minter) within
+    /// [`MINT_RETRY_WINDOW_MS`] of the first answers the same record (audited: its token's text is
+    /// handed out again); later, or by anyone not allowed to mint now, it is refused.
     pub(super) fn mint_token(
         &mut self,
         record: &TokenRecord,
@@ -103,14 +106,6 @@ impl State {
         fx: &mut Effects,
     ) -> Result<TokenRecord, OpError> {
         self.prune_tokens();
-        if let Some(existing) = self.tokens.get(&record.id) {
-            if existing.principal == record.principal && existing.minted_by == record.minted_by {
-                return Ok(existing.clone());
-            }
-            return Err(OpError::TokenIdReused {
-                id: record.id.clone(),
-            });
-        }
         let mut refused = |state: &mut State, e: OpError| {
             let mut entry = AuditEntry::new("token_mint", AuditDecision::Denied);
             entry.principal = record.minted_by.to_string();
@@ -124,6 +119,28 @@ impl State {
         };
         if let Err(d) = self.admin_allowed(&record.minted_by, by_admin) {
             return refused(self, OpError::Denied(d));
+        }
+        if let Some(existing) = self.tokens.get(&record.id) {
+            let same = existing.principal == record.principal
+                && existing.minted_by == record.minted_by
+                && self.now_ms.saturating_sub(existing.issued_at_ms) <= MINT_RETRY_WINDOW_MS;
+            if !same {
+                return refused(
+                    self,
+                    OpError::TokenIdReused {
+                        id: record.id.clone(),
+                    },
+                );
+            }
+            let existing = existing.clone();
+            let mut entry = AuditEntry::new("token_mint", AuditDecision::TokenMinted);
+            entry.principal = record.minted_by.to_string();
+            entry.reason = format!(
+                "retry: token {} for {} (minted at {} ms) returned again",
+                existing.id, existing.principal, existing.issued_at_ms
+            );
+            self.audit(fx, entry);
+            return Ok(existing);
         }
         if self.tokens.len() >= MAX_TOKENS {
             return refused(self, OpError::TooManyTokens { max: MAX_TOKENS });
@@ -307,7 +324,7 @@ mod tests {
         ));
         assert!(h.state.token("t1").is_none());
         mint(&mut h, "t1", "human/admin", true).unwrap();
-        // A retry of the same mint answers the same record.
+        // A retry of the same mint answers the same record (and says so in the audit).
         mint(&mut h, "t1", "human/admin", true).unwrap();
         assert!(!h.state.token_revoked("t1"));
         assert!(matches!(
@@ -321,8 +338,20 @@ mod tests {
             revoke(&mut h, "nope", "human/admin", true),
             Err(OpError::UnknownToken { .. })
         ));
-        // denied mint, mint, (retry: no record), denied revoke, revoke, unknown revoke
-        assert_eq!(h.state.audit_chain().len() - before, 5);
+        // denied mint, mint, retry, denied revoke, revoke, unknown revoke
+        assert_eq!(h.state.audit_chain().len() - before, 6);
+        // Past the retry window, or for another principal, the id is refused.
+        h.advance(MINT_RETRY_WINDOW_MS + 1);
+        mint(&mut h, "t2", "human/admin", true).unwrap();
+        assert!(matches!(
+            mint(&mut h, "t1", "human/admin", true),
+            Err(OpError::TokenIdReused { .. })
+        ));
+        // A non-admin learns nothing about an id: denied before it is looked up.
+        assert!(matches!(
+            mint(&mut h, "t2", "agent/bot", false),
+            Err(OpError::Denied(_))
+        ));
     }
 
     #[test]

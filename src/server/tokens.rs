@@ -1,5 +1,6 @@
 //! Minting and revoking access tokens: authorized and audited in apply (`model::access`), signed
-//! here after the mint entry commits. The token's text is returned once and never logged.
+//! here after the mint entry commits. The token's text is returned to the minting call (and to its
+//! retries with the same id within five minutes, each audited) and never logged.
 
 use std::time::Duration;
 
