@@ -364,7 +364,7 @@ pub async fn keepalives(
                         flight.sent();
                         tx.send(req.clone()).await?;
                     }
-                    drop(lease);
+                    let _ = lease.release(None).await;
                 }
                 System::Etcd => {
                     let mut c = tls::etcd_client(std::slice::from_ref(&leader)).await?;
