@@ -41,11 +41,14 @@ pub enum Mode {
 /// What the process-wide registry holds for cleanup.
 struct Registry {
     children: BTreeMap<u64, Child>,
+    /// Client processes (fenced-register clients in their own OS process), by process number.
+    workers: BTreeMap<u64, Child>,
     netns: bool,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     children: BTreeMap::new(),
+    workers: BTreeMap::new(),
     netns: false,
 });
 static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
@@ -60,18 +63,70 @@ fn pidfile() -> PathBuf {
 }
 
 fn write_pidfile(r: &Registry) {
-    let pids: Vec<String> = r.children.values().map(|c| c.id().to_string()).collect();
+    let pids: Vec<String> = r
+        .children
+        .values()
+        .chain(r.workers.values())
+        .map(|c| c.id().to_string())
+        .collect();
     let _ = std::fs::write(pidfile(), pids.join("\n"));
 }
 
-/// Is `pid` a node this harness started (a warrant server on a `wj-node*.toml` config)?
+/// Is `pid` a process this harness started (a warrant server on a `wj-node*.toml` config, or a
+/// client worker)?
 fn is_our_node(pid: i32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| {
             let c = String::from_utf8_lossy(&c);
-            c.contains("server") && c.contains("wj-node")
+            (c.contains("server") && c.contains("wj-node"))
+                || c.contains(crate::procs::WORKER_COMMAND)
         })
         .unwrap_or(false)
+}
+
+/// Hold a client worker for signals and cleanup. False (and the worker is killed) once cleanup has
+/// begun.
+pub fn register_worker(p: u64, mut child: Child) -> bool {
+    let mut r = registry();
+    if SHUTTING_DOWN.load(Ordering::SeqCst) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return false;
+    }
+    r.workers.insert(p, child);
+    write_pidfile(&r);
+    true
+}
+
+/// Client workers still registered (not yet reaped).
+pub fn worker_ids() -> Vec<u64> {
+    registry().workers.keys().copied().collect()
+}
+
+/// Signal a client worker; false if it is not registered.
+pub fn signal_worker(p: u64, sig: Signal) -> bool {
+    let r = registry();
+    match r.workers.get(&p) {
+        Some(c) => kill(Pid::from_raw(c.id() as i32), sig).is_ok(),
+        None => false,
+    }
+}
+
+/// Take a client worker out of the registry and wait for it (after its stdout closed); None if
+/// cleanup took it already. `force` kills it first (SIGCONT, SIGKILL).
+pub fn reap_worker(p: u64, force: bool) -> Option<std::process::ExitStatus> {
+    let mut child = {
+        let mut r = registry();
+        let c = r.workers.remove(&p);
+        write_pidfile(&r);
+        c?
+    };
+    if force {
+        let pid = Pid::from_raw(child.id() as i32);
+        let _ = kill(pid, Signal::SIGCONT);
+        let _ = kill(pid, Signal::SIGKILL);
+    }
+    child.wait().ok()
 }
 
 fn ns_name(id: u64) -> String {
@@ -102,14 +157,15 @@ fn run(cmd: &[&str]) -> anyhow::Result<()> {
 /// many times and from a signal or panic path; after it, no node is (re)started.
 pub fn cleanup() {
     SHUTTING_DOWN.store(true, Ordering::SeqCst);
-    let (children, netns) = {
+    let (children, workers, netns) = {
         let mut r = registry();
         (
             std::mem::take(&mut r.children),
+            std::mem::take(&mut r.workers),
             std::mem::take(&mut r.netns),
         )
     };
-    for (_, mut child) in children {
+    for (_, mut child) in children.into_iter().chain(workers) {
         let pid = Pid::from_raw(child.id() as i32);
         let _ = kill(pid, Signal::SIGCONT);
         let _ = kill(pid, Signal::SIGKILL);

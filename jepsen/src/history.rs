@@ -164,6 +164,31 @@ impl Clock {
     pub fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
+
+    /// Where this clock's zero is on the machine's CLOCK_MONOTONIC, in ns: another process on this
+    /// machine rebuilds the same clock from it ([`Clock::from_base_ns`]).
+    pub fn base_ns(&self) -> u64 {
+        monotonic_ns().saturating_sub(self.now_ns())
+    }
+
+    /// The clock whose zero is `base` ns on CLOCK_MONOTONIC (which `Instant` reads on Linux, and
+    /// which keeps counting while a process is stopped).
+    pub fn from_base_ns(base: u64) -> Self {
+        let since = monotonic_ns().saturating_sub(base);
+        let now = Instant::now();
+        Self {
+            start: now
+                .checked_sub(std::time::Duration::from_nanos(since))
+                .unwrap_or(now),
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in ns, the clock every process on this machine shares.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 impl Default for Clock {
@@ -255,4 +280,19 @@ pub fn load(path: &Path) -> anyhow::Result<Vec<Event>> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| Ok(serde_json::from_str(l)?))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clock_rebuilt_from_its_base_reads_the_same_time() {
+        let a = Clock::new();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let b = Clock::from_base_ns(a.base_ns());
+        let (ta, tb) = (a.now_ns(), b.now_ns());
+        assert!(ta >= 20_000_000, "{ta}");
+        assert!(ta.abs_diff(tb) < 1_000_000, "{ta} vs {tb}");
+    }
 }

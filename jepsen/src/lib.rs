@@ -15,6 +15,7 @@ pub mod history;
 pub mod linearizable;
 pub mod nemesis;
 pub mod node_check;
+pub mod procs;
 pub mod security;
 pub mod timeline_svg;
 pub mod workload;
@@ -51,6 +52,12 @@ pub struct RunOpts {
     /// Mutual TLS and certificate-authenticated clients (the production path) instead of an
     /// insecure cluster.
     pub tls: bool,
+    /// How many register clients run as their own OS process (`client-pause` stops them).
+    pub os_clients: u64,
+    /// Probability of a simulated client pause (None: the default for the mode).
+    pub sim_pause: Option<f64>,
+    /// This program (the client processes run `SELF client-worker`).
+    pub self_bin: PathBuf,
 }
 
 /// results.json.
@@ -63,6 +70,8 @@ pub struct Results {
     pub time_s: f64,
     pub nemesis: Vec<Fault>,
     pub clients: u64,
+    /// Of those, how many ran as their own OS process.
+    pub os_clients: u64,
     pub resources: u64,
     pub ttl_ms: u64,
     /// A deliberately broken mode, if one was asked for (then the run is expected to fail).
@@ -117,6 +126,19 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
     } else {
         None
     };
+    let os_clients = if opts.register {
+        opts.os_clients.min(opts.clients)
+    } else {
+        0
+    };
+    if os_clients == 0 && faults.contains(&Fault::ClientPause) {
+        if opts.nemesis.split(',').any(|p| p.trim() == "client-pause") {
+            anyhow::bail!(
+                "--nemesis client-pause needs the register workload and --os-clients of at least 1"
+            );
+        }
+        faults.retain(|f| *f != Fault::ClientPause);
+    }
     // The wait for another run's lock blocks; keep it off the runtime so Ctrl-C is still handled.
     let _lock = tokio::task::spawn_blocking(cluster::lock_run).await??;
     cluster::cleanup_leftovers();
@@ -163,13 +185,18 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
         seed: opts.seed,
         // A process that ignores expiry only shows when it pauses: pause more often then, so a
         // short run catches it every time.
-        p_pause: if opts.broken == Some(workload::Broken::IgnoreExpiry) {
-            0.4
-        } else {
-            0.08
-        },
+        p_pause: opts
+            .sim_pause
+            .unwrap_or(if opts.broken == Some(workload::Broken::IgnoreExpiry) {
+                0.4
+            } else {
+                0.08
+            }),
         broken: opts.broken,
         security: cluster.security.clone(),
+        os_clients,
+        worker_bin: opts.self_bin.clone(),
+        log_dir: opts.out.clone(),
     };
     let nem = tokio::spawn(nemesis::run(
         cluster.clone(),
@@ -292,6 +319,7 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
         time_s: opts.time.as_secs_f64(),
         nemesis: faults,
         clients: opts.clients,
+        os_clients,
         resources: opts.resources,
         ttl_ms: opts.ttl.as_millis() as u64,
         broken: opts.broken,

@@ -64,6 +64,15 @@ enum Cmd {
         /// Client processes.
         #[arg(long, default_value_t = 6)]
         clients: u64,
+        /// How many of the register clients run as their own OS process, which the client-pause
+        /// nemesis SIGSTOPs (the rest are tasks in this program).
+        #[arg(long, default_value_t = 2)]
+        os_clients: u64,
+        /// Probability that a register client simulates a pause after its first write (stops
+        /// keeping its lease alive, sleeps past the ttl, writes without checking). Default 0.08
+        /// (0.4 with --break ignore-expiry).
+        #[arg(long)]
+        sim_pause: Option<f64>,
         /// Protected resources (registers).
         #[arg(long, default_value_t = 3)]
         resources: u64,
@@ -85,10 +94,18 @@ enum Cmd {
     },
     /// Re-run the checkers over a recorded history.jsonl.
     Check { history: PathBuf },
+    /// Internal: one fenced-register client as its own process, started by `run` (the argument is
+    /// its JSON spec; it talks to the run over stdin/stdout).
+    #[command(name = "client-worker", hide = true)]
+    ClientWorker { spec: String },
 }
 
 fn main() {
     let cli = Cli::parse();
+    // A client worker owns nothing to clean up (the run that started it does, pidfile included).
+    if let Cmd::ClientWorker { spec } = &cli.cmd {
+        std::process::exit(client_worker(spec));
+    }
     // A panic anywhere (also in a task) tears the cluster and network down before anything else.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -97,6 +114,7 @@ fn main() {
     }));
     let code = match cli.cmd {
         Cmd::Check { history } => check(&history),
+        Cmd::ClientWorker { .. } => unreachable!("handled above"),
         Cmd::Run {
             nodes,
             time,
@@ -106,6 +124,8 @@ fn main() {
             out,
             mode,
             clients,
+            os_clients,
+            sim_pause,
             resources,
             ttl,
             warrant_bin,
@@ -122,6 +142,10 @@ fn main() {
                     "a server-side --break needs an insecure cluster (the server refuses a broken \
                      mode with TLS); drop --tls"
                 );
+                std::process::exit(2);
+            }
+            if sim_pause.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
+                eprintln!("--sim-pause: a probability, 0 to 1");
                 std::process::exit(2);
             }
             let (register, deploy) = match workload.as_str() {
@@ -165,6 +189,15 @@ fn main() {
                 register,
                 deploy,
                 tls,
+                os_clients,
+                sim_pause,
+                self_bin: match std::env::current_exe() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        eprintln!("cannot find this program's path for the client processes: {e}");
+                        std::process::exit(2);
+                    }
+                },
             };
             run(opts)
         }
@@ -216,6 +249,32 @@ fn run(opts: RunOpts) -> i32 {
     // Client tasks may still be waiting on dead nodes: do not wait for them.
     rt.shutdown_timeout(Duration::from_secs(1));
     eprintln!("output in {}", out.display());
+    code
+}
+
+fn client_worker(spec: &str) -> i32 {
+    let spec: warrant_jepsen::procs::WorkerSpec = match serde_json::from_str(spec) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("client-worker: bad spec: {e}");
+            return 2;
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("client-worker: cannot start the runtime: {e}");
+            return 2;
+        }
+    };
+    let code = match rt.block_on(warrant_jepsen::procs::worker_main(spec)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("client-worker: {e:#}");
+            2
+        }
+    };
+    rt.shutdown_timeout(Duration::from_secs(1));
     code
 }
 

@@ -15,6 +15,10 @@
 //! - `membership`: grow the cluster by two voters and shrink it back (3 → 5 → 3, or 5 → 7 → 5) under
 //!   load: start the two spare nodes, `add-node` each (learner, catch-up, promotion), hold 1–4 s,
 //!   `remove-node` both (a hand-over when one of them leads by then), stop them and wipe their data.
+//! - `client-pause`: SIGSTOP one of the fenced-register clients that run as their own OS process
+//!   (`--os-clients`) for 2.5–4.5 s (p = 0.7; longer than the default 2 s ttl) or 0.3–1.5 s, then SIGCONT: its keepalives,
+//!   timers and calls in flight stop wherever the signal lands, also between its validity check and
+//!   its write, so only the fence can stop the write it makes on waking.
 //! - `mixed`: each step picks one of the above at random.
 //!
 //! The schedule (which fault, waits, durations, random choices) comes from `--seed`; which node is
@@ -47,6 +51,9 @@ pub enum Fault {
     Ring,
     Clock,
     Membership,
+    /// SIGSTOP a client process (a fenced-register client in its own OS process), then SIGCONT.
+    #[serde(rename = "client-pause")]
+    ClientPause,
 }
 
 /// Spare nodes the membership nemesis adds and removes.
@@ -72,6 +79,7 @@ impl Fault {
                 "ring" => out.push(Fault::Ring),
                 "clock" => out.push(Fault::Clock),
                 "membership" => out.push(Fault::Membership),
+                "client-pause" => out.push(Fault::ClientPause),
                 "mixed" | "all" => out.extend([
                     Fault::Kill,
                     Fault::Pause,
@@ -80,9 +88,10 @@ impl Fault {
                     Fault::Ring,
                     Fault::Clock,
                     Fault::Membership,
+                    Fault::ClientPause,
                 ]),
                 other => anyhow::bail!(
-                    "--nemesis: unknown fault {other:?} (kill, pause, partition, bridge, ring, clock, membership, mixed, none)"
+                    "--nemesis: unknown fault {other:?} (kill, pause, partition, bridge, ring, clock, membership, client-pause, mixed, none)"
                 ),
             }
         }
@@ -183,7 +192,11 @@ impl Timeline {
         for e in self.events() {
             if e.phase == "start" {
                 if let Some(f) = e.fault {
-                    *out.entry(format!("{f:?}").to_lowercase()).or_default() += 1;
+                    let name = serde_json::to_value(f)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_else(|| format!("{f:?}").to_lowercase());
+                    *out.entry(name).or_default() += 1;
                 }
             } else if e.phase == "error" {
                 *out.entry("errors".to_string()).or_default() += 1;
@@ -322,6 +335,41 @@ pub async fn run(
             }
         };
         match fault {
+            Fault::ClientPause => {
+                let workers = crate::cluster::worker_ids();
+                let Some(&p) = workers.choose(&mut rng) else {
+                    // The client processes have finished (the run is ending).
+                    continue;
+                };
+                if !crate::cluster::signal_worker(p, Signal::SIGSTOP) {
+                    continue;
+                }
+                timeline.log(
+                    "start",
+                    Some(fault),
+                    vec![],
+                    vec![],
+                    leader,
+                    format!("SIGSTOP client process {p}"),
+                );
+                // Mostly past the lease ttl (default 2 s), so its lease expires and the resource
+                // moves on while it is stopped; sometimes shorter than that.
+                let stop = if rng.gen_bool(0.7) {
+                    Duration::from_millis(rng.gen_range(2500..4500))
+                } else {
+                    Duration::from_millis(rng.gen_range(300..1500))
+                };
+                sleep_before(stop, deadline).await;
+                crate::cluster::signal_worker(p, Signal::SIGCONT);
+                timeline.log(
+                    "end",
+                    Some(fault),
+                    vec![],
+                    vec![],
+                    None,
+                    format!("SIGCONT client process {p}"),
+                );
+            }
             Fault::Membership => membership(&cluster, &timeline, leader, hold, deadline).await,
             Fault::Clock => {
                 let id = pick(&mut rng, 0.5);
@@ -641,6 +689,9 @@ pub fn heal_all(cluster: &Cluster, timeline: &Timeline) {
         }
         // Every node has read its reset offset before the final reads begin.
         std::thread::sleep(CLOCK_LAG);
+    }
+    for p in crate::cluster::worker_ids() {
+        crate::cluster::signal_worker(p, Signal::SIGCONT);
     }
     for id in cluster.ids() {
         if cluster.is_running(id) {

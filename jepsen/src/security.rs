@@ -13,6 +13,16 @@ use warrant::security::certs::{self, Ca, ClientIssuer, InitOptions};
 
 struct Tls {
     clients: ClientIssuer,
+    /// The run's `certs` directory.
+    dir: std::path::PathBuf,
+}
+
+/// Certificate files for a client in another process: the CA, its certificate and key.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TlsPaths {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 /// How the run's nodes and clients authenticate; cheap to clone. `Default` is insecure.
@@ -40,6 +50,7 @@ impl Security {
         let ca = Ca::load(dir).map_err(|e| anyhow::anyhow!("the run's CA: {e}"))?;
         Ok(Self(Some(Arc::new(Tls {
             clients: ClientIssuer::new(ca, Duration::from_secs(7 * 86_400)),
+            dir: dir.to_path_buf(),
         }))))
     }
 
@@ -61,6 +72,40 @@ impl Security {
                     .material(principal)
                     .map_err(|e| anyhow::anyhow!("a certificate for {principal}: {e}"))?,
             );
+        }
+        Ok(config)
+    }
+
+    /// For a client in its own process acting as `principal`: its certificate and key written to
+    /// the run's `certs` directory (None on an insecure cluster).
+    pub fn client_files(&self, principal: &str) -> anyhow::Result<Option<TlsPaths>> {
+        let Some(t) = &self.0 else { return Ok(None) };
+        let identity = warrant::security::identity::Identity::Principal(
+            warrant::model::Principal::parse(principal)?,
+        );
+        let stem = certs::file_stem(&identity);
+        certs::issue_into(&t.dir, &identity, &[], Duration::from_secs(7 * 86_400))
+            .map_err(|e| anyhow::anyhow!("a certificate for {principal}: {e}"))?;
+        Ok(Some(TlsPaths {
+            ca: t.dir.join("ca.pem"),
+            cert: t.dir.join(format!("{stem}.pem")),
+            key: t.dir.join(format!("{stem}.key")),
+        }))
+    }
+
+    /// A client configuration from files made by [`Security::client_files`].
+    pub fn client_from_files(
+        endpoints: Vec<String>,
+        principal: &str,
+        tls: Option<&TlsPaths>,
+    ) -> anyhow::Result<ClientConfig> {
+        let mut config = ClientConfig::new(endpoints, principal)?;
+        if let Some(t) = tls {
+            let files = warrant::security::tls::TlsFiles {
+                ca: t.ca.clone(),
+                cert_and_key: Some((t.cert.clone(), t.key.clone())),
+            };
+            config.tls = Some(files.load().map_err(|e| anyhow::anyhow!("{e}"))?);
         }
         Ok(config)
     }

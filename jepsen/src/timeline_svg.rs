@@ -53,6 +53,7 @@ fn fault_colour(f: Option<Fault>) -> &'static str {
         Some(Fault::Ring) => "#17becf",
         Some(Fault::Clock) => "#8c564b",
         Some(Fault::Membership) => "#2ca02c",
+        Some(Fault::ClientPause) => "#e377c2",
         None => "#7f7f7f",
     }
 }

@@ -39,16 +39,52 @@ pub struct Params {
     pub broken: Option<Broken>,
     /// How clients authenticate (the cluster's).
     pub security: Security,
+    /// How many of the clients (the first ones) run as their own OS process ([`crate::procs`]),
+    /// which the `client-pause` nemesis stops and continues.
+    pub os_clients: u64,
+    /// The `warrant-jepsen` binary those processes run.
+    pub worker_bin: std::path::PathBuf,
+    /// Where their logs go.
+    pub log_dir: std::path::PathBuf,
+}
+
+/// What one client process needs of [`Params`]; sent to a client in its own OS process.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ProcessParams {
+    pub resources: u64,
+    pub ttl_ms: u64,
+    pub seed: u64,
+    pub p_pause: f64,
+    pub broken: Option<Broken>,
+}
+
+impl ProcessParams {
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms)
+    }
+}
+
+impl Params {
+    pub fn process(&self) -> ProcessParams {
+        ProcessParams {
+            resources: self.resources,
+            ttl_ms: self.ttl.as_millis() as u64,
+            seed: self.seed,
+            p_pause: self.p_pause,
+            broken: self.broken,
+        }
+    }
 }
 
 /// Deliberately broken behaviour (`--break`): the suite must be able to fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Broken {
     /// The protected register accepts every write without the fence check.
     SkipFence,
-    /// A process waking from a pause believes it still holds its lease (ignores expiry) and acts on
-    /// that belief: its write counts as a claim.
+    /// A client that ignores expiry: it acts on its lease until it releases it, never checking its
+    /// validity (also after a real pause, `client-pause`), and a process waking from a simulated
+    /// pause counts its write as a claim.
     IgnoreExpiry,
     /// Server side: every node answers a busy acquire from its own state without confirming
     /// leadership (`chaos_break = "unconfirmed-answers"`), and each client starts at a different
@@ -97,7 +133,14 @@ impl Registers {
         }
     }
 
-    fn write(&self, rec: &Recorder, process: u64, resource: &str, token: u64, value: String) {
+    pub(crate) fn write(
+        &self,
+        rec: &Recorder,
+        process: u64,
+        resource: &str,
+        token: u64,
+        value: String,
+    ) {
         let mut regs = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let reg = regs.entry(resource.to_string()).or_default();
         let admitted = if self.skip_fence {
@@ -163,45 +206,139 @@ pub async fn run(
     regs: Registers,
 ) -> anyhow::Result<()> {
     let mut set = tokio::task::JoinSet::new();
+    let clock = rec.clock();
+    let deadline_ns = clock.now_ns()
+        + deadline
+            .saturating_duration_since(Instant::now())
+            .as_nanos() as u64;
     for p in 0..params.clients {
         let mut endpoints = endpoints.clone();
         if params.broken == Some(Broken::UnconfirmedAnswers) && !endpoints.is_empty() {
             let n = endpoints.len();
             endpoints.rotate_left(p as usize % n);
         }
-        let mut cfg = params
-            .security
-            .client(endpoints, &format!("agent/jepsen-{p}"))?;
-        cfg.instance = InstanceId::parse(&format!("jepsen-{p}-{}", params.seed))?;
+        let principal = format!("agent/jepsen-{p}");
+        let instance = format!("jepsen-{p}-{}", params.seed);
+        if p < params.os_clients {
+            let spec = crate::procs::WorkerSpec {
+                process: p,
+                endpoints,
+                tls: params.security.client_files(&principal)?,
+                principal,
+                instance,
+                params: params.process(),
+                clock_base_ns: clock.base_ns(),
+                deadline_ns,
+            };
+            let exited = crate::procs::spawn(
+                &params.worker_bin,
+                &params.log_dir.join(format!("client-{p}.log")),
+                &spec,
+                rec.clone(),
+                regs.clone(),
+            )?;
+            set.spawn(async move {
+                match exited.await {
+                    Ok(r) => r,
+                    Err(_) => Err(anyhow::anyhow!("client worker {p}: its pump thread died")),
+                }
+            });
+            continue;
+        }
+        let mut cfg = params.security.client(endpoints, &principal)?;
+        cfg.instance = InstanceId::parse(&instance)?;
         cfg.call_timeout = Duration::from_secs(5);
         let client = Client::new(cfg)?;
-        let (rec, regs, params) = (rec.clone(), regs.clone(), params.clone());
-        set.spawn(process(client, p, params, deadline, rec, regs));
+        let sink = Local {
+            rec: rec.clone(),
+            regs: regs.clone(),
+        };
+        let pp = params.process();
+        set.spawn(async move {
+            process(client, p, pp, deadline, sink).await;
+            Ok(())
+        });
     }
     // Each process stops starting work at the deadline; one lease's worth of work plus a few call
     // timeouts later it must be done.
     let grace = Duration::from_secs(30);
-    let all = async { while set.join_next().await.is_some() {} };
-    if tokio::time::timeout_at(deadline + grace, all)
-        .await
-        .is_err()
-    {
-        set.abort_all();
-        anyhow::bail!("client processes did not finish within {grace:?} after the deadline");
+    let all = async {
+        let mut errors = Vec::new();
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => errors.push(format!("{e:#}")),
+                Err(e) => errors.push(format!("client task: {e}")),
+            }
+        }
+        errors
+    };
+    match tokio::time::timeout_at(deadline + grace, all).await {
+        Err(_) => {
+            set.abort_all();
+            for p in crate::cluster::worker_ids() {
+                crate::cluster::reap_worker(p, true);
+            }
+            anyhow::bail!("client processes did not finish within {grace:?} after the deadline");
+        }
+        Ok(errors) if !errors.is_empty() => anyhow::bail!("{}", errors.join("; ")),
+        Ok(_) => Ok(()),
     }
-    Ok(())
 }
 
-async fn process(
+/// Where a client process records its history and reaches the protected registers: the harness
+/// itself ([`Local`], a task in the harness) or pipes to the harness (a client in its own OS
+/// process, [`crate::procs`]).
+pub trait Sink: Send + Sync {
+    /// Now, on the harness's one clock.
+    fn now_ns(&self) -> u64;
+    /// Record an event stamped at `t_ns` on the harness's clock.
+    fn record_at(&self, ev: Event, t_ns: u64);
+    /// Record an event stamped now.
+    fn record(&self, ev: Event) {
+        self.record_at(ev, self.now_ns())
+    }
+    /// Write to the protected register of `resource` with `token`: the register decides and records
+    /// the outcome. Returns once it has.
+    fn write(
+        &self,
+        process: u64,
+        resource: &str,
+        token: u64,
+        value: String,
+    ) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// A client process that is a task in the harness.
+pub struct Local {
+    pub rec: Recorder,
+    pub regs: Registers,
+}
+
+impl Sink for Local {
+    fn now_ns(&self) -> u64 {
+        self.rec.clock().now_ns()
+    }
+
+    fn record_at(&self, ev: Event, t_ns: u64) {
+        self.rec.record_at(ev, t_ns);
+    }
+
+    async fn write(&self, process: u64, resource: &str, token: u64, value: String) {
+        self.regs.write(&self.rec, process, resource, token, value)
+    }
+}
+
+/// One client process's loop (a task in the harness, or the whole of a client OS process).
+pub async fn process(
     client: Client,
     p: u64,
-    params: Params,
+    params: ProcessParams,
     deadline: Instant,
-    rec: Recorder,
-    regs: Registers,
+    sink: impl Sink,
 ) {
+    let rec = &sink;
     let mut rng = ChaCha8Rng::seed_from_u64(params.seed.wrapping_mul(1_000_003).wrapping_add(p));
-    let clock = rec.clock();
     let mut seq = 0u64;
     // Bounded: every iteration takes at least a few ms of sleeping, and stops at the deadline.
     for _iteration in 0..1_000_000u32 {
@@ -212,7 +349,7 @@ async fn process(
         let wait = rng
             .gen_bool(0.4)
             .then(|| Duration::from_millis(rng.gen_range(200..1500)));
-        let mut opts = AcquireOptions::new(&resource, params.ttl);
+        let mut opts = AcquireOptions::new(&resource, params.ttl());
         opts.task_key = Some(TASK_KEY.to_string());
         opts.intent = format!("jepsen process {p}");
         opts.wait = wait;
@@ -252,10 +389,15 @@ async fn process(
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(50..700))).await;
             }
             // The claim: stamped *before* the check, a lower bound on when the holder believed it.
-            let t_check = clock.now_ns();
-            let Some(remaining) = lease.remaining() else {
-                rec.record(Event::new(Kind::Info, Op::Lapse, p, &resource).token(token));
-                break;
+            let t_check = rec.now_ns();
+            let remaining = match lease.remaining() {
+                Some(r) => r,
+                // Broken: a client that ignores expiry acts on a lease it no longer holds.
+                None if params.broken == Some(Broken::IgnoreExpiry) => Duration::ZERO,
+                None => {
+                    rec.record(Event::new(Kind::Info, Op::Lapse, p, &resource).token(token));
+                    break;
+                }
             };
             seq += 1;
             let value = format!("p{p}:t{token}:s{seq}");
@@ -264,7 +406,7 @@ async fn process(
             inv.remaining_ms = Some(remaining.as_millis() as u64);
             inv.value = Some(value.clone());
             rec.record_at(inv, t_check);
-            regs.write(&rec, p, &resource, token, value);
+            rec.write(p, &resource, token, value).await;
 
             if rng.gen_bool(0.4) {
                 let data = format!("{token}:{seq}");
@@ -292,7 +434,7 @@ async fn process(
         if paused {
             // A simulated process pause: keepalives stop with the process, and on waking it writes
             // with its old token without looking at the clock.
-            let nap = params.ttl + Duration::from_millis(rng.gen_range(300..2000));
+            let nap = params.ttl() + Duration::from_millis(rng.gen_range(300..2000));
             let mut e = Event::new(Kind::Info, Op::Pause, p, &resource).token(token);
             e.error = Some(format!("pausing {} ms without keepalives", nap.as_millis()));
             rec.record(e);
@@ -304,7 +446,7 @@ async fn process(
             inv.claim = Some(params.broken == Some(Broken::IgnoreExpiry));
             inv.value = Some(value.clone());
             rec.record(inv);
-            regs.write(&rec, p, &resource, token, value);
+            rec.write(p, &resource, token, value).await;
             continue;
         }
         let lease_id = lease.lease_id().to_string();

@@ -7,9 +7,14 @@
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-/// `warrant-jepsen run --mode local --nodes 3 --nemesis kill,pause --seed 7 ARGS`: its exit status
-/// and results.json.
+/// `warrant-jepsen run --mode local --nodes 3 --nemesis kill,pause,client-pause --seed 7 ARGS`: its
+/// exit status and results.json.
 fn run_suite(args: &[&str]) -> (ExitStatus, serde_json::Value, String) {
+    run_suite_with("kill,pause,client-pause", args)
+}
+
+/// The same with another nemesis.
+fn run_suite_with(nemesis: &str, args: &[&str]) -> (ExitStatus, serde_json::Value, String) {
     let bin = warrant_jepsen::find_warrant_bin();
     assert!(
         bin.is_file(),
@@ -25,7 +30,7 @@ fn run_suite(args: &[&str]) -> (ExitStatus, serde_json::Value, String) {
             "--nodes",
             "3",
             "--nemesis",
-            "kill,pause",
+            nemesis,
             "--seed",
             "7",
         ])
@@ -67,10 +72,12 @@ fn smoke_run_in_local_mode_passes_every_checker() {
         v["ops"]["acquire.ok"].as_u64().unwrap_or(0) > 5,
         "{results}"
     );
-    assert!(
-        v["faults"]["kill"].as_u64().unwrap_or(0) + v["faults"]["pause"].as_u64().unwrap_or(0) >= 1,
-        "{results}"
-    );
+    let faults = ["kill", "pause", "client-pause"]
+        .iter()
+        .map(|f| v["faults"][f].as_u64().unwrap_or(0))
+        .sum::<u64>();
+    assert!(faults >= 2, "{results}");
+    assert_eq!(v["os_clients"], 2, "{results}");
     assert!(
         v["checkers"]["deploy_once"]["counts"]["deploys_completed"]
             .as_u64()
@@ -146,6 +153,52 @@ fn a_leader_expiring_leases_early_fails_the_run() {
         "{results}"
     );
     for c in ["token_order", "durability", "audit", "node_state"] {
+        assert_eq!(v["checkers"][c]["valid"], true, "{c}: {results}");
+    }
+}
+
+/// Real client processes, really stopped: a client that ignores expiry, SIGSTOPped past its ttl
+/// (`client-pause`, no simulated pauses at all), acts on its lease after the next holder got it:
+/// `lease_exclusivity` names the overlap, and the fence turns its writes away.
+#[test]
+fn a_client_ignoring_expiry_is_caught_after_a_real_sigstop() {
+    let (status, v, results) = run_suite_with(
+        "client-pause",
+        &[
+            "--time",
+            "25s",
+            "--break",
+            "ignore-expiry",
+            "--sim-pause",
+            "0",
+            "--os-clients",
+            "6",
+            "--workload",
+            "register",
+        ],
+    );
+    assert_eq!(status.code(), Some(1), "{results}");
+    assert!(
+        v["faults"]["client-pause"].as_u64().unwrap_or(0) >= 1,
+        "{results}"
+    );
+    assert_eq!(
+        v["ops"]["pause.info"],
+        serde_json::Value::Null,
+        "no simulated pause: {results}"
+    );
+    assert_eq!(
+        v["checkers"]["lease_exclusivity"]["valid"], false,
+        "{results}"
+    );
+    for c in [
+        "fenced_register",
+        "token_order",
+        "linearizable",
+        "durability",
+        "audit",
+        "node_state",
+    ] {
         assert_eq!(v["checkers"][c]["valid"], true, "{c}: {results}");
     }
 }
