@@ -29,6 +29,8 @@ const BRIDGE_ADDR: &str = "10.77.0.1/24";
 const MAX_NODES: u64 = 9;
 /// The nft table a partition installs inside a namespace.
 const PART_TABLE: &str = "wjpart";
+/// The nft table the loss nemesis installs inside a namespace.
+const LOSS_TABLE: &str = "wjloss";
 
 /// Where the nodes run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -36,6 +38,9 @@ const PART_TABLE: &str = "wjpart";
 pub enum Mode {
     Netns,
     Local,
+    /// Local addresses, and the nodes' Raft traffic through proxies in the harness, which cut
+    /// partitions ([`crate::proxy`]): for where namespaces are not available.
+    Proxy,
 }
 
 /// What the process-wide registry holds for cleanup.
@@ -334,6 +339,8 @@ pub struct Cluster {
     faketime: Option<(PathBuf, PathBuf)>,
     /// How nodes and clients authenticate (`--tls`, or insecure).
     pub security: Security,
+    /// Proxy mode: the proxies between nodes.
+    proxies: Option<crate::proxy::Proxies>,
 }
 
 /// Where Debian's `libfaketime` package puts the thread-safe preload library.
@@ -421,7 +428,7 @@ impl Cluster {
         for id in 1..=nodes {
             addrs.push(match mode {
                 Mode::Netns => (format!("{}:7100", ip_of(id)), format!("{}:7000", ip_of(id))),
-                Mode::Local => (
+                Mode::Local | Mode::Proxy => (
                     format!("127.0.0.1:{}", free_port()?),
                     format!("127.0.0.1:{}", free_port()?),
                 ),
@@ -433,6 +440,15 @@ impl Cluster {
             Security::tls(&dir.join("certs"), nodes, hosts)?
         } else {
             Security::default()
+        };
+        let rafts: Vec<(u64, String)> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, (raft, _))| (i as u64 + 1, raft.clone()))
+            .collect();
+        let proxies = match mode {
+            Mode::Proxy => Some(crate::proxy::Proxies::start(&rafts, free_port)?),
+            _ => None,
         };
         // Founders list the founders; a spare lists them and itself (it joins through add-node).
         let peer = |i: usize, (raft, client): &(String, String)| {
@@ -456,9 +472,13 @@ impl Cluster {
             } else {
                 format!("{founding}{}", peer(i, &addrs[i]))
             };
+            let dial_via = proxies
+                .as_ref()
+                .map(|p| p.dial_via(id, &rafts))
+                .unwrap_or_default();
             let text = format!(
                 "node_id = {id}\ncluster_name = \"jepsen\"\ndata_dir = \"data{id}\"\nbootstrap = {}\n\
-                 {insecure}default_decision = \"allow\"\nadmins = [\"human/admin\"]\n{top_level}{LEASE_AND_RAFT}{peers}{security_table}",
+                 {insecure}default_decision = \"allow\"\nadmins = [\"human/admin\"]\n{top_level}{LEASE_AND_RAFT}{dial_via}{peers}{security_table}",
                 id == 1
             );
             std::fs::write(&config, text)?;
@@ -486,6 +506,7 @@ impl Cluster {
             bin: bin.to_path_buf(),
             faketime,
             security,
+            proxies,
         };
         if cluster.has_clock_control() {
             for id in 1..=nodes {
@@ -554,7 +575,7 @@ impl Cluster {
                 c.args(["netns", "exec", &ns_name(id)]).arg(&self.bin);
                 c
             }
-            Mode::Local => Command::new(&self.bin),
+            Mode::Local | Mode::Proxy => Command::new(&self.bin),
         };
         if let Some((lib, clocks)) = &self.faketime {
             // Only the wall clock moves (CLOCK_REALTIME): the offset file is re-read every second;
@@ -627,8 +648,17 @@ impl Cluster {
     /// caller makes it symmetric; it need not be transitive (a bridge node or a ring sees nodes that
     /// cannot see each other).
     pub fn cut(&self, grudge: &BTreeMap<u64, Vec<u64>>) -> anyhow::Result<()> {
+        if let Some(proxies) = &self.proxies {
+            proxies.set_cut(
+                grudge
+                    .iter()
+                    .flat_map(|(&a, v)| v.iter().map(move |&b| (a, b)))
+                    .collect(),
+            );
+            return Ok(());
+        }
         if self.mode != Mode::Netns {
-            bail!("partitions need netns mode");
+            bail!("partitions need netns or proxy mode");
         }
         self.heal()?;
         for (&id, other) in grudge {
@@ -674,24 +704,60 @@ impl Cluster {
         self.faketime.is_some()
     }
 
-    /// Remove every partition rule.
+    /// Remove every partition and loss rule.
     pub fn heal(&self) -> anyhow::Result<()> {
+        if let Some(proxies) = &self.proxies {
+            proxies.set_cut(Default::default());
+            return Ok(());
+        }
         if self.mode != Mode::Netns {
             return Ok(());
         }
         for id in self.ids() {
-            // Absent table is fine (nothing to heal).
-            let _ = run(&[
+            for table in [PART_TABLE, LOSS_TABLE] {
+                // Absent table is fine (nothing to heal).
+                let _ = run(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &ns_name(id),
+                    "nft",
+                    "delete",
+                    "table",
+                    "inet",
+                    table,
+                ]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Drop `percent` % of the packets each of `ids` sends or receives on its link (to and from
+    /// every peer and client), chosen at random per packet by nft's `numgen random`. The kernel
+    /// here has no `sch_netem`, so this is loss without delay.
+    pub fn lossy(&self, ids: &[u64], percent: u32) -> anyhow::Result<()> {
+        if self.mode != Mode::Netns {
+            bail!("packet loss needs netns mode");
+        }
+        anyhow::ensure!((1..100).contains(&percent), "loss of {percent} %");
+        for &id in ids {
+            let link = format!("wj-p{id}");
+            let rules = format!(
+                "table inet {LOSS_TABLE} {{\n chain input {{ type filter hook input priority 0; policy accept; iifname \"{link}\" numgen random mod 100 < {percent} drop; }}\n chain output {{ type filter hook output priority 0; policy accept; oifname \"{link}\" numgen random mod 100 < {percent} drop; }}\n}}\n"
+            );
+            let path = std::env::temp_dir().join(format!("wj-loss-{id}.nft"));
+            std::fs::write(&path, rules)?;
+            let r = run(&[
                 "ip",
                 "netns",
                 "exec",
                 &ns_name(id),
                 "nft",
-                "delete",
-                "table",
-                "inet",
-                PART_TABLE,
+                "-f",
+                &path.to_string_lossy(),
             ]);
+            let _ = std::fs::remove_file(&path);
+            r?;
         }
         Ok(())
     }

@@ -16,6 +16,7 @@ pub mod linearizable;
 pub mod nemesis;
 pub mod node_check;
 pub mod procs;
+pub mod proxy;
 pub mod security;
 pub mod timeline_svg;
 pub mod workload;

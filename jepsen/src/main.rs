@@ -22,7 +22,10 @@ enum ModeArg {
     Netns,
     /// Nodes on 127.0.0.1 ports; no partitions.
     Local,
-    /// netns when available, else local.
+    /// Nodes on 127.0.0.1 ports, their Raft traffic through proxies in this program that cut
+    /// partitions (no root needed; no packet loss).
+    Proxy,
+    /// netns when available, else proxy.
     Auto,
 }
 
@@ -161,8 +164,9 @@ fn main() {
             let mode = match mode {
                 ModeArg::Netns => Mode::Netns,
                 ModeArg::Local => Mode::Local,
+                ModeArg::Proxy => Mode::Proxy,
                 ModeArg::Auto if cluster::netns_available() => Mode::Netns,
-                ModeArg::Auto => Mode::Local,
+                ModeArg::Auto => Mode::Proxy,
             };
             let out = out.unwrap_or_else(|| {
                 PathBuf::from(format!("jepsen-runs/{seed}-{}", history::wall_ms() / 1000))

@@ -10,6 +10,9 @@
 //! - `bridge` (netns): two halves that cannot reach each other, and one node that reaches both.
 //! - `ring` (netns, 4+ nodes): nodes in a random ring, each reaching only its nearest neighbours —
 //!   every node sees a majority, but no two neighbours see the same one.
+//! - `loss` (netns): drop 10–50 % of the packets on the links of one node (the leader with
+//!   probability 0.5) or of every node, at random per packet (nft `numgen random`; this kernel has no
+//!   `sch_netem`), for 2–5 s; then heal. Heartbeats, votes, replication and client calls all suffer.
 //! - `clock`: jump one node's wall clock (the leader with probability 0.5) by ±2 s … ±5 min for
 //!   2–5 s, then back; libfaketime moves CLOCK_REALTIME only, the monotonic clock keeps running.
 //! - `membership`: grow the cluster by two voters and shrink it back (3 → 5 → 3, or 5 → 7 → 5) under
@@ -54,6 +57,8 @@ pub enum Fault {
     /// SIGSTOP a client process (a fenced-register client in its own OS process), then SIGCONT.
     #[serde(rename = "client-pause")]
     ClientPause,
+    /// Random packet loss on some nodes' links.
+    Loss,
 }
 
 /// Spare nodes the membership nemesis adds and removes.
@@ -61,7 +66,10 @@ pub const SPARES: u64 = 2;
 
 impl Fault {
     fn is_network(self) -> bool {
-        matches!(self, Fault::Partition | Fault::Bridge | Fault::Ring)
+        matches!(
+            self,
+            Fault::Partition | Fault::Bridge | Fault::Ring | Fault::Loss
+        )
     }
 }
 
@@ -80,6 +88,7 @@ impl Fault {
                 "clock" => out.push(Fault::Clock),
                 "membership" => out.push(Fault::Membership),
                 "client-pause" => out.push(Fault::ClientPause),
+                "loss" => out.push(Fault::Loss),
                 "mixed" | "all" => out.extend([
                     Fault::Kill,
                     Fault::Pause,
@@ -89,19 +98,29 @@ impl Fault {
                     Fault::Clock,
                     Fault::Membership,
                     Fault::ClientPause,
+                    Fault::Loss,
                 ]),
                 other => anyhow::bail!(
-                    "--nemesis: unknown fault {other:?} (kill, pause, partition, bridge, ring, clock, membership, client-pause, mixed, none)"
+                    "--nemesis: unknown fault {other:?} (kill, pause, partition, bridge, ring, loss, clock, membership, client-pause, mixed, none)"
                 ),
             }
+        }
+        if mode == Mode::Proxy {
+            // Proxies cut connections; they cannot drop single packets.
+            if s.split(',').any(|p| p.trim() == "loss") {
+                anyhow::bail!(
+                    "--nemesis loss needs --mode netns (proxies cannot drop single packets)"
+                );
+            }
+            out.retain(|f| *f != Fault::Loss);
         }
         if mode == Mode::Local && out.iter().any(|f| f.is_network()) {
             if let Some(p) = s
                 .split(',')
                 .map(str::trim)
-                .find(|p| ["partition", "bridge", "ring"].contains(p))
+                .find(|p| ["partition", "bridge", "ring", "loss"].contains(p))
             {
-                anyhow::bail!("--nemesis {p} needs --mode netns");
+                anyhow::bail!("--nemesis {p} needs --mode netns (or proxy, but for loss)");
             }
             // `mixed` in local mode: partitions are not available there.
             out.retain(|f| !f.is_network());
@@ -335,6 +354,48 @@ pub async fn run(
             }
         };
         match fault {
+            Fault::Loss => {
+                let (nodes, how) = if rng.gen_bool(0.5) {
+                    (ids.clone(), "every node".to_string())
+                } else {
+                    let id = pick(&mut rng, 0.5);
+                    (vec![id], format!("node {id}"))
+                };
+                let percent = rng.gen_range(10..=50u32);
+                match cluster.lossy(&nodes, percent) {
+                    Ok(()) => {
+                        timeline.log(
+                            "start",
+                            Some(fault),
+                            nodes.clone(),
+                            vec![],
+                            leader,
+                            format!("drop {percent} % of the packets of {how}"),
+                        );
+                        sleep_before(hold + Duration::from_millis(1000), deadline).await;
+                        let r = cluster.heal();
+                        timeline.log(
+                            if r.is_ok() { "end" } else { "error" },
+                            Some(fault),
+                            nodes,
+                            vec![],
+                            None,
+                            format!(
+                                "heal{}",
+                                r.err().map(|e| format!(": {e:#}")).unwrap_or_default()
+                            ),
+                        );
+                    }
+                    Err(e) => timeline.log(
+                        "error",
+                        Some(fault),
+                        nodes,
+                        vec![],
+                        leader,
+                        format!("loss: {e:#}"),
+                    ),
+                }
+            }
             Fault::ClientPause => {
                 let workers = crate::cluster::worker_ids();
                 let Some(&p) = workers.choose(&mut rng) else {
@@ -370,7 +431,17 @@ pub async fn run(
                     format!("SIGCONT client process {p}"),
                 );
             }
-            Fault::Membership => membership(&cluster, &timeline, leader, hold, deadline).await,
+            Fault::Membership => {
+                // Half the changes get a crash in the middle: a founding node (the leader with
+                // p = 0.5) is killed 0–1.2 s after the first spare starts — during its catch-up, its
+                // promotion (joint consensus), or the second add — and restarted 1–3 s later.
+                let crash = rng.gen_bool(0.5).then(|| Crash {
+                    after: Duration::from_millis(rng.gen_range(0..1200)),
+                    victim: pick(&mut rng, 0.5),
+                    down: Duration::from_millis(rng.gen_range(1000..3000)),
+                });
+                membership(&cluster, &timeline, leader, hold, deadline, crash).await
+            }
             Fault::Clock => {
                 let id = pick(&mut rng, 0.5);
                 let size = rng.gen_range(2..=300i64);
@@ -526,12 +597,75 @@ pub async fn run(
 /// Grow by the spares and shrink back: see the module docs. Logged as one fault whose `nodes` are
 /// the spares that became voters; an add or remove that fails is logged as an error, and whatever
 /// was added is removed again.
+/// A founding node killed in the middle of a membership change.
+struct Crash {
+    /// After the first spare starts.
+    after: Duration,
+    /// Drawn among the founding nodes (the leader at draw time with p = 0.5).
+    victim: u64,
+    down: Duration,
+}
+
+/// A membership change, with a crash in the middle of it if `crash` says so.
 async fn membership(
     cluster: &Cluster,
     timeline: &Timeline,
     leader: Option<u64>,
     hold: Duration,
     deadline: tokio::time::Instant,
+    crash: Option<Crash>,
+) {
+    let (began_tx, began) = tokio::sync::oneshot::channel::<()>();
+    let change = membership_change(cluster, timeline, leader, hold, deadline, began_tx);
+    let crash = async {
+        // Only once the change has begun (it may be skipped).
+        let (Some(c), Ok(())) = (crash, began.await) else {
+            return;
+        };
+        tokio::time::sleep(c.after).await;
+        let id = c.victim;
+        let killed = cluster.kill(id);
+        timeline.log(
+            "start",
+            Some(Fault::Kill),
+            vec![id],
+            vec![],
+            cluster.leader().await,
+            format!(
+                "kill -9 node {id} during a membership change{}",
+                if killed { "" } else { " (was not running)" }
+            ),
+        );
+        tokio::time::sleep(c.down).await;
+        match cluster.start_node(id) {
+            Ok(()) => timeline.log(
+                "end",
+                Some(Fault::Kill),
+                vec![id],
+                vec![],
+                None,
+                format!("restarted node {id}"),
+            ),
+            Err(e) => timeline.log(
+                "error",
+                Some(Fault::Kill),
+                vec![id],
+                vec![],
+                None,
+                format!("restart node {id}: {e:#}"),
+            ),
+        }
+    };
+    tokio::join!(change, crash);
+}
+
+async fn membership_change(
+    cluster: &Cluster,
+    timeline: &Timeline,
+    leader: Option<u64>,
+    hold: Duration,
+    deadline: tokio::time::Instant,
+    began: tokio::sync::oneshot::Sender<()>,
 ) {
     let fault = Some(Fault::Membership);
     let spares = cluster.spare_ids();
@@ -568,6 +702,7 @@ async fn membership(
     let before = cluster.ids().len();
     let mut added = Vec::new();
     let mut trouble = Vec::new();
+    let _ = began.send(());
     for &id in &spares {
         if let Err(e) = cluster.start_node(id) {
             trouble.push(format!("start node {id}: {e:#}"));
@@ -736,6 +871,20 @@ mod tests {
         );
         let e = Fault::parse_list("members", Mode::Netns).unwrap_err();
         assert!(e.to_string().contains("membership"), "{e}");
+    }
+
+    #[test]
+    fn loss_and_client_pause_are_selectable_and_loss_needs_netns() {
+        let netns = Fault::parse_list("mixed", Mode::Netns).unwrap();
+        assert!(netns.contains(&Fault::Loss) && netns.contains(&Fault::ClientPause));
+        let local = Fault::parse_list("mixed", Mode::Local).unwrap();
+        assert!(!local.contains(&Fault::Loss) && local.contains(&Fault::ClientPause));
+        let e = Fault::parse_list("loss", Mode::Local).unwrap_err();
+        assert!(e.to_string().contains("netns"), "{e}");
+        assert_eq!(
+            Fault::parse_list("client-pause,loss", Mode::Netns).unwrap(),
+            [Fault::ClientPause, Fault::Loss]
+        );
     }
 
     fn reaches(g: &Grudge, a: u64, b: u64) -> bool {

@@ -54,6 +54,7 @@ fn fault_colour(f: Option<Fault>) -> &'static str {
         Some(Fault::Clock) => "#8c564b",
         Some(Fault::Membership) => "#2ca02c",
         Some(Fault::ClientPause) => "#e377c2",
+        Some(Fault::Loss) => "#aec7e8",
         None => "#7f7f7f",
     }
 }

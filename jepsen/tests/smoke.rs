@@ -1,4 +1,4 @@
-//! Bounded runs of the suite in local mode (no root needed), 3 real nodes each: a smoke run with
+//! Bounded runs of the suite in local or proxy mode (no root needed), 3 real nodes each: a smoke run with
 //! kills and pauses that every checker must pass (both workloads: register and deploy), and runs with
 //! a deliberately broken mode that the right checker must fail. Needs the `warrant` binary built
 //! next to this test (`cargo build -p warrant --bin warrant`) or named by `$WARRANT_BIN`. Runs queue
@@ -15,6 +15,15 @@ fn run_suite(args: &[&str]) -> (ExitStatus, serde_json::Value, String) {
 
 /// The same with another nemesis.
 fn run_suite_with(nemesis: &str, args: &[&str]) -> (ExitStatus, serde_json::Value, String) {
+    run_suite_in("local", nemesis, args)
+}
+
+/// The same in another `--mode`.
+fn run_suite_in(
+    mode: &str,
+    nemesis: &str,
+    args: &[&str],
+) -> (ExitStatus, serde_json::Value, String) {
     let bin = warrant_jepsen::find_warrant_bin();
     assert!(
         bin.is_file(),
@@ -26,7 +35,7 @@ fn run_suite_with(nemesis: &str, args: &[&str]) -> (ExitStatus, serde_json::Valu
         .args([
             "run",
             "--mode",
-            "local",
+            mode,
             "--nodes",
             "3",
             "--nemesis",
@@ -201,4 +210,21 @@ fn a_client_ignoring_expiry_is_caught_after_a_real_sigstop() {
     ] {
         assert_eq!(v["checkers"][c]["valid"], true, "{c}: {results}");
     }
+}
+
+/// Without namespaces or root: partitions cut by the harness's proxies between nodes (`--mode
+/// proxy`), every checker passing.
+#[test]
+fn partitions_through_proxies_pass_every_checker() {
+    let (status, v, results) = run_suite_in(
+        "proxy",
+        "partition,bridge",
+        &["--time", "15s", "--workload", "register"],
+    );
+    assert!(status.success(), "proxy run failed ({status}): {results}");
+    assert_eq!(v["mode"], "proxy", "{results}");
+    let cuts = v["faults"]["partition"].as_u64().unwrap_or(0)
+        + v["faults"]["bridge"].as_u64().unwrap_or(0);
+    assert!(cuts >= 2, "{results}");
+    assert_eq!(v["faults"]["errors"], serde_json::Value::Null, "{results}");
 }

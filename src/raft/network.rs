@@ -34,14 +34,21 @@ pub struct Network {
     tls: Option<ClientTlsConfig>,
     /// This node's cluster id, sent with every call.
     cluster_id: ClusterId,
+    /// `raft.dial_via`: peer addresses dialled through another address (chaos testing).
+    dial_via: Arc<std::collections::BTreeMap<String, String>>,
 }
 
 impl Network {
-    pub fn new(tls: Option<ClientTlsConfig>, cluster_id: ClusterId) -> Self {
+    pub fn new(
+        tls: Option<ClientTlsConfig>,
+        cluster_id: ClusterId,
+        dial_via: std::collections::BTreeMap<String, String>,
+    ) -> Self {
         Self {
             channels: Default::default(),
             tls,
             cluster_id,
+            dial_via: Arc::new(dial_via),
         }
     }
 
@@ -65,7 +72,8 @@ impl Network {
             return Some(c.clone());
         }
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}")).ok()?;
+        let dial = self.dial_via.get(addr).map_or(addr, String::as_str);
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{dial}")).ok()?;
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone()).ok()?;
         }

@@ -88,6 +88,10 @@ pub struct RaftConfig {
     pub snapshot_after_entries: u64,
     /// Log entries kept behind the snapshot, so a briefly lagging follower needs no snapshot.
     pub keep_entries_after_snapshot: u64,
+    /// For fault injection without network namespaces: dial a peer's Raft address through another
+    /// address (`"127.0.0.1:7100" = "127.0.0.1:27100"`, a proxy the chaos suite controls). Peers
+    /// still authenticate each other end to end; the server warns at every start when set.
+    pub dial_via: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for RaftConfig {
@@ -98,6 +102,7 @@ impl Default for RaftConfig {
             election_timeout_max: Duration::from_millis(800),
             snapshot_after_entries: 10_000,
             keep_entries_after_snapshot: 1_000,
+            dial_via: Default::default(),
         }
     }
 }
@@ -371,6 +376,16 @@ impl Config {
             }
             _ => {}
         }
+        for (from, to) in &self.raft.dial_via {
+            for a in [from, to] {
+                if a.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(bad(
+                        "raft.dial_via",
+                        format!("{a:?} is not an IP:port address"),
+                    ));
+                }
+            }
+        }
         if self.chaos_break.is_some() && !self.insecure {
             return Err(bad(
                 "chaos_break",
@@ -588,6 +603,31 @@ min_ttl = "2s"
                 .to_string();
             assert!(err.contains(key), "{key}: {err}");
         }
+    }
+
+    #[test]
+    fn raft_dial_via_maps_peer_addresses_and_refuses_non_addresses() {
+        let c = Config::parse(
+            &format!("{GOOD}[raft.dial_via]\n\"127.0.0.1:7102\" = \"127.0.0.1:27102\"\n"),
+            "x.toml",
+        )
+        .unwrap();
+        assert_eq!(c.raft.dial_via["127.0.0.1:7102"], "127.0.0.1:27102");
+        assert!(Config::parse(GOOD, "x.toml")
+            .unwrap()
+            .raft
+            .dial_via
+            .is_empty());
+        let err = Config::parse(
+            &format!("{GOOD}[raft.dial_via]\n\"127.0.0.1:7102\" = \"proxy\"\n"),
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("raft.dial_via") && err.contains("proxy"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -496,9 +496,17 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     }
     .validate()
     .map_err(|e| Error::Raft(e.to_string()))?;
+    if !config.raft.dial_via.is_empty() {
+        tracing::warn!(
+            dial_via = ?config.raft.dial_via,
+            "raft.dial_via is set: Raft traffic to these peers goes through other addresses (for \
+             fault injection only)"
+        );
+    }
     let network = Network::new(
         security.as_ref().map(|(m, _)| m.client()),
         cluster_id.clone(),
+        config.raft.dial_via.clone(),
     );
     let raft = Raft::new(
         config.node_id,
