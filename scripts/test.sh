@@ -11,8 +11,9 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
-# Chaos smoke run (about 65 s): 3 real nodes, kills, pauses and (as root, in network namespaces)
-# partitions, with a fixed seed, on the production path (mutual TLS, clients authenticated by
+# Chaos smoke run (about 65 s): 3 real nodes, kills, pauses, partitions (in network namespaces as
+# root, else through the harness's proxies), membership changes and client-process pauses (and, as
+# root, packet loss), with a fixed seed, on the production path (mutual TLS, clients authenticated by
 # certificate); exits non-zero if any checker finds a violation.
 cargo build -p warrant --bin warrant
 cargo build -p warrant-jepsen

@@ -649,10 +649,11 @@ impl Cluster {
     /// cannot see each other).
     pub fn cut(&self, grudge: &BTreeMap<u64, Vec<u64>>) -> anyhow::Result<()> {
         if let Some(proxies) = &self.proxies {
+            // Both directions, as nft's rules at one end drop traffic both ways.
             proxies.set_cut(
                 grudge
                     .iter()
-                    .flat_map(|(&a, v)| v.iter().map(move |&b| (a, b)))
+                    .flat_map(|(&a, v)| v.iter().flat_map(move |&b| [(a, b), (b, a)]))
                     .collect(),
             );
             return Ok(());

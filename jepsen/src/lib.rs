@@ -248,10 +248,13 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
     };
     let work = if notes.is_empty() { Ok(()) } else { Err(()) };
     // The nemesis heals everything once the deadline passes.
+    let abort = nem.abort_handle();
     if tokio::time::timeout(Duration::from_secs(30), nem)
         .await
         .is_err()
     {
+        // Stopped first, so no step of it (a membership change, say) acts after the heal.
+        abort.abort();
         notes.push("nemesis did not finish in time; healed by force".into());
         nemesis::heal_all(&cluster, &timeline);
     }

@@ -392,11 +392,27 @@ pub async fn run(
                         nodes,
                         vec![],
                         leader,
-                        format!("loss: {e:#}"),
+                        // Rules already installed on other nodes must not outlive the step.
+                        format!(
+                            "loss: {e:#}{}",
+                            cluster
+                                .heal()
+                                .err()
+                                .map(|h| format!("; heal: {h:#}"))
+                                .unwrap_or_default()
+                        ),
                     ),
                 }
             }
             Fault::ClientPause => {
+                // Mostly past the lease ttl (default 2 s), so its lease expires and the resource
+                // moves on while it is stopped; sometimes shorter than that. Drawn first, so the
+                // schedule does not depend on which workers are still running.
+                let stop = if rng.gen_bool(0.7) {
+                    Duration::from_millis(rng.gen_range(2500..4500))
+                } else {
+                    Duration::from_millis(rng.gen_range(300..1500))
+                };
                 let workers = crate::cluster::worker_ids();
                 let Some(&p) = workers.choose(&mut rng) else {
                     // The client processes have finished (the run is ending).
@@ -413,13 +429,6 @@ pub async fn run(
                     leader,
                     format!("SIGSTOP client process {p}"),
                 );
-                // Mostly past the lease ttl (default 2 s), so its lease expires and the resource
-                // moves on while it is stopped; sometimes shorter than that.
-                let stop = if rng.gen_bool(0.7) {
-                    Duration::from_millis(rng.gen_range(2500..4500))
-                } else {
-                    Duration::from_millis(rng.gen_range(300..1500))
-                };
                 sleep_before(stop, deadline).await;
                 crate::cluster::signal_worker(p, Signal::SIGCONT);
                 timeline.log(
@@ -598,6 +607,7 @@ pub async fn run(
 /// the spares that became voters; an add or remove that fails is logged as an error, and whatever
 /// was added is removed again.
 /// A founding node killed in the middle of a membership change.
+// (`membership` below: grow by the spares and shrink back, see the module docs.)
 struct Crash {
     /// After the first spare starts.
     after: Duration,

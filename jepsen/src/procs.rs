@@ -10,7 +10,8 @@
 //!   (rebuilt in the worker from CLOCK_MONOTONIC, which all processes on the machine share and which
 //!   keeps counting while a process is stopped); `{"write": {...}}`, a write to a protected
 //!   register, which the harness decides and records under the register's lock, then answers `ok`.
-//! - A worker whose harness is gone (its stdin closed, its stdout broken) exits.
+//! - A worker whose harness is gone exits: it gets SIGKILL when the harness dies (parent-death
+//!   signal), and exits on a closed stdin or a broken stdout.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -67,12 +68,24 @@ pub fn spawn(
     regs: Registers,
 ) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Result<()>>> {
     let p = spec.process;
-    let mut child = Command::new(bin)
+    let mut command = Command::new(bin);
+    command
         .arg(WORKER_COMMAND)
         .arg(serde_json::to_string(spec)?)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log)?)
+        .stderr(std::fs::File::create(log)?);
+    // A harness killed outright (SIGKILL) takes its workers with it, also a stopped one. The
+    // signal comes when the spawning thread ends: this runs on the thread that drives the run
+    // (`block_on` in main), which lasts as long as the run.
+    // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = command
         .spawn()
         .map_err(|e| anyhow::anyhow!("start client worker {p} ({}): {e}", bin.display()))?;
     let (Some(stdout), Some(mut stdin)) = (child.stdout.take(), child.stdin.take()) else {

@@ -6,8 +6,10 @@
 //! those connections are closed, so the nodes reconnect. Clients reach nodes directly, as in netns
 //! mode, where the harness reaches every node.
 //!
-//! What it cannot do, unlike nft rules in namespaces: drop single packets (loss), or cut a
-//! connection's bytes already in the kernel's buffers.
+//! What it cannot do, unlike nft rules in namespaces: drop single packets (loss), cut a
+//! connection's bytes already in the kernel's buffers, or cut what nodes send each other through
+//! their *client* ports (a node catching up from a snapshot fetches missing audit records from its
+//! peers' client addresses, which `dial_via` does not map).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -132,8 +134,10 @@ async fn connection(mut inbound: TcpStream, from: u64, to: u64, target: String, 
     let _ = inbound.set_nodelay(true);
     let _ = outbound.set_nodelay(true);
     let cut = tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+        // The cut first: once it is in place, not one more buffer is forwarded.
+        biased;
         () = until_cut(from, to, &state, &mut rx) => true,
+        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
     };
     if cut {
         // Silent while cut (both sockets held open, nothing forwarded), closed on heal.

@@ -211,53 +211,64 @@ pub async fn run(
         + deadline
             .saturating_duration_since(Instant::now())
             .as_nanos() as u64;
-    for p in 0..params.clients {
-        let mut endpoints = endpoints.clone();
-        if params.broken == Some(Broken::UnconfirmedAnswers) && !endpoints.is_empty() {
-            let n = endpoints.len();
-            endpoints.rotate_left(p as usize % n);
-        }
-        let principal = format!("agent/jepsen-{p}");
-        let instance = format!("jepsen-{p}-{}", params.seed);
-        if p < params.os_clients {
-            let spec = crate::procs::WorkerSpec {
-                process: p,
-                endpoints,
-                tls: params.security.client_files(&principal)?,
-                principal,
-                instance,
-                params: params.process(),
-                clock_base_ns: clock.base_ns(),
-                deadline_ns,
+    let mut start = || -> anyhow::Result<()> {
+        for p in 0..params.clients {
+            let mut endpoints = endpoints.clone();
+            if params.broken == Some(Broken::UnconfirmedAnswers) && !endpoints.is_empty() {
+                let n = endpoints.len();
+                endpoints.rotate_left(p as usize % n);
+            }
+            let principal = format!("agent/jepsen-{p}");
+            let instance = format!("jepsen-{p}-{}", params.seed);
+            if p < params.os_clients {
+                let spec = crate::procs::WorkerSpec {
+                    process: p,
+                    endpoints,
+                    tls: params.security.client_files(&principal)?,
+                    principal,
+                    instance,
+                    params: params.process(),
+                    clock_base_ns: clock.base_ns(),
+                    deadline_ns,
+                };
+                let exited = crate::procs::spawn(
+                    &params.worker_bin,
+                    &params.log_dir.join(format!("client-{p}.log")),
+                    &spec,
+                    rec.clone(),
+                    regs.clone(),
+                )?;
+                set.spawn(async move {
+                    match exited.await {
+                        Ok(r) => r,
+                        Err(_) => Err(anyhow::anyhow!("client worker {p}: its pump thread died")),
+                    }
+                });
+                continue;
+            }
+            let mut cfg = params.security.client(endpoints, &principal)?;
+            cfg.instance = InstanceId::parse(&instance)?;
+            cfg.call_timeout = Duration::from_secs(5);
+            let client = Client::new(cfg)?;
+            let sink = Local {
+                rec: rec.clone(),
+                regs: regs.clone(),
             };
-            let exited = crate::procs::spawn(
-                &params.worker_bin,
-                &params.log_dir.join(format!("client-{p}.log")),
-                &spec,
-                rec.clone(),
-                regs.clone(),
-            )?;
+            let pp = params.process();
             set.spawn(async move {
-                match exited.await {
-                    Ok(r) => r,
-                    Err(_) => Err(anyhow::anyhow!("client worker {p}: its pump thread died")),
-                }
+                process(client, p, pp, deadline, sink).await;
+                Ok(())
             });
-            continue;
         }
-        let mut cfg = params.security.client(endpoints, &principal)?;
-        cfg.instance = InstanceId::parse(&instance)?;
-        cfg.call_timeout = Duration::from_secs(5);
-        let client = Client::new(cfg)?;
-        let sink = Local {
-            rec: rec.clone(),
-            regs: regs.clone(),
-        };
-        let pp = params.process();
-        set.spawn(async move {
-            process(client, p, pp, deadline, sink).await;
-            Ok(())
-        });
+        Ok(())
+    };
+    if let Err(e) = start() {
+        // Nothing started may outlive the failure (a worker would go on writing history).
+        set.abort_all();
+        for p in crate::cluster::worker_ids() {
+            crate::cluster::reap_worker(p, true);
+        }
+        return Err(e);
     }
     // Each process stops starting work at the deadline; one lease's worth of work plus a few call
     // timeouts later it must be done.
