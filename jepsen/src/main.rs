@@ -39,6 +39,8 @@ enum BrokenArg {
     UnconfirmedAnswers,
     /// Server side: the leader's lease clock runs four times fast.
     EarlyExpiry,
+    /// Server side: an acquire revokes another client's live lease on the resource first.
+    GrantOverHolder,
 }
 
 #[derive(Subcommand)]
@@ -85,8 +87,8 @@ enum Cmd {
         /// The warrant binary (default: $WARRANT_BIN, next to this program, or on PATH).
         #[arg(long)]
         warrant_bin: Option<PathBuf>,
-        /// Deliberately break the harness side (the run should then FAIL): skip-fence or
-        /// ignore-expiry.
+        /// Deliberately break the harness (skip-fence, ignore-expiry) or the server
+        /// (unconfirmed-answers, early-expiry, grant-over-holder): the run should then FAIL.
         #[arg(long = "break", value_enum)]
         broken: Option<BrokenArg>,
         /// Run the cluster as in production: mutual TLS on client and Raft ports, every client
@@ -138,7 +140,11 @@ fn main() {
             if tls
                 && matches!(
                     broken,
-                    Some(BrokenArg::UnconfirmedAnswers | BrokenArg::EarlyExpiry)
+                    Some(
+                        BrokenArg::UnconfirmedAnswers
+                            | BrokenArg::EarlyExpiry
+                            | BrokenArg::GrantOverHolder
+                    )
                 )
             {
                 eprintln!(
@@ -189,6 +195,7 @@ fn main() {
                         warrant_jepsen::workload::Broken::UnconfirmedAnswers
                     }
                     BrokenArg::EarlyExpiry => warrant_jepsen::workload::Broken::EarlyExpiry,
+                    BrokenArg::GrantOverHolder => warrant_jepsen::workload::Broken::GrantOverHolder,
                 }),
                 register,
                 deploy,

@@ -93,6 +93,10 @@ pub enum Broken {
     /// Server side: the leader's lease clock runs four times fast (`chaos_break = "early-expiry"`),
     /// so it hands a lease to the next client while its holder still rightly believes it holds it.
     EarlyExpiry,
+    /// Server side: an acquire that finds the resource held by another client first revokes the
+    /// holder's lease, unasked (`chaos_break = "grant-over-holder"`): a grant without checking the
+    /// holder, which learns of it only at its next keepalive.
+    GrantOverHolder,
 }
 
 impl Broken {
@@ -101,6 +105,7 @@ impl Broken {
         match self {
             Broken::UnconfirmedAnswers => Some("unconfirmed-answers"),
             Broken::EarlyExpiry => Some("early-expiry"),
+            Broken::GrantOverHolder => Some("grant-over-holder"),
             Broken::SkipFence | Broken::IgnoreExpiry => None,
         }
     }

@@ -228,3 +228,33 @@ fn partitions_through_proxies_pass_every_checker() {
     assert!(cuts >= 2, "{results}");
     assert_eq!(v["faults"]["errors"], serde_json::Value::Null, "{results}");
 }
+
+/// Server side: a node that grants over a live holder (`chaos_break = "grant-over-holder"`: it
+/// revokes the holder's lease unasked before the acquire) leaves the holder believing it still holds
+/// the resource until its next keepalive: `lease_exclusivity` names the overlap, while the fence
+/// still turns the displaced holder's writes away.
+#[test]
+fn a_server_granting_over_the_holder_fails_the_run() {
+    let (status, v, results) = run_suite(&[
+        "--time",
+        "15s",
+        "--break",
+        "grant-over-holder",
+        "--workload",
+        "register",
+    ]);
+    assert_eq!(status.code(), Some(1), "{results}");
+    assert_eq!(
+        v["checkers"]["lease_exclusivity"]["valid"], false,
+        "{results}"
+    );
+    for c in [
+        "fenced_register",
+        "token_order",
+        "durability",
+        "audit",
+        "node_state",
+    ] {
+        assert_eq!(v["checkers"][c]["valid"], true, "{c}: {results}");
+    }
+}

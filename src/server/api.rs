@@ -214,6 +214,30 @@ impl Api {
         Ok(answer)
     }
 
+    /// `chaos_break = "grant-over-holder"`, the deliberate bug: revoke whoever else holds the
+    /// resource, unasked and unchecked, so the acquire that follows finds it free.
+    async fn chaos_displace_holder(&self, cmd: &AcquireCmd) {
+        let holder = {
+            let sm = self.shared.sm.read();
+            sm.state
+                .resource(&cmd.resource)
+                .and_then(|r| r.holder)
+                .filter(|h| h.principal != cmd.principal)
+                .map(|h| h.lease_id)
+        };
+        if let Some(lease_id) = holder {
+            let revoke = Command::Revoke {
+                target: crate::model::RevokeTarget::Lease(lease_id),
+                by: cmd.principal.clone(),
+                reason: "chaos_break grant-over-holder".to_string(),
+                by_admin: true,
+            };
+            if let Err(e) = self.shared.propose(revoke).await {
+                tracing::warn!(error = %e, "chaos_break: could not displace the holder");
+            }
+        }
+    }
+
     /// Propose the audit note of an answer given without a write, in the background and bounded:
     /// past `MAX_NOTES_IN_FLIGHT` notes waiting to commit, further ones are dropped and counted in
     /// the log (a flood of busy retries must not grow memory without bound).
@@ -400,6 +424,9 @@ impl warrant_server::Warrant for Api {
         } else {
             None
         };
+        if self.shared.config.chaos_break == Some(super::config::ChaosBreak::GrantOverHolder) {
+            self.chaos_displace_holder(&cmd).await;
+        }
         let woken = self.shared.waiters.register(&request_id);
         let answer = match self.answer_without_write(&caller, &cmd).await {
             Ok(Some(answer)) => answer,

@@ -237,6 +237,10 @@ pub enum ChaosBreak {
     /// clock runs fast beyond the drift bound would), so it expires leases — and grants them to
     /// others — while their holders still rightly believe they hold them.
     EarlyExpiry,
+    /// Grant over a live holder: an acquire that finds the resource held by another principal first
+    /// revokes the holder's lease (as an admin would, unasked), so the next grant goes ahead while
+    /// the holder still believes it holds the resource until its next keepalive.
+    GrantOverHolder,
 }
 
 fn default_watch_history() -> usize {
@@ -643,6 +647,11 @@ min_ttl = "2s"
             "x.toml",
         );
         assert_eq!(c.unwrap().chaos_break, Some(ChaosBreak::EarlyExpiry));
+        let c = Config::parse(
+            &broken.replace("unconfirmed-answers", "grant-over-holder"),
+            "x.toml",
+        );
+        assert_eq!(c.unwrap().chaos_break, Some(ChaosBreak::GrantOverHolder));
         assert_eq!(Config::parse(GOOD, "x.toml").unwrap().chaos_break, None);
         let secure = format!(
             "{}\n[security]\nca = \"c\"\ncert = \"n\"\nkey = \"k\"\nsigning_key = \"s\"\n",
