@@ -22,7 +22,10 @@
 //!   (`--os-clients`) for 2.5–4.5 s (p = 0.7; longer than the default 2 s ttl) or 0.3–1.5 s, then SIGCONT: its keepalives,
 //!   timers and calls in flight stop wherever the signal lands, also between its validity check and
 //!   its write, so only the fence can stop the write it makes on waking.
-//! - `mixed`: each step picks one of the above at random.
+//! - `mixed`: each step picks one of the above at random. In any schedule with both kinds, with
+//!   p = 0.25 a step runs two at once, a network fault (partition, bridge, ring, loss) with a
+//!   process fault (kill, pause, clock, client-pause), each with its own hold (`combined` in the
+//!   timeline).
 //!
 //! The schedule (which fault, waits, durations, random choices) comes from `--seed`; which node is
 //! the leader at a given moment depends on the run, so a seed reproduces the schedule, not the run.
@@ -217,6 +220,8 @@ impl Timeline {
                         .unwrap_or_else(|| format!("{f:?}").to_lowercase());
                     *out.entry(name).or_default() += 1;
                 }
+            } else if e.phase == "combined" {
+                *out.entry("combined".to_string()).or_default() += 1;
             } else if e.phase == "error" {
                 *out.entry("errors".to_string()).or_default() += 1;
             }
@@ -344,263 +349,331 @@ pub async fn run(
         let fault = *faults.choose(&mut rng).expect("faults is not empty");
         let hold = Duration::from_millis(rng.gen_range(1000..4000));
         let leader = cluster.leader().await;
-        let ids = cluster.ids();
-        let pick = |rng: &mut ChaCha8Rng, p_leader: f64| -> u64 {
-            let coin = rng.gen_bool(p_leader);
-            let any = *ids.choose(rng).expect("at least one node");
-            match leader {
-                Some(l) if coin => l,
-                _ => any,
-            }
+        // Sometimes two faults at once: a network fault and a process fault, each on its own
+        // schedule drawn from this one.
+        let partners = partners(fault, &faults);
+        let partner = if !partners.is_empty() && rng.gen_bool(P_COMBINED) {
+            partners.choose(&mut rng).copied()
+        } else {
+            None
         };
-        match fault {
-            Fault::Loss => {
-                let (nodes, how) = if rng.gen_bool(0.5) {
-                    (ids.clone(), "every node".to_string())
-                } else {
-                    let id = pick(&mut rng, 0.5);
-                    (vec![id], format!("node {id}"))
-                };
-                let percent = rng.gen_range(10..=50u32);
-                match cluster.lossy(&nodes, percent) {
-                    Ok(()) => {
-                        timeline.log(
-                            "start",
-                            Some(fault),
-                            nodes.clone(),
-                            vec![],
-                            leader,
-                            format!("drop {percent} % of the packets of {how}"),
-                        );
-                        sleep_before(hold + Duration::from_millis(1000), deadline).await;
-                        let r = cluster.heal();
-                        timeline.log(
-                            if r.is_ok() { "end" } else { "error" },
-                            Some(fault),
-                            nodes,
-                            vec![],
-                            None,
-                            format!(
-                                "heal{}",
-                                r.err().map(|e| format!(": {e:#}")).unwrap_or_default()
-                            ),
-                        );
-                    }
-                    Err(e) => timeline.log(
-                        "error",
-                        Some(fault),
-                        nodes,
-                        vec![],
-                        leader,
-                        // Rules already installed on other nodes must not outlive the step.
-                        format!(
-                            "loss: {e:#}{}",
-                            cluster
-                                .heal()
-                                .err()
-                                .map(|h| format!("; heal: {h:#}"))
-                                .unwrap_or_default()
-                        ),
-                    ),
-                }
-            }
-            Fault::ClientPause => {
-                // Mostly past the lease ttl (default 2 s), so its lease expires and the resource
-                // moves on while it is stopped; sometimes shorter than that. Drawn first, so the
-                // schedule does not depend on which workers are still running.
-                let stop = if rng.gen_bool(0.7) {
-                    Duration::from_millis(rng.gen_range(2500..4500))
-                } else {
-                    Duration::from_millis(rng.gen_range(300..1500))
-                };
-                let workers = crate::cluster::worker_ids();
-                let Some(&p) = workers.choose(&mut rng) else {
-                    // The client processes have finished (the run is ending).
-                    continue;
-                };
-                if !crate::cluster::signal_worker(p, Signal::SIGSTOP) {
-                    continue;
-                }
+        match partner {
+            Some(other) => {
+                let mut r1 = ChaCha8Rng::seed_from_u64(rng.gen());
+                let mut r2 = ChaCha8Rng::seed_from_u64(rng.gen());
+                let hold2 = Duration::from_millis(rng.gen_range(1000..4000));
                 timeline.log(
-                    "start",
-                    Some(fault),
-                    vec![],
-                    vec![],
-                    leader,
-                    format!("SIGSTOP client process {p}"),
-                );
-                sleep_before(stop, deadline).await;
-                crate::cluster::signal_worker(p, Signal::SIGCONT);
-                timeline.log(
-                    "end",
-                    Some(fault),
-                    vec![],
-                    vec![],
+                    "combined",
                     None,
-                    format!("SIGCONT client process {p}"),
-                );
-            }
-            Fault::Membership => {
-                // Half the changes get a crash in the middle: a founding node (the leader with
-                // p = 0.5) is killed 0–1.2 s after the first spare starts — during its catch-up, its
-                // promotion (joint consensus), or the second add — and restarted 1–3 s later.
-                let crash = rng.gen_bool(0.5).then(|| Crash {
-                    after: Duration::from_millis(rng.gen_range(0..1200)),
-                    victim: pick(&mut rng, 0.5),
-                    down: Duration::from_millis(rng.gen_range(1000..3000)),
-                });
-                membership(&cluster, &timeline, leader, hold, deadline, crash).await
-            }
-            Fault::Clock => {
-                let id = pick(&mut rng, 0.5);
-                let size = rng.gen_range(2..=300i64);
-                let offset = if rng.gen_bool(0.5) { size } else { -size };
-                match cluster.set_clock(id, offset) {
-                    Ok(()) => {
-                        timeline.log(
-                            "start",
-                            Some(fault),
-                            vec![id],
-                            vec![],
-                            leader,
-                            format!("node {id} wall clock {offset:+} s (monotonic unchanged)"),
-                        );
-                        // libfaketime re-reads the offset up to ~2 s late: hold long enough that
-                        // the jump is in effect for at least the drawn hold.
-                        sleep_before(hold + CLOCK_LAG, deadline).await;
-                        let r = cluster.set_clock(id, 0);
-                        timeline.log(
-                            if r.is_ok() { "end" } else { "error" },
-                            Some(fault),
-                            vec![id],
-                            vec![],
-                            None,
-                            match r {
-                                Ok(()) => format!("node {id} wall clock back in step"),
-                                Err(e) => format!("reset clock of node {id}: {e:#}"),
-                            },
-                        );
-                    }
-                    Err(e) => timeline.log(
-                        "error",
-                        Some(fault),
-                        vec![id],
-                        vec![],
-                        leader,
-                        format!("clock: {e:#}"),
-                    ),
-                }
-            }
-            Fault::Kill => {
-                let id = pick(&mut rng, 0.6);
-                let killed = cluster.kill(id);
-                timeline.log(
-                    "start",
-                    Some(fault),
-                    vec![id],
+                    vec![],
                     vec![],
                     leader,
-                    format!(
-                        "kill -9 node {id}{}",
-                        if killed { "" } else { " (was not running)" }
-                    ),
+                    format!("{} and {} at once", name(fault), name(other)),
                 );
-                sleep_before(hold, deadline).await;
-                match cluster.start_node(id) {
-                    Ok(()) => timeline.log(
-                        "end",
-                        Some(fault),
-                        vec![id],
-                        vec![],
-                        None,
-                        format!("restarted node {id}"),
-                    ),
-                    Err(e) => timeline.log(
-                        "error",
-                        Some(fault),
-                        vec![id],
-                        vec![],
-                        None,
-                        format!("restart node {id}: {e:#}"),
-                    ),
-                }
-            }
-            Fault::Pause => {
-                let id = pick(&mut rng, 0.5);
-                cluster.signal(id, Signal::SIGSTOP);
-                timeline.log(
-                    "start",
-                    Some(fault),
-                    vec![id],
-                    vec![],
-                    leader,
-                    format!("SIGSTOP node {id}"),
-                );
-                sleep_before(hold, deadline).await;
-                cluster.signal(id, Signal::SIGCONT);
-                timeline.log(
-                    "end",
-                    Some(fault),
-                    vec![id],
-                    vec![],
-                    None,
-                    format!("SIGCONT node {id}"),
+                tokio::join!(
+                    inject(&cluster, &timeline, fault, &mut r1, leader, hold, deadline),
+                    inject(&cluster, &timeline, other, &mut r2, leader, hold2, deadline),
                 );
             }
-            Fault::Bridge | Fault::Ring => {
-                let mut order = ids.clone();
-                order.shuffle(&mut rng);
-                // Fewer than 4 nodes make no ring: a bridge runs instead, and is logged as one.
-                let fault = if order.len() >= 4 {
-                    fault
-                } else {
-                    Fault::Bridge
-                };
-                let (grudge, a, b, how) = if fault == Fault::Ring {
-                    let how = format!(
-                        "ring {}: each node reaches only its neighbours",
-                        order
-                            .iter()
-                            .map(u64::to_string)
-                            .collect::<Vec<_>>()
-                            .join("-")
-                    );
-                    (ring(&order), order.clone(), vec![], how)
-                } else {
-                    let (grudge, a, mid, b) = bridge(&order);
-                    let how = format!("bridge: {a:?} | {mid} | {b:?} (node {mid} reaches both)");
-                    (grudge, a, b, how)
-                };
-                hold_cut(
-                    &cluster, &timeline, fault, &grudge, a, b, leader, how, hold, deadline,
-                )
-                .await;
-            }
-            Fault::Partition => {
-                let (a, b, how) = match leader {
-                    Some(l) if rng.gen_bool(0.5) => (
-                        vec![l],
-                        ids.iter().copied().filter(|&i| i != l).collect(),
-                        "isolate leader",
-                    ),
-                    _ => {
-                        let mut shuffled = ids.clone();
-                        shuffled.shuffle(&mut rng);
-                        let minority = (ids.len() - 1) / 2;
-                        let (a, b) = shuffled.split_at(minority.max(1));
-                        (a.to_vec(), b.to_vec(), "minority | majority")
-                    }
-                };
-                let grudge = bipartite(&a, &b);
-                let how = how.to_string();
-                hold_cut(
-                    &cluster, &timeline, fault, &grudge, a, b, leader, how, hold, deadline,
-                )
-                .await;
-            }
+            None => inject(&cluster, &timeline, fault, &mut rng, leader, hold, deadline).await,
         }
     }
     heal_all(&cluster, &timeline);
+}
+
+/// How often a step of a schedule with both kinds combines a network and a process fault.
+const P_COMBINED: f64 = 0.25;
+
+/// A fault's name as in `--nemesis` and results.json.
+pub fn name(f: Fault) -> String {
+    serde_json::to_value(f)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{f:?}").to_lowercase())
+}
+
+/// The faults of `faults` that may run at the same time as `f`: a process fault (kill, pause,
+/// clock, client-pause) with a network fault (partition, bridge, ring, loss), either way round.
+/// Membership changes carry their own crash and are never combined.
+pub fn partners(f: Fault, faults: &[Fault]) -> Vec<Fault> {
+    let process = |f: &Fault| {
+        matches!(
+            f,
+            Fault::Kill | Fault::Pause | Fault::Clock | Fault::ClientPause
+        )
+    };
+    faults
+        .iter()
+        .copied()
+        .filter(|g| (process(&f) && g.is_network()) || (f.is_network() && process(g)))
+        .collect()
+}
+
+/// Inject `fault`, hold it and heal it (or log why it could not be injected).
+async fn inject(
+    cluster: &Cluster,
+    timeline: &Timeline,
+    fault: Fault,
+    rng: &mut ChaCha8Rng,
+    leader: Option<u64>,
+    hold: Duration,
+    deadline: tokio::time::Instant,
+) {
+    let ids = cluster.ids();
+    let pick = |rng: &mut ChaCha8Rng, p_leader: f64| -> u64 {
+        let coin = rng.gen_bool(p_leader);
+        let any = *ids.choose(rng).expect("at least one node");
+        match leader {
+            Some(l) if coin => l,
+            _ => any,
+        }
+    };
+    match fault {
+        Fault::Loss => {
+            let (nodes, how) = if rng.gen_bool(0.5) {
+                (ids.clone(), "every node".to_string())
+            } else {
+                let id = pick(rng, 0.5);
+                (vec![id], format!("node {id}"))
+            };
+            let percent = rng.gen_range(10..=50u32);
+            match cluster.lossy(&nodes, percent) {
+                Ok(()) => {
+                    timeline.log(
+                        "start",
+                        Some(fault),
+                        nodes.clone(),
+                        vec![],
+                        leader,
+                        format!("drop {percent} % of the packets of {how}"),
+                    );
+                    sleep_before(hold + Duration::from_millis(1000), deadline).await;
+                    let r = cluster.heal();
+                    timeline.log(
+                        if r.is_ok() { "end" } else { "error" },
+                        Some(fault),
+                        nodes,
+                        vec![],
+                        None,
+                        format!(
+                            "heal{}",
+                            r.err().map(|e| format!(": {e:#}")).unwrap_or_default()
+                        ),
+                    );
+                }
+                Err(e) => timeline.log(
+                    "error",
+                    Some(fault),
+                    nodes,
+                    vec![],
+                    leader,
+                    // Rules already installed on other nodes must not outlive the step.
+                    format!(
+                        "loss: {e:#}{}",
+                        cluster
+                            .heal()
+                            .err()
+                            .map(|h| format!("; heal: {h:#}"))
+                            .unwrap_or_default()
+                    ),
+                ),
+            }
+        }
+        Fault::ClientPause => {
+            // Mostly past the lease ttl (default 2 s), so its lease expires and the resource
+            // moves on while it is stopped; sometimes shorter than that. Drawn first, so the
+            // schedule does not depend on which workers are still running.
+            let stop = if rng.gen_bool(0.7) {
+                Duration::from_millis(rng.gen_range(2500..4500))
+            } else {
+                Duration::from_millis(rng.gen_range(300..1500))
+            };
+            let workers = crate::cluster::worker_ids();
+            let Some(&p) = workers.choose(rng) else {
+                // The client processes have finished (the run is ending).
+                return;
+            };
+            if !crate::cluster::signal_worker(p, Signal::SIGSTOP) {
+                return;
+            }
+            timeline.log(
+                "start",
+                Some(fault),
+                vec![],
+                vec![],
+                leader,
+                format!("SIGSTOP client process {p}"),
+            );
+            sleep_before(stop, deadline).await;
+            crate::cluster::signal_worker(p, Signal::SIGCONT);
+            timeline.log(
+                "end",
+                Some(fault),
+                vec![],
+                vec![],
+                None,
+                format!("SIGCONT client process {p}"),
+            );
+        }
+        Fault::Membership => {
+            // Half the changes get a crash in the middle: a founding node (the leader with
+            // p = 0.5) is killed 0–1.2 s after the first spare starts — during its catch-up, its
+            // promotion (joint consensus), or the second add — and restarted 1–3 s later.
+            let crash = rng.gen_bool(0.5).then(|| Crash {
+                after: Duration::from_millis(rng.gen_range(0..1200)),
+                victim: pick(rng, 0.5),
+                down: Duration::from_millis(rng.gen_range(1000..3000)),
+            });
+            membership(cluster, &timeline, leader, hold, deadline, crash).await
+        }
+        Fault::Clock => {
+            let id = pick(rng, 0.5);
+            let size = rng.gen_range(2..=300i64);
+            let offset = if rng.gen_bool(0.5) { size } else { -size };
+            match cluster.set_clock(id, offset) {
+                Ok(()) => {
+                    timeline.log(
+                        "start",
+                        Some(fault),
+                        vec![id],
+                        vec![],
+                        leader,
+                        format!("node {id} wall clock {offset:+} s (monotonic unchanged)"),
+                    );
+                    // libfaketime re-reads the offset up to ~2 s late: hold long enough that
+                    // the jump is in effect for at least the drawn hold.
+                    sleep_before(hold + CLOCK_LAG, deadline).await;
+                    let r = cluster.set_clock(id, 0);
+                    timeline.log(
+                        if r.is_ok() { "end" } else { "error" },
+                        Some(fault),
+                        vec![id],
+                        vec![],
+                        None,
+                        match r {
+                            Ok(()) => format!("node {id} wall clock back in step"),
+                            Err(e) => format!("reset clock of node {id}: {e:#}"),
+                        },
+                    );
+                }
+                Err(e) => timeline.log(
+                    "error",
+                    Some(fault),
+                    vec![id],
+                    vec![],
+                    leader,
+                    format!("clock: {e:#}"),
+                ),
+            }
+        }
+        Fault::Kill => {
+            let id = pick(rng, 0.6);
+            let killed = cluster.kill(id);
+            timeline.log(
+                "start",
+                Some(fault),
+                vec![id],
+                vec![],
+                leader,
+                format!(
+                    "kill -9 node {id}{}",
+                    if killed { "" } else { " (was not running)" }
+                ),
+            );
+            sleep_before(hold, deadline).await;
+            match cluster.start_node(id) {
+                Ok(()) => timeline.log(
+                    "end",
+                    Some(fault),
+                    vec![id],
+                    vec![],
+                    None,
+                    format!("restarted node {id}"),
+                ),
+                Err(e) => timeline.log(
+                    "error",
+                    Some(fault),
+                    vec![id],
+                    vec![],
+                    None,
+                    format!("restart node {id}: {e:#}"),
+                ),
+            }
+        }
+        Fault::Pause => {
+            let id = pick(rng, 0.5);
+            cluster.signal(id, Signal::SIGSTOP);
+            timeline.log(
+                "start",
+                Some(fault),
+                vec![id],
+                vec![],
+                leader,
+                format!("SIGSTOP node {id}"),
+            );
+            sleep_before(hold, deadline).await;
+            cluster.signal(id, Signal::SIGCONT);
+            timeline.log(
+                "end",
+                Some(fault),
+                vec![id],
+                vec![],
+                None,
+                format!("SIGCONT node {id}"),
+            );
+        }
+        Fault::Bridge | Fault::Ring => {
+            let mut order = ids.clone();
+            order.shuffle(rng);
+            // Fewer than 4 nodes make no ring: a bridge runs instead, and is logged as one.
+            let fault = if order.len() >= 4 {
+                fault
+            } else {
+                Fault::Bridge
+            };
+            let (grudge, a, b, how) = if fault == Fault::Ring {
+                let how = format!(
+                    "ring {}: each node reaches only its neighbours",
+                    order
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join("-")
+                );
+                (ring(&order), order.clone(), vec![], how)
+            } else {
+                let (grudge, a, mid, b) = bridge(&order);
+                let how = format!("bridge: {a:?} | {mid} | {b:?} (node {mid} reaches both)");
+                (grudge, a, b, how)
+            };
+            hold_cut(
+                &cluster, &timeline, fault, &grudge, a, b, leader, how, hold, deadline,
+            )
+            .await;
+        }
+        Fault::Partition => {
+            let (a, b, how) = match leader {
+                Some(l) if rng.gen_bool(0.5) => (
+                    vec![l],
+                    ids.iter().copied().filter(|&i| i != l).collect(),
+                    "isolate leader",
+                ),
+                _ => {
+                    let mut shuffled = ids.clone();
+                    shuffled.shuffle(rng);
+                    let minority = (ids.len() - 1) / 2;
+                    let (a, b) = shuffled.split_at(minority.max(1));
+                    (a.to_vec(), b.to_vec(), "minority | majority")
+                }
+            };
+            let grudge = bipartite(&a, &b);
+            let how = how.to_string();
+            hold_cut(
+                &cluster, &timeline, fault, &grudge, a, b, leader, how, hold, deadline,
+            )
+            .await;
+        }
+    }
 }
 
 /// Grow by the spares and shrink back: see the module docs. Logged as one fault whose `nodes` are
@@ -895,6 +968,28 @@ mod tests {
             Fault::parse_list("client-pause,loss", Mode::Netns).unwrap(),
             [Fault::ClientPause, Fault::Loss]
         );
+    }
+
+    #[test]
+    fn only_a_network_fault_and_a_process_fault_combine() {
+        let all = Fault::parse_list("mixed", Mode::Netns).unwrap();
+        let mut p = partners(Fault::Kill, &all);
+        p.sort();
+        assert_eq!(
+            p,
+            [Fault::Partition, Fault::Bridge, Fault::Ring, Fault::Loss]
+        );
+        let mut p = partners(Fault::Ring, &all);
+        p.sort();
+        assert_eq!(
+            p,
+            [Fault::Kill, Fault::Pause, Fault::Clock, Fault::ClientPause]
+        );
+        assert!(partners(Fault::Membership, &all).is_empty());
+        // Local mode has no network faults: nothing combines.
+        let local = Fault::parse_list("mixed", Mode::Local).unwrap();
+        assert!(local.iter().all(|&f| partners(f, &local).is_empty()));
+        assert_eq!(name(Fault::ClientPause), "client-pause");
     }
 
     fn reaches(g: &Grudge, a: u64, b: u64) -> bool {

@@ -200,10 +200,7 @@ pub fn render(
             height - TOP - 20.0,
             esc(&from.detail)
         );
-        let label = from
-            .fault
-            .map(|f| format!("{f:?}").to_lowercase())
-            .unwrap_or_default();
+        let label = from.fault.map(crate::nemesis::name).unwrap_or_default();
         let _ = writeln!(
             s,
             r#"<text x="{:.1}" y="{:.0}" fill="{colour}">{} {}</text>"#,
