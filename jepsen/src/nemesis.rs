@@ -524,7 +524,7 @@ async fn inject(
                 victim: pick(rng, 0.5),
                 down: Duration::from_millis(rng.gen_range(1000..3000)),
             });
-            membership(cluster, &timeline, leader, hold, deadline, crash).await
+            membership(cluster, timeline, leader, hold, deadline, crash).await
         }
         Fault::Clock => {
             let id = pick(rng, 0.5);
@@ -647,7 +647,7 @@ async fn inject(
                 (grudge, a, b, how)
             };
             hold_cut(
-                &cluster, &timeline, fault, &grudge, a, b, leader, how, hold, deadline,
+                cluster, timeline, fault, &grudge, a, b, leader, how, hold, deadline,
             )
             .await;
         }
@@ -669,7 +669,7 @@ async fn inject(
             let grudge = bipartite(&a, &b);
             let how = how.to_string();
             hold_cut(
-                &cluster, &timeline, fault, &grudge, a, b, leader, how, hold, deadline,
+                cluster, timeline, fault, &grudge, a, b, leader, how, hold, deadline,
             )
             .await;
         }
