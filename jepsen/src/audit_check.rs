@@ -7,9 +7,12 @@
 //!   node has caught up, bounded);
 //! - `identical`: the record at the shortest node's last seq has the same hash everywhere, which with
 //!   the chaining means the common prefix is identical;
-//! - `grants_in_audit`: every acknowledged acquire (resource, token) appears as a `granted` record.
+//! - `grants_in_audit`: every acknowledged acquire (resource, token) appears as a `granted` record;
+//!   `releases_in_audit`: every acknowledged release as a `released`, `done` or `failed` record;
+//!   `checkpoints_in_audit`: every acknowledged checkpoint as a `checkpoint` record — each within
+//!   the prefix every node holds identically, so it is in every node's log.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -81,35 +84,62 @@ pub async fn check(endpoints: &[String], events: &[Event], security: &Security) 
         v.counts.insert("common_records".into(), n);
     }
 
-    // Every acknowledged grant is in the trail (read from the first node that verified).
-    let acknowledged: BTreeSet<(String, u64)> = events
-        .iter()
-        .filter(|e| e.kind == Kind::Ok && e.f == Op::Acquire)
-        .filter_map(|e| e.token.map(|t| (e.resource.clone(), t)))
-        .collect();
+    // Every acknowledged grant, release and checkpoint is in the trail (read from the first node
+    // that verified), within the prefix that every node holds identically.
+    let common = v.counts.get("common_records").copied().unwrap_or(0);
+    let acknowledged = |op: Op| -> BTreeSet<(String, u64)> {
+        events
+            .iter()
+            .filter(|e| e.kind == Kind::Ok && e.f == op)
+            .filter_map(|e| e.token.map(|t| (e.resource.clone(), t)))
+            .collect()
+    };
+    let wanted = [
+        ("grants_in_audit", acknowledged(Op::Acquire), "grant"),
+        ("releases_in_audit", acknowledged(Op::Release), "release"),
+        (
+            "checkpoints_in_audit",
+            acknowledged(Op::Checkpoint),
+            "checkpoint",
+        ),
+    ];
     if let Some((endpoint, _)) = lengths.first() {
         if let Ok(c) = client(endpoint, security) {
-            let mut granted = BTreeSet::new();
+            // (kind, resource, token) → the first record's seq.
+            let mut found: BTreeMap<(&str, String, u64), u64> = BTreeMap::new();
             let mut records = Box::pin(c.export_audit(1));
             while let Some(r) = records.next().await {
                 match r {
-                    Ok(r) if r.entry.decision == AuditDecision::Granted => {
-                        granted.insert((r.entry.resource.clone(), r.entry.token));
+                    Ok(r) => {
+                        let kind = match r.entry.decision {
+                            AuditDecision::Granted => "grant",
+                            AuditDecision::Released
+                            | AuditDecision::Done
+                            | AuditDecision::Failed => "release",
+                            AuditDecision::Checkpoint => "checkpoint",
+                            _ => continue,
+                        };
+                        found
+                            .entry((kind, r.entry.resource.clone(), r.entry.token))
+                            .or_insert(r.seq);
                     }
-                    Ok(_) => {}
                     Err(e) => {
                         v.violation(json!({"node": endpoint, "export": e.to_string()}));
                         break;
                     }
                 }
             }
-            for (resource, token) in &acknowledged {
-                if granted.contains(&(resource.clone(), *token)) {
-                    v.count("grants_in_audit");
-                } else {
-                    v.violation(
-                        json!({"missing_from_audit": {"resource": resource, "token": token}}),
-                    );
+            for (counter, acked, kind) in wanted {
+                for (resource, token) in acked {
+                    match found.get(&(kind, resource.clone(), token)) {
+                        Some(&seq) if seq <= common => v.count(counter),
+                        Some(&seq) => v.violation(json!({
+                            "not_on_every_node": {"what": kind, "resource": resource, "token": token, "seq": seq, "common_records": common}
+                        })),
+                        None => v.violation(json!({
+                            "missing_from_audit": {"what": kind, "resource": resource, "token": token}
+                        })),
+                    }
                 }
             }
         }

@@ -1,14 +1,15 @@
-//! The `node_state` checker against real nodes: it passes when every node's own state holds what
+//! The `node_state` and `audit` checkers against real nodes: it passes when every node's own state holds what
 //! the history acknowledged, and fails when the history claims an acknowledged grant or release
 //! that the nodes do not have — what a node that lost or never applied acknowledged writes looks
-//! like. Local mode, 3 nodes; needs the `warrant` binary (see `smoke.rs`).
+//! like; the audit checker likewise flags an acknowledged grant, release or checkpoint missing from
+//! the nodes' audit logs. Local mode, 3 nodes; needs the `warrant` binary (see `smoke.rs`).
 
 use std::time::Duration;
 
 use warrant::client::{AcquireOptions, Acquired};
 use warrant_jepsen::cluster::{self, Cluster, Mode, Setup};
 use warrant_jepsen::history::{Event, Kind, Op};
-use warrant_jepsen::node_check;
+use warrant_jepsen::{audit_check, node_check};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_state_catches_a_grant_or_release_the_nodes_do_not_have() {
@@ -60,6 +61,7 @@ async fn node_state_catches_a_grant_or_release_the_nodes_do_not_have() {
     else {
         panic!("not granted")
     };
+    held.checkpoint(b"step 1".to_vec()).await.unwrap();
     let freed_token = freed.token();
     freed.release(None).await.unwrap();
     let names = ["ns/held".to_string(), "ns/freed".to_string()];
@@ -70,10 +72,21 @@ async fn node_state_catches_a_grant_or_release_the_nodes_do_not_have() {
         ok(Op::Acquire, "ns/held", held.token()),
         ok(Op::Acquire, "ns/freed", freed_token),
         ok(Op::Release, "ns/freed", freed_token),
+        ok(Op::Checkpoint, "ns/held", held.token()),
     ];
     let v = node_check::check(&c, &names, &truth).await;
     assert!(v.valid, "{:?}", v.violations);
     assert_eq!(v.counts.get("nodes_checked"), Some(&3));
+    let a = audit_check::check(&c.endpoints(), &truth, &c.security).await;
+    assert!(a.valid, "{:?}", a.violations);
+    for (counter, n) in [
+        ("grants_in_audit", 2),
+        ("releases_in_audit", 1),
+        ("checkpoints_in_audit", 1),
+        ("nodes_verified", 3),
+    ] {
+        assert_eq!(a.counts.get(counter), Some(&n), "{counter}: {:?}", a.counts);
+    }
 
     // A history that acknowledged more than the nodes hold: a later grant on ns/freed, and the
     // release of the lease that still holds ns/held. Every node is flagged for both.
@@ -89,5 +102,18 @@ async fn node_state_catches_a_grant_or_release_the_nodes_do_not_have() {
         text.contains("acknowledged_grant") && text.contains("release_acknowledged"),
         "{text}"
     );
+
+    // The audit logs lack them too, and a checkpoint that was never recorded.
+    let claimed = [
+        ok(Op::Acquire, "ns/freed", freed_token + 1_000),
+        ok(Op::Release, "ns/held", held.token()),
+        ok(Op::Checkpoint, "ns/freed", freed_token + 1_000),
+    ];
+    let a = audit_check::check(&c.endpoints(), &claimed, &c.security).await;
+    assert!(!a.valid);
+    let text = serde_json::to_string(&a.violations).unwrap();
+    for what in ["\"grant\"", "\"release\"", "\"checkpoint\""] {
+        assert!(text.contains(what), "{what}: {text}");
+    }
     drop(held);
 }
