@@ -87,12 +87,20 @@ pub async fn check(endpoints: &[String], events: &[Event], security: &Security) 
     // Every acknowledged grant, release and checkpoint is in the trail (read from the first node
     // that verified), within the prefix that every node holds identically.
     let common = v.counts.get("common_records").copied().unwrap_or(0);
-    let acknowledged = |op: Op| -> BTreeSet<(String, u64)> {
-        events
-            .iter()
-            .filter(|e| e.kind == Kind::Ok && e.f == op)
-            .filter_map(|e| e.token.map(|t| (e.resource.clone(), t)))
-            .collect()
+    // (resource, token) → how many were acknowledged. Records carry no checkpoint data, so a
+    // lease's n acknowledged checkpoints need n checkpoint records of that lease on every node.
+    let acknowledged = |op: Op| -> BTreeMap<(String, u64), usize> {
+        let mut out = BTreeMap::new();
+        for e in events.iter().filter(|e| e.kind == Kind::Ok && e.f == op) {
+            if let Some(t) = e.token {
+                *out.entry((e.resource.clone(), t)).or_default() += 1;
+            }
+        }
+        if op != Op::Checkpoint {
+            // One record per grant or release, however often a retry was acknowledged.
+            out.values_mut().for_each(|n| *n = 1);
+        }
+        out
     };
     let wanted = [
         ("grants_in_audit", acknowledged(Op::Acquire), "grant"),
@@ -105,8 +113,8 @@ pub async fn check(endpoints: &[String], events: &[Event], security: &Security) 
     ];
     if let Some((endpoint, _)) = lengths.first() {
         if let Ok(c) = client(endpoint, security) {
-            // (kind, resource, token) → the first record's seq.
-            let mut found: BTreeMap<(&str, String, u64), u64> = BTreeMap::new();
+            // (kind, resource, token) → the records' seqs, in order.
+            let mut found: BTreeMap<(&str, String, u64), Vec<u64>> = BTreeMap::new();
             let mut records = Box::pin(c.export_audit(1));
             while let Some(r) = records.next().await {
                 match r {
@@ -121,7 +129,8 @@ pub async fn check(endpoints: &[String], events: &[Event], security: &Security) 
                         };
                         found
                             .entry((kind, r.entry.resource.clone(), r.entry.token))
-                            .or_insert(r.seq);
+                            .or_default()
+                            .push(r.seq);
                     }
                     Err(e) => {
                         v.violation(json!({"node": endpoint, "export": e.to_string()}));
@@ -130,14 +139,21 @@ pub async fn check(endpoints: &[String], events: &[Event], security: &Security) 
                 }
             }
             for (counter, acked, kind) in wanted {
-                for (resource, token) in acked {
-                    match found.get(&(kind, resource.clone(), token)) {
-                        Some(&seq) if seq <= common => v.count(counter),
+                for ((resource, token), n) in acked {
+                    let seqs = found
+                        .get(&(kind, resource.clone(), token))
+                        .map(Vec::as_slice)
+                        .unwrap_or_default();
+                    // The n-th record of this lease (the first n at least are there).
+                    match seqs.get(n - 1) {
+                        Some(&seq) if seq <= common => {
+                            *v.counts.entry(counter.to_string()).or_default() += n as u64
+                        }
                         Some(&seq) => v.violation(json!({
                             "not_on_every_node": {"what": kind, "resource": resource, "token": token, "seq": seq, "common_records": common}
                         })),
                         None => v.violation(json!({
-                            "missing_from_audit": {"what": kind, "resource": resource, "token": token}
+                            "missing_from_audit": {"what": kind, "resource": resource, "token": token, "acknowledged": n, "records": seqs.len()}
                         })),
                     }
                 }

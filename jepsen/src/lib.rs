@@ -291,13 +291,15 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
 
     let events = rec.events();
     let mut checkers = checker::check_all(&events);
-    checkers.insert(
-        "audit".into(),
-        audit_check::check(&cluster.endpoints(), &events, &cluster.security).await,
-    );
+    // node_state first: it waits until every node has applied as far as the leader had, so the
+    // audit checker then compares logs that hold everything acknowledged.
     checkers.insert(
         "node_state".into(),
         node_check::check(&cluster, &names, &events).await,
+    );
+    checkers.insert(
+        "audit".into(),
+        audit_check::check(&cluster.endpoints(), &events, &cluster.security).await,
     );
     let mut ops: BTreeMap<String, u64> = BTreeMap::new();
     for e in &events {

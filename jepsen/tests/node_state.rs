@@ -108,11 +108,19 @@ async fn node_state_catches_a_grant_or_release_the_nodes_do_not_have() {
         ok(Op::Acquire, "ns/freed", freed_token + 1_000),
         ok(Op::Release, "ns/held", held.token()),
         ok(Op::Checkpoint, "ns/freed", freed_token + 1_000),
+        // Two acknowledged checkpoints of `held`, of which the logs have one.
+        ok(Op::Checkpoint, "ns/held", held.token()),
+        ok(Op::Checkpoint, "ns/held", held.token()),
     ];
     let a = audit_check::check(&c.endpoints(), &claimed, &c.security).await;
     assert!(!a.valid);
     let text = serde_json::to_string(&a.violations).unwrap();
-    for what in ["\"grant\"", "\"release\"", "\"checkpoint\""] {
+    for what in [
+        "\"grant\"",
+        "\"release\"",
+        "\"checkpoint\"",
+        "\"acknowledged\":2,\"records\":1",
+    ] {
         assert!(text.contains(what), "{what}: {text}");
     }
     drop(held);
