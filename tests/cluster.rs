@@ -395,7 +395,13 @@ async fn a_client_that_knows_only_a_follower_is_redirected_to_the_leader() {
     let leader = cluster.wait_leader(WAIT).await;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     let via_follower = cluster.node_client(follower, "agent/a");
+    assert_eq!(via_follower.answered_by(), None, "nothing answered yet");
     let lease = granted(&via_follower, opts("redirect/me", 10_000)).await;
+    // The answer came from the leader the follower named, and the client says so.
+    assert_eq!(
+        via_follower.answered_by().as_deref(),
+        Some(cluster.node(leader).client_addr.as_str())
+    );
     let got = via_follower.get("redirect/me").await.unwrap();
     assert_eq!(got.holder.map(|h| h.token), Some(lease.token()));
 }

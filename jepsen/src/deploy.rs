@@ -267,7 +267,13 @@ async fn instance(
             return;
         }
     };
-    let ev = |kind, f| Event::new(kind, f, p, &resource).key(&key);
+    let nodes = crate::workload::node_map(&ctx.endpoints);
+    // A completion the cluster gave names the node that answered (see `Event::answered`).
+    let ev = |kind, f| {
+        Event::new(kind, f, p, &resource)
+            .key(&key)
+            .answered(&client, &nodes)
+    };
 
     // Acquire: one logical acquire, retried with the same request id so a lost answer is returned
     // on retry instead of granting (and taking over) a second lease.
@@ -330,7 +336,18 @@ async fn instance(
         .min(STEPS);
 
     // Carry the inherited progress forward into this lease's own checkpoint.
-    if done_steps > 0 && checkpoint(rec, &lease, p, &resource, &key, done_steps).await == Kind::Fail
+    if done_steps > 0
+        && checkpoint(
+            rec,
+            (&client, &nodes),
+            &lease,
+            p,
+            &resource,
+            &key,
+            done_steps,
+        )
+        .await
+            == Kind::Fail
     {
         let _ = tx.send(End::Died);
         return;
@@ -363,7 +380,7 @@ async fn instance(
             let _ = tx.send(End::Died);
             return;
         }
-        if checkpoint(rec, &lease, p, &resource, &key, k).await == Kind::Fail {
+        if checkpoint(rec, (&client, &nodes), &lease, p, &resource, &key, k).await == Kind::Fail {
             let _ = tx.send(End::Died);
             return;
         }
@@ -431,6 +448,7 @@ async fn instance(
 /// Record a checkpoint "<k>" (k steps done) with the lease's token; returns how it completed.
 async fn checkpoint(
     rec: &Recorder,
+    (client, nodes): (&Client, &[(String, u64)]),
     lease: &Lease,
     p: u64,
     resource: &str,
@@ -450,7 +468,7 @@ async fn checkpoint(
     e.token = Some(token);
     e.value = Some(k.to_string());
     e.task_key = Some(key.to_string());
-    rec.record(e).kind
+    rec.record(e.answered(client, nodes)).kind
 }
 
 /// After healing: every task key started must answer AlreadyDone to a fresh acquire (a grant is
@@ -464,6 +482,7 @@ pub async fn probe(
     rec: &Recorder,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
+    let nodes = crate::workload::node_map(&endpoints);
     let mut clients: HashMap<u64, Client> = HashMap::new();
     for (slot, key) in keys {
         let client = match clients.get(slot) {
@@ -487,13 +506,13 @@ pub async fn probe(
                 Ok(Acquired::AlreadyDone(c)) => {
                     let mut e = e.token(c.token);
                     e.value = Some("already done".into());
-                    rec.record(e);
+                    rec.record(e.answered(&client, &nodes));
                     break;
                 }
                 Ok(Acquired::Granted(l)) => {
                     let mut e = e.token(l.token());
                     e.value = Some("granted".into());
-                    rec.record(e);
+                    rec.record(e.answered(&client, &nodes));
                     let _ = l.release(None).await;
                     break;
                 }
@@ -501,7 +520,7 @@ pub async fn probe(
                 Ok(_) => {
                     let mut e = e;
                     e.value = Some("busy".into());
-                    rec.record(e);
+                    rec.record(e.answered(&client, &nodes));
                 }
                 Err(err) => {
                     rec.record(

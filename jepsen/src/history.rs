@@ -57,6 +57,10 @@ pub struct Event {
     pub kind: Kind,
     pub f: Op,
     pub process: u64,
+    /// A completion the cluster answered (ok or fail of an acquire, release, checkpoint, read or
+    /// probe): the node that gave the answer, as the client saw it (`Client::answered_by`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<u64>,
     pub resource: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<u64>,
@@ -101,6 +105,7 @@ impl Event {
             kind,
             f,
             process,
+            node: None,
             resource: resource.to_string(),
             token: None,
             lease_id: None,
@@ -133,6 +138,25 @@ impl Event {
                 .checkpoint
                 .as_ref()
                 .map(|c| String::from_utf8_lossy(c).into_owned());
+        }
+        self
+    }
+
+    /// For a completion the cluster gave (ok or fail of a cluster operation): the node that
+    /// answered, looked up in `nodes` (client endpoint → node id).
+    pub fn answered(mut self, client: &warrant::client::Client, nodes: &[(String, u64)]) -> Self {
+        let from_cluster = matches!(self.kind, Kind::Ok | Kind::Fail)
+            && matches!(
+                self.f,
+                Op::Acquire | Op::Release | Op::Checkpoint | Op::Read | Op::Probe
+            );
+        if from_cluster {
+            if let Some(endpoint) = client.answered_by() {
+                self.node = nodes
+                    .iter()
+                    .find(|(e, _)| *e == endpoint)
+                    .map(|(_, id)| *id);
+            }
         }
         self
     }

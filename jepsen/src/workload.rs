@@ -51,6 +51,8 @@ pub struct Params {
 /// What one client process needs of [`Params`]; sent to a client in its own OS process.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ProcessParams {
+    /// Client endpoint → node id, to name the node that answered each completion.
+    pub nodes: Vec<(String, u64)>,
     pub resources: u64,
     pub ttl_ms: u64,
     pub seed: u64,
@@ -65,8 +67,9 @@ impl ProcessParams {
 }
 
 impl Params {
-    pub fn process(&self) -> ProcessParams {
+    pub fn process(&self, nodes: &[(String, u64)]) -> ProcessParams {
         ProcessParams {
+            nodes: nodes.to_vec(),
             resources: self.resources,
             ttl_ms: self.ttl.as_millis() as u64,
             seed: self.seed,
@@ -216,6 +219,7 @@ pub async fn run(
         + deadline
             .saturating_duration_since(Instant::now())
             .as_nanos() as u64;
+    let nodes = node_map(&endpoints);
     let mut start = || -> anyhow::Result<()> {
         for p in 0..params.clients {
             let mut endpoints = endpoints.clone();
@@ -232,7 +236,7 @@ pub async fn run(
                     tls: params.security.client_files(&principal)?,
                     principal,
                     instance,
-                    params: params.process(),
+                    params: params.process(&nodes),
                     clock_base_ns: clock.base_ns(),
                     deadline_ns,
                 };
@@ -259,7 +263,7 @@ pub async fn run(
                 rec: rec.clone(),
                 regs: regs.clone(),
             };
-            let pp = params.process();
+            let pp = params.process(&nodes);
             set.spawn(async move {
                 process(client, p, pp, deadline, sink).await;
                 Ok(())
@@ -300,6 +304,15 @@ pub async fn run(
         Ok(errors) if !errors.is_empty() => anyhow::bail!("{}", errors.join("; ")),
         Ok(_) => Ok(()),
     }
+}
+
+/// Client endpoint → node id: the founding members' endpoints in node order (node 1 first).
+pub fn node_map(endpoints: &[String]) -> Vec<(String, u64)> {
+    endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.clone(), i as u64 + 1))
+        .collect()
 }
 
 /// Where a client process records its history and reaches the protected registers: the harness
@@ -375,7 +388,11 @@ pub async fn process(
         let lease = match client.acquire(opts).await {
             Ok(Acquired::Granted(lease)) => {
                 // Stamped after the answer arrived: an upper bound on when the holder learned.
-                rec.record(Event::new(Kind::Ok, Op::Acquire, p, &resource).granted(&lease));
+                rec.record(
+                    Event::new(Kind::Ok, Op::Acquire, p, &resource)
+                        .granted(&lease)
+                        .answered(&client, &params.nodes),
+                );
                 lease
             }
             Ok(other) => {
@@ -387,12 +404,20 @@ pub async fn process(
                     // The suite's clusters run without a policy (default allow): not expected.
                     _ => "not granted",
                 };
-                rec.record(Event::new(Kind::Fail, Op::Acquire, p, &resource).error(what));
+                rec.record(
+                    Event::new(Kind::Fail, Op::Acquire, p, &resource)
+                        .error(what)
+                        .answered(&client, &params.nodes),
+                );
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(20..200))).await;
                 continue;
             }
             Err(e) => {
-                rec.record(Event::new(kind_of(&e), Op::Acquire, p, &resource).error(describe(&e)));
+                rec.record(
+                    Event::new(kind_of(&e), Op::Acquire, p, &resource)
+                        .error(describe(&e))
+                        .answered(&client, &params.nodes),
+                );
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(50..300))).await;
                 continue;
             }
@@ -437,7 +462,7 @@ pub async fn process(
                 };
                 done.token = Some(token);
                 done.value = Some(data);
-                rec.record(done);
+                rec.record(done.answered(&client, &params.nodes));
             }
             if w == 0 && rng.gen_bool(params.p_pause) {
                 paused = true;
@@ -479,7 +504,7 @@ pub async fn process(
         };
         done.token = Some(token);
         done.lease_id = Some(lease_id);
-        rec.record(done);
+        rec.record(done.answered(&client, &params.nodes));
         tokio::time::sleep(Duration::from_millis(rng.gen_range(10..150))).await;
     }
 }
@@ -493,6 +518,7 @@ pub async fn final_reads(
     security: &Security,
 ) -> anyhow::Result<()> {
     const READER: u64 = 1_000_000;
+    let nodes = node_map(&endpoints);
     let mut cfg = security.client(endpoints, "human/jepsen-reader")?;
     cfg.call_timeout = Duration::from_secs(5);
     let client = Client::new(cfg)?;
@@ -506,12 +532,14 @@ pub async fn final_reads(
                     let mut e = Event::new(Kind::Ok, Op::Read, READER, resource);
                     e.fence = Some(resp.fence);
                     e.token = resp.holder.map(|h| h.token);
-                    rec.record(e);
+                    rec.record(e.answered(&client, &nodes));
                     break;
                 }
                 Err(e) => {
                     rec.record(
-                        Event::new(kind_of(&e), Op::Read, READER, resource).error(describe(&e)),
+                        Event::new(kind_of(&e), Op::Read, READER, resource)
+                            .error(describe(&e))
+                            .answered(&client, &nodes),
                     );
                     if Instant::now() >= deadline {
                         break;

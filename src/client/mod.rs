@@ -320,6 +320,8 @@ struct Inner {
     config: ClientConfig,
     /// The endpoint that last answered as leader (tried first).
     preferred: Mutex<Option<String>>,
+    /// The endpoint that gave the last definitive answer (a result or a refusal).
+    answered_by: Mutex<Option<String>>,
     channels: Mutex<std::collections::HashMap<String, Channel>>,
     credentials: Credentials,
 }
@@ -355,6 +357,7 @@ impl Client {
             inner: Arc::new(Inner {
                 config,
                 preferred: Mutex::new(None),
+                answered_by: Mutex::new(None),
                 channels: Mutex::new(Default::default()),
                 credentials: Credentials { bearer },
             }),
@@ -425,6 +428,25 @@ impl Client {
         list
     }
 
+    /// The endpoint (as configured, or as a redirect named it) that gave this client's last
+    /// definitive answer — a result or a refusal, not a timeout or an unreachable node. With
+    /// concurrent calls on one client, whichever answered last. For histories and diagnostics.
+    pub fn answered_by(&self) -> Option<String> {
+        self.inner
+            .answered_by
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn answered(&self, endpoint: &str) {
+        *self
+            .inner
+            .answered_by
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(endpoint.to_string());
+    }
+
     fn prefer(&self, endpoint: Option<String>) {
         *self
             .inner
@@ -462,6 +484,7 @@ impl Client {
                 .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer in time")));
                 match answer {
                     Ok(resp) => {
+                        self.answered(&endpoint);
                         self.prefer(Some(endpoint));
                         return Ok(resp.into_inner());
                     }
@@ -496,7 +519,10 @@ impl Client {
                             }
                         }
                     }
-                    Err(s) => return Err(from_status(s)),
+                    Err(s) => {
+                        self.answered(&endpoint);
+                        return Err(from_status(s));
+                    }
                 }
                 if tokio::time::Instant::now() >= deadline {
                     return Err(ClientError::Unavailable { last });
