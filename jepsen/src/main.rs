@@ -41,6 +41,8 @@ enum BrokenArg {
     EarlyExpiry,
     /// Server side: an acquire revokes another client's live lease on the resource first.
     GrantOverHolder,
+    /// Server side: one acquire in four is answered as applied but never applied.
+    LoseGrants,
 }
 
 #[derive(Subcommand)]
@@ -88,7 +90,8 @@ enum Cmd {
         #[arg(long)]
         warrant_bin: Option<PathBuf>,
         /// Deliberately break the harness (skip-fence, ignore-expiry) or the server
-        /// (unconfirmed-answers, early-expiry, grant-over-holder): the run should then FAIL.
+        /// (unconfirmed-answers, early-expiry, grant-over-holder, lose-grants): the run should then
+        /// FAIL.
         #[arg(long = "break", value_enum)]
         broken: Option<BrokenArg>,
         /// Run the cluster as in production: mutual TLS on client and Raft ports, every client
@@ -144,6 +147,7 @@ fn main() {
                         BrokenArg::UnconfirmedAnswers
                             | BrokenArg::EarlyExpiry
                             | BrokenArg::GrantOverHolder
+                            | BrokenArg::LoseGrants
                     )
                 )
             {
@@ -196,6 +200,7 @@ fn main() {
                     }
                     BrokenArg::EarlyExpiry => warrant_jepsen::workload::Broken::EarlyExpiry,
                     BrokenArg::GrantOverHolder => warrant_jepsen::workload::Broken::GrantOverHolder,
+                    BrokenArg::LoseGrants => warrant_jepsen::workload::Broken::LoseGrants,
                 }),
                 register,
                 deploy,

@@ -100,6 +100,9 @@ pub enum Broken {
     /// holder's lease, unasked (`chaos_break = "grant-over-holder"`): a grant without checking the
     /// holder, which learns of it only at its next keepalive.
     GrantOverHolder,
+    /// Server side: every node answers one acquire in four as applied but never applies it
+    /// (`chaos_break = "lose-grants"`): acknowledged grants lost from every node's state and audit.
+    LoseGrants,
 }
 
 impl Broken {
@@ -109,6 +112,7 @@ impl Broken {
             Broken::UnconfirmedAnswers => Some("unconfirmed-answers"),
             Broken::EarlyExpiry => Some("early-expiry"),
             Broken::GrantOverHolder => Some("grant-over-holder"),
+            Broken::LoseGrants => Some("lose-grants"),
             Broken::SkipFence | Broken::IgnoreExpiry => None,
         }
     }

@@ -258,3 +258,18 @@ fn a_server_granting_over_the_holder_fails_the_run() {
         assert_eq!(v["checkers"][c]["valid"], true, "{c}: {results}");
     }
 }
+
+/// Server side: every node acknowledges one acquire in four without applying it (`chaos_break =
+/// "lose-grants"`): acknowledged grants lost from every node. `audit` finds them missing from the
+/// logs, `token_order` sees their tokens issued again, `durability` sees grants that carry the
+/// wrong predecessor.
+#[test]
+fn a_server_losing_acknowledged_grants_fails_the_run() {
+    let (status, v, results) = run_suite(&["--time", "15s", "--break", "lose-grants"]);
+    assert_eq!(status.code(), Some(1), "{results}");
+    for c in ["audit", "token_order", "durability"] {
+        assert_eq!(v["checkers"][c]["valid"], false, "{c}: {results}");
+    }
+    let audit = serde_json::to_string(&v["checkers"]["audit"]["violations"]).unwrap();
+    assert!(audit.contains("missing_from_audit"), "{audit}");
+}

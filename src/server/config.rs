@@ -241,6 +241,9 @@ pub enum ChaosBreak {
     /// revokes the holder's lease (as an admin would, unasked), so the next grant goes ahead while
     /// the holder still believes it holds the resource until its next keepalive.
     GrantOverHolder,
+    /// Every node answers one acquire in four as if applied but never applies it (the state and
+    /// the audit log lack the grant): a state machine that acknowledges writes it then loses.
+    LoseGrants,
 }
 
 fn default_watch_history() -> usize {
@@ -652,6 +655,11 @@ min_ttl = "2s"
             "x.toml",
         );
         assert_eq!(c.unwrap().chaos_break, Some(ChaosBreak::GrantOverHolder));
+        let c = Config::parse(
+            &broken.replace("unconfirmed-answers", "lose-grants"),
+            "x.toml",
+        );
+        assert_eq!(c.unwrap().chaos_break, Some(ChaosBreak::LoseGrants));
         assert_eq!(Config::parse(GOOD, "x.toml").unwrap().chaos_break, None);
         let secure = format!(
             "{}\n[security]\nca = \"c\"\ncert = \"n\"\nkey = \"k\"\nsigning_key = \"s\"\n",

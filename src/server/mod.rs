@@ -472,13 +472,16 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         source,
     })?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let (log_store, sm_store, cluster_id) = storage::open(
+    let (log_store, mut sm_store, cluster_id) = storage::open(
         &config.data_dir,
         &config.cluster_name,
         config.node_id,
         events_tx,
         config.watch_history,
     )?;
+    if config.chaos_break == Some(config::ChaosBreak::LoseGrants) {
+        sm_store.chaos_lose_grants();
+    }
     let sm = sm_store.reader();
     let audit = sm_store.audit_log();
     let watch_feed = sm_store.watch_feed();

@@ -64,6 +64,8 @@ impl SmReader {
 /// openraft's state machine and snapshot builder; cheap to clone.
 #[derive(Clone)]
 pub struct StateMachineStore {
+    /// `chaos_break = "lose-grants"`: a deliberate bug for the chaos suite's own tests.
+    lose_grants: bool,
     data: Arc<RwLock<SmData>>,
     snapshots: Arc<SnapshotFiles>,
     audit: AuditLog,
@@ -99,6 +101,13 @@ impl WatchFeed {
 }
 
 impl StateMachineStore {
+    /// Switch on `chaos_break = "lose-grants"` (before the store is handed to Raft): every node
+    /// answers one acquire in four as if applied but leaves it out of its state and audit log — a
+    /// state machine that acknowledges writes it then loses.
+    pub fn chaos_lose_grants(&mut self) {
+        self.lose_grants = true;
+    }
+
     pub(super) fn open(
         db: Arc<DB>,
         dir: &Path,
@@ -141,6 +150,7 @@ impl StateMachineStore {
         let history = rebuild_history(&audit, chain.len(), gap, watch_history)?;
         let head = history.head();
         Ok(Self {
+            lose_grants: false,
             data: Arc::new(RwLock::new(data)),
             snapshots: Arc::new(snapshots),
             audit,
@@ -262,7 +272,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         responses.push(CommandResponse(None));
                     }
                     EntryPayload::Normal(ref request) => {
-                        let response = sm.state.apply(at, request, &mut fx);
+                        let response = if self.lose_grants {
+                            apply_losing_grants(&mut sm.state, at, request, &mut fx)
+                        } else {
+                            sm.state.apply(at, request, &mut fx)
+                        };
                         responses.push(CommandResponse(Some(response)));
                     }
                     EntryPayload::Membership(ref m) => {
@@ -413,9 +427,98 @@ fn rebuild_history(
     Ok(history)
 }
 
+/// `chaos_break = "lose-grants"`: the answer is that of the whole entry (computed on a copy of the
+/// state), but the acquires chosen by `(index + position) % 4 == 0` are never applied. The choice
+/// depends on the entry only, so every node loses the same ones.
+fn apply_losing_grants(
+    state: &mut model::State,
+    at: EntryMeta,
+    request: &model::Request,
+    fx: &mut Effects,
+) -> model::Response {
+    use model::Command;
+    let lost = |pos: usize| (at.index as usize + pos) % 4 == 0;
+    let kept = match &request.cmd {
+        Command::Acquire(_) if lost(0) => None,
+        Command::Batch(cmds)
+            if cmds
+                .iter()
+                .enumerate()
+                .any(|(i, c)| matches!(c, Command::Acquire(_)) && lost(i)) =>
+        {
+            Some(Command::Batch(
+                cmds.iter()
+                    .enumerate()
+                    .filter(|(i, c)| !(matches!(c, Command::Acquire(_)) && lost(*i)))
+                    .map(|(_, c)| c.clone())
+                    .collect(),
+            ))
+        }
+        _ => return state.apply(at, request, fx),
+    };
+    let response = state.clone().apply(at, request, &mut Effects::default());
+    // What is kept, or an empty batch: the entry's bookkeeping (index, time) still happens.
+    let cmd = kept.unwrap_or_else(|| Command::Batch(Vec::new()));
+    state.apply(
+        at,
+        &model::Request {
+            now_ms: request.now_ms,
+            cmd,
+        },
+        fx,
+    );
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lose_grants_answers_granted_but_keeps_neither_the_lease_nor_its_audit_record() {
+        use model::{AcquireCmd, AcquireOutcome, Command, Request, Response};
+        let acquire = |id: &str| Request {
+            now_ms: 1_000,
+            cmd: Command::Acquire(AcquireCmd {
+                request_id: model::RequestId::parse(id).unwrap(),
+                resource: model::ResourcePath::parse("chaos/r").unwrap(),
+                principal: model::Principal::parse("agent/a").unwrap(),
+                instance: model::InstanceId::parse("i").unwrap(),
+                ttl_ms: 10_000,
+                intent: model::Intent::new("t", Default::default()).unwrap(),
+                task_key: None,
+                wait_ms: None,
+                takeover: false,
+                defaults: Default::default(),
+            }),
+        };
+        let mut state = model::State::default();
+        let at = |index| EntryMeta { index, term: 1 };
+        // Index 4, position 0: lost.
+        let mut fx = Effects::default();
+        let r = apply_losing_grants(&mut state, at(4), &acquire("r1"), &mut fx);
+        let Response::Acquire(AcquireOutcome::Granted(lost)) = r else {
+            panic!("{r:?}")
+        };
+        let path = model::ResourcePath::parse("chaos/r").unwrap();
+        assert!(state.resource(&path).is_none_or(|v| v.holder.is_none()));
+        assert!(fx.audit.is_empty(), "no audit record of the lost grant");
+        // Index 5: applied, and it hands out the lost grant's token again.
+        let mut fx = Effects::default();
+        let r = apply_losing_grants(&mut state, at(5), &acquire("r2"), &mut fx);
+        let Response::Acquire(AcquireOutcome::Granted(kept)) = r else {
+            panic!("{r:?}")
+        };
+        assert_eq!(kept.lease.token, lost.lease.token);
+        assert_eq!(
+            state
+                .resource(&path)
+                .and_then(|v| v.holder)
+                .map(|l| l.token),
+            Some(kept.lease.token)
+        );
+        assert!(!fx.audit.is_empty());
+    }
 
     #[test]
     fn a_snapshot_file_has_the_format_a_restore_seeds_and_reads_back() {
