@@ -95,6 +95,46 @@ async fn acquire_get_release_have_the_documented_json_and_exit_codes() {
     assert!(status["last_applied"].as_u64().unwrap() >= 1);
 }
 
+/// A follower's serializable read does not know how long a lease has left (only the leader counts
+/// it): the CLI says so instead of "expires in 0ms".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serializable_get_from_a_follower_reports_the_ttl_not_a_countdown() {
+    let cluster = Cluster::start(Opts::default());
+    let leader = cluster.wait_leader(WAIT).await;
+    let out = cluster.cli(
+        "agent/a",
+        &["acquire", "ser/x", "--ttl", "30s", "--output", "json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let at = cluster.node(follower).client_addr.clone();
+    let args = ["get", "ser/x", "--serializable", "--output", "json"];
+    let got = eventually(WAIT, "the follower to apply the grant", || {
+        let out = cluster.cli_at(&at, "agent/b", &args);
+        async move {
+            let j = json(&out);
+            (j["held"] == true).then_some(j)
+        }
+    })
+    .await;
+    assert!(got["expires_in_ms"].is_null(), "{got}");
+    assert_eq!(got["ttl_ms"], 30_000);
+    let text = cluster.cli_at(&at, "agent/b", &["get", "ser/x", "--serializable"]);
+    assert!(
+        stdout(&text).contains("ttl 30000ms (time left is counted by the leader only"),
+        "{}",
+        stdout(&text)
+    );
+    // The linearizable read (through the leader) counts down.
+    let lin = json(&cluster.cli("agent/b", &["get", "ser/x", "--output", "json"]));
+    assert!(
+        lin["expires_in_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms > 0 && ms <= 30_000),
+        "{lin}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_done_task_answers_already_done_with_exit_6() {
     let cluster = Cluster::start(Opts::default());

@@ -900,22 +900,35 @@ async fn execute(client: &Client, command: Command) -> Result<Outcome, ClientErr
                 client.get(&resource).await?
             };
             let h = resp.holder.as_ref();
+            // Only the leader counts a lease down: a follower answering a serializable read
+            // reports 0, which means "not known here", not "expiring now".
+            let unknown = |l: &crate::proto::Lease| serializable && l.expires_in_ms == 0;
             let json = json!({
                 "resource": resp.resource, "held": h.is_some(),
                 "holder": h.map(|l| l.principal.clone()), "instance": h.map(|l| l.instance.clone()),
                 "lease_id": h.map(|l| l.lease_id.clone()), "token": h.map(|l| l.token),
-                "expires_in_ms": h.map(|l| l.expires_in_ms), "intent": h.and_then(|l| l.intent.as_ref().map(|i| i.text.clone())),
+                "expires_in_ms": h.and_then(|l| (!unknown(l)).then_some(l.expires_in_ms)),
+                "ttl_ms": h.map(|l| l.ttl_ms),
+                "intent": h.and_then(|l| l.intent.as_ref().map(|i| i.text.clone())),
                 "fence": resp.fence, "waiters": resp.waiters, "applied_index": resp.applied_index,
             });
             let text = match h {
                 Some(l) => format!(
-                    "{} held by {} ({}) lease {} token {}, expires in {}ms, fence {}",
+                    "{} held by {} ({}) lease {} token {}, {}, fence {}",
                     resp.resource,
                     l.principal,
                     l.instance,
                     l.lease_id,
                     l.token,
-                    l.expires_in_ms,
+                    if unknown(l) {
+                        format!(
+                            "ttl {}ms (time left is counted by the leader only; this was a \
+                             serializable read)",
+                            l.ttl_ms
+                        )
+                    } else {
+                        format!("expires in {}ms", l.expires_in_ms)
+                    },
                     resp.fence
                 ),
                 None => format!("{} is free, fence {}", resp.resource, resp.fence),

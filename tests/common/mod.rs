@@ -471,10 +471,15 @@ impl Cluster {
 
     /// Run the CLI against this cluster.
     pub fn cli(&self, principal: &str, args: &[&str]) -> Output {
+        self.cli_at(&self.endpoints_csv(), principal, args)
+    }
+
+    /// Run the CLI against the given endpoints (comma-separated) of this cluster.
+    pub fn cli_at(&self, endpoints: &str, principal: &str, args: &[&str]) -> Output {
         Command::new(BIN)
             .args(args)
             .env("PATH", path_with_warrant())
-            .env("WARRANT_ENDPOINTS", self.endpoints_csv())
+            .env("WARRANT_ENDPOINTS", endpoints)
             .env("WARRANT_PRINCIPAL", principal)
             .envs(self.certs.iter().flat_map(|c| {
                 let stem = principal.replace('/', "-");
