@@ -121,7 +121,7 @@ async fn a_serializable_get_from_a_follower_reports_the_ttl_not_a_countdown() {
     assert_eq!(got["ttl_ms"], 30_000);
     let text = cluster.cli_at(&at, "agent/b", &["get", "ser/x", "--serializable"]);
     assert!(
-        stdout(&text).contains("ttl 30000ms (time left is counted by the leader only"),
+        stdout(&text).contains("expires in at most 30000ms (its ttl: a serializable read"),
         "{}",
         stdout(&text)
     );

@@ -901,7 +901,7 @@ async fn execute(client: &Client, command: Command) -> Result<Outcome, ClientErr
             };
             let h = resp.holder.as_ref();
             // Only the leader counts a lease down: a follower answering a serializable read
-            // reports 0, which means "not known here", not "expiring now".
+            // reports 0, which means "not known here" (at most the ttl), not "expiring now".
             let unknown = |l: &crate::proto::Lease| serializable && l.expires_in_ms == 0;
             let json = json!({
                 "resource": resp.resource, "held": h.is_some(),
@@ -922,8 +922,8 @@ async fn execute(client: &Client, command: Command) -> Result<Outcome, ClientErr
                     l.token,
                     if unknown(l) {
                         format!(
-                            "ttl {}ms (time left is counted by the leader only; this was a \
-                             serializable read)",
+                            "expires in at most {}ms (its ttl: a serializable read, and only the \
+                             leader counts the time left)",
                             l.ttl_ms
                         )
                     } else {

@@ -429,8 +429,10 @@ impl Client {
     }
 
     /// The endpoint (as configured, or as a redirect named it) that gave this client's last
-    /// definitive answer — a result or a refusal, not a timeout or an unreachable node. With
-    /// concurrent calls on one client, whichever answered last. For histories and diagnostics.
+    /// definitive answer — a result or a refusal from a node; a timeout, an unreachable node or an
+    /// error raised locally leaves it unchanged. It is shared by the client's clones and by the
+    /// keepalive tasks of its leases, so with concurrent calls it names whichever answered last.
+    /// For histories and diagnostics, not for routing.
     pub fn answered_by(&self) -> Option<String> {
         self.inner
             .answered_by

@@ -427,47 +427,49 @@ fn rebuild_history(
     Ok(history)
 }
 
-/// `chaos_break = "lose-grants"`: the answer is that of the whole entry (computed on a copy of the
-/// state), but the acquires chosen by `(index + position) % 4 == 0` are never applied. The choice
-/// depends on the entry only, so every node loses the same ones.
+/// `chaos_break = "lose-grants"`: the acquires chosen by `(index + position) % 4 == 0` are answered
+/// as if applied (on a copy of the state as it is at their position) but never applied; every other
+/// command is applied and answered as usual. The choice depends on the entry only, so every node
+/// loses the same ones (also when replaying its log).
 fn apply_losing_grants(
     state: &mut model::State,
     at: EntryMeta,
     request: &model::Request,
     fx: &mut Effects,
 ) -> model::Response {
-    use model::Command;
-    let lost = |pos: usize| (at.index as usize + pos) % 4 == 0;
-    let kept = match &request.cmd {
-        Command::Acquire(_) if lost(0) => None,
-        Command::Batch(cmds)
-            if cmds
-                .iter()
-                .enumerate()
-                .any(|(i, c)| matches!(c, Command::Acquire(_)) && lost(i)) =>
-        {
-            Some(Command::Batch(
-                cmds.iter()
-                    .enumerate()
-                    .filter(|(i, c)| !(matches!(c, Command::Acquire(_)) && lost(*i)))
-                    .map(|(_, c)| c.clone())
-                    .collect(),
-            ))
-        }
-        _ => return state.apply(at, request, fx),
+    use model::{Command, Request, Response};
+    let lost = |pos: usize, c: &Command| {
+        matches!(c, Command::Acquire(_)) && (at.index as usize + pos) % 4 == 0
     };
-    let response = state.clone().apply(at, request, &mut Effects::default());
-    // What is kept, or an empty batch: the entry's bookkeeping (index, time) still happens.
-    let cmd = kept.unwrap_or_else(|| Command::Batch(Vec::new()));
-    state.apply(
-        at,
-        &model::Request {
+    let one = |state: &mut model::State, pos: usize, cmd: &Command, fx: &mut Effects| {
+        let req = Request {
             now_ms: request.now_ms,
-            cmd,
-        },
-        fx,
-    );
-    response
+            cmd: cmd.clone(),
+        };
+        if lost(pos, cmd) {
+            // The entry's bookkeeping (index, time) still happens.
+            state.apply(
+                at,
+                &Request {
+                    now_ms: request.now_ms,
+                    cmd: Command::Batch(Vec::new()),
+                },
+                fx,
+            );
+            state.clone().apply(at, &req, &mut Effects::default())
+        } else {
+            state.apply(at, &req, fx)
+        }
+    };
+    match &request.cmd {
+        Command::Batch(cmds) => Response::Batch(
+            cmds.iter()
+                .enumerate()
+                .map(|(i, c)| one(state, i, c, fx))
+                .collect(),
+        ),
+        cmd => one(state, 0, cmd, fx),
+    }
 }
 
 #[cfg(test)]
@@ -518,6 +520,31 @@ mod tests {
             Some(kept.lease.token)
         );
         assert!(!fx.audit.is_empty());
+
+        // In a batch only the chosen acquire is lost; the others are answered as really applied.
+        let mut state = model::State::default();
+        let batch = Request {
+            now_ms: 1_000,
+            cmd: Command::Batch(vec![acquire("b1").cmd, acquire("b2").cmd]),
+        };
+        let r = apply_losing_grants(&mut state, at(8), &batch, &mut Effects::default());
+        let Response::Batch(answers) = r else {
+            panic!("{r:?}")
+        };
+        assert!(matches!(
+            &answers[0],
+            Response::Acquire(AcquireOutcome::Granted(_))
+        ));
+        let Response::Acquire(AcquireOutcome::Granted(second)) = &answers[1] else {
+            panic!("the kept acquire finds the resource free: {:?}", answers[1])
+        };
+        assert_eq!(
+            state
+                .resource(&path)
+                .and_then(|v| v.holder)
+                .map(|l| l.token),
+            Some(second.lease.token)
+        );
     }
 
     #[test]
