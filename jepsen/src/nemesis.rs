@@ -568,37 +568,7 @@ async fn inject(
         }
         Fault::Kill => {
             let id = pick(rng, 0.6);
-            let killed = cluster.kill(id);
-            timeline.log(
-                "start",
-                Some(fault),
-                vec![id],
-                vec![],
-                leader,
-                format!(
-                    "kill -9 node {id}{}",
-                    if killed { "" } else { " (was not running)" }
-                ),
-            );
-            sleep_before(hold, deadline).await;
-            match cluster.start_node(id) {
-                Ok(()) => timeline.log(
-                    "end",
-                    Some(fault),
-                    vec![id],
-                    vec![],
-                    None,
-                    format!("restarted node {id}"),
-                ),
-                Err(e) => timeline.log(
-                    "error",
-                    Some(fault),
-                    vec![id],
-                    vec![],
-                    None,
-                    format!("restart node {id}: {e:#}"),
-                ),
-            }
+            kill_and_restart(cluster, timeline, id, leader, "", hold, Some(deadline)).await;
         }
         Fault::Pause => {
             let id = pick(rng, 0.5);
@@ -679,6 +649,56 @@ async fn inject(
 /// Grow by the spares and shrink back: see the module docs. Logged as one fault whose `nodes` are
 /// the spares that became voters; an add or remove that fails is logged as an error, and whatever
 /// was added is removed again.
+/// kill -9 node `id`, keep it down for `down` (cut short at `deadline`, if given), restart it on
+/// its data directory; the timeline gets the start (with `why` after "kill -9 node N") and the end.
+async fn kill_and_restart(
+    cluster: &Cluster,
+    timeline: &Timeline,
+    id: u64,
+    leader: Option<u64>,
+    why: &str,
+    down: Duration,
+    deadline: Option<tokio::time::Instant>,
+) {
+    let fault = Some(Fault::Kill);
+    let killed = cluster.kill(id);
+    timeline.log(
+        "start",
+        fault,
+        vec![id],
+        vec![],
+        leader,
+        format!(
+            "kill -9 node {id}{why}{}",
+            if killed { "" } else { " (was not running)" }
+        ),
+    );
+    match deadline {
+        Some(d) => {
+            sleep_before(down, d).await;
+        }
+        None => tokio::time::sleep(down).await,
+    }
+    match cluster.start_node(id) {
+        Ok(()) => timeline.log(
+            "end",
+            fault,
+            vec![id],
+            vec![],
+            None,
+            format!("restarted node {id}"),
+        ),
+        Err(e) => timeline.log(
+            "error",
+            fault,
+            vec![id],
+            vec![],
+            None,
+            format!("restart node {id}: {e:#}"),
+        ),
+    }
+}
+
 /// A founding node killed in the middle of a membership change.
 // (`membership` below: grow by the spares and shrink back, see the module docs.)
 struct Crash {
@@ -706,38 +726,9 @@ async fn membership(
             return;
         };
         tokio::time::sleep(c.after).await;
-        let id = c.victim;
-        let killed = cluster.kill(id);
-        timeline.log(
-            "start",
-            Some(Fault::Kill),
-            vec![id],
-            vec![],
-            cluster.leader().await,
-            format!(
-                "kill -9 node {id} during a membership change{}",
-                if killed { "" } else { " (was not running)" }
-            ),
-        );
-        tokio::time::sleep(c.down).await;
-        match cluster.start_node(id) {
-            Ok(()) => timeline.log(
-                "end",
-                Some(Fault::Kill),
-                vec![id],
-                vec![],
-                None,
-                format!("restarted node {id}"),
-            ),
-            Err(e) => timeline.log(
-                "error",
-                Some(Fault::Kill),
-                vec![id],
-                vec![],
-                None,
-                format!("restart node {id}: {e:#}"),
-            ),
-        }
+        let leader = cluster.leader().await;
+        let why = " during a membership change";
+        kill_and_restart(cluster, timeline, c.victim, leader, why, c.down, None).await;
     };
     tokio::join!(change, crash);
 }

@@ -72,6 +72,22 @@ fn run_suite_in(
     (status, v, results)
 }
 
+/// The checkers of the cluster's own behaviour, which a harness-side broken mode must leave valid.
+const CLUSTER_OWN: [&str; 5] = [
+    "token_order",
+    "linearizable",
+    "durability",
+    "audit",
+    "node_state",
+];
+
+/// Each of `checkers` in results.json is `valid` (or, with `valid = false`, failed).
+fn assert_checkers(v: &serde_json::Value, results: &str, valid: bool, checkers: &[&str]) {
+    for c in checkers {
+        assert_eq!(v["checkers"][c]["valid"], valid, "{c}: {results}");
+    }
+}
+
 #[test]
 fn smoke_run_in_local_mode_passes_every_checker() {
     let (status, v, results) = run_suite(&["--time", "20s"]);
@@ -94,19 +110,22 @@ fn smoke_run_in_local_mode_passes_every_checker() {
             > 0,
         "{results}"
     );
-    for c in [
-        "fenced_register",
-        "token_order",
-        "lease_exclusivity",
-        "durability",
-        "deploy_fencing",
-        "deploy_once",
-        "deploy_previous",
-        "deploy_duplicates",
-        "node_state",
-    ] {
-        assert_eq!(v["checkers"][c]["valid"], true, "{c}: {results}");
-    }
+    assert_checkers(
+        &v,
+        &results,
+        true,
+        &[
+            "fenced_register",
+            "token_order",
+            "lease_exclusivity",
+            "durability",
+            "deploy_fencing",
+            "deploy_once",
+            "deploy_previous",
+            "deploy_duplicates",
+            "node_state",
+        ],
+    );
 }
 
 /// A protected resource that skips the fence check accepts a fenced-out instance's steps: exit 1,
@@ -118,15 +137,7 @@ fn a_resource_skipping_the_fence_check_fails_the_run() {
     assert_eq!(v["valid"], false, "{results}");
     assert_eq!(v["checkers"]["deploy_fencing"]["valid"], false, "{results}");
     // The cluster itself did nothing wrong.
-    for c in [
-        "token_order",
-        "linearizable",
-        "durability",
-        "audit",
-        "node_state",
-    ] {
-        assert_eq!(v["checkers"][c]["valid"], true, "{c}: {results}");
-    }
+    assert_checkers(&v, &results, true, &CLUSTER_OWN);
 }
 
 /// A client that acts after its lease expired (waking from a pause) overlaps the next holder:
@@ -135,19 +146,8 @@ fn a_resource_skipping_the_fence_check_fails_the_run() {
 fn a_client_ignoring_expiry_fails_the_run() {
     let (status, v, results) = run_suite(&["--time", "20s", "--break", "ignore-expiry"]);
     assert_eq!(status.code(), Some(1), "{results}");
-    assert_eq!(
-        v["checkers"]["lease_exclusivity"]["valid"], false,
-        "{results}"
-    );
-    for c in [
-        "token_order",
-        "linearizable",
-        "durability",
-        "audit",
-        "node_state",
-    ] {
-        assert_eq!(v["checkers"][c]["valid"], true, "{c}: {results}");
-    }
+    assert_checkers(&v, &results, false, &["lease_exclusivity"]);
+    assert_checkers(&v, &results, true, &CLUSTER_OWN);
 }
 
 /// Server side: a leader whose lease clock runs fast (`chaos_break = "early-expiry"`) grants a lease
@@ -157,13 +157,13 @@ fn a_client_ignoring_expiry_fails_the_run() {
 fn a_leader_expiring_leases_early_fails_the_run() {
     let (status, v, results) = run_suite(&["--time", "15s", "--break", "early-expiry"]);
     assert_eq!(status.code(), Some(1), "{results}");
-    assert_eq!(
-        v["checkers"]["lease_exclusivity"]["valid"], false,
-        "{results}"
+    assert_checkers(&v, &results, false, &["lease_exclusivity"]);
+    assert_checkers(
+        &v,
+        &results,
+        true,
+        &["token_order", "durability", "audit", "node_state"],
     );
-    for c in ["token_order", "durability", "audit", "node_state"] {
-        assert_eq!(v["checkers"][c]["valid"], true, "{c}: {results}");
-    }
 }
 
 /// Real client processes, really stopped: a client that ignores expiry, SIGSTOPped past its ttl
@@ -196,20 +196,20 @@ fn a_client_ignoring_expiry_is_caught_after_a_real_sigstop() {
         serde_json::Value::Null,
         "no simulated pause: {results}"
     );
-    assert_eq!(
-        v["checkers"]["lease_exclusivity"]["valid"], false,
-        "{results}"
+    assert_checkers(&v, &results, false, &["lease_exclusivity"]);
+    assert_checkers(
+        &v,
+        &results,
+        true,
+        &[
+            "fenced_register",
+            "token_order",
+            "linearizable",
+            "durability",
+            "audit",
+            "node_state",
+        ],
     );
-    for c in [
-        "fenced_register",
-        "token_order",
-        "linearizable",
-        "durability",
-        "audit",
-        "node_state",
-    ] {
-        assert_eq!(v["checkers"][c]["valid"], true, "{c}: {results}");
-    }
 }
 
 /// Without namespaces or root: partitions cut by the harness's proxies between nodes (`--mode
@@ -244,19 +244,19 @@ fn a_server_granting_over_the_holder_fails_the_run() {
         "register",
     ]);
     assert_eq!(status.code(), Some(1), "{results}");
-    assert_eq!(
-        v["checkers"]["lease_exclusivity"]["valid"], false,
-        "{results}"
+    assert_checkers(&v, &results, false, &["lease_exclusivity"]);
+    assert_checkers(
+        &v,
+        &results,
+        true,
+        &[
+            "fenced_register",
+            "token_order",
+            "durability",
+            "audit",
+            "node_state",
+        ],
     );
-    for c in [
-        "fenced_register",
-        "token_order",
-        "durability",
-        "audit",
-        "node_state",
-    ] {
-        assert_eq!(v["checkers"][c]["valid"], true, "{c}: {results}");
-    }
 }
 
 /// Server side: every node acknowledges one acquire in four without applying it (`chaos_break =
@@ -267,9 +267,7 @@ fn a_server_granting_over_the_holder_fails_the_run() {
 fn a_server_losing_acknowledged_grants_fails_the_run() {
     let (status, v, results) = run_suite(&["--time", "15s", "--break", "lose-grants"]);
     assert_eq!(status.code(), Some(1), "{results}");
-    for c in ["audit", "token_order", "durability"] {
-        assert_eq!(v["checkers"][c]["valid"], false, "{c}: {results}");
-    }
+    assert_checkers(&v, &results, false, &["audit", "token_order", "durability"]);
     let audit = serde_json::to_string(&v["checkers"]["audit"]["violations"]).unwrap();
     assert!(audit.contains("missing_from_audit"), "{audit}");
 }
