@@ -192,11 +192,7 @@ impl Api {
             // The deliberate bug: no quorum confirmation, whoever this node is.
             return Ok(local);
         }
-        self.shared
-            .confirmer
-            .submit(())
-            .await
-            .unwrap_or_else(|| Err(Status::unavailable("node is shutting down")))?;
+        self.shared.confirm_leadership().await?;
         let (answer, retry) = {
             let sm = self.shared.sm.read();
             (
@@ -308,11 +304,7 @@ impl Api {
             }
         };
         if renewed_this_term {
-            self.shared
-                .confirmer
-                .submit(())
-                .await
-                .unwrap_or_else(|| Err(Status::unavailable("node is shutting down")))?;
+            self.shared.confirm_leadership().await?;
         } else {
             match self.shared.renewer.submit(id).await {
                 Some(Ok(Ok(_))) => {}
