@@ -481,3 +481,169 @@ async fn a_five_node_cluster_keeps_granting_with_two_nodes_down() {
     let status = a.status().await.unwrap();
     assert_eq!(status.members.len(), 5);
 }
+
+/// The `Session` call on the wire: acquires and releases answered by call id exactly as the unary
+/// calls answer them (grant, busy, release, a bad request, a waiting acquire refused), a follower's
+/// session naming the leader, and a client's calls still answered after the node it had a session
+/// with is killed (the session's calls fail as a lost connection and are retried elsewhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_answers_by_call_id_as_the_unary_calls_do() {
+    use tokio_stream::StreamExt;
+    use warrant::proto::{self, session_request::Call, session_response::Result as Answer};
+
+    let mut cluster = Cluster::start(Opts::default());
+    let leader = cluster.wait_leader(WAIT).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let connect = |id: u64| {
+        let addr = format!("http://{}", cluster.node(id).client_addr);
+        async move {
+            proto::warrant_client::WarrantClient::connect(addr)
+                .await
+                .unwrap()
+        }
+    };
+    let acquire = |resource: &str, request_id: &str, wait_ms: u64| {
+        Call::Acquire(proto::AcquireRequest {
+            resource: resource.into(),
+            ttl_ms: 10_000,
+            request_id: request_id.into(),
+            principal: "agent/a".into(),
+            instance: "i-1".into(),
+            wait_ms,
+            ..Default::default()
+        })
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut answers = connect(leader)
+        .await
+        .session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let ask = |call_id: u64, call: Call| {
+        tx.send(proto::SessionRequest {
+            call_id,
+            call: Some(call),
+        })
+        .unwrap();
+    };
+    ask(1, acquire("session/a", "req-1", 0));
+    let first = tokio::time::timeout(WAIT, answers.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.call_id, 1);
+    let Some(Answer::Acquire(a)) = first.result else {
+        panic!("expected an acquire answer, got {first:?}")
+    };
+    let Some(proto::acquire_response::Outcome::Granted(g)) = a.outcome else {
+        panic!("expected a grant, got {a:?}")
+    };
+    let lease = g.lease.unwrap();
+    // Three calls at once, answered by id: a retry of the same request (the same grant), another
+    // request for the held resource (busy), a waiting acquire (refused here) and an invalid one.
+    ask(2, acquire("session/a", "req-1", 0));
+    ask(3, acquire("session/a", "req-2", 0));
+    ask(4, acquire("session/b", "req-3", 5_000));
+    ask(5, acquire("", "req-4", 0));
+    let mut by_id = std::collections::BTreeMap::new();
+    for _ in 0..4 {
+        let m = tokio::time::timeout(WAIT, answers.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        by_id.insert(m.call_id, m.result.unwrap());
+    }
+    match &by_id[&2] {
+        Answer::Acquire(proto::AcquireResponse {
+            outcome: Some(proto::acquire_response::Outcome::Granted(again)),
+        }) => assert_eq!(again.lease.as_ref().unwrap().token, lease.token),
+        other => panic!("a retry should return the first grant, got {other:?}"),
+    }
+    assert!(
+        matches!(
+            &by_id[&3],
+            Answer::Acquire(proto::AcquireResponse {
+                outcome: Some(proto::acquire_response::Outcome::Busy(_))
+            })
+        ),
+        "{:?}",
+        by_id[&3]
+    );
+    for id in [4, 5] {
+        match &by_id[&id] {
+            Answer::Error(e) => assert_eq!(e.code, tonic::Code::InvalidArgument as i32, "{e:?}"),
+            other => panic!("call {id} should be refused, got {other:?}"),
+        }
+    }
+    ask(
+        6,
+        Call::Release(proto::ReleaseRequest {
+            lease_id: lease.lease_id.clone(),
+            principal: "agent/a".into(),
+            ..Default::default()
+        }),
+    );
+    let m = tokio::time::timeout(WAIT, answers.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.call_id, 6);
+    assert!(
+        matches!(&m.result, Some(Answer::Release(r)) if r.ended == "released" && !r.already),
+        "{m:?}"
+    );
+
+    // A follower's session answers "not the leader", naming it, as the unary call's metadata does.
+    let (ftx, frx) = tokio::sync::mpsc::unbounded_channel();
+    let mut fanswers = connect(follower)
+        .await
+        .session(tokio_stream::wrappers::UnboundedReceiverStream::new(frx))
+        .await
+        .unwrap()
+        .into_inner();
+    ftx.send(proto::SessionRequest {
+        call_id: 7,
+        call: Some(acquire("session/c", "req-5", 0)),
+    })
+    .unwrap();
+    let m = tokio::time::timeout(WAIT, fanswers.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match m.result {
+        Some(Answer::Error(e)) => {
+            assert_eq!(e.code, tonic::Code::Unavailable as i32, "{e:?}");
+            assert_eq!(e.leader, cluster.node(leader).client_addr);
+        }
+        other => panic!("a follower should redirect, got {other:?}"),
+    }
+
+    // The library's client makes its acquires and releases in a session (the leader counts them),
+    // and keeps working across the loss of the node its session is with.
+    let session_calls = |id: u64| {
+        let (_, body) = common::http_get(&cluster.node(id).http_addr, "/metrics").unwrap();
+        body.lines()
+            .find_map(|l| l.strip_prefix("warrant_session_calls_total "))
+            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+    };
+    let before = session_calls(leader);
+    assert!(before >= 6, "the raw session's calls are counted: {before}");
+    let client = cluster.client("agent/b");
+    let first = granted(&client, opts("session/d", 10_000)).await;
+    let first_token = first.token();
+    first.release(None).await.unwrap();
+    assert_eq!(
+        session_calls(leader),
+        before + 2,
+        "acquire and release in the session"
+    );
+    cluster.kill(leader);
+    let after = granted(&client, opts("session/d", 10_000)).await;
+    assert!(after.token() > first_token);
+    after.release(None).await.unwrap();
+}

@@ -418,6 +418,14 @@ async fn access_tokens_work_until_revoked_or_expired_and_admin_actions_are_audit
     );
     assert_eq!(code(&human), 2, "{}", stderr(&human));
 
+    // A client whose session (acquire and release travel in one stream) was opened before the
+    // revocation: its next call in that session is refused too.
+    let early = token_client(&token, c.endpoints());
+    let Acquired::Granted(lease) = acquire(&early, "queue/early").await.unwrap() else {
+        panic!("not granted")
+    };
+    lease.release(None).await.unwrap();
+
     // Revoked: refused on every node.
     let revoked = c.cli(
         "human/admin",
@@ -438,6 +446,9 @@ async fn access_tokens_work_until_revoked_or_expired_and_admin_actions_are_audit
         .await;
         assert!(e.to_string().contains(&id), "{e}");
     }
+    let e = acquire(&early, "queue/early").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    assert!(e.to_string().contains("revoked"), "{e}");
     // Refusals before authentication are not audited (an unauthenticated caller must not grow the
     // replicated log) but counted and logged, with the token's id and never its text.
     for n in &c.nodes {
@@ -553,9 +564,16 @@ async fn access_tokens_work_until_revoked_or_expired_and_admin_actions_are_audit
             id.clone(),
         )
     };
+    // Two leases made with the token: the first client's, and the one whose session outlived the
+    // revocation.
     assert_eq!(
         via,
-        [expect("acquire", "granted"), expect("release", "released")]
+        [
+            expect("acquire", "granted"),
+            expect("release", "released"),
+            expect("acquire", "granted"),
+            expect("release", "released")
+        ]
     );
     assert!(
         !records

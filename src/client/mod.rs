@@ -33,6 +33,7 @@ mod fence;
 mod governance;
 mod lease;
 mod membership;
+mod session;
 mod tokens;
 mod watch;
 
@@ -323,6 +324,8 @@ struct Inner {
     /// The endpoint that gave the last definitive answer (a result or a refusal).
     answered_by: Mutex<Option<String>>,
     channels: Mutex<std::collections::HashMap<String, Channel>>,
+    /// Acquires and releases travel in one session per endpoint.
+    sessions: Mutex<session::Sessions>,
     credentials: Credentials,
 }
 
@@ -359,6 +362,7 @@ impl Client {
                 preferred: Mutex::new(None),
                 answered_by: Mutex::new(None),
                 channels: Mutex::new(Default::default()),
+                sessions: Mutex::new(Default::default()),
                 credentials: Credentials { bearer },
             }),
         })
@@ -471,6 +475,21 @@ impl Client {
         F: FnMut(Rpc) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        self.call_at(timeout, attempt, |endpoint| Ok(f(self.rpc(endpoint)?)))
+            .await
+    }
+
+    /// [`call`](Self::call), with `f` given the endpoint to try rather than a stub for it.
+    pub(crate) async fn call_at<T, F, Fut>(
+        &self,
+        timeout: Duration,
+        attempt: Duration,
+        mut f: F,
+    ) -> Result<T, ClientError>
+    where
+        F: FnMut(&str) -> Result<Fut, ClientError>,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last = String::from("no attempt");
         let mut backoff = Duration::from_millis(25);
@@ -480,7 +499,7 @@ impl Client {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 let answer = tokio::time::timeout(
                     attempt.min(left).max(Duration::from_millis(50)),
-                    f(self.rpc(&endpoint)?),
+                    f(&endpoint)?,
                 )
                 .await
                 .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer in time")));
@@ -571,10 +590,36 @@ impl Client {
         // return that same grant, so using the earliest send time is conservative.
         let t_send = tokio::time::Instant::now();
         let attempt = ATTEMPT_TIMEOUT + waits;
+        // An acquire that waits stays a unary call (its deadline is the call's), and so does a
+        // large one; the rest travel in the endpoint's session.
+        let in_session =
+            waits.is_zero() && prost::Message::encoded_len(&req) <= session::MAX_SESSION_MESSAGE;
         let resp = self
-            .call(timeout, attempt, |mut c| {
+            .call_at(timeout, attempt, |endpoint| {
                 let req = req.clone();
-                async move { c.acquire(req).await }
+                let rpc = self.rpc(endpoint)?;
+                let endpoint = endpoint.to_string();
+                Ok(async move {
+                    if in_session {
+                        match self
+                            .in_session(&endpoint, session::Call::Acquire(req.clone()))
+                            .await
+                        {
+                            Some(Ok(session::Answer::Acquire(a))) => {
+                                return Ok(tonic::Response::new(a))
+                            }
+                            Some(Ok(_)) => {
+                                return Err(Status::internal(
+                                    "the server answered an acquire with another call's answer",
+                                ))
+                            }
+                            Some(Err(status)) => return Err(status),
+                            None => {}
+                        }
+                    }
+                    let mut rpc = rpc;
+                    rpc.acquire(req).await
+                })
             })
             .await?;
         use proto::acquire_response::Outcome;
@@ -720,10 +765,28 @@ impl Client {
             outcome: outcome as i32,
             principal: self.inner.config.principal.to_string(),
         };
-        self.call(self.inner.config.call_timeout, ATTEMPT_TIMEOUT, |mut c| {
-            let req = req.clone();
-            async move { c.release(req).await }
-        })
+        self.call_at(
+            self.inner.config.call_timeout,
+            ATTEMPT_TIMEOUT,
+            |endpoint| {
+                let req = req.clone();
+                let mut rpc = self.rpc(endpoint)?;
+                let endpoint = endpoint.to_string();
+                Ok(async move {
+                    match self
+                        .in_session(&endpoint, session::Call::Release(req.clone()))
+                        .await
+                    {
+                        Some(Ok(session::Answer::Release(r))) => Ok(tonic::Response::new(r)),
+                        Some(Ok(_)) => Err(Status::internal(
+                            "the server answered a release with another call's answer",
+                        )),
+                        Some(Err(status)) => Err(status),
+                        None => rpc.release(req).await,
+                    }
+                })
+            },
+        )
         .await
     }
 

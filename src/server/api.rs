@@ -48,20 +48,27 @@ pub fn request_too_large_is_resource_exhausted<B>(
     let Some(status) = Status::from_header_map(headers) else {
         return response;
     };
-    if status.code() == tonic::Code::OutOfRange
-        && status
-            .message()
-            .contains("decoded message length too large")
-    {
-        let mapped = Status::resource_exhausted(format!(
-            "request too large for this cluster (limits.max_request_bytes): {}",
-            status.message()
-        ));
-        if let Err(e) = mapped.add_header(headers) {
+    if is_too_large(&status) {
+        if let Err(e) = too_large(&status).add_header(headers) {
             tracing::warn!(error = %e, "could not rewrite a too-large answer");
         }
     }
     response
+}
+
+/// tonic's refusal of a message over `max_decoding_message_size`.
+fn is_too_large(status: &Status) -> bool {
+    status.code() == tonic::Code::OutOfRange
+        && status
+            .message()
+            .contains("decoded message length too large")
+}
+
+fn too_large(status: &Status) -> Status {
+    Status::resource_exhausted(format!(
+        "request too large for this cluster (limits.max_request_bytes): {}",
+        status.message()
+    ))
 }
 
 pub(super) fn principal(s: &str) -> Result<Principal, Status> {
@@ -360,6 +367,63 @@ impl Api {
 }
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<proto::KeepAliveResponse, Status>> + Send>>;
+type SessionStream = Pin<Box<dyn Stream<Item = Result<proto::SessionResponse, Status>> + Send>>;
+
+/// Calls of one session in progress at once; further messages wait (backpressure on the stream).
+const CALLS_IN_FLIGHT_PER_SESSION: usize = 256;
+
+/// A session's answer carrying the status the unary call would have failed with.
+fn session_error(call_id: u64, status: &Status) -> proto::SessionResponse {
+    proto::SessionResponse {
+        call_id,
+        result: Some(proto::session_response::Result::Error(proto::CallError {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+            leader: status
+                .metadata()
+                .get(super::LEADER_METADATA)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+        })),
+    }
+}
+
+impl Api {
+    /// One call of a session, made exactly as its unary twin (same validation, authorization,
+    /// audit and answer), with the session's caller.
+    async fn session_call(
+        &self,
+        caller: &auth::Caller,
+        call: Option<proto::session_request::Call>,
+    ) -> Result<proto::session_response::Result, Status> {
+        use proto::session_request::Call;
+        use proto::session_response::Result as Answer;
+        let mut extensions = tonic::Extensions::new();
+        extensions.insert(caller.clone());
+        let metadata = tonic::metadata::MetadataMap::new();
+        match call {
+            Some(Call::Acquire(r)) if r.wait_ms > 0 || r.approval_wait_ms > 0 => {
+                Err(Status::invalid_argument(
+                    "an acquire that waits (wait_ms, approval_wait_ms) is made with the unary Acquire call, not in a session",
+                ))
+            }
+            Some(Call::Acquire(r)) => {
+                let request = Request::from_parts(metadata, extensions, r);
+                let answer = warrant_server::Warrant::acquire(self, request).await?;
+                Ok(Answer::Acquire(answer.into_inner()))
+            }
+            Some(Call::Release(r)) => {
+                let request = Request::from_parts(metadata, extensions, r);
+                let answer = warrant_server::Warrant::release(self, request).await?;
+                Ok(Answer::Release(answer.into_inner()))
+            }
+            None => Err(Status::invalid_argument(
+                "a session message names no call (acquire or release)",
+            )),
+        }
+    }
+}
 
 #[tonic::async_trait]
 impl warrant_server::Warrant for Api {
@@ -531,6 +595,76 @@ impl warrant_server::Warrant for Api {
                 let (api, tx, caller) = (api.clone(), tx.clone(), caller.clone());
                 tokio::spawn(async move {
                     let _ = tx.send(api.keepalive_one(&caller, req).await).await;
+                    drop(permit);
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        request: Request<Streaming<proto::SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let caller = auth::caller(&request)?;
+        // The slot is held for as long as the session is open.
+        let slot = self.shared.auth.session_slot(&caller)?;
+        let mut incoming = request.into_inner();
+        let (tx, rx) = mpsc::channel(256);
+        let api = Arc::new(Api {
+            shared: self.shared.clone(),
+        });
+        tokio::spawn(async move {
+            let _slot = slot;
+            let caller = Arc::new(caller);
+            // At most this many calls of one session are in progress; further messages wait.
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(CALLS_IN_FLIGHT_PER_SESSION));
+            while let Some(msg) = incoming.next().await {
+                let msg = match msg {
+                    Ok(msg) => msg,
+                    Err(status) => {
+                        // A message that does not decode (too large, garbled) ends the session
+                        // with a status saying why.
+                        let status = if is_too_large(&status) {
+                            too_large(&status)
+                        } else {
+                            status
+                        };
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                };
+                let call_id = msg.call_id;
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    break;
+                };
+                // Checked when the call starts, after any wait for a slot.
+                if let Err(status) = api.shared.session_gate(&caller) {
+                    let _ = tx.send(Ok(session_error(call_id, &status))).await;
+                    // A credential run out or a token revoked ends the session with that status
+                    // (reopening it is refused at the door); a retired node or a rate answers only
+                    // this call.
+                    if status.code() == tonic::Code::Unauthenticated {
+                        let _ = tx.send(Err(status)).await;
+                        break;
+                    }
+                    continue;
+                }
+                metrics::counter!("warrant_session_calls_total").increment(1);
+                let (api, tx, caller) = (api.clone(), tx.clone(), caller.clone());
+                tokio::spawn(async move {
+                    let answer = api.session_call(&caller, msg.call).await;
+                    let _ = tx
+                        .send(Ok(match answer {
+                            Ok(result) => proto::SessionResponse {
+                                call_id,
+                                result: Some(result),
+                            },
+                            Err(status) => session_error(call_id, &status),
+                        }))
+                        .await;
                     drop(permit);
                 });
             }

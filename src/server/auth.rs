@@ -56,6 +56,8 @@ enum Refusal {
     Rate,
     /// Over the principal's open keepalive streams.
     KeepaliveStreams,
+    /// Over the principal's open sessions.
+    Sessions,
     /// Over the principal's waiting acquires.
     Waiters,
 }
@@ -70,12 +72,16 @@ impl Refusal {
             Self::Peer => "peer",
             Self::Rate => "rate",
             Self::KeepaliveStreams => "keepalive_streams",
+            Self::Sessions => "sessions",
             Self::Waiters => "waiters",
         }
     }
 
     fn is_limit(self) -> bool {
-        matches!(self, Self::Rate | Self::KeepaliveStreams | Self::Waiters)
+        matches!(
+            self,
+            Self::Rate | Self::KeepaliveStreams | Self::Sessions | Self::Waiters
+        )
     }
 }
 
@@ -505,6 +511,25 @@ impl Auth {
                     Refusal::KeepaliveStreams,
                     Status::resource_exhausted(format!(
                         "{key} already has {} keepalive streams open (limits.keepalive_streams); close some",
+                        self.limits.keepalive_streams
+                    )),
+                    None,
+                    None,
+                )
+            })
+    }
+
+    /// Hold one of the caller's session slots while a session is open: counted apart from its
+    /// keepalive streams, up to the same limit. A client refused one makes unary calls instead.
+    pub fn session_slot(&self, caller: &Caller) -> Result<SlotGuard, Status> {
+        let key = caller.limit_key("");
+        self.streams
+            .take(format!("{key} (sessions)"), self.limits.keepalive_streams)
+            .ok_or_else(|| {
+                self.refuse(
+                    Refusal::Sessions,
+                    Status::resource_exhausted(format!(
+                        "{key} already has {} sessions open (limits.keepalive_streams); close some",
                         self.limits.keepalive_streams
                     )),
                     None,

@@ -23,19 +23,53 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<O>> + Send + 'static,
     {
+        Self::spawn_weighted(max_in_flight, usize::MAX, |_| 0, handle)
+    }
+
+    /// Like [`spawn`](Self::spawn), and a batch's items weigh at most `max_weight` together (by
+    /// `weight`), except that a single item heavier than that forms a batch alone. An item that
+    /// would overflow a batch starts the next one.
+    pub fn spawn_weighted<W, F, Fut>(
+        max_in_flight: usize,
+        max_weight: usize,
+        weight: W,
+        handle: F,
+    ) -> Self
+    where
+        W: Fn(&I) -> usize + Send + 'static,
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<O>> + Send + 'static,
+    {
         let (tx, mut rx) = mpsc::unbounded_channel::<(I, oneshot::Sender<O>)>();
         let handle = std::sync::Arc::new(handle);
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
         tokio::spawn(async move {
+            // An item taken from the queue that did not fit the previous batch.
+            let mut carried: Option<(I, oneshot::Sender<O>)> = None;
             loop {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
-                let Some(first) = rx.recv().await else { return };
+                let first = match carried.take() {
+                    Some(item) => item,
+                    None => match rx.recv().await {
+                        Some(item) => item,
+                        None => return,
+                    },
+                };
+                let mut total = weight(&first.0);
                 let mut items = vec![first];
                 while items.len() < MAX_BATCH {
                     match rx.try_recv() {
-                        Ok(item) => items.push(item),
+                        Ok(item) => {
+                            let w = weight(&item.0);
+                            if total.saturating_add(w) > max_weight {
+                                carried = Some(item);
+                                break;
+                            }
+                            total += w;
+                            items.push(item);
+                        }
                         Err(_) => break,
                     }
                 }
@@ -91,5 +125,48 @@ mod tests {
             assert_eq!(out, Some(i * 2));
         }
         assert!(batches.load(Ordering::SeqCst) < 50, "items were batched");
+    }
+
+    #[tokio::test]
+    async fn a_weighted_batch_stays_under_its_weight_and_loses_no_item() {
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        // Each item weighs its value; at most 10 per batch, and the 25 goes alone.
+        let b = Arc::new(Batcher::spawn_weighted(
+            1,
+            10,
+            |i: &u32| *i as usize,
+            move |items: Vec<u32>| {
+                seen.lock().unwrap().push(items.clone());
+                async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    items
+                }
+            },
+        ));
+        let values: Vec<u32> = (0..40)
+            .map(|i| if i == 7 { 25 } else { i % 4 + 1 })
+            .collect();
+        let tasks: Vec<_> = values
+            .iter()
+            .map(|&v| {
+                let b = b.clone();
+                tokio::spawn(async move { (v, b.submit(v).await) })
+            })
+            .collect();
+        for t in tasks {
+            let (v, out) = t.await.unwrap();
+            assert_eq!(out, Some(v), "every item answered with its own output");
+        }
+        let batches = sizes.lock().unwrap().clone();
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 40);
+        for batch in &batches {
+            let total: u32 = batch.iter().sum();
+            assert!(
+                total <= 10 || batch.len() == 1,
+                "batch {batch:?} weighs {total}"
+            );
+        }
+        assert!(batches.len() < 40, "items were batched");
     }
 }

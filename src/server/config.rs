@@ -150,7 +150,7 @@ pub struct LimitsConfig {
     pub requests_per_second: u32,
     /// Requests a principal may send in a burst above its rate.
     pub burst: u32,
-    /// Open keepalive streams per principal.
+    /// Open keepalive streams per principal; also, counted apart, its open sessions.
     pub keepalive_streams: u32,
     /// Acquires per principal waiting at once (queued with `wait`, or waiting for approval).
     pub waiters: u32,
