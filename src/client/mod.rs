@@ -596,29 +596,12 @@ impl Client {
             waits.is_zero() && prost::Message::encoded_len(&req) <= session::MAX_SESSION_MESSAGE;
         let resp = self
             .call_at(timeout, attempt, |endpoint| {
-                let req = req.clone();
-                let rpc = self.rpc(endpoint)?;
-                let endpoint = endpoint.to_string();
+                let mut rpc = self.rpc(endpoint)?;
+                let (req, endpoint) = (req.clone(), endpoint.to_string());
                 Ok(async move {
-                    if in_session {
-                        match self
-                            .in_session(&endpoint, session::Call::Acquire(req.clone()))
-                            .await
-                        {
-                            Some(Ok(session::Answer::Acquire(a))) => {
-                                return Ok(tonic::Response::new(a))
-                            }
-                            Some(Ok(_)) => {
-                                return Err(Status::internal(
-                                    "the server answered an acquire with another call's answer",
-                                ))
-                            }
-                            Some(Err(status)) => return Err(status),
-                            None => {}
-                        }
-                    }
-                    let mut rpc = rpc;
-                    rpc.acquire(req).await
+                    let call = in_session.then(|| session::Call::Acquire(req.clone()));
+                    self.in_session_or(&endpoint, call, session::acquire_answer, rpc.acquire(req))
+                        .await
                 })
             })
             .await?;
@@ -769,21 +752,12 @@ impl Client {
             self.inner.config.call_timeout,
             ATTEMPT_TIMEOUT,
             |endpoint| {
-                let req = req.clone();
                 let mut rpc = self.rpc(endpoint)?;
-                let endpoint = endpoint.to_string();
+                let (req, endpoint) = (req.clone(), endpoint.to_string());
                 Ok(async move {
-                    match self
-                        .in_session(&endpoint, session::Call::Release(req.clone()))
+                    let call = Some(session::Call::Release(req.clone()));
+                    self.in_session_or(&endpoint, call, session::release_answer, rpc.release(req))
                         .await
-                    {
-                        Some(Ok(session::Answer::Release(r))) => Ok(tonic::Response::new(r)),
-                        Some(Ok(_)) => Err(Status::internal(
-                            "the server answered a release with another call's answer",
-                        )),
-                        Some(Err(status)) => Err(status),
-                        None => rpc.release(req).await,
-                    }
                 })
             },
         )

@@ -77,6 +77,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// An acquire's answer, if `answer` is one.
+pub(super) fn acquire_answer(answer: Answer) -> Option<proto::AcquireResponse> {
+    match answer {
+        Answer::Acquire(a) => Some(a),
+        _ => None,
+    }
+}
+
+/// A release's answer, if `answer` is one.
+pub(super) fn release_answer(answer: Answer) -> Option<proto::ReleaseResponse> {
+    match answer {
+        Answer::Release(r) => Some(r),
+        _ => None,
+    }
+}
+
 /// The status a session's error answer stands for, with the leader hint as unary calls carry it.
 fn status_of(e: proto::CallError) -> Status {
     let mut status = Status::new(Code::from(e.code), e.message);
@@ -89,13 +105,31 @@ fn status_of(e: proto::CallError) -> Status {
 }
 
 impl Client {
-    /// Make `call` on `endpoint` in its session, opening one if needed; `None` when the endpoint's
-    /// server has no sessions (the caller then makes the unary call).
-    pub(super) async fn in_session(
+    /// Make `call` in `endpoint`'s session and take its answer with `pick`; without a call, or
+    /// when the endpoint gives no session, make the `unary` call instead (it is not started
+    /// otherwise).
+    pub(super) async fn in_session_or<T>(
         &self,
         endpoint: &str,
-        call: Call,
-    ) -> Option<Result<Answer, Status>> {
+        call: Option<Call>,
+        pick: fn(Answer) -> Option<T>,
+        unary: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<tonic::Response<T>, Status> {
+        let Some(call) = call else {
+            return unary.await;
+        };
+        match self.in_session(endpoint, call).await {
+            Some(Ok(answer)) => pick(answer).map(tonic::Response::new).ok_or_else(|| {
+                Status::internal("the server answered a session call with another call's answer")
+            }),
+            Some(Err(status)) => Err(status),
+            None => unary.await,
+        }
+    }
+
+    /// Make `call` on `endpoint` in its session, opening one if needed; `None` when the endpoint's
+    /// server has no sessions (the caller then makes the unary call).
+    async fn in_session(&self, endpoint: &str, call: Call) -> Option<Result<Answer, Status>> {
         let session = match self.session(endpoint).await {
             Ok(Some(s)) => s,
             Ok(None) => return None,
