@@ -93,6 +93,11 @@ pub(super) fn release_answer(answer: Answer) -> Option<proto::ReleaseResponse> {
     }
 }
 
+/// A call whose session ended before it could be sent: a lost connection, retried elsewhere.
+fn not_sent() -> Status {
+    Status::unknown("transport error: the session ended before the call was sent")
+}
+
 /// The status a session's error answer stands for, with the leader hint as unary calls carry it.
 fn status_of(e: proto::CallError) -> Status {
     let mut status = Status::new(Code::from(e.code), e.message);
@@ -140,9 +145,7 @@ impl Client {
         {
             let mut calls = lock(&session.calls);
             if calls.ended {
-                return Some(Err(Status::unknown(
-                    "transport error: the session ended before the call was sent",
-                )));
+                return Some(Err(not_sent()));
             }
             calls.waiting.insert(call_id, tx);
         }
@@ -155,9 +158,7 @@ impl Client {
             call: Some(call),
         };
         if session.out.send(message).is_err() {
-            return Some(Err(Status::unknown(
-                "transport error: the session ended before the call was sent",
-            )));
+            return Some(Err(not_sent()));
         }
         Some(match rx.await {
             Ok(answer) => answer,

@@ -504,56 +504,42 @@ impl Auth {
     /// Hold one of the caller's keepalive-stream slots while a stream is open.
     pub fn stream_slot(&self, caller: &Caller, claimed: &str) -> Result<SlotGuard, Status> {
         let key = caller.limit_key(claimed);
-        self.streams
-            .take(key.clone(), self.limits.keepalive_streams)
-            .ok_or_else(|| {
-                self.refuse(
-                    Refusal::KeepaliveStreams,
-                    Status::resource_exhausted(format!(
-                        "{key} already has {} keepalive streams open (limits.keepalive_streams); close some",
-                        self.limits.keepalive_streams
-                    )),
-                    None,
-                    None,
-                )
-            })
+        let limit = self.limits.keepalive_streams;
+        self.slot(&self.streams, key.clone(), limit, Refusal::KeepaliveStreams, || {
+            format!("{key} already has {limit} keepalive streams open (limits.keepalive_streams); close some")
+        })
     }
 
     /// Hold one of the caller's session slots while a session is open: counted apart from its
     /// keepalive streams, up to the same limit. A client refused one makes unary calls instead.
     pub fn session_slot(&self, caller: &Caller) -> Result<SlotGuard, Status> {
         let key = caller.limit_key("");
-        self.streams
-            .take(format!("{key} (sessions)"), self.limits.keepalive_streams)
-            .ok_or_else(|| {
-                self.refuse(
-                    Refusal::Sessions,
-                    Status::resource_exhausted(format!(
-                        "{key} already has {} sessions open (limits.keepalive_streams); close some",
-                        self.limits.keepalive_streams
-                    )),
-                    None,
-                    None,
-                )
-            })
+        let limit = self.limits.keepalive_streams;
+        self.slot(&self.streams, format!("{key} (sessions)"), limit, Refusal::Sessions, || {
+            format!("{key} already has {limit} sessions open (limits.keepalive_streams); close some")
+        })
     }
 
     /// Hold one of the caller's waiter slots while an acquire waits (queue or approval).
     pub fn waiter_slot(&self, caller: &Caller, claimed: &str) -> Result<SlotGuard, Status> {
         let key = caller.limit_key(claimed);
-        self.waiters
-            .take(key.clone(), self.limits.waiters)
-            .ok_or_else(|| {
-                self.refuse(
-                    Refusal::Waiters,
-                    Status::resource_exhausted(format!(
-                        "{key} already has {} acquires waiting (limits.waiters); let some finish first",
-                        self.limits.waiters
-                    )),
-                    None,
-                    None,
-                )
-            })
+        let limit = self.limits.waiters;
+        self.slot(&self.waiters, key.clone(), limit, Refusal::Waiters, || {
+            format!("{key} already has {limit} acquires waiting (limits.waiters); let some finish first")
+        })
+    }
+
+    /// One of `pool`'s slots for `key`, or RESOURCE_EXHAUSTED (`why`, counted and logged).
+    fn slot(
+        &self,
+        pool: &Arc<Slots>,
+        key: String,
+        limit: u32,
+        why: Refusal,
+        message: impl FnOnce() -> String,
+    ) -> Result<SlotGuard, Status> {
+        pool.take(key, limit)
+            .ok_or_else(|| self.refuse(why, Status::resource_exhausted(message()), None, None))
     }
 
     /// Forget rate-limiter state of principals that have gone quiet (bounded memory).
