@@ -38,6 +38,15 @@ pub struct Api {
     pub(super) shared: Arc<Shared>,
 }
 
+/// An acquire answered from the state, or put in the proposal queue.
+// Returned once per call and matched at once, never stored: boxing the outcome would only add an
+// allocation to every answer.
+#[allow(clippy::large_enum_variant)]
+enum Answered<'a> {
+    Now(AcquireOutcome),
+    Proposed(super::Proposal<'a>),
+}
+
 /// tonic answers a request larger than `max_decoding_message_size` with OUT_OF_RANGE; gRPC's own
 /// implementations, and Warrant's other limits, say RESOURCE_EXHAUSTED. This rewrites that one
 /// answer (a unary call's, whose status is in the headers) and names the setting.
@@ -174,47 +183,77 @@ impl Api {
     }
 
     /// Answer an acquire that changes nothing (busy, a known request id, a done task) from the
-    /// leader's state, with no log write. A local look first: only when the answer would need no
-    /// write is leadership confirmed (shared with concurrent keepalives) and the state read again,
-    /// so the answer is linearizable; anything else is proposed at once.
+    /// leader's state, with no log write, or put it in the proposal queue. A local look first: only
+    /// when the answer would need no write is leadership confirmed (shared with concurrent
+    /// keepalives) and the state read again, so the answer is linearizable; anything else is
+    /// proposed at once.
+    ///
+    /// A busy answer whose holder is releasing on this node becomes a proposal instead, queued right
+    /// behind the release (one such acquire per release, [`handoff`](super::handoff)), so the
+    /// resource changes hands without a busy retry in between.
     ///
     /// A fresh busy or already-done answer is then proposed as a `NoteAnswer` in the background: the
     /// audit trail gets it in a later batch entry, off the caller's path.
-    async fn answer_without_write(
+    async fn answer_or_propose(
         &self,
         caller: &auth::Caller,
-        cmd: &AcquireCmd,
-    ) -> Result<Option<AcquireOutcome>, Status> {
+        cmd: AcquireCmd,
+    ) -> Result<Answered<'_>, Status> {
         let now_ms = super::wall_now_ms();
         let local = self
             .shared
             .sm
             .read()
             .state
-            .answer_without_write(cmd, now_ms);
-        if local.is_none() {
-            return Ok(None);
-        }
+            .answer_without_write(&cmd, now_ms);
+        let Some(local) = local else {
+            return Ok(self.propose_acquire(caller, cmd));
+        };
         if self.shared.config.chaos_break == Some(super::config::ChaosBreak::UnconfirmedAnswers) {
             // The deliberate bug: no quorum confirmation, whoever this node is.
-            return Ok(local);
+            return Ok(Answered::Now(local));
         }
         self.shared.confirm_leadership().await?;
-        let (answer, retry) = {
+        let (answer, retry, queue) = {
             let sm = self.shared.sm.read();
             (
-                sm.state.answer_without_write(cmd, now_ms),
+                sm.state.answer_without_write(&cmd, now_ms),
                 sm.state.request(&cmd.request_id).is_some(),
+                sm.state.resource(&cmd.resource).map_or(0, |r| r.waiters),
             )
         };
-        if let Some(outcome @ (AcquireOutcome::Busy { .. } | AcquireOutcome::AlreadyDone(_))) =
-            &answer
-        {
-            if !retry {
-                self.note_answer(caller, cmd, outcome);
+        let answer = match answer {
+            None => return Ok(self.propose_acquire(caller, cmd)),
+            Some(answer) => answer,
+        };
+        if retry {
+            return Ok(Answered::Now(answer));
+        }
+        // Not when acquires wait in the resource's queue: the release hands it to the first of them,
+        // and the rider would only be answered busy from the log.
+        if let (AcquireOutcome::Busy { holder }, 0) = (&answer, queue) {
+            let rides = self
+                .shared
+                .handoffs
+                .ride(holder.lease_id, &cmd.request_id, || {
+                    self.propose_acquire(caller, cmd.clone())
+                });
+            if let Some(proposed) = rides {
+                metrics::counter!("warrant_acquires_behind_release_total").increment(1);
+                return Ok(proposed);
             }
         }
-        Ok(answer)
+        if matches!(
+            answer,
+            AcquireOutcome::Busy { .. } | AcquireOutcome::AlreadyDone(_)
+        ) {
+            self.note_answer(caller, &cmd, &answer);
+        }
+        Ok(Answered::Now(answer))
+    }
+
+    fn propose_acquire(&self, caller: &auth::Caller, cmd: AcquireCmd) -> Answered<'_> {
+        Answered::Proposed(self.shared.enqueue(caller.wrap(Command::Acquire(cmd))))
     }
 
     /// `chaos_break = "grant-over-holder"`, the deliberate bug: revoke whoever else holds the
@@ -484,13 +523,9 @@ impl warrant_server::Warrant for Api {
             self.chaos_displace_holder(&cmd).await;
         }
         let woken = self.shared.waiters.register(&request_id);
-        let answer = match self.answer_without_write(&caller, &cmd).await {
-            Ok(Some(answer)) => answer,
-            Ok(None) => match self
-                .shared
-                .propose(caller.wrap(Command::Acquire(cmd)))
-                .await
-            {
+        let answer = match self.answer_or_propose(&caller, cmd).await {
+            Ok(Answered::Now(answer)) => answer,
+            Ok(Answered::Proposed(proposal)) => match proposal.answer().await {
                 Ok(crate::model::Response::Acquire(a)) => a,
                 Ok(_) => {
                     self.shared.waiters.unregister(&request_id);
@@ -716,12 +751,19 @@ impl warrant_server::Warrant for Api {
                 )))
             }
         };
-        let cmd = Command::Release {
-            lease_id: lease_id(&r.lease_id)?,
+        let lease_id = lease_id(&r.lease_id)?;
+        let cmd = caller.wrap(Command::Release {
+            lease_id,
             principal: caller.principal(&r.principal)?,
             outcome,
-        };
-        match self.shared.propose(caller.wrap(cmd)).await? {
+        });
+        // Marked as releasing until answered: one acquire that finds the lease's resource busy
+        // meanwhile is queued right behind this release instead of being answered busy.
+        let (_releasing, proposal) = self
+            .shared
+            .handoffs
+            .release(lease_id, || self.shared.enqueue(cmd));
+        match proposal.answer().await? {
             crate::model::Response::Release(Ok(ok)) => Ok(Response::new(proto::ReleaseResponse {
                 ended: ok.ended.to_string(),
                 already: ok.already,

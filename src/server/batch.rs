@@ -90,9 +90,15 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
 
     /// Submit one item and wait for its answer; None if the batching task is gone (shutdown).
     pub async fn submit(&self, item: I) -> Option<O> {
+        self.enqueue(item)?.await.ok()
+    }
+
+    /// Put one item in the queue now (items enter batches in the order they were queued) and return
+    /// where its answer will come; None if the batching task is gone (shutdown).
+    pub fn enqueue(&self, item: I) -> Option<oneshot::Receiver<O>> {
         let (tx, rx) = oneshot::channel();
         self.tx.send((item, tx)).ok()?;
-        rx.await.ok()
+        Some(rx)
     }
 }
 

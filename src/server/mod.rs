@@ -13,6 +13,7 @@ mod batch;
 pub mod config;
 mod convert;
 mod governance;
+mod handoff;
 mod lease_clock;
 mod membership;
 mod observe;
@@ -103,6 +104,8 @@ pub(crate) struct Shared {
     pub admins: Vec<Principal>,
     pub clock: LeaseClock,
     pub waiters: Waiters,
+    /// Releases on their way to the log, which one acquire each may ride behind.
+    pub handoffs: handoff::Handoffs,
     /// Shares one quorum confirmation among concurrent callers: keepalives (DESIGN rule 3), answers
     /// given without a write, linearizable reads. Use it through [`Shared::confirm_leadership`].
     pub confirmer: Batcher<(), Result<(), Status>>,
@@ -156,17 +159,25 @@ impl Shared {
     /// Propose a command and wait for the state machine's answer. Concurrent proposals share one
     /// log entry (group commit; DESIGN "Performance stance").
     pub async fn propose(&self, cmd: Command) -> Result<model::Response, Status> {
+        self.enqueue(cmd).answer().await
+    }
+
+    /// Put a command in the proposal queue now, ahead of anything queued later; await
+    /// [`Proposal::answer`] for the state machine's answer.
+    pub fn enqueue(&self, cmd: Command) -> Proposal<'_> {
         // Counted before the check: a hand-over sets `draining` and then waits for the count to
         // reach zero, so every proposal either sees the flag or is waited for (both SeqCst).
-        let _counted = InFlight::enter(&self.in_flight);
-        if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(handing_over());
-        }
-        match self.proposer.submit(cmd).await {
-            None => Err(Status::unavailable("node is shutting down")),
-            // Not applied: the caller's access token was revoked first (`Command::ViaToken`).
-            Some(Ok(model::Response::Refused(e))) => Err(convert::op_error(&e)),
-            Some(answer) => answer,
+        let counted = InFlight::enter(&self.in_flight);
+        let queued = if self.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(handing_over())
+        } else {
+            self.proposer
+                .enqueue(cmd)
+                .ok_or_else(|| Status::unavailable("node is shutting down"))
+        };
+        Proposal {
+            _counted: counted,
+            queued,
         }
     }
 
@@ -328,6 +339,9 @@ impl Shared {
 /// costs (append, fsync, AppendEntries, apply) less often. Measured on 2 cores (benches/RESULTS.md,
 /// 2026-11-24): uncontended C = 64 went from 4.7–6.0 k to 6.6–8.2 k cycles/s against 8 in flight,
 /// with a lower p99, and C = 1 is unchanged (a lone request never waits for another batch).
+///
+/// Also what keeps queue order into log order: an acquire queued behind a release
+/// (`handoff.rs`) relies on it to be applied after the release.
 const PROPOSALS_IN_FLIGHT: usize = 1;
 
 /// Most bytes of commands in one batch entry (a single larger command, at most the request limit,
@@ -338,6 +352,26 @@ const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// The answer while this leader hands leadership over.
 fn handing_over() -> Status {
     Status::unavailable("this leader is handing leadership over; retry in a moment")
+}
+
+/// A command in the proposal queue ([`Shared::enqueue`]), counted in flight until answered.
+pub(crate) struct Proposal<'a> {
+    _counted: InFlight<'a>,
+    queued: Result<ProposalAnswer, Status>,
+}
+
+type ProposalAnswer = tokio::sync::oneshot::Receiver<Result<model::Response, Status>>;
+
+impl Proposal<'_> {
+    /// The state machine's answer (or why there is none).
+    pub async fn answer(self) -> Result<model::Response, Status> {
+        match self.queued?.await {
+            Err(_) => Err(Status::unavailable("node is shutting down")),
+            // Not applied: the caller's access token was revoked first (`Command::ViaToken`).
+            Ok(Ok(model::Response::Refused(e))) => Err(convert::op_error(&e)),
+            Ok(answer) => answer,
+        }
+    }
 }
 
 /// Counts proposals accepted and not yet answered (a hand-over waits for none).
@@ -638,6 +672,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             config: config.clone(),
             clock: LeaseClock::default(),
             waiters: Waiters::default(),
+            handoffs: handoff::Handoffs::default(),
             proposer,
             confirmer,
             renewer,
