@@ -38,6 +38,14 @@ pub struct Api {
     pub(super) shared: Arc<Shared>,
 }
 
+/// What the state says about an acquire: its answer without a write (if any), whether its request id
+/// is known, and how many acquires wait for its resource.
+struct Look {
+    answer: Option<AcquireOutcome>,
+    retry: bool,
+    queue: usize,
+}
+
 /// An acquire answered from the state, or put in the proposal queue.
 // Returned once per call and matched at once, never stored: boxing the outcome would only add an
 // allocation to every answer.
@@ -200,56 +208,67 @@ impl Api {
         cmd: AcquireCmd,
     ) -> Result<Answered<'_>, Status> {
         let now_ms = super::wall_now_ms();
-        let local = self
-            .shared
-            .sm
-            .read()
-            .state
-            .answer_without_write(&cmd, now_ms);
-        let Some(local) = local else {
+        let look = || {
+            let sm = self.shared.sm.read();
+            Look {
+                answer: sm.state.answer_without_write(&cmd, now_ms),
+                retry: sm.state.request(&cmd.request_id).is_some(),
+                queue: sm.state.resource(&cmd.resource).map_or(0, |r| r.waiters),
+            }
+        };
+        let local = look();
+        let Some(answer) = &local.answer else {
             return Ok(self.propose_acquire(caller, cmd));
         };
+        // A proposal needs no confirmation (the log decides), so an acquire that can ride behind a
+        // release is queued at once, the sooner to share the release's entry.
+        if let Some(rides) = self.ride(caller, &cmd, &local) {
+            return Ok(rides);
+        }
         if self.shared.config.chaos_break == Some(super::config::ChaosBreak::UnconfirmedAnswers) {
             // The deliberate bug: no quorum confirmation, whoever this node is.
-            return Ok(Answered::Now(local));
+            return Ok(Answered::Now(answer.clone()));
         }
         self.shared.confirm_leadership().await?;
-        let (answer, retry, queue) = {
-            let sm = self.shared.sm.read();
-            (
-                sm.state.answer_without_write(&cmd, now_ms),
-                sm.state.request(&cmd.request_id).is_some(),
-                sm.state.resource(&cmd.resource).map_or(0, |r| r.waiters),
-            )
+        let confirmed = look();
+        let Some(answer) = &confirmed.answer else {
+            return Ok(self.propose_acquire(caller, cmd));
         };
-        let answer = match answer {
-            None => return Ok(self.propose_acquire(caller, cmd)),
-            Some(answer) => answer,
-        };
-        if retry {
-            return Ok(Answered::Now(answer));
+        if confirmed.retry {
+            return Ok(Answered::Now(answer.clone()));
         }
-        // Not when acquires wait in the resource's queue: the release hands it to the first of them,
-        // and the rider would only be answered busy from the log.
-        if let (AcquireOutcome::Busy { holder }, 0) = (&answer, queue) {
-            let rides = self
-                .shared
-                .handoffs
-                .ride(holder.lease_id, &cmd.request_id, || {
-                    self.propose_acquire(caller, cmd.clone())
-                });
-            if let Some(proposed) = rides {
-                metrics::counter!("warrant_acquires_behind_release_total").increment(1);
-                return Ok(proposed);
-            }
+        if let Some(rides) = self.ride(caller, &cmd, &confirmed) {
+            return Ok(rides);
         }
         if matches!(
             answer,
             AcquireOutcome::Busy { .. } | AcquireOutcome::AlreadyDone(_)
         ) {
-            self.note_answer(caller, &cmd, &answer);
+            self.note_answer(caller, &cmd, answer);
         }
-        Ok(Answered::Now(answer))
+        Ok(Answered::Now(answer.clone()))
+    }
+
+    /// Queue `cmd` behind its busy resource's holder's release, when one is on its way and the
+    /// resource has no waiters (the release would hand it to them, and the rider would only be
+    /// answered busy from the log).
+    fn ride(&self, caller: &auth::Caller, cmd: &AcquireCmd, look: &Look) -> Option<Answered<'_>> {
+        let Look {
+            answer: Some(AcquireOutcome::Busy { holder }),
+            retry: false,
+            queue: 0,
+        } = look
+        else {
+            return None;
+        };
+        let rides = self
+            .shared
+            .handoffs
+            .ride(holder.lease_id, &cmd.request_id, || {
+                self.propose_acquire(caller, cmd.clone())
+            })?;
+        metrics::counter!("warrant_acquires_behind_release_total").increment(1);
+        Some(rides)
     }
 
     fn propose_acquire(&self, caller: &auth::Caller, cmd: AcquireCmd) -> Answered<'_> {
