@@ -41,7 +41,6 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         Fut: Future<Output = Vec<O>> + Send + 'static,
     {
         let (tx, mut rx) = mpsc::unbounded_channel::<(I, oneshot::Sender<O>)>();
-        let handle = std::sync::Arc::new(handle);
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
         tokio::spawn(async move {
             // An item taken from the queue that did not fit the previous batch.
@@ -73,11 +72,13 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                         Err(_) => break,
                     }
                 }
-                let handle = handle.clone();
+                let (inputs, replies): (Vec<I>, Vec<oneshot::Sender<O>>) =
+                    items.into_iter().unzip();
+                // Called here, in queue order: whatever `handle` does before its future's first
+                // await happens batch after batch in order, however many batches are in flight.
+                let work = handle(inputs);
                 tokio::spawn(async move {
-                    let (inputs, replies): (Vec<I>, Vec<oneshot::Sender<O>>) =
-                        items.into_iter().unzip();
-                    let outputs = handle(inputs).await;
+                    let outputs = work.await;
                     for (reply, output) in replies.into_iter().zip(outputs) {
                         let _ = reply.send(output);
                     }
@@ -131,6 +132,27 @@ mod tests {
             assert_eq!(out, Some(i * 2));
         }
         assert!(batches.load(Ordering::SeqCst) < 50, "items were batched");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_start_in_queue_order_however_many_are_in_flight() {
+        // What `handle` does before its future's first await (a proposal's hand-over to Raft)
+        // happens in queue order, though batches finish in any order.
+        let started = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = started.clone();
+        let b = Batcher::spawn(4, move |items: Vec<u32>| {
+            log.lock().unwrap().extend(items.iter().copied());
+            async move {
+                let pause = 5 - u64::from(items[0] % 5);
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                items
+            }
+        });
+        let answers: Vec<_> = (0..200u32).map(|i| b.enqueue(i).unwrap()).collect();
+        for (i, answer) in answers.into_iter().enumerate() {
+            assert_eq!(answer.await.unwrap(), i as u32);
+        }
+        assert_eq!(*started.lock().unwrap(), (0..200).collect::<Vec<u32>>());
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 //! holder's release commits, and only the next busy retry to arrive after it can propose its
 //! acquire, one more commit round later. With it, the first acquire that finds the holder releasing
 //! is proposed at once, queued behind the release (both enter the proposal queue under this
-//! registry's lock, release first; with one batch in flight, batches reach the log in queue order),
+//! registry's lock, release first, and batches reach the log in queue order),
 //! and is granted by the state machine when it applies, in the release's entry or the next one.
 //!
 //! At most one acquire rides behind a release (its retries, same request id, too), and none when

@@ -22,8 +22,11 @@ mod waiters;
 mod watcher;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::FutureExt;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::SnapshotPolicy;
@@ -340,8 +343,9 @@ impl Shared {
 /// 2026-11-24): uncontended C = 64 went from 4.7–6.0 k to 6.6–8.2 k cycles/s against 8 in flight,
 /// with a lower p99, and C = 1 is unchanged (a lone request never waits for another batch).
 ///
-/// Also what keeps queue order into log order: an acquire queued behind a release
-/// (`handoff.rs`) relies on it to be applied after the release.
+/// Whatever this is, batches reach the log in queue order: the batcher builds each batch's work in
+/// order and [`propose_entry`] hands the entry to Raft before its first await (an acquire queued
+/// behind a release, `handoff.rs`, relies on it).
 const PROPOSALS_IN_FLIGHT: usize = 1;
 
 /// Most bytes of commands in one batch entry (a single larger command, at most the request limit,
@@ -390,22 +394,36 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Propose one entry and wait until it is applied.
-async fn propose_entry(raft: &Raft, cmd: Command) -> Result<model::Response, Status> {
+/// Propose one entry: handed to Raft at once (so entries reach the log in the order of these calls),
+/// then the returned future waits until it is applied.
+fn propose_entry(
+    raft: &Raft,
+    cmd: Command,
+) -> impl Future<Output = Result<model::Response, Status>> + Send + 'static {
     let request = model::Request {
         now_ms: wall_now_ms(),
         cmd,
     };
     let started = std::time::Instant::now();
-    let answer = tokio::time::timeout(PROPOSE_TIMEOUT, raft.client_write(request)).await;
-    metrics::histogram!("warrant_raft_commit_duration_seconds").record(started.elapsed());
-    match answer {
-        Err(_) => Err(Status::deadline_exceeded(
-            "the cluster did not commit the request in time; its outcome is unknown: retry with the same request_id",
-        )),
-        Ok(Ok(resp)) => resp.data.0.ok_or_else(|| Status::internal("the state machine gave no answer")),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(not_leader(f.leader_node.as_ref())),
-        Ok(Err(e)) => Err(Status::unavailable(format!("cannot commit: {e}"))),
+    // Sending to the Raft core is a send on an unbounded channel: it completes in its first poll,
+    // unless the core has stopped.
+    let sent = raft.client_write_ff(request).now_or_never();
+    async move {
+        let answer = match sent {
+            Some(Ok(rx)) => tokio::time::timeout(PROPOSE_TIMEOUT, rx).await,
+            Some(Err(fatal)) => return Err(Status::unavailable(format!("cannot commit: {fatal}"))),
+            None => return Err(Status::unavailable("cannot commit: Raft is shutting down")),
+        };
+        metrics::histogram!("warrant_raft_commit_duration_seconds").record(started.elapsed());
+        match answer {
+            Err(_) => Err(Status::deadline_exceeded(
+                "the cluster did not commit the request in time; its outcome is unknown: retry with the same request_id",
+            )),
+            Ok(Err(_)) => Err(Status::unavailable("cannot commit: Raft is shutting down")),
+            Ok(Ok(Ok(resp))) => resp.data.0.ok_or_else(|| Status::internal("the state machine gave no answer")),
+            Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => Err(not_leader(f.leader_node.as_ref())),
+            Ok(Ok(Err(e))) => Err(Status::unavailable(format!("cannot commit: {e}"))),
+        }
     }
 }
 
@@ -427,20 +445,29 @@ async fn confirm_once(raft: &Raft) -> Result<(), Status> {
     }
 }
 
-/// Propose a batch of commands as one entry (a single command as itself) and answer each.
-async fn propose_batch(raft: Raft, mut cmds: Vec<Command>) -> Vec<Result<model::Response, Status>> {
+/// Propose a batch of commands as one entry (a single command as itself), handed to Raft at once,
+/// and answer each.
+fn propose_batch(
+    raft: &Raft,
+    mut cmds: Vec<Command>,
+) -> impl Future<Output = Vec<Result<model::Response, Status>>> + Send + 'static {
     let n = cmds.len();
-    if n == 1 {
-        return vec![propose_entry(&raft, cmds.remove(0)).await];
-    }
-    match propose_entry(&raft, Command::Batch(cmds)).await {
-        Ok(model::Response::Batch(answers)) if answers.len() == n => {
-            answers.into_iter().map(Ok).collect()
+    let entry = if n == 1 {
+        propose_entry(raft, cmds.remove(0))
+    } else {
+        propose_entry(raft, Command::Batch(cmds))
+    };
+    async move {
+        match entry.await {
+            Ok(answer) if n == 1 => vec![Ok(answer)],
+            Ok(model::Response::Batch(answers)) if answers.len() == n => {
+                answers.into_iter().map(Ok).collect()
+            }
+            Ok(_) => (0..n)
+                .map(|_| Err(Status::internal("a batch entry was answered out of shape")))
+                .collect(),
+            Err(status) => (0..n).map(|_| Err(status.clone())).collect(),
         }
-        Ok(_) => (0..n)
-            .map(|_| Err(Status::internal("a batch entry was answered out of shape")))
-            .collect(),
-        Err(status) => (0..n).map(|_| Err(status.clone())).collect(),
     }
 }
 
@@ -625,7 +652,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         PROPOSALS_IN_FLIGHT,
         MAX_BATCH_BYTES,
         |cmd: &Command| bincode::serialized_size(cmd).map_or(usize::MAX, |n| n as usize),
-        move |cmds: Vec<Command>| propose_batch(propose_raft.clone(), cmds),
+        move |cmds: Vec<Command>| propose_batch(&propose_raft, cmds),
     );
     let draining: Arc<std::sync::atomic::AtomicBool> = Default::default();
     let confirmer = Batcher::spawn(1, {
