@@ -3,11 +3,23 @@
 //! entry), and every item in a batch arrived before the batch's work started.
 
 use std::future::Future;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 /// Most items handled in one batch.
 const MAX_BATCH: usize = 8192;
+
+/// How a batcher cuts its batches.
+pub struct Shape {
+    /// Batches handled at once.
+    pub max_in_flight: usize,
+    /// Most weight of items in one batch (a heavier single item goes alone).
+    pub max_weight: usize,
+    /// How long a batch waits for more items after its first, when the previous batch held more
+    /// than one (a group-commit delay; zero: cut at once). A lone caller never waits for it.
+    pub linger: Duration,
+}
 
 /// A handle to submit items to a batching task.
 pub struct Batcher<I, O> {
@@ -23,28 +35,36 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<O>> + Send + 'static,
     {
-        Self::spawn_weighted(max_in_flight, usize::MAX, |_| 0, handle)
+        let shape = Shape {
+            max_in_flight,
+            max_weight: usize::MAX,
+            linger: Duration::ZERO,
+        };
+        Self::spawn_shaped(shape, |_| 0, handle)
     }
 
-    /// Like [`spawn`](Self::spawn), and a batch's items weigh at most `max_weight` together (by
-    /// `weight`), except that a single item heavier than that forms a batch alone. An item that
-    /// would overflow a batch starts the next one.
-    pub fn spawn_weighted<W, F, Fut>(
-        max_in_flight: usize,
-        max_weight: usize,
-        weight: W,
-        handle: F,
-    ) -> Self
+    /// Like [`spawn`](Self::spawn), shaped by `shape`: a batch's items weigh at most
+    /// `shape.max_weight` together (by `weight`), except that a single item heavier than that forms
+    /// a batch alone (an item that would overflow a batch starts the next one); and while the queue
+    /// is busy, each batch is cut `shape.linger` after its first item could go.
+    pub fn spawn_shaped<W, F, Fut>(shape: Shape, weight: W, handle: F) -> Self
     where
         W: Fn(&I) -> usize + Send + 'static,
         F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<O>> + Send + 'static,
     {
+        let Shape {
+            max_in_flight,
+            max_weight,
+            linger,
+        } = shape;
         let (tx, mut rx) = mpsc::unbounded_channel::<(I, oneshot::Sender<O>)>();
         let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
         tokio::spawn(async move {
             // An item taken from the queue that did not fit the previous batch.
             let mut carried: Option<(I, oneshot::Sender<O>)> = None;
+            // Items in the previous batch: more than one means callers are arriving together.
+            let mut previous = 0;
             loop {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
@@ -56,6 +76,12 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                         None => return,
                     },
                 };
+                if previous > 1 && !linger.is_zero() {
+                    // Give the callers the previous batch just answered time to send their next
+                    // request into this batch, rather than a whole commit round later. A thread
+                    // sleep: tokio's timers tick in milliseconds.
+                    let _ = tokio::task::spawn_blocking(move || std::thread::sleep(linger)).await;
+                }
                 let mut total = weight(&first.0);
                 let mut items = vec![first];
                 while items.len() < MAX_BATCH {
@@ -72,6 +98,7 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                         Err(_) => break,
                     }
                 }
+                previous = items.len();
                 let (inputs, replies): (Vec<I>, Vec<oneshot::Sender<O>>) =
                     items.into_iter().unzip();
                 // Called here, in queue order: whatever `handle` does before its future's first
@@ -155,14 +182,76 @@ mod tests {
         assert_eq!(*started.lock().unwrap(), (0..200).collect::<Vec<u32>>());
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_load_a_batch_lingers_for_the_next_callers_and_a_lone_caller_does_not() {
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let held = gate.clone();
+        let shape = Shape {
+            max_in_flight: 1,
+            max_weight: usize::MAX,
+            linger: Duration::from_millis(300),
+        };
+        let b = Batcher::spawn_shaped(
+            shape,
+            |_| 0,
+            move |items: Vec<u32>| {
+                seen.lock().unwrap().push(items.len());
+                let held = held.clone();
+                async move {
+                    if items == [10] {
+                        held.notified().await;
+                    }
+                    items
+                }
+            },
+        );
+        // A lone caller: answered at once, no linger.
+        let started = std::time::Instant::now();
+        assert_eq!(b.submit(1).await, Some(1));
+        assert!(
+            started.elapsed() < Duration::from_millis(250),
+            "a lone caller waited"
+        );
+        // Callers queued behind a batch in flight form one batch: the queue is busy.
+        let blocker = b.enqueue(10).unwrap();
+        for _ in 0..1000 {
+            if sizes.lock().unwrap().len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let (x, y) = (b.enqueue(2).unwrap(), b.enqueue(3).unwrap());
+        gate.notify_one();
+        blocker.await.unwrap();
+        x.await.unwrap();
+        y.await.unwrap();
+        // So the next batch waits for a caller arriving 20 ms after the first.
+        let first = b.enqueue(4).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let second = b.enqueue(5).unwrap();
+        assert_eq!((first.await.unwrap(), second.await.unwrap()), (4, 5));
+        let sizes = sizes.lock().unwrap().clone();
+        assert_eq!(
+            sizes,
+            [1, 1, 2, 2],
+            "the late caller joined the lingering batch"
+        );
+    }
+
     #[tokio::test]
     async fn a_weighted_batch_stays_under_its_weight_and_loses_no_item() {
         let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = sizes.clone();
         // Each item weighs its value; at most 10 per batch, and the 25 goes alone.
-        let b = Arc::new(Batcher::spawn_weighted(
-            1,
-            10,
+        let shape = Shape {
+            max_in_flight: 1,
+            max_weight: 10,
+            linger: Duration::ZERO,
+        };
+        let b = Arc::new(Batcher::spawn_shaped(
+            shape,
             |i: &u32| *i as usize,
             move |items: Vec<u32>| {
                 seen.lock().unwrap().push(items.clone());

@@ -348,6 +348,14 @@ impl Shared {
 /// behind a release, `handoff.rs`, relies on it).
 const PROPOSALS_IN_FLIGHT: usize = 1;
 
+/// Under load (the previous batch held more than one command), how long a batch waits for more after
+/// its first command could go: long enough for the callers the previous batch just answered to send
+/// their next request (a release after its grant) into this entry instead of the next one. Nothing is
+/// acknowledged before its entry is committed; a lone request never waits. Measured on 2 cores
+/// (benches/RESULTS.md, 2026-11-24), Warrant alone: 300 µs took uncontended C = 64 from 7.3–8.9 k to
+/// 8.0–10.0 k cycles/s and contended from 1.5–2.0 k to 2.1–2.2 k grants/s, C = 1 unchanged.
+const PROPOSAL_LINGER: Duration = Duration::from_micros(300);
+
 /// Most bytes of commands in one batch entry (a single larger command, at most the request limit,
 /// goes alone): keeps entries, and the AppendEntries that carry them, far below the Raft port's
 /// 64 MiB message limit however many large requests arrive at once.
@@ -648,9 +656,13 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
 
     let confirm_raft = raft.clone();
     let propose_raft = raft.clone();
-    let proposer = Batcher::spawn_weighted(
-        PROPOSALS_IN_FLIGHT,
-        MAX_BATCH_BYTES,
+    let shape = batch::Shape {
+        max_in_flight: PROPOSALS_IN_FLIGHT,
+        max_weight: MAX_BATCH_BYTES,
+        linger: PROPOSAL_LINGER,
+    };
+    let proposer = Batcher::spawn_shaped(
+        shape,
         |cmd: &Command| bincode::serialized_size(cmd).map_or(usize::MAX, |n| n as usize),
         move |cmds: Vec<Command>| propose_batch(&propose_raft, cmds),
     );
