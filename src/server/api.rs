@@ -197,7 +197,7 @@ impl Api {
     /// proposed at once.
     ///
     /// A busy answer whose holder is releasing on this node becomes a proposal instead, queued right
-    /// behind the release (one such acquire per release, [`handoff`](super::handoff)), so the
+    /// behind the release (checked on the local read already: a proposal needs no confirmation) (one such acquire per release, [`handoff`](super::handoff)), so the
     /// resource changes hands without a busy retry in between.
     ///
     /// A fresh busy or already-done answer is then proposed as a `NoteAnswer` in the background: the

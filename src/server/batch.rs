@@ -10,14 +10,19 @@ use tokio::sync::{mpsc, oneshot};
 /// Most items handled in one batch.
 const MAX_BATCH: usize = 8192;
 
+/// A batch's first item that arrives within this of the previous batch's end (and the previous batch
+/// held more than one) finds the queue busy: see [`Shape::linger`].
+const BUSY_WITHIN: Duration = Duration::from_millis(1);
+
 /// How a batcher cuts its batches.
 pub struct Shape {
     /// Batches handled at once.
     pub max_in_flight: usize,
     /// Most weight of items in one batch (a heavier single item goes alone).
     pub max_weight: usize,
-    /// How long a batch waits for more items after its first, when the previous batch held more
-    /// than one (a group-commit delay; zero: cut at once). A lone caller never waits for it.
+    /// How long a batch waits for more items after its first while the queue is busy: the previous
+    /// batch held more than one item and this one's first arrived within a millisecond of its end
+    /// (a group-commit delay; zero: cut at once). A caller after a quiet spell never waits for it.
     pub linger: Duration,
 }
 
@@ -45,8 +50,9 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
 
     /// Like [`spawn`](Self::spawn), shaped by `shape`: a batch's items weigh at most
     /// `shape.max_weight` together (by `weight`), except that a single item heavier than that forms
-    /// a batch alone (an item that would overflow a batch starts the next one); and while the queue
-    /// is busy, each batch is cut `shape.linger` after its first item could go.
+    /// a batch alone (an item that would overflow a batch starts the next one); and while callers
+    /// keep arriving together, each batch is cut `shape.linger` after its first item could go
+    /// ([`Shape::linger`]).
     pub fn spawn_shaped<W, F, Fut>(shape: Shape, weight: W, handle: F) -> Self
     where
         W: Fn(&I) -> usize + Send + 'static,
@@ -69,14 +75,19 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
-                let first = match carried.take() {
-                    Some(item) => item,
+                let free = std::time::Instant::now();
+                let (first, overweight) = match carried.take() {
+                    Some(item) => (item, true),
                     None => match rx.recv().await {
-                        Some(item) => item,
+                        Some(item) => (item, false),
                         None => return,
                     },
                 };
-                if previous > 1 && !linger.is_zero() {
+                // Busy: the previous batch was shared and this one's first item came at once, not
+                // after a quiet spell (a lone caller then goes without waiting). Not when the queue
+                // already holds more than a batch can take.
+                let busy = previous > 1 && free.elapsed() < BUSY_WITHIN;
+                if busy && !overweight && !linger.is_zero() {
                     // Give the callers the previous batch just answered time to send their next
                     // request into this batch, rather than a whole commit round later. A thread
                     // sleep: tokio's timers tick in milliseconds.
@@ -116,7 +127,8 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
         Self { tx }
     }
 
-    /// Submit one item and wait for its answer; None if the batching task is gone (shutdown).
+    /// Submit one item and wait for its answer; None if the batching task is gone (shutdown, or a
+    /// panic in `handle`, which ends the batcher).
     pub async fn submit(&self, item: I) -> Option<O> {
         self.enqueue(item)?.await.ok()
     }
@@ -167,14 +179,24 @@ mod tests {
         // happens in queue order, though batches finish in any order.
         let started = Arc::new(std::sync::Mutex::new(Vec::new()));
         let log = started.clone();
-        let b = Batcher::spawn(4, move |items: Vec<u32>| {
-            log.lock().unwrap().extend(items.iter().copied());
-            async move {
-                let pause = 5 - u64::from(items[0] % 5);
-                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-                items
-            }
-        });
+        // One item per batch, four in flight, finishing out of order.
+        let shape = Shape {
+            max_in_flight: 4,
+            max_weight: 1,
+            linger: Duration::ZERO,
+        };
+        let b = Batcher::spawn_shaped(
+            shape,
+            |_| 1,
+            move |items: Vec<u32>| {
+                log.lock().unwrap().extend(items.iter().copied());
+                async move {
+                    let pause = 5 - u64::from(items[0] % 5);
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                    items
+                }
+            },
+        );
         let answers: Vec<_> = (0..200u32).map(|i| b.enqueue(i).unwrap()).collect();
         for (i, answer) in answers.into_iter().enumerate() {
             assert_eq!(answer.await.unwrap(), i as u32);
@@ -200,7 +222,7 @@ mod tests {
                 seen.lock().unwrap().push(items.len());
                 let held = held.clone();
                 async move {
-                    if items == [10] {
+                    if items[0] == 10 || items[0] == 2 {
                         held.notified().await;
                     }
                     items
@@ -216,26 +238,44 @@ mod tests {
         );
         // Callers queued behind a batch in flight form one batch: the queue is busy.
         let blocker = b.enqueue(10).unwrap();
-        for _ in 0..1000 {
-            if sizes.lock().unwrap().len() == 2 {
-                break;
+        let started = |n: usize| {
+            let sizes = sizes.clone();
+            async move {
+                for _ in 0..1000 {
+                    if sizes.lock().unwrap().len() == n {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                panic!("batch {n} did not start");
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        };
+        started(2).await;
         let (x, y) = (b.enqueue(2).unwrap(), b.enqueue(3).unwrap());
         gate.notify_one();
         blocker.await.unwrap();
+        started(3).await;
+        // A caller queued while that batch is in flight goes at once when it ends, so its batch
+        // lingers and takes a caller arriving 20 ms later too.
+        let first = b.enqueue(4).unwrap();
+        gate.notify_one();
         x.await.unwrap();
         y.await.unwrap();
-        // So the next batch waits for a caller arriving 20 ms after the first.
-        let first = b.enqueue(4).unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
         let second = b.enqueue(5).unwrap();
         assert_eq!((first.await.unwrap(), second.await.unwrap()), (4, 5));
+        // After a quiet spell a lone caller goes at once again.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = std::time::Instant::now();
+        assert_eq!(b.submit(6).await, Some(6));
+        assert!(
+            started.elapsed() < Duration::from_millis(250),
+            "a caller after a quiet spell waited"
+        );
         let sizes = sizes.lock().unwrap().clone();
         assert_eq!(
             sizes,
-            [1, 1, 2, 2],
+            [1, 1, 2, 2, 1],
             "the late caller joined the lingering batch"
         );
     }

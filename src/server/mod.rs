@@ -351,7 +351,7 @@ const PROPOSALS_IN_FLIGHT: usize = 1;
 /// Under load (the previous batch held more than one command), how long a batch waits for more after
 /// its first command could go: long enough for the callers the previous batch just answered to send
 /// their next request (a release after its grant) into this entry instead of the next one. Nothing is
-/// acknowledged before its entry is committed; a lone request never waits. Measured on 2 cores
+/// acknowledged before its entry is committed; a request after a quiet spell never waits. Measured on 2 cores
 /// (benches/RESULTS.md, 2026-11-24), Warrant alone: 300 µs took uncontended C = 64 from 7.3–8.9 k to
 /// 8.0–10.0 k cycles/s and contended from 1.5–2.0 k to 2.1–2.2 k grants/s, C = 1 unchanged.
 const PROPOSAL_LINGER: Duration = Duration::from_micros(300);
@@ -418,16 +418,20 @@ fn propose_entry(
     let sent = raft.client_write_ff(request).now_or_never();
     async move {
         let answer = match sent {
-            Some(Ok(rx)) => tokio::time::timeout(PROPOSE_TIMEOUT, rx).await,
-            Some(Err(fatal)) => return Err(Status::unavailable(format!("cannot commit: {fatal}"))),
-            None => return Err(Status::unavailable("cannot commit: Raft is shutting down")),
+            Some(Ok(rx)) => Ok(tokio::time::timeout(PROPOSE_TIMEOUT, rx).await),
+            // Not sent: Raft has stopped.
+            Some(Err(fatal)) => Err(Status::unavailable(format!("cannot commit: {fatal}"))),
+            None => Err(Status::unavailable("cannot commit: Raft is shutting down")),
         };
         metrics::histogram!("warrant_raft_commit_duration_seconds").record(started.elapsed());
-        match answer {
+        match answer? {
             Err(_) => Err(Status::deadline_exceeded(
                 "the cluster did not commit the request in time; its outcome is unknown: retry with the same request_id",
             )),
-            Ok(Err(_)) => Err(Status::unavailable("cannot commit: Raft is shutting down")),
+            // Sent, and Raft stopped before answering: the entry may still commit.
+            Ok(Err(_)) => Err(Status::unavailable(
+                "the node stopped before the request was answered; its outcome is unknown: retry with the same request_id",
+            )),
             Ok(Ok(Ok(resp))) => resp.data.0.ok_or_else(|| Status::internal("the state machine gave no answer")),
             Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => Err(not_leader(f.leader_node.as_ref())),
             Ok(Ok(Err(e))) => Err(Status::unavailable(format!("cannot commit: {e}"))),
