@@ -17,6 +17,27 @@ async fn granted(client: &Client, opts: AcquireOptions) -> Lease {
     }
 }
 
+/// A `Session` stream opened on node `id` with the generated gRPC client: where to send its calls,
+/// and its answers.
+async fn raw_session(
+    cluster: &Cluster,
+    id: u64,
+) -> (
+    tokio::sync::mpsc::UnboundedSender<warrant::proto::SessionRequest>,
+    tonic::Streaming<warrant::proto::SessionResponse>,
+) {
+    let addr = format!("http://{}", cluster.node(id).client_addr);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let answers = warrant::proto::warrant_client::WarrantClient::connect(addr)
+        .await
+        .unwrap()
+        .session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (tx, answers)
+}
+
 fn opts(resource: &str, ttl_ms: u64) -> AcquireOptions {
     AcquireOptions::new(resource, Duration::from_millis(ttl_ms))
 }
@@ -494,14 +515,6 @@ async fn a_session_answers_by_call_id_as_the_unary_calls_do() {
     let mut cluster = Cluster::start(Opts::default());
     let leader = cluster.wait_leader(WAIT).await;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
-    let connect = |id: u64| {
-        let addr = format!("http://{}", cluster.node(id).client_addr);
-        async move {
-            proto::warrant_client::WarrantClient::connect(addr)
-                .await
-                .unwrap()
-        }
-    };
     let acquire = |resource: &str, request_id: &str, wait_ms: u64| {
         Call::Acquire(proto::AcquireRequest {
             resource: resource.into(),
@@ -513,13 +526,7 @@ async fn a_session_answers_by_call_id_as_the_unary_calls_do() {
             ..Default::default()
         })
     };
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut answers = connect(leader)
-        .await
-        .session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (tx, mut answers) = raw_session(&cluster, leader).await;
     let ask = |call_id: u64, call: Call| {
         tx.send(proto::SessionRequest {
             call_id,
@@ -598,13 +605,7 @@ async fn a_session_answers_by_call_id_as_the_unary_calls_do() {
     );
 
     // A follower's session answers "not the leader", naming it, as the unary call's metadata does.
-    let (ftx, frx) = tokio::sync::mpsc::unbounded_channel();
-    let mut fanswers = connect(follower)
-        .await
-        .session(tokio_stream::wrappers::UnboundedReceiverStream::new(frx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (ftx, mut fanswers) = raw_session(&cluster, follower).await;
     ftx.send(proto::SessionRequest {
         call_id: 7,
         call: Some(acquire("session/c", "req-5", 0)),
@@ -626,10 +627,9 @@ async fn a_session_answers_by_call_id_as_the_unary_calls_do() {
     // The library's client makes its acquires and releases in a session (the leader counts them),
     // and keeps working across the loss of the node its session is with.
     let session_calls = |id: u64| {
-        let (_, body) = common::http_get(&cluster.node(id).http_addr, "/metrics").unwrap();
-        body.lines()
-            .find_map(|l| l.strip_prefix("warrant_session_calls_total "))
-            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+        common::metrics_of(&cluster, id)
+            .get("warrant_session_calls_total")
+            .map_or(0, |v| *v as u64)
     };
     let before = session_calls(leader);
     assert!(before >= 6, "the raw session's calls are counted: {before}");
@@ -655,17 +655,7 @@ async fn an_acquire_sent_behind_the_holders_release_is_granted_not_answered_busy
 
     let cluster = Cluster::start(Opts::default());
     let leader = cluster.wait_leader(WAIT).await;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut answers = proto::warrant_client::WarrantClient::connect(format!(
-        "http://{}",
-        cluster.node(leader).client_addr
-    ))
-    .await
-    .unwrap()
-    .session(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-    .await
-    .unwrap()
-    .into_inner();
+    let (tx, mut answers) = raw_session(&cluster, leader).await;
     let mut call_id = 0;
     let mut ask = |call: Call| {
         call_id += 1;
@@ -705,10 +695,9 @@ async fn an_acquire_sent_behind_the_holders_release_is_granted_not_answered_busy
         other => panic!("expected a grant, got {other:?}"),
     };
     let rides = || {
-        let (_, body) = common::http_get(&cluster.node(leader).http_addr, "/metrics").unwrap();
-        body.lines()
-            .find_map(|l| l.strip_prefix("warrant_acquires_behind_release_total "))
-            .map_or(0, |v| v.trim().parse::<u64>().unwrap())
+        common::metrics_of(&cluster, leader)
+            .get("warrant_acquires_behind_release_total")
+            .map_or(0, |v| *v as u64)
     };
 
     let busy = |answer: &Answer| {

@@ -288,52 +288,12 @@ async fn a_leader_stopped_with_sigterm_hands_over_within_an_election_timeout() {
     );
 }
 
-/// Samples of a Prometheus text exposition, after checking every line's syntax.
-fn prometheus_samples(text: &str) -> BTreeMap<String, f64> {
-    let mut samples = BTreeMap::new();
-    for line in text.lines().filter(|l| !l.is_empty()) {
-        if let Some(rest) = line.strip_prefix('#') {
-            let words: Vec<&str> = rest.split_whitespace().collect();
-            assert!(
-                matches!(words.first(), Some(&"HELP" | &"TYPE")),
-                "bad comment line {line:?}"
-            );
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').expect("a sample is `series value`");
-        let name = series.split('{').next().unwrap();
-        assert!(
-            !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
-            "bad metric name in {line:?}"
-        );
-        assert!(
-            !series.contains('{') || series.ends_with('}'),
-            "bad labels in {line:?}"
-        );
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
-        samples.insert(series.to_string(), value);
-    }
-    samples
-}
-
-fn metrics_of(cluster: &Cluster, id: u64) -> BTreeMap<String, f64> {
-    let (code, body) =
-        common::http_get(&cluster.node(id).http_addr, "/metrics").expect("GET /metrics");
-    assert_eq!(code, 200, "{body}");
-    prometheus_samples(&body)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_move_and_readiness_flips_when_cut_off() {
     let cluster = Cluster::start(Opts::default());
     let leader = cluster.wait_leader(WAIT).await;
     let client = cluster.client("agent/a");
-    let before = metrics_of(&cluster, leader);
+    let before = common::metrics_of(&cluster, leader);
     let granted = |m: &BTreeMap<String, f64>| {
         m.get("warrant_leases_granted_total")
             .copied()
@@ -353,7 +313,7 @@ async fn metrics_parse_and_move_and_readiness_flips_when_cut_off() {
         };
         lease.release(None).await.unwrap();
     }
-    let after = metrics_of(&cluster, leader);
+    let after = common::metrics_of(&cluster, leader);
     assert_eq!(granted(&after) - granted(&before), 5.0, "{after:?}");
     assert!(
         after
@@ -381,7 +341,7 @@ async fn metrics_parse_and_move_and_readiness_flips_when_cut_off() {
     );
     // Gauges are sampled each second.
     let sampled = eventually(WAIT, "sampled gauges", || {
-        let m = metrics_of(&cluster, leader);
+        let m = common::metrics_of(&cluster, leader);
         async move { (m.get("warrant_raft_is_leader") == Some(&1.0)).then_some(m) }
     })
     .await;

@@ -634,3 +634,42 @@ impl Drop for Relay {
         self.accept.abort();
     }
 }
+
+/// Samples of a Prometheus text exposition, after checking every line's syntax.
+pub fn prometheus_samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    let mut samples = std::collections::BTreeMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix('#') {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            assert!(
+                matches!(words.first(), Some(&"HELP" | &"TYPE")),
+                "bad comment line {line:?}"
+            );
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("a sample is `series value`");
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        assert!(
+            !series.contains('{') || series.ends_with('}'),
+            "bad labels in {line:?}"
+        );
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        samples.insert(series.to_string(), value);
+    }
+    samples
+}
+
+pub fn metrics_of(cluster: &Cluster, id: u64) -> std::collections::BTreeMap<String, f64> {
+    let (code, body) = http_get(&cluster.node(id).http_addr, "/metrics").expect("GET /metrics");
+    assert_eq!(code, 200, "{body}");
+    prometheus_samples(&body)
+}
