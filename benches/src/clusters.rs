@@ -299,6 +299,53 @@ where
 }
 
 /// The `warrant` binary next to this one (both built by one `cargo build`).
+/// Debian's etcd-server, installed by the harness when `bin` is missing (apt-get, non-interactive;
+/// its package lists refreshed once if the first try fails). Needs root, as the README's install
+/// step does; a custom `--etcd-bin` that is missing is an error, not an install.
+pub fn ensure_etcd(bin: &Path) -> Result<()> {
+    if bin.exists() {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        bin == Path::new(DEBIAN_ETCD),
+        "{} not found (give --etcd-bin the path of an etcd 3.4+ binary)",
+        bin.display()
+    );
+    eprintln!("{DEBIAN_ETCD} not found: installing Debian's etcd-server with apt-get");
+    let apt = |args: &[&str]| -> Result<bool> {
+        let status = Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .status()
+            .context("run apt-get (install etcd-server by hand: apt-get install etcd-server)")?;
+        Ok(status.success())
+    };
+    let install = [
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "etcd-server",
+    ];
+    if !apt(&install)? {
+        anyhow::ensure!(apt(&["update", "-q"])?, "apt-get update failed");
+        anyhow::ensure!(
+            apt(&install)?,
+            "apt-get install etcd-server failed (run it by hand, as root)"
+        );
+    }
+    anyhow::ensure!(
+        bin.exists(),
+        "etcd-server installed but {} is still missing",
+        bin.display()
+    );
+    Ok(())
+}
+
+/// Where Debian's etcd-server puts the server binary (the default `--etcd-bin`).
+pub const DEBIAN_ETCD: &str = "/usr/bin/etcd";
+
 pub fn sibling_warrant() -> Result<PathBuf> {
     let me = std::env::current_exe()?;
     let bin = me.parent().context("exe has a directory")?.join("warrant");

@@ -227,11 +227,7 @@ async fn main() -> Result<()> {
         Some(b) => b,
         None => clusters::sibling_warrant()?,
     };
-    anyhow::ensure!(
-        etcd_bin.exists(),
-        "{} not found: apt-get install etcd-server",
-        etcd_bin.display()
-    );
+    clusters::ensure_etcd(&etcd_bin)?;
     // Kept until the end: etcd reads its certificate files again at every handshake.
     let certs = clusters::temp_dir()?;
     if tls {

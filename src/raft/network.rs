@@ -1,7 +1,9 @@
 //! The outgoing side of the node-to-node transport: openraft's RPCs as bincode over tonic gRPC.
 //!
 //! One lazily connected channel per peer; a peer that cannot be reached is reported to openraft as
-//! `Unreachable`, which backs off and retries on its own.
+//! `Unreachable`, which backs off and retries on its own. Log replication and heartbeats travel on
+//! long-lived append streams (`AppendStream`), one request in flight on each; votes, snapshots and
+//! the rest are unary calls.
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -11,11 +13,13 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::{Control, Forwarded, Identity, NodeAddr, NodeId, TypeConfig, CLUSTER_ID_METADATA};
@@ -36,6 +40,48 @@ pub struct Network {
     cluster_id: ClusterId,
     /// `raft.dial_via`: peer addresses dialled through another address (chaos testing).
     dial_via: Arc<std::collections::BTreeMap<String, String>>,
+    /// Append streams not in use, per peer address.
+    streams: Arc<Mutex<Streams>>,
+}
+
+/// Most idle append streams kept per peer (one per replication, plus a few for concurrent checks).
+const MAX_IDLE_STREAMS: usize = 4;
+
+/// One open append stream to a peer: a request goes out on `requests`, its reply is the next
+/// message of `replies`. Held by one caller at a time; dropped (never reused) when an exchange on it
+/// fails or is abandoned, so a late reply cannot answer the next request.
+struct AppendStream {
+    requests: mpsc::Sender<RaftMessage>,
+    replies: tonic::Streaming<RaftMessage>,
+    /// The cluster id its metadata carried at open.
+    cluster_id: Option<String>,
+}
+
+#[derive(Default)]
+struct Streams {
+    idle: HashMap<String, Vec<AppendStream>>,
+    /// Peers that answered UNIMPLEMENTED (an older version): unary AppendEntries for them.
+    unary: HashSet<String>,
+}
+
+impl Streams {
+    /// An idle stream to `addr` opened with `cluster_id` (others are closed).
+    fn take(&mut self, addr: &str, cluster_id: &Option<String>) -> Option<AppendStream> {
+        let idle = self.idle.get_mut(addr)?;
+        while let Some(stream) = idle.pop() {
+            if stream.cluster_id == *cluster_id {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    fn put(&mut self, addr: &str, stream: AppendStream) {
+        let idle = self.idle.entry(addr.to_string()).or_default();
+        if idle.len() < MAX_IDLE_STREAMS {
+            idle.push(stream);
+        }
+    }
 }
 
 impl Network {
@@ -49,6 +95,7 @@ impl Network {
             tls,
             cluster_id,
             dial_via: Arc::new(dial_via),
+            streams: Default::default(),
         }
     }
 
@@ -167,6 +214,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client: self.channel(&node.raft).map(RaftClient::new),
             addr: node.raft.clone(),
             cluster_id: self.cluster_id.clone(),
+            streams: self.streams.clone(),
+            stream: None,
         }
     }
 }
@@ -177,6 +226,33 @@ pub struct PeerClient {
     addr: String,
     client: Option<RaftClient<Channel>>,
     cluster_id: ClusterId,
+    /// The network's idle append streams.
+    streams: Arc<Mutex<Streams>>,
+    /// The append stream this client used last, kept while it lives.
+    stream: Option<AppendStream>,
+}
+
+impl Drop for PeerClient {
+    fn drop(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            lock(&self.streams).put(&self.addr, stream);
+        }
+    }
+}
+
+fn lock(streams: &Mutex<Streams>) -> std::sync::MutexGuard<'_, Streams> {
+    streams.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How a failed call is reported to openraft.
+fn rpc_error<E: std::error::Error>(status: tonic::Status) -> RPCError<NodeId, NodeAddr, E> {
+    match status.code() {
+        // A peer of another cluster refuses us: as good as unreachable (openraft backs off).
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::FailedPrecondition => {
+            RPCError::Unreachable(Unreachable::new(&status))
+        }
+        _ => RPCError::Network(NetworkError::new(&status)),
+    }
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, NodeAddr, RaftError<NodeId, E>>>;
@@ -208,17 +284,105 @@ impl PeerClient {
             Rpc::Vote => client.vote(request).await,
             Rpc::Snapshot => client.install_snapshot(request).await,
         };
-        let reply = reply.map_err(|status| match status.code() {
-            // A peer of another cluster refuses us: as good as unreachable (openraft backs off).
-            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::FailedPrecondition => {
-                RPCError::Unreachable(Unreachable::new(&status))
-            }
-            _ => RPCError::Network(NetworkError::new(&status)),
-        })?;
-        let result: Result<Resp, RaftError<NodeId, E>> =
-            bincode::deserialize(&reply.into_inner().payload)
-                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let reply = reply.map_err(rpc_error)?;
+        self.decode_reply(&reply.into_inner())
+    }
+
+    // The error type is openraft's (`RaftNetwork`'s signature).
+    #[allow(clippy::result_large_err)]
+    fn decode_reply<Resp, E>(&self, reply: &RaftMessage) -> RpcResult<Resp, E>
+    where
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let result: Result<Resp, RaftError<NodeId, E>> = bincode::deserialize(&reply.payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    /// AppendEntries on an append stream, within the call's time limit; unary for a peer without
+    /// append streams.
+    async fn append(
+        &mut self,
+        rpc: &AppendEntriesRequest<TypeConfig>,
+        option: &RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        if self.client.is_none() || lock(&self.streams).unary.contains(&self.addr) {
+            return self.call(Rpc::Append, rpc, option).await;
+        }
+        let payload =
+            bincode::serialize(rpc).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let exchanged = tokio::time::timeout(option.hard_ttl(), self.exchange(payload)).await;
+        match exchanged {
+            Ok(Ok(reply)) => self.decode_reply(&reply),
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                tracing::info!(peer = %self.addr, "peer serves no append streams: unary AppendEntries");
+                lock(&self.streams).unary.insert(self.addr.clone());
+                self.call(Rpc::Append, rpc, option).await
+            }
+            Ok(Err(status)) => Err(rpc_error(status)),
+            Err(_) => Err(rpc_error(tonic::Status::unavailable(format!(
+                "no AppendEntries reply from {} within {:?}",
+                self.addr,
+                option.hard_ttl()
+            )))),
+        }
+    }
+
+    /// Send one request on this client's append stream (an idle one of the network's, or a new
+    /// one) and read its reply. The stream is held by this future until the reply is in: a call
+    /// abandoned midway (its time limit) or failed drops it, with every idle stream to the peer
+    /// (they share its connection).
+    async fn exchange(&mut self, payload: Vec<u8>) -> Result<RaftMessage, tonic::Status> {
+        let cluster_id = self.cluster_id.get();
+        let kept = self.stream.take().filter(|s| s.cluster_id == cluster_id);
+        let idle = || lock(&self.streams).take(&self.addr, &cluster_id);
+        let mut stream = match kept.or_else(idle) {
+            Some(stream) => stream,
+            None => self.open(cluster_id).await?,
+        };
+        let exchanged = async {
+            stream
+                .requests
+                .send(RaftMessage { payload })
+                .await
+                .map_err(|_| tonic::Status::unavailable("append stream closed"))?;
+            stream
+                .replies
+                .message()
+                .await?
+                .ok_or_else(|| tonic::Status::unavailable("append stream ended"))
+        }
+        .await;
+        match exchanged {
+            Ok(reply) => {
+                self.stream = Some(stream);
+                Ok(reply)
+            }
+            Err(status) => {
+                lock(&self.streams).idle.remove(&self.addr);
+                Err(status)
+            }
+        }
+    }
+
+    async fn open(&self, cluster_id: Option<String>) -> Result<AppendStream, tonic::Status> {
+        let mut client = self
+            .client
+            .clone()
+            .ok_or_else(|| tonic::Status::invalid_argument("bad peer address"))?;
+        // One request in flight per stream.
+        let (requests, outgoing) = mpsc::channel(1);
+        let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
+        if let Some(id) = cluster_id.as_deref().and_then(|id| id.parse().ok()) {
+            request.metadata_mut().insert(CLUSTER_ID_METADATA, id);
+        }
+        let replies = client.append_stream(request).await?.into_inner();
+        Ok(AppendStream {
+            requests,
+            replies,
+            cluster_id,
+        })
     }
 }
 
@@ -234,7 +398,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.call(Rpc::Append, &rpc, &option).await
+        self.append(&rpc, &option).await
     }
 
     async fn install_snapshot(

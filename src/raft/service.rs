@@ -1,7 +1,12 @@
 //! The incoming side of the node-to-node transport: decodes openraft RPCs and hands them to the
 //! local Raft instance.
 
-use tonic::{Request, Response, Status};
+use std::pin::Pin;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
 
 use super::{Control, ForwardRequest, Identity, NodeId, Raft, CLUSTER_ID_METADATA};
 use crate::model::Command;
@@ -18,6 +23,9 @@ pub struct RaftService {
     control: tokio::sync::mpsc::UnboundedSender<Control>,
     /// Where forwarded commands go (the node proposes them).
     forward: tokio::sync::mpsc::Sender<ForwardRequest>,
+    /// Becomes true when the node stops: its append streams end (their connections may outlive
+    /// the server).
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl RaftService {
@@ -27,6 +35,7 @@ impl RaftService {
         cluster_id: ClusterId,
         control: tokio::sync::mpsc::UnboundedSender<Control>,
         forward: tokio::sync::mpsc::Sender<ForwardRequest>,
+        stopping: tokio::sync::watch::Receiver<bool>,
     ) -> raft_server::RaftServer<Self> {
         raft_server::RaftServer::new(Self {
             node,
@@ -34,6 +43,7 @@ impl RaftService {
             cluster_id,
             control,
             forward,
+            stopping,
         })
         .max_decoding_message_size(64 * 1024 * 1024)
     }
@@ -42,7 +52,7 @@ impl RaftService {
     /// record the sender's cluster id if this node has none; other calls (votes, notices, probes)
     /// record nothing, so a stray vote request or a mistaken add-node cannot claim a fresh node.
     /// A sender without an id (a node that has not heard from its cluster yet) is let through.
-    fn check_cluster(&self, request: &Request<RaftMessage>, adopt: bool) -> Result<(), Status> {
+    fn check_cluster<T>(&self, request: &Request<T>, adopt: bool) -> Result<(), Status> {
         let Some(theirs) = request.metadata().get(CLUSTER_ID_METADATA) else {
             return Ok(());
         };
@@ -70,14 +80,72 @@ fn decode<T: serde::de::DeserializeOwned>(msg: Request<RaftMessage>) -> Result<T
         .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
 }
 
-fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
+fn reply_message<T: serde::Serialize>(value: &T) -> Result<RaftMessage, Status> {
     let payload = bincode::serialize(value)
         .map_err(|e| Status::internal(format!("cannot encode reply: {e}")))?;
-    Ok(Response::new(RaftMessage { payload }))
+    Ok(RaftMessage { payload })
+}
+
+fn reply<T: serde::Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
+    reply_message(value).map(Response::new)
+}
+
+/// Replies of one [`AppendStream`](raft_server::Raft::append_stream), in request order.
+type AppendReplies = Pin<Box<dyn Stream<Item = Result<RaftMessage, Status>> + Send>>;
+
+/// Serves one append stream: each request in turn, its reply sent before the next is read (a
+/// sender has one request in flight per stream). An undecodable message ends the stream with
+/// INVALID_ARGUMENT; the sender's going away or this node's stopping ends it quietly.
+async fn serve_appends(
+    raft: Raft,
+    mut inbound: Streaming<RaftMessage>,
+    replies: mpsc::Sender<Result<RaftMessage, Status>>,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let message = tokio::select! {
+            m = inbound.message() => m,
+            // The sender dropped the stream; no one reads the replies.
+            () = replies.closed() => return,
+            _ = stopping.wait_for(|stop| *stop) => return,
+        };
+        let message = match message {
+            Ok(Some(m)) => m,
+            Ok(None) | Err(_) => return,
+        };
+        let answer = match bincode::deserialize(&message.payload) {
+            Ok(req) => reply_message(&raft.append_entries(req).await),
+            Err(e) => Err(Status::invalid_argument(format!(
+                "undecodable raft message: {e}"
+            ))),
+        };
+        let failed = answer.is_err();
+        if replies.send(answer).await.is_err() || failed {
+            return;
+        }
+    }
 }
 
 #[tonic::async_trait]
 impl raft_server::Raft for RaftService {
+    type AppendStreamStream = AppendReplies;
+
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<RaftMessage>>,
+    ) -> Result<Response<AppendReplies>, Status> {
+        self.check_cluster(&request, true)?;
+        // One reply in flight: the sender waits for it before the next request.
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(serve_appends(
+            self.raft.clone(),
+            request.into_inner(),
+            tx,
+            self.stopping.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn append_entries(
         &self,
         request: Request<RaftMessage>,

@@ -790,6 +790,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
                 cluster_id.clone(),
                 control_tx,
                 forward_tx,
+                shutdown_rx.clone(),
             ),
             move |r| peer_auth.intercept_peer(r),
         );
