@@ -298,7 +298,6 @@ where
     bail!("{what} not ready within {timeout:?}")
 }
 
-/// The `warrant` binary next to this one (both built by one `cargo build`).
 /// Debian's etcd-server, installed by the harness when `bin` is missing (apt-get, non-interactive;
 /// its package lists refreshed once if the first try fails). Needs root, as the README's install
 /// step does; a custom `--etcd-bin` that is missing is an error, not an install.
@@ -346,6 +345,7 @@ pub fn ensure_etcd(bin: &Path) -> Result<()> {
 /// Where Debian's etcd-server puts the server binary (the default `--etcd-bin`).
 pub const DEBIAN_ETCD: &str = "/usr/bin/etcd";
 
+/// The `warrant` binary next to this one (both built by one `cargo build`).
 pub fn sibling_warrant() -> Result<PathBuf> {
     let me = std::env::current_exe()?;
     let bin = me.parent().context("exe has a directory")?.join("warrant");

@@ -321,32 +321,58 @@ impl PeerClient {
                 self.call(Rpc::Append, rpc, option).await
             }
             Ok(Err(status)) => Err(rpc_error(status)),
-            Err(_) => Err(rpc_error(tonic::Status::unavailable(format!(
-                "no AppendEntries reply from {} within {:?}",
-                self.addr,
-                option.hard_ttl()
-            )))),
+            Err(_) => {
+                // The idle streams share the connection that did not answer.
+                lock(&self.streams).idle.remove(&self.addr);
+                // A network error, as a unary call's deadline gave: openraft retries at once
+                // (`Unreachable` would pause heartbeats to the peer for its back-off).
+                let late = tonic::Status::deadline_exceeded(format!(
+                    "no AppendEntries reply from {} within {:?}",
+                    self.addr,
+                    option.hard_ttl()
+                ));
+                Err(RPCError::Network(NetworkError::new(&late)))
+            }
         }
     }
 
     /// Send one request on this client's append stream (an idle one of the network's, or a new
     /// one) and read its reply. The stream is held by this future until the reply is in: a call
-    /// abandoned midway (its time limit) or failed drops it, with every idle stream to the peer
-    /// (they share its connection).
+    /// abandoned midway (its time limit) or failed drops it, and a failure drops every idle stream
+    /// to the peer (they share its connection). A request that could not even be sent on a stream
+    /// kept from before (closed since: the peer restarted or stopped it) goes on a new one.
     async fn exchange(&mut self, payload: Vec<u8>) -> Result<RaftMessage, tonic::Status> {
         let cluster_id = self.cluster_id.get();
         let kept = self.stream.take().filter(|s| s.cluster_id == cluster_id);
         let idle = || lock(&self.streams).take(&self.addr, &cluster_id);
-        let mut stream = match kept.or_else(idle) {
-            Some(stream) => stream,
-            None => self.open(cluster_id).await?,
-        };
+        let mut message = RaftMessage { payload };
+        if let Some(stream) = kept.or_else(idle) {
+            match self.send_on(stream, message).await {
+                Err(Unsent(m)) => {
+                    lock(&self.streams).idle.remove(&self.addr);
+                    message = m;
+                }
+                Ok(done) => return done,
+            }
+        }
+        let stream = self.open(cluster_id).await?;
+        match self.send_on(stream, message).await {
+            Ok(done) => done,
+            Err(Unsent(_)) => Err(tonic::Status::unavailable("append stream closed")),
+        }
+    }
+
+    /// One exchange on `stream`, kept by this client if it succeeds; the message back if the
+    /// stream was closed before it could be sent.
+    async fn send_on(
+        &mut self,
+        mut stream: AppendStream,
+        message: RaftMessage,
+    ) -> Result<Result<RaftMessage, tonic::Status>, Unsent> {
+        if let Err(mpsc::error::SendError(message)) = stream.requests.send(message).await {
+            return Err(Unsent(message));
+        }
         let exchanged = async {
-            stream
-                .requests
-                .send(RaftMessage { payload })
-                .await
-                .map_err(|_| tonic::Status::unavailable("append stream closed"))?;
             stream
                 .replies
                 .message()
@@ -354,7 +380,7 @@ impl PeerClient {
                 .ok_or_else(|| tonic::Status::unavailable("append stream ended"))
         }
         .await;
-        match exchanged {
+        Ok(match exchanged {
             Ok(reply) => {
                 self.stream = Some(stream);
                 Ok(reply)
@@ -363,7 +389,7 @@ impl PeerClient {
                 lock(&self.streams).idle.remove(&self.addr);
                 Err(status)
             }
-        }
+        })
     }
 
     async fn open(&self, cluster_id: Option<String>) -> Result<AppendStream, tonic::Status> {
@@ -385,6 +411,9 @@ impl PeerClient {
         })
     }
 }
+
+/// A request whose append stream was closed before it could be sent.
+struct Unsent(RaftMessage);
 
 enum Rpc {
     Append,

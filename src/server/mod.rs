@@ -745,7 +745,10 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
                 .map_err(|e| Error::Security(e.to_string())),
         }
     };
-    let mut raft_server = server_builder(true)?;
+    // Pings end the append streams of a peer that vanished without closing its connection.
+    let mut raft_server = server_builder(true)?
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     // HTTP/2 pings find clients that vanished without closing their keepalive streams or sessions,
     // so their slots are freed.
     let client_server = server_builder(false)?
