@@ -199,10 +199,15 @@ fn stamped(
 ) -> tonic::Request<RaftMessage> {
     let mut request = tonic::Request::new(RaftMessage { payload });
     request.set_timeout(timeout);
-    if let Some(id) = cluster_id.get().and_then(|id| id.parse().ok()) {
+    stamp_cluster_id(&mut request, cluster_id.get().as_deref());
+    request
+}
+
+/// Put this node's cluster id, once it has one, in a request's metadata.
+fn stamp_cluster_id<T>(request: &mut tonic::Request<T>, cluster_id: Option<&str>) {
+    if let Some(id) = cluster_id.and_then(|id| id.parse().ok()) {
         request.metadata_mut().insert(CLUSTER_ID_METADATA, id);
     }
-    request
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -323,7 +328,7 @@ impl PeerClient {
             Ok(Err(status)) => Err(rpc_error(status)),
             Err(_) => {
                 // The idle streams share the connection that did not answer.
-                lock(&self.streams).idle.remove(&self.addr);
+                self.forget_idle();
                 // A network error, as a unary call's deadline gave: openraft retries at once
                 // (`Unreachable` would pause heartbeats to the peer for its back-off).
                 let late = tonic::Status::deadline_exceeded(format!(
@@ -349,7 +354,7 @@ impl PeerClient {
         if let Some(stream) = kept.or_else(idle) {
             match self.send_on(stream, message).await {
                 Err(Unsent(m)) => {
-                    lock(&self.streams).idle.remove(&self.addr);
+                    self.forget_idle();
                     message = m;
                 }
                 Ok(done) => return done,
@@ -372,24 +377,25 @@ impl PeerClient {
         if let Err(mpsc::error::SendError(message)) = stream.requests.send(message).await {
             return Err(Unsent(message));
         }
-        let exchanged = async {
-            stream
-                .replies
-                .message()
-                .await?
-                .ok_or_else(|| tonic::Status::unavailable("append stream ended"))
-        }
-        .await;
-        Ok(match exchanged {
-            Ok(reply) => {
+        Ok(match stream.replies.message().await {
+            Ok(Some(reply)) => {
                 self.stream = Some(stream);
                 Ok(reply)
             }
+            Ok(None) => {
+                self.forget_idle();
+                Err(tonic::Status::unavailable("append stream ended"))
+            }
             Err(status) => {
-                lock(&self.streams).idle.remove(&self.addr);
+                self.forget_idle();
                 Err(status)
             }
         })
+    }
+
+    /// Close the idle streams to this peer: they share the connection a call just failed on.
+    fn forget_idle(&self) {
+        lock(&self.streams).idle.remove(&self.addr);
     }
 
     async fn open(&self, cluster_id: Option<String>) -> Result<AppendStream, tonic::Status> {
@@ -400,9 +406,7 @@ impl PeerClient {
         // One request in flight per stream.
         let (requests, outgoing) = mpsc::channel(1);
         let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
-        if let Some(id) = cluster_id.as_deref().and_then(|id| id.parse().ok()) {
-            request.metadata_mut().insert(CLUSTER_ID_METADATA, id);
-        }
+        stamp_cluster_id(&mut request, cluster_id.as_deref());
         let replies = client.append_stream(request).await?.into_inner();
         Ok(AppendStream {
             requests,

@@ -76,7 +76,11 @@ impl RaftService {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(msg: Request<RaftMessage>) -> Result<T, Status> {
-    bincode::deserialize(&msg.into_inner().payload)
+    decode_message(&msg.into_inner())
+}
+
+fn decode_message<T: serde::de::DeserializeOwned>(msg: &RaftMessage) -> Result<T, Status> {
+    bincode::deserialize(&msg.payload)
         .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
 }
 
@@ -113,11 +117,9 @@ async fn serve_appends(
             Ok(Some(m)) => m,
             Ok(None) | Err(_) => return,
         };
-        let answer = match bincode::deserialize(&message.payload) {
+        let answer = match decode_message(&message) {
             Ok(req) => reply_message(&raft.append_entries(req).await),
-            Err(e) => Err(Status::invalid_argument(format!(
-                "undecodable raft message: {e}"
-            ))),
+            Err(status) => Err(status),
         };
         let failed = answer.is_err();
         if replies.send(answer).await.is_err() || failed {
