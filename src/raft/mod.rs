@@ -68,9 +68,12 @@ pub struct Identity {
 pub struct CommandResponse(pub Option<model::Response>);
 
 openraft::declare_raft_types!(
-    /// Warrant's openraft type configuration.
+    /// Warrant's openraft type configuration. A log entry's request is shared (`Arc`): the log
+    /// store's cache of recent entries, replication and apply hand the same request around instead
+    /// of copying or decoding it again; it is stored and sent exactly as a bare `Request` (serde
+    /// encodes an `Arc<T>` as its `T`), so the data format is unchanged.
     pub TypeConfig:
-        D = model::Request,
+        D = std::sync::Arc<model::Request>,
         R = CommandResponse,
         NodeId = u64,
         Node = NodeAddr,

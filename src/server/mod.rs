@@ -415,7 +415,7 @@ fn propose_entry(
     let started = std::time::Instant::now();
     // Sending to the Raft core is a send on an unbounded channel: it completes in its first poll,
     // unless the core has stopped.
-    let sent = raft.client_write_ff(request).now_or_never();
+    let sent = raft.client_write_ff(Arc::new(request)).now_or_never();
     async move {
         let answer = match sent {
             Some(Ok(rx)) => Ok(tokio::time::timeout(PROPOSE_TIMEOUT, rx).await),

@@ -6,6 +6,9 @@
 //! it and only then completes the callbacks, in order. openraft acknowledges nothing before its
 //! callback, so every acknowledged entry is on disk (DESIGN rule 5), while the Raft core never waits
 //! for a disk and many appends share one fsync. The vote, truncation and purge are written synced.
+//!
+//! Reads of recent entries (replication, apply) are answered from an in-memory cache of the newest
+//! entries ([`LogCache`]) that holds nothing RocksDB does not; older ones are read from RocksDB.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -15,13 +18,23 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{RaftLogReader, StorageIOError, Vote};
 use rocksdb::{Direction, IteratorMode, DB};
 
+use super::log_cache::{Limits, LogCache};
 use super::{cf, decode, encode, sync_write, CF_LOGS, CF_META};
 use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
-/// RocksDB-backed Raft log storage; cheap to clone (shares the database and the flusher).
+/// How many of the newest entries the cache keeps: enough for every entry a follower that keeps up
+/// has yet to receive and every committed entry not yet applied, under any load seen so far (a
+/// batch entry of a busy leader carries a few hundred commands).
+const CACHE_LIMITS: Limits = Limits {
+    entries: 4096,
+    bytes: 64 * 1024 * 1024,
+};
+
+/// RocksDB-backed Raft log storage; cheap to clone (shares the database, the cache and the flusher).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    cache: Arc<std::sync::Mutex<LogCache>>,
     flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
@@ -65,7 +78,19 @@ impl LogStore {
             .name("warrant-log-fsync".into())
             .spawn(move || run_flusher(flush_db, queue))
             .expect("spawning the log fsync thread at start-up");
-        Self { db, flusher }
+        Self {
+            db,
+            cache: Arc::new(std::sync::Mutex::new(LogCache::new(CACHE_LIMITS))),
+            flusher,
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, LogCache> {
+        // The cache is changed only by a few non-panicking VecDeque operations: a poisoned lock
+        // still guards a consistent cache.
+        self.cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn meta_get<T: serde::de::DeserializeOwned>(
@@ -116,6 +141,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => i + 1,
             Bound::Unbounded => 0,
         };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => Some(i.saturating_add(1)),
+            Bound::Excluded(&i) => Some(i),
+            Bound::Unbounded => None,
+        };
+        if let Some(cached) = self.cache().get(start, end) {
+            metrics::counter!("warrant_storage_log_reads_total", "from" => "cache").increment(1);
+            return Ok(cached);
+        }
+        metrics::counter!("warrant_storage_log_reads_total", "from" => "rocksdb").increment(1);
         let mut out = Vec::new();
         let it = self.db.iterator_cf(
             cf(&self.db, CF_LOGS),
@@ -184,14 +219,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let logs = cf(&self.db, CF_LOGS);
         let mut batch = rocksdb::WriteBatch::default();
+        let mut written = Vec::new();
         for entry in entries {
-            batch.put_cf(logs, key(entry.log_id.index), encode(&entry));
+            let bytes = encode(&entry);
+            batch.put_cf(logs, key(entry.log_id.index), &bytes);
+            written.push((entry, bytes.len()));
         }
         // Not synced here: readable now, durable when the flusher's fsync completes the callback.
         if let Err(e) = self.db.write(batch) {
             callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
             return Err(write_err(e));
         }
+        // Cached only once RocksDB has them: the cache never holds an entry the log does not.
+        let mut cache = self.cache();
+        for (entry, size) in written {
+            cache.push(entry, size);
+        }
+        drop(cache);
         if let Err(std::sync::mpsc::SendError(callback)) = self.flusher.send(callback) {
             // The flusher is gone only if the thread panicked: sync inline rather than lose the entry.
             let synced = self.db.flush_wal(true);
@@ -201,6 +245,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Out of the cache before out of RocksDB (the cache never holds an entry the log does not).
+        self.cache().truncate(log_id.index);
         let logs = cf(&self.db, CF_LOGS);
         let mut batch = rocksdb::WriteBatch::default();
         batch.delete_range_cf(logs, key(log_id.index), key(u64::MAX));
@@ -211,6 +257,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Record the purge point first, so a crash in between leaves extra entries, never a gap.
         self.meta_put(b"last_purged", &log_id, true)?;
+        self.cache().purge(log_id.index);
         let logs = cf(&self.db, CF_LOGS);
         self.db
             .delete_range_cf(logs, key(0), key(log_id.index + 1))

@@ -21,6 +21,7 @@
 
 mod audit_log;
 pub mod backup;
+mod log_cache;
 mod log_store;
 mod snapshot_files;
 mod state_machine;
@@ -444,5 +445,34 @@ mod tests {
         drop(ids);
         let reopened = ClusterId::load(db).unwrap();
         assert_eq!(reopened.get(), Some(id));
+    }
+}
+
+/// openraft's own storage test suite against the RocksDB log store (with its cache of recent
+/// entries) and the state machine, each test on a fresh data directory.
+#[cfg(test)]
+mod openraft_suite {
+    use openraft::testing::{StoreBuilder, Suite};
+
+    use super::{LogStore, StateMachineStore};
+    use crate::raft::{StorageError, TypeConfig};
+
+    struct Fresh;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, tempfile::TempDir> for Fresh {
+        async fn build(
+            &self,
+        ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
+            let dir = tempfile::tempdir().expect("a temp dir for the suite");
+            let (events, _) = tokio::sync::mpsc::unbounded_channel();
+            let (log, sm, _) = super::open(dir.path(), "suite", 1, events, 16)
+                .map_err(|e| openraft::StorageIOError::read(&e))?;
+            Ok((dir, log, sm))
+        }
+    }
+
+    #[test]
+    fn the_log_store_and_state_machine_pass_openraft_s_storage_suite() {
+        Suite::test_all(Fresh).expect("openraft storage suite");
     }
 }
