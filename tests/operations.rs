@@ -315,6 +315,23 @@ async fn metrics_parse_and_move_and_readiness_flips_when_cut_off() {
     }
     let after = common::metrics_of(&cluster, leader);
     assert_eq!(granted(&after) - granted(&before), 5.0, "{after:?}");
+    // Replication and apply read the entries just written from the log store's cache, not RocksDB.
+    let log_reads = |m: &BTreeMap<String, f64>, from: &str| {
+        m.get(&format!(
+            "warrant_storage_log_reads_total{{from=\"{from}\"}}"
+        ))
+        .copied()
+        .unwrap_or(0.0)
+    };
+    assert!(
+        log_reads(&after, "cache") - log_reads(&before, "cache") >= 10.0,
+        "{after:?}"
+    );
+    assert_eq!(
+        log_reads(&after, "rocksdb"),
+        log_reads(&before, "rocksdb"),
+        "{after:?}"
+    );
     assert!(
         after
             .get("warrant_acquire_answers_total{outcome=\"granted\"}")

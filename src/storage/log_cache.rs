@@ -6,10 +6,10 @@
 //! fresh decode (and validation) of every command; from here it is a clone that shares the entry's
 //! request (`Arc`).
 //!
-//! Invariant: the cache holds a contiguous run of entries, each exactly as RocksDB holds it, ending
-//! at the newest entry written (or nothing). The log store keeps it so by writing RocksDB before
-//! adding an entry here and removing entries here before deleting them there; a read is answered
-//! here only when the whole range lies in the cache, and from RocksDB otherwise.
+//! Invariant: the cache holds a contiguous run of entries (or nothing), each exactly as RocksDB
+//! holds it; normally the newest ones. The log store keeps it so by writing RocksDB before adding
+//! an entry here and removing entries here before deleting them there. A read of a bounded range is
+//! answered here only when the whole range lies in the cache; every other read goes to RocksDB.
 
 use std::collections::VecDeque;
 
@@ -55,7 +55,7 @@ impl LogCache {
         let index = entry.log_id.index;
         match self.last() {
             Some(last) if index <= last => self.truncate(index),
-            Some(last) if index != last + 1 => self.clear(),
+            Some(last) if index != last.saturating_add(1) => self.clear(),
             _ => {}
         }
         self.bytes += size;
@@ -94,14 +94,15 @@ impl LogCache {
         }
     }
 
-    /// The entries with index in `start..end` (`end` exclusive; `None`: to the newest), if the cache
-    /// holds that whole range; `None` when the log store must read it from RocksDB.
-    pub(super) fn get(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry>> {
+    /// The entries with index in `start..end` (`end` exclusive), if the cache holds that whole range;
+    /// `None` when the log store must read it from RocksDB. Only bounded ranges are answered here: a
+    /// range to the end of the log is RocksDB's to answer, so no answer depends on the cache ending
+    /// where the log ends.
+    pub(super) fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
         let (first, last) = (self.first()?, self.last()?);
-        if start < first || end.is_some_and(|end| end > last + 1) {
+        if start < first || end > last.saturating_add(1) {
             return None;
         }
-        let end = end.unwrap_or(last + 1);
         if start >= end {
             return Some(Vec::new());
         }
@@ -147,34 +148,22 @@ mod tests {
     }
 
     #[test]
-    fn a_range_inside_the_cache_is_answered_and_one_reaching_outside_is_not() {
+    fn a_range_inside_the_cache_is_answered_and_one_reaching_outside_it_is_not() {
         let mut c = cache(100, 1 << 20);
-        assert_eq!(
-            indexes(c.get(1, Some(2))),
-            None,
-            "an empty cache answers nothing"
-        );
+        assert_eq!(indexes(c.get(1, 2)), None, "an empty cache answers nothing");
         for i in 5..=9 {
             c.push(entry(i, 1), 10);
         }
-        assert_eq!(indexes(c.get(6, Some(8))), Some(vec![(6, 1), (7, 1)]));
-        assert_eq!(indexes(c.get(5, None)).map(|v| v.len()), Some(5));
-        assert_eq!(indexes(c.get(9, Some(9))), Some(vec![]));
+        assert_eq!(indexes(c.get(6, 8)), Some(vec![(6, 1), (7, 1)]));
+        assert_eq!(indexes(c.get(5, 10)).map(|v| v.len()), Some(5));
+        assert_eq!(indexes(c.get(9, 9)), Some(vec![]));
         assert_eq!(
-            indexes(c.get(12, None)),
-            Some(vec![]),
-            "nothing after the newest entry"
-        );
-        assert_eq!(
-            indexes(c.get(4, Some(6))),
+            indexes(c.get(8, 13)),
             None,
-            "index 4 is only in RocksDB"
+            "past the newest cached entry RocksDB answers"
         );
-        assert_eq!(
-            indexes(c.get(8, Some(11))),
-            None,
-            "index 10 was never cached"
-        );
+        assert_eq!(indexes(c.get(4, 6)), None, "index 4 is only in RocksDB");
+        assert_eq!(indexes(c.get(8, 11)), None, "index 10 was never cached");
     }
 
     #[test]
@@ -186,14 +175,14 @@ mod tests {
         // A new leader's entries overwrite 4 and 5.
         c.push(entry(4, 2), 10);
         assert_eq!(
-            indexes(c.get(1, None)),
+            indexes(c.get(1, 5)),
             Some(vec![(1, 1), (2, 1), (3, 1), (4, 2)])
         );
         assert_eq!(c.bytes, 40);
         // A snapshot moved the log on: 100 follows nothing cached.
         c.push(entry(100, 2), 10);
-        assert_eq!(indexes(c.get(100, None)), Some(vec![(100, 2)]));
-        assert_eq!(indexes(c.get(4, Some(5))), None);
+        assert_eq!(indexes(c.get(100, 101)), Some(vec![(100, 2)]));
+        assert_eq!(indexes(c.get(4, 5)), None);
         assert_eq!(c.bytes, 10);
     }
 
@@ -204,16 +193,16 @@ mod tests {
             c.push(entry(i, 1), 10);
         }
         c.truncate(8);
-        assert_eq!(indexes(c.get(1, None)).map(|v| v.len()), Some(7));
+        assert_eq!(indexes(c.get(1, 8)).map(|v| v.len()), Some(7));
         c.purge(3);
-        assert_eq!(indexes(c.get(3, Some(4))), None);
+        assert_eq!(indexes(c.get(3, 4)), None);
         assert_eq!(
-            indexes(c.get(4, None)),
+            indexes(c.get(4, 8)),
             Some(vec![(4, 1), (5, 1), (6, 1), (7, 1)])
         );
         assert_eq!(c.bytes, 40);
         c.purge(50);
-        assert_eq!(indexes(c.get(7, None)), None);
+        assert_eq!(indexes(c.get(7, 8)), None);
         assert_eq!(c.bytes, 0);
     }
 
@@ -223,18 +212,18 @@ mod tests {
         for i in 1..=5 {
             c.push(entry(i, 1), 10);
         }
-        assert_eq!(indexes(c.get(2, None)), None);
-        assert_eq!(indexes(c.get(3, None)).map(|v| v.len()), Some(3));
+        assert_eq!(indexes(c.get(2, 6)), None);
+        assert_eq!(indexes(c.get(3, 6)).map(|v| v.len()), Some(3));
 
         let mut c = cache(100, 25);
         for i in 1..=5 {
             c.push(entry(i, 1), 10);
         }
-        assert_eq!(indexes(c.get(4, None)).map(|v| v.len()), Some(2));
-        assert_eq!(indexes(c.get(3, None)), None);
+        assert_eq!(indexes(c.get(4, 6)).map(|v| v.len()), Some(2));
+        assert_eq!(indexes(c.get(3, 6)), None);
         // An entry larger than the whole budget is still kept alone (it is the newest).
         c.push(entry(6, 1), 1000);
-        assert_eq!(indexes(c.get(6, None)), Some(vec![(6, 1)]));
+        assert_eq!(indexes(c.get(6, 7)), Some(vec![(6, 1)]));
         assert_eq!(c.bytes, 1000);
     }
 }

@@ -23,11 +23,12 @@ use super::{cf, decode, encode, sync_write, CF_LOGS, CF_META};
 use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 /// How many of the newest entries the cache keeps: enough for every entry a follower that keeps up
-/// has yet to receive and every committed entry not yet applied, under any load seen so far (a
-/// batch entry of a busy leader carries a few hundred commands).
+/// has yet to receive and every committed entry not yet applied (tens under the benchmark's load; a
+/// batch entry of a busy leader carries a few hundred commands), and small beside a node's memory
+/// budget (decoded entries take two to three times their encoded size).
 const CACHE_LIMITS: Limits = Limits {
-    entries: 4096,
-    bytes: 64 * 1024 * 1024,
+    entries: 1024,
+    bytes: 16 * 1024 * 1024,
 };
 
 /// RocksDB-backed Raft log storage; cheap to clone (shares the database, the cache and the flusher).
@@ -146,7 +147,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => Some(i),
             Bound::Unbounded => None,
         };
-        if let Some(cached) = self.cache().get(start, end) {
+        if let Some(cached) = end.and_then(|end| self.cache().get(start, end)) {
             metrics::counter!("warrant_storage_log_reads_total", "from" => "cache").increment(1);
             return Ok(cached);
         }
