@@ -471,8 +471,34 @@ mod openraft_suite {
         }
     }
 
+    /// Log fsync threads still running in this process: each closes its database when it ends
+    /// (it holds the last reference once its store is dropped).
+    fn fsync_threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .map(|tasks| {
+                tasks
+                    .flatten()
+                    .filter(|t| {
+                        std::fs::read_to_string(t.path().join("comm"))
+                            .is_ok_and(|name| name.starts_with("warrant-log-fs"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
     #[test]
     fn the_log_store_and_state_machine_pass_openraft_s_storage_suite() {
         Suite::test_all(Fresh).expect("openraft storage suite");
+        // The suite opened dozens of databases; let the last ones finish closing before the test
+        // process exits, or RocksDB's static state is torn down under a closing database.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while fsync_threads() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "log fsync threads still running 30 s after the suite"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
     }
 }
