@@ -422,8 +422,22 @@ pub fn main() -> ExitCode {
             return ExitCode::from(exit::OTHER);
         }
     };
-    ExitCode::from(runtime.block_on(dispatch(cli.command)))
+    let code = runtime.block_on(dispatch(cli.command));
+    // Dropping the runtime drops every task and store; the last reference to a node's database
+    // may then go on its log fsync thread, which closes it there. Exit only once it has closed.
+    drop(runtime);
+    if !crate::storage::wait_until_all_closed(DATABASE_CLOSE_WAIT) {
+        eprintln!(
+            "warning: a database was still closing {} after the stop; exiting anyway",
+            humantime::format_duration(DATABASE_CLOSE_WAIT)
+        );
+    }
+    ExitCode::from(code)
 }
+
+/// How long the process waits at exit for its databases to close (RocksDB finishes its background
+/// flushes and compactions there; this is seconds at most on a healthy disk).
+const DATABASE_CLOSE_WAIT: Duration = Duration::from_secs(60);
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -13,9 +13,9 @@
 
 use std::sync::Arc;
 
-use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, DB};
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch};
 
-use super::{cf, decode, encode, sync_write, Error, CF_AUDIT, CF_META};
+use super::{cf, decode, encode, sync_write, Db, Error, CF_AUDIT, CF_META};
 use crate::audit::{verify, AuditError, AuditRecord, VerifyReport};
 
 /// Key (in the `meta` column family) of the records this node lacks after installing a snapshot.
@@ -64,13 +64,13 @@ fn decode_record(k: &[u8], v: &[u8]) -> Result<AuditRecord, Error> {
 /// The audit records of this node; cheap to clone (shares the database).
 #[derive(Clone)]
 pub struct AuditLog {
-    db: Arc<DB>,
+    db: Arc<Db>,
 }
 
 impl AuditLog {
     /// The audit log in `db`, which must have been opened by this module's parent (with the `audit`
     /// column family).
-    pub(crate) fn new(db: Arc<DB>) -> Self {
+    pub(crate) fn new(db: Arc<Db>) -> Self {
         Self { db }
     }
 

@@ -16,10 +16,10 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{RaftLogReader, StorageIOError, Vote};
-use rocksdb::{Direction, IteratorMode, DB};
+use rocksdb::{Direction, IteratorMode};
 
 use super::log_cache::{Limits, LogCache};
-use super::{cf, decode, encode, sync_write, CF_LOGS, CF_META};
+use super::{cf, decode, encode, sync_write, Db, CF_LOGS, CF_META};
 use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 /// How many of the newest entries the cache keeps: enough for every entry a follower that keeps up
@@ -34,14 +34,14 @@ const CACHE_LIMITS: Limits = Limits {
 /// RocksDB-backed Raft log storage; cheap to clone (shares the database, the cache and the flusher).
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<DB>,
+    db: Arc<Db>,
     cache: Arc<std::sync::Mutex<LogCache>>,
     flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
 /// Fsync the WAL for every queued append, then complete their callbacks in order. Ends when every
 /// `LogStore` is dropped.
-fn run_flusher(db: Arc<DB>, queue: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn run_flusher(db: Arc<Db>, queue: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
     while let Ok(first) = queue.recv() {
         let mut waiting = vec![first];
         waiting.extend(queue.try_iter());
@@ -72,7 +72,7 @@ fn write_err(e: impl std::error::Error + Send + Sync + 'static) -> StorageError 
 }
 
 impl LogStore {
-    pub(super) fn new(db: Arc<DB>) -> Self {
+    pub(super) fn new(db: Arc<Db>) -> Self {
         let (flusher, queue) = std::sync::mpsc::channel();
         let flush_db = db.clone();
         std::thread::Builder::new()

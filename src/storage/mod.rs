@@ -136,12 +136,12 @@ const CLUSTER_ID_KEY: &[u8] = b"cluster-id";
 /// the id of the first Raft message it receives. From then on it refuses messages from any other id.
 #[derive(Clone)]
 pub struct ClusterId {
-    db: Arc<DB>,
+    db: Arc<Db>,
     known: Arc<std::sync::RwLock<Option<String>>>,
 }
 
 impl ClusterId {
-    fn load(db: Arc<DB>) -> Result<Self, Error> {
+    fn load(db: Arc<Db>) -> Result<Self, Error> {
         let known = match db.get_cf(cf(&db, CF_META), CLUSTER_ID_KEY)? {
             Some(bytes) => Some(
                 String::from_utf8(bytes)
@@ -237,8 +237,62 @@ fn write_cluster_id(db: &DB, id: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// A node's RocksDB database, shared by its stores. The last reference to go closes it (RocksDB
+/// waits for its background work there) on whichever thread drops it: often the log's fsync
+/// thread, which outlives the async runtime. See [`wait_until_all_closed`].
+pub struct Db {
+    db: DB,
+    // Declared after `db`, so it is dropped after the database has closed.
+    _open: OpenCount,
+}
+
+impl std::ops::Deref for Db {
+    type Target = DB;
+
+    fn deref(&self) -> &DB {
+        &self.db
+    }
+}
+
+/// Databases of this process not yet fully closed, and a condvar told when the count falls.
+static OPEN_DBS: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+/// One open database in [`OPEN_DBS`]; counted from its open until its drop.
+struct OpenCount;
+
+impl OpenCount {
+    fn new() -> Self {
+        *OPEN_DBS.0.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Self
+    }
+}
+
+impl Drop for OpenCount {
+    fn drop(&mut self) {
+        *OPEN_DBS.0.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        OPEN_DBS.1.notify_all();
+    }
+}
+
+/// Block until every database this process opened has closed, or `timeout` passes (false then).
+///
+/// Call it before the process exits, after everything that holds a store has been dropped (for a
+/// server, after its async runtime is dropped). RocksDB's static state is destroyed at exit; a
+/// database still closing on another thread then aborts the process ("pthread lock: Invalid
+/// argument"), turning a clean stop into a crash.
+pub fn wait_until_all_closed(timeout: std::time::Duration) -> bool {
+    let open = OPEN_DBS.0.lock().unwrap_or_else(|p| p.into_inner());
+    let (open, waited) = OPEN_DBS
+        .1
+        .wait_timeout_while(open, timeout, |n| *n > 0)
+        .unwrap_or_else(|p| p.into_inner());
+    drop(open);
+    !waited.timed_out()
+}
+
 /// Open (creating if needed) the database with every column family.
-fn open_db(dir: &Path) -> Result<Arc<DB>, Error> {
+fn open_db(dir: &Path) -> Result<Arc<Db>, Error> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
@@ -253,7 +307,10 @@ fn open_db(dir: &Path) -> Result<Arc<DB>, Error> {
         path: dir.display().to_string(),
         source,
     })?;
-    Ok(Arc::new(db))
+    Ok(Arc::new(Db {
+        db,
+        _open: OpenCount::new(),
+    }))
 }
 
 /// Memory for all memtables of one node's database.
@@ -342,6 +399,24 @@ fn sync_write() -> rocksdb::WriteOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_exit_wait_lasts_until_a_database_closed_on_another_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let _ = wait.recv();
+            drop(db);
+        });
+        assert!(
+            !wait_until_all_closed(std::time::Duration::from_millis(50)),
+            "a database held open by another thread counts as open"
+        );
+        drop(go);
+        assert!(wait_until_all_closed(std::time::Duration::from_secs(10)));
+        holder.join().unwrap();
+    }
 
     #[test]
     fn format_3_and_4_directories_are_upgraded_in_place_and_an_older_one_refused() {
@@ -471,34 +546,15 @@ mod openraft_suite {
         }
     }
 
-    /// Log fsync threads still running in this process: each closes its database when it ends
-    /// (it holds the last reference once its store is dropped).
-    fn fsync_threads() -> usize {
-        std::fs::read_dir("/proc/self/task")
-            .map(|tasks| {
-                tasks
-                    .flatten()
-                    .filter(|t| {
-                        std::fs::read_to_string(t.path().join("comm"))
-                            .is_ok_and(|name| name.starts_with("warrant-log-fs"))
-                    })
-                    .count()
-            })
-            .unwrap_or(0)
-    }
-
     #[test]
     fn the_log_store_and_state_machine_pass_openraft_s_storage_suite() {
         Suite::test_all(Fresh).expect("openraft storage suite");
-        // The suite opened dozens of databases; let the last ones finish closing before the test
-        // process exits, or RocksDB's static state is torn down under a closing database.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while fsync_threads() > 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "log fsync threads still running 30 s after the suite"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        // The suite opened dozens of databases; let the last ones finish closing (on their log
+        // fsync threads) before the test process exits, or RocksDB's static state is torn down
+        // under a closing database.
+        assert!(
+            super::wait_until_all_closed(std::time::Duration::from_secs(30)),
+            "databases still closing 30 s after the suite"
+        );
     }
 }

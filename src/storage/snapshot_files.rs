@@ -18,9 +18,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use rocksdb::DB;
-
-use super::{cf, decode, encode, sync_write, Error, CF_SNAPSHOT};
+use super::{cf, decode, encode, sync_write, Db, Error, CF_SNAPSHOT};
 use crate::model::State;
 use crate::raft::{LogId, SnapshotMeta};
 
@@ -35,14 +33,14 @@ const META_LIMIT: u64 = 1 << 20;
 /// The node's snapshot directory and the column family that names the current snapshot in it.
 pub(super) struct SnapshotFiles {
     dir: PathBuf,
-    db: Arc<DB>,
+    db: Arc<Db>,
     /// Serialises commits: openraft builds snapshots in a task of their own, which may finish after
     /// a newer snapshot was installed.
     commit: Mutex<()>,
 }
 
 impl SnapshotFiles {
-    pub(super) fn open(db: Arc<DB>, data_dir: &Path) -> Result<Self, Error> {
+    pub(super) fn open(db: Arc<Db>, data_dir: &Path) -> Result<Self, Error> {
         let dir = data_dir.join("snapshots");
         if !dir.is_dir() {
             std::fs::create_dir_all(&dir).map_err(file_err(&dir))?;

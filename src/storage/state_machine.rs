@@ -16,11 +16,10 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
-use rocksdb::DB;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::snapshot_files::{self, SnapshotFile, SnapshotFiles};
-use super::{encode, AuditGap, AuditLog, Error};
+use super::{encode, AuditGap, AuditLog, Db, Error};
 use crate::audit::watch::History;
 use crate::model::{self, Effects, EntryMeta, Event};
 use crate::raft::{
@@ -109,7 +108,7 @@ impl StateMachineStore {
     }
 
     pub(super) fn open(
-        db: Arc<DB>,
+        db: Arc<Db>,
         dir: &Path,
         events: UnboundedSender<AppliedEvents>,
         watch_history: usize,
