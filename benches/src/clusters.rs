@@ -193,10 +193,13 @@ pub fn start_warrant(bin: &Path, extra: &str) -> Result<Cluster> {
     for id in 1..=5u64 {
         let config = dir.path().join(format!("node{id}.toml"));
         let (insecure, security) = crate::tls::warrant_node_security(id);
+        // Prometheus metrics, for looking inside a run (`curl 127.0.0.1:PORT/metrics`).
+        let http = format!("127.0.0.1:{}", free_port()?);
+        eprintln!("warrant-{id}: metrics at http://{http}/metrics");
         std::fs::write(
             &config,
             format!(
-                "node_id = {id}\ncluster_name = \"bench\"\ndata_dir = \"data{id}\"\nbootstrap = {}\n{insecure}default_decision = \"allow\"\n\
+                "node_id = {id}\ncluster_name = \"bench\"\ndata_dir = \"data{id}\"\nbootstrap = {}\nhttp_addr = \"{http}\"\n{insecure}default_decision = \"allow\"\n\
                  admins = [\"human/admin\"]\n{extra}\n{}\n{security}",
                 id == 1,
                 // Bootstrap members list the first three; a spare lists them too (and itself).
