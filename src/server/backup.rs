@@ -5,7 +5,7 @@
 //! read lock of the state machine; the audit records 1..=that length never change afterwards (they
 //! are derived from committed entries), so they are read from RocksDB while the node goes on.
 
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::pin::Pin;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -83,10 +83,25 @@ impl Api {
         shared
             .admin_check(&caller, by, "snapshot_save", "save a backup".into())
             .await?;
-        let (header, state) = {
+        // The state is encoded under the read lock (applies wait meanwhile, as for a snapshot) into
+        // an unnamed temporary file beside the data, straight from the model: a backup of a large
+        // state (650 MB at a million leases) is never held in memory, and the file vanishes with
+        // its last handle, even if the node crashes.
+        let mut state = tempfile::tempfile_in(&shared.config.data_dir).map_err(|e| {
+            Status::internal(format!(
+                "cannot create a temporary file in {}: {e}",
+                shared.config.data_dir.display()
+            ))
+        })?;
+        let header = {
             let sm = shared.sm.read();
-            let state = sm.state.to_snapshot();
-            let header = BackupHeader {
+            let mut out = std::io::BufWriter::with_capacity(CHUNK, &mut state);
+            sm.state
+                .write_snapshot(&mut out)
+                .and_then(|()| out.flush())
+                .map_err(|e| Status::internal(format!("encoding the state for the backup: {e}")))?;
+            drop(out);
+            BackupHeader {
                 cluster: shared.config.cluster_name.clone(),
                 node: shared.node_id,
                 taken_at_ms: SystemTime::now()
@@ -94,10 +109,17 @@ impl Api {
                     .map_or(0, |d| d.as_millis() as u64),
                 log_index: sm.last_applied.map_or(0, |l| l.index),
                 data_format: DATA_FORMAT_VERSION,
-                state_len: state.len() as u64,
+                state_len: 0,
                 audit_records: sm.state.audit_chain().len(),
-            };
-            (header, state)
+            }
+        };
+        let state_len = state
+            .stream_position()
+            .and_then(|len| state.rewind().map(|()| len))
+            .map_err(|e| Status::internal(format!("reading back the encoded state: {e}")))?;
+        let header = BackupHeader {
+            state_len,
+            ..header
         };
         tracing::info!(
             log_index = header.log_index,
@@ -114,7 +136,8 @@ impl Api {
                     tx,
                     buf: Vec::with_capacity(CHUNK),
                 };
-                let mut w = BackupWriter::start(out, &header, &state).map_err(|e| e.to_string())?;
+                let state = std::io::BufReader::with_capacity(CHUNK, state);
+                let mut w = BackupWriter::start(out, &header, state).map_err(|e| e.to_string())?;
                 let mut next = 1;
                 for r in audit.iter_range(1, header.audit_records) {
                     let r = r.map_err(|e| format!("reading the audit log: {e}"))?;

@@ -55,8 +55,10 @@ pub struct BackupWriter<W: Write> {
 }
 
 impl<W: Write> BackupWriter<W> {
-    /// Write the magic, the header and the state.
-    pub fn start(out: W, header: &BackupHeader, state: &[u8]) -> std::io::Result<Self> {
+    /// Write the magic, the header and the state: `header.state_len` bytes read from `state` (an
+    /// error if it holds fewer), copied through a fixed buffer so a large state is never held
+    /// whole in memory.
+    pub fn start(out: W, header: &BackupHeader, state: impl Read) -> std::io::Result<Self> {
         let mut w = Self {
             out,
             hash: Sha256::new(),
@@ -65,7 +67,28 @@ impl<W: Write> BackupWriter<W> {
         let h = encode(header);
         w.put(&(h.len() as u64).to_be_bytes())?;
         w.put(&h)?;
-        w.put(state)?;
+        let mut state = state.take(header.state_len);
+        let mut buf = vec![0u8; 1 << 16];
+        let mut copied = 0u64;
+        loop {
+            let n = match state.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            w.put(&buf[..n])?;
+            copied += n as u64;
+        }
+        if copied != header.state_len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the state ended after {copied} of its {} bytes",
+                    header.state_len
+                ),
+            ));
+        }
         Ok(w)
     }
 
@@ -362,6 +385,23 @@ mod tests {
     }
 
     #[test]
+    fn a_state_shorter_than_the_header_says_is_an_error() {
+        let mut out = Vec::new();
+        let short = BackupWriter::start(&mut out, &header(0, 10), &b"only 7!"[..]);
+        let e = short.err().expect("a short state is refused");
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(e.to_string().contains("7 of its 10 bytes"), "{e}");
+        // A longer source is read only as far as the header says.
+        let written = |source: &[u8]| {
+            let mut out = Vec::new();
+            let w = BackupWriter::start(&mut out, &header(0, 4), source).unwrap();
+            w.finish().unwrap();
+            out
+        };
+        assert_eq!(written(b"statexxxx"), written(b"stat"));
+    }
+
+    #[test]
     fn a_backup_round_trips_and_any_damage_or_truncation_is_caught() {
         let mut chain = AuditChain::default();
         let records: Vec<AuditRecord> = (1..=3)
@@ -371,7 +411,7 @@ mod tests {
         let path = dir.path().join("b");
         let state = b"state bytes".to_vec();
         let file = std::fs::File::create(&path).unwrap();
-        let mut w = BackupWriter::start(file, &header(3, state.len() as u64), &state).unwrap();
+        let mut w = BackupWriter::start(file, &header(3, state.len() as u64), &state[..]).unwrap();
         for r in &records {
             w.record(r).unwrap();
         }
