@@ -62,6 +62,49 @@ impl Write for Chunks {
     }
 }
 
+/// The backup's header and its state, encoded into an unnamed temporary file in the data directory
+/// (rewound, ready to read), both taken under one read lock of the state machine.
+fn encode_state(shared: &super::Shared) -> Result<(BackupHeader, std::fs::File), Status> {
+    let mut state = tempfile::tempfile_in(&shared.config.data_dir).map_err(|e| {
+        Status::internal(format!(
+            "cannot create a temporary file in {}: {e}",
+            shared.config.data_dir.display()
+        ))
+    })?;
+    let encode_err =
+        |e: std::io::Error| Status::internal(format!("encoding the state for the backup: {e}"));
+    let sm = shared.sm.read();
+    let mut out = std::io::BufWriter::with_capacity(CHUNK, &mut state);
+    sm.state
+        .write_snapshot(&mut out)
+        .and_then(|()| out.flush())
+        .map_err(encode_err)?;
+    drop(out);
+    let header = BackupHeader {
+        cluster: shared.config.cluster_name.clone(),
+        node: shared.node_id,
+        taken_at_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        log_index: sm.last_applied.map_or(0, |l| l.index),
+        data_format: DATA_FORMAT_VERSION,
+        state_len: 0,
+        audit_records: sm.state.audit_chain().len(),
+    };
+    drop(sm);
+    let state_len = state
+        .stream_position()
+        .and_then(|len| state.rewind().map(|()| len))
+        .map_err(encode_err)?;
+    Ok((
+        BackupHeader {
+            state_len,
+            ..header
+        },
+        state,
+    ))
+}
+
 impl Api {
     pub(super) async fn save_snapshot_rpc(
         &self,
@@ -84,43 +127,13 @@ impl Api {
             .admin_check(&caller, by, "snapshot_save", "save a backup".into())
             .await?;
         // The state is encoded under the read lock (applies wait meanwhile, as for a snapshot) into
-        // an unnamed temporary file beside the data, straight from the model: a backup of a large
-        // state (650 MB at a million leases) is never held in memory, and the file vanishes with
-        // its last handle, even if the node crashes.
-        let mut state = tempfile::tempfile_in(&shared.config.data_dir).map_err(|e| {
-            Status::internal(format!(
-                "cannot create a temporary file in {}: {e}",
-                shared.config.data_dir.display()
-            ))
-        })?;
-        let header = {
-            let sm = shared.sm.read();
-            let mut out = std::io::BufWriter::with_capacity(CHUNK, &mut state);
-            sm.state
-                .write_snapshot(&mut out)
-                .and_then(|()| out.flush())
-                .map_err(|e| Status::internal(format!("encoding the state for the backup: {e}")))?;
-            drop(out);
-            BackupHeader {
-                cluster: shared.config.cluster_name.clone(),
-                node: shared.node_id,
-                taken_at_ms: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
-                log_index: sm.last_applied.map_or(0, |l| l.index),
-                data_format: DATA_FORMAT_VERSION,
-                state_len: 0,
-                audit_records: sm.state.audit_chain().len(),
-            }
-        };
-        let state_len = state
-            .stream_position()
-            .and_then(|len| state.rewind().map(|()| len))
-            .map_err(|e| Status::internal(format!("reading back the encoded state: {e}")))?;
-        let header = BackupHeader {
-            state_len,
-            ..header
-        };
+        // an unnamed temporary file beside the data, straight from the model, on a blocking thread:
+        // a backup of a large state (650 MB at a million leases) is never held in memory, and the
+        // file vanishes with its last handle, even if the node crashes.
+        let encoder = shared.clone();
+        let (header, state) = tokio::task::spawn_blocking(move || encode_state(&encoder))
+            .await
+            .map_err(|e| Status::internal(format!("encoding the state for the backup: {e}")))??;
         tracing::info!(
             log_index = header.log_index,
             audit_records = header.audit_records,

@@ -75,10 +75,13 @@ impl LogStore {
     pub(super) fn new(db: Arc<Db>) -> Self {
         let (flusher, queue) = std::sync::mpsc::channel();
         let flush_db = db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("warrant-log-fsync".into())
             .spawn(move || run_flusher(flush_db, queue))
             .expect("spawning the log fsync thread at start-up");
+        // Joined before the process exits (`wait_until_all_closed`): RocksDB's thread-exit cleanup
+        // must not race its static teardown either.
+        super::exit_join(thread);
         Self {
             db,
             cache: Arc::new(std::sync::Mutex::new(LogCache::new(CACHE_LIMITS))),

@@ -288,7 +288,28 @@ pub fn wait_until_all_closed(timeout: std::time::Duration) -> bool {
         .wait_timeout_while(open, timeout, |n| *n > 0)
         .unwrap_or_else(|p| p.into_inner());
     drop(open);
-    !waited.timed_out()
+    if waited.timed_out() {
+        return false;
+    }
+    // Every database has closed, so every thread in the list has left its work (a log fsync thread
+    // ends when its database's stores are gone) and is at most finishing its exit: join them.
+    let threads = std::mem::take(&mut *EXIT_JOINS.lock().unwrap_or_else(|p| p.into_inner()));
+    for thread in threads {
+        let _ = thread.join();
+    }
+    true
+}
+
+/// Threads that use a database, joined by [`wait_until_all_closed`].
+static EXIT_JOINS: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Have [`wait_until_all_closed`] join `thread`, which must end once its database's users are gone.
+fn exit_join(thread: std::thread::JoinHandle<()>) {
+    EXIT_JOINS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(thread);
 }
 
 /// Open (creating if needed) the database with every column family.
