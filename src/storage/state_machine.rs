@@ -190,7 +190,23 @@ impl StateMachineStore {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    /// On a blocking thread: encoding and syncing a large state takes seconds (650 MB at a million
+    /// leases), which on a runtime worker would stall half of a two-core node's async work.
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.build_snapshot_blocking())
+            .await
+            .map_err(|e| {
+                StorageIOError::write_snapshot(
+                    None,
+                    &Error::Corrupt(format!("the snapshot build stopped: {e}")),
+                )
+            })?
+    }
+}
+
+impl StateMachineStore {
+    fn build_snapshot_blocking(&self) -> Result<Snapshot, StorageError> {
         let started = std::time::Instant::now();
         let io_err = |e: &dyn std::fmt::Display| {
             StorageIOError::write_snapshot(None, &Error::Corrupt(e.to_string()))
