@@ -80,6 +80,7 @@ fn encode_state(shared: &super::Shared) -> Result<(BackupHeader, std::fs::File),
         .and_then(|()| out.flush())
         .map_err(encode_err)?;
     drop(out);
+    let state_len = state.stream_position().map_err(encode_err)?;
     let header = BackupHeader {
         cluster: shared.config.cluster_name.clone(),
         node: shared.node_id,
@@ -88,21 +89,12 @@ fn encode_state(shared: &super::Shared) -> Result<(BackupHeader, std::fs::File),
             .map_or(0, |d| d.as_millis() as u64),
         log_index: sm.last_applied.map_or(0, |l| l.index),
         data_format: DATA_FORMAT_VERSION,
-        state_len: 0,
+        state_len,
         audit_records: sm.state.audit_chain().len(),
     };
     drop(sm);
-    let state_len = state
-        .stream_position()
-        .and_then(|len| state.rewind().map(|()| len))
-        .map_err(encode_err)?;
-    Ok((
-        BackupHeader {
-            state_len,
-            ..header
-        },
-        state,
-    ))
+    state.rewind().map_err(encode_err)?;
+    Ok((header, state))
 }
 
 impl Api {

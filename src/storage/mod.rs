@@ -322,9 +322,8 @@ fn open_db(dir: &Path) -> Result<Arc<Db>, Error> {
     // snapshot in memory at once (150 MiB of a node's RSS at 100,000 leases).
     opts.set_db_write_buffer_size(MEMTABLE_BUDGET);
     // One block cache for every column family, index and filter blocks included. Left unset,
-    // RocksDB gives each column family's table factory its own 32 MiB cache: up to 160 MiB, filled
-    // by the reads a node makes for a new member (its audit trail, a million records at a million
-    // leases) and kept (measured: 880 MiB → 1.0–1.1 GiB per node across the scale workload).
+    // RocksDB gives each column family's table factory its own 32 MiB cache: up to 160 MiB per
+    // node, filled by catch-up reads and audit exports and never given back.
     let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
     opts.set_block_based_table_factory(&table_options(&cache));
     let cfs = [CF_META, CF_LOGS, CF_SNAPSHOT, CF_AUDIT]
