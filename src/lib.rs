@@ -12,6 +12,8 @@
 pub mod audit;
 pub mod cli;
 pub mod client;
+#[cfg(debug_assertions)]
+pub mod failpoint;
 pub mod model;
 pub mod policy;
 pub mod raft;

@@ -227,3 +227,72 @@ async fn save_then_restore_into_a_fresh_cluster_keeps_leases_tasks_and_audit_and
     assert!(stderr(&busy).contains("not empty"), "{}", stderr(&busy));
     drop(live);
 }
+
+/// Issue 24 item 2: a backup taken after failovers (the old cluster at term 3 or more) restored
+/// into a new cluster, whose terms start again at 1: its lease clock starts, a lease kept alive
+/// stays, a lease left alone expires after its ttl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_restored_from_a_backup_taken_after_failovers_keeps_time() {
+    let mut old = Cluster::start(Opts::default());
+    // Two elections forced by killing the leader (its restart keeps its data).
+    for _ in 0..2 {
+        let leader = old.wait_leader(WAIT).await;
+        old.kill(leader);
+        assert_ne!(old.wait_leader(WAIT).await, leader);
+        old.start_node(leader);
+    }
+    let term = old.client("human/admin").status().await.unwrap().term;
+    assert!(term >= 3, "the backup is taken at term {term}");
+    let agent = old.client("agent/deployer");
+    let kept = granted(&agent, ttl("t/kept", 3)).await;
+    let lapsing = granted(&agent, ttl("t/lapsing", 3)).await;
+    let (kept_id, lapsing_id) = (kept.lease_id().to_string(), lapsing.lease_id().to_string());
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.wbak");
+    let saved = old.cli("human/admin", &["snapshot", "save", file.to_str().unwrap()]);
+    assert!(saved.status.success(), "{}", stderr(&saved));
+    drop((kept, lapsing, old));
+
+    let new = Cluster::start(Opts {
+        restore_from: Some(file),
+        ..Opts::default()
+    });
+    new.wait_leader(WAIT).await;
+    let client = new.client("agent/deployer");
+    let started = std::time::Instant::now();
+    // Keepalives are answered with a ttl (before the fix: UNAVAILABLE, the clock never started)
+    // while the other lease runs out and is expired by the new leader.
+    let lapsed_after = loop {
+        let answer = common::eventually(WAIT, "a keepalive answered", || {
+            let client = &client;
+            let kept_id = &kept_id;
+            async move { client.keepalive(kept_id).await.ok() }
+        })
+        .await;
+        match answer.result {
+            Some(warrant::proto::keep_alive_response::Result::TtlMs(ms)) => {
+                assert!(ms > 0 && ms <= 3_000, "{ms}")
+            }
+            other => panic!("the kept lease was lost: {other:?}"),
+        }
+        let live = client.list("t").await.unwrap();
+        if !live.leases.iter().any(|l| l.lease_id == lapsing_id) {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the lease left alone never expired after the restore"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(
+        lapsed_after >= Duration::from_secs(2),
+        "expired after {lapsed_after:?}: a restored lease gets a full ttl from the new leader"
+    );
+    let live = client.list("t").await.unwrap();
+    assert!(
+        live.leases.iter().any(|l| l.lease_id == kept_id),
+        "{live:?}"
+    );
+}

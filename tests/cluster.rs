@@ -748,3 +748,152 @@ async fn an_acquire_sent_behind_the_holders_release_is_granted_not_answered_busy
     // rounds some ride).
     assert!(rides() >= 1, "no acquire rode behind a release");
 }
+
+/// Issue 24 item 9 (etcd#11456): a waiting acquire whose caller went away (its connection dropped)
+/// is withdrawn, so the resource is never granted to a caller that is gone. Before the fix the
+/// waiter stayed queued and was granted when the holder released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_caller_went_away_is_withdrawn_and_never_granted() {
+    let cluster = Cluster::start(Opts::default());
+    cluster.wait_leader(WAIT).await;
+    let a = cluster.client("agent/a");
+    let held = granted(&a, opts("gone/res", 60_000)).await;
+    let b = cluster.client("agent/b");
+    let mut o = opts("gone/res", 60_000);
+    o.wait = Some(Duration::from_secs(60));
+    let waiter = tokio::spawn(async move { b.acquire(o).await });
+    eventually(WAIT, "the waiter to queue", || async {
+        (a.get("gone/res").await.ok()?.waiters == 1).then_some(())
+    })
+    .await;
+    // The caller goes away: its call is cancelled and its client (connections and all) dropped.
+    waiter.abort();
+    let _ = waiter.await;
+    eventually(WAIT, "the waiter to be withdrawn", || async {
+        (a.get("gone/res").await.ok()?.waiters == 0).then_some(())
+    })
+    .await;
+    held.release(None).await.unwrap();
+    let after = a.get("gone/res").await.unwrap();
+    assert!(
+        after.holder.is_none(),
+        "granted to a caller that is gone: {:?}",
+        after.holder
+    );
+}
+
+/// Issue 24 item 3: a retried acquire (same request id) whose lease has ended since is answered as
+/// ended, never as a live grant. Before the fix the retry returned the first grant with a full ttl
+/// and the client ignored the keepalive that answered "lost": `is_valid()` was true while another
+/// agent held the resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_acquire_of_a_lease_that_ended_is_reported_ended_not_granted() {
+    let cluster = Cluster::start(Opts::default());
+    cluster.wait_leader(WAIT).await;
+    let a = cluster.client("agent/a");
+    let mut first = opts("retry/res", 60_000);
+    first.request_id = Some("retry-of-a-dead-lease".into());
+    let lease = granted(&a, first.clone()).await;
+    let lease_id = lease.lease_id().to_string();
+    let instance = lease.info().lease.instance.clone();
+    lease.release(None).await.unwrap();
+    let b = cluster.client("agent/b");
+    let _other = granted(&b, opts("retry/res", 60_000)).await;
+    match a.acquire(first).await {
+        Err(warrant::client::ClientError::LeaseEnded {
+            lease_id: ended,
+            reason,
+        }) => {
+            assert_eq!(ended, lease_id);
+            assert!(reason.contains("released"), "{reason}");
+        }
+        Ok(Acquired::Granted(l)) => panic!(
+            "a dead lease was handed out again (valid: {}) while agent/b holds the resource",
+            l.is_valid()
+        ),
+        other => panic!("{other:?}"),
+    }
+    // The raw answer says so too: ended, no time left.
+    let mut raw = warrant::proto::warrant_client::WarrantClient::connect(format!(
+        "http://{}",
+        cluster.node(cluster.wait_leader(WAIT).await).client_addr
+    ))
+    .await
+    .unwrap();
+    let answer = raw
+        .acquire(warrant::proto::AcquireRequest {
+            resource: "retry/res".into(),
+            ttl_ms: 60_000,
+            request_id: "retry-of-a-dead-lease".into(),
+            principal: "agent/a".into(),
+            instance,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    match answer.outcome {
+        Some(warrant::proto::acquire_response::Outcome::Granted(g)) => {
+            assert!(!g.ended.is_empty(), "{g:?}");
+            assert_eq!(g.lease.unwrap().expires_in_ms, 0);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Issue 24 item 6: a follower killed while it installs a snapshot (after openraft asked to purge
+/// the log up to it, before the snapshot is on disk) restarts and catches up. The debug build's
+/// test pause holds the install in that window; the node is killed inside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_killed_while_installing_a_snapshot_restarts_and_catches_up() {
+    let mut cluster = Cluster::start(Opts {
+        snapshot_after_entries: 20,
+        keep_entries_after_snapshot: 2,
+        ..Opts::default()
+    });
+    let leader = cluster.wait_leader(WAIT).await;
+    let lagging = if leader == 3 { 2 } else { 3 };
+    let a = cluster.client("agent/a");
+    // The lagging node has a log of its own (and a snapshot), then falls behind.
+    for i in 0..30 {
+        granted(&a, opts(&format!("install/{}", i % 4), 10_000))
+            .await
+            .release(None)
+            .await
+            .unwrap();
+    }
+    cluster.kill(lagging);
+    for i in 0..60 {
+        granted(&a, opts(&format!("install/{}", i % 4), 10_000))
+            .await
+            .release(None)
+            .await
+            .unwrap();
+    }
+    let keep = granted(&a, opts("install/held", 120_000)).await;
+    cluster.start_node_env(
+        lagging,
+        &[("WARRANT_TEST_PAUSE_BEFORE_SNAPSHOT_DURABLE_MS", "60000")],
+    );
+    cluster.wait_log(
+        lagging,
+        "WARRANT_TEST_PAUSE_BEFORE_SNAPSHOT_DURABLE_MS: test pause",
+        WAIT,
+    );
+    cluster.kill(lagging);
+    cluster.start_node(lagging);
+    let lc = cluster.node_client(lagging, "human/test");
+    let leader_applied = cluster
+        .node_client(leader, "human/test")
+        .status()
+        .await
+        .unwrap()
+        .last_applied;
+    eventually(WAIT, "the restarted node to catch up", || async {
+        let s = lc.status().await.ok()?;
+        (s.last_applied >= leader_applied && s.live_leases == 1).then_some(())
+    })
+    .await;
+    let view = lc.get_serializable("install/held").await.unwrap();
+    assert_eq!(view.holder.map(|h| h.token), Some(keep.token()));
+}

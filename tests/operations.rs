@@ -532,3 +532,119 @@ async fn the_bootstrap_node_refuses_to_bootstrap_again_after_losing_its_data() {
     // The others carry on.
     cluster.wait_leader(WAIT).await;
 }
+
+/// Issue 24 item 1 (DESIGN rule 6): a voter that lost its disk must not vote from a blank state.
+/// A grant commits on the leader and one follower while the third node is down; the follower's
+/// disk is replaced; the leader dies; the follower restarts blank with its old config and the
+/// lagging node comes back. Before the fix the lagging node won with the blank node's vote and the
+/// grant was gone (another agent was granted the resource). Now the blank node grants no vote: no
+/// leader until the old one returns, which brings the grant back and tells the blank node it lost
+/// its data; it says how to replace it, and the documented replacement (remove, empty, start, add)
+/// works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voter_that_lost_its_disk_never_votes_blank_and_no_acknowledged_grant_is_lost() {
+    let mut cluster = Cluster::start(Opts::default());
+    let leader = cluster.wait_leader(WAIT).await;
+    // The wiped node does not bootstrap (node 1 does, and refuses on its own: see the test above).
+    let wiped = [2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let lagging = [1, 2, 3]
+        .into_iter()
+        .find(|id| *id != leader && *id != wiped)
+        .unwrap();
+    cluster.kill(lagging);
+    let agent = cluster.client("agent/deployer");
+    let grant = match agent
+        .acquire(AcquireOptions::new("w/deploy", Duration::from_secs(600)))
+        .await
+        .unwrap()
+    {
+        Acquired::Granted(l) => l,
+        other => panic!("{other:?}"),
+    };
+    let token = grant.token();
+
+    // The follower's disk is replaced while it is down; the leader dies; the follower comes back
+    // blank with its old config, and the lagging node returns.
+    cluster.kill(wiped);
+    std::fs::remove_dir_all(cluster.dir.path().join(format!("data{wiped}"))).unwrap();
+    cluster.kill(leader);
+    cluster.start_node(wiped);
+    cluster.start_node(lagging);
+    let other = cluster.client("agent/other");
+    let tried = tokio::time::timeout(
+        Duration::from_secs(5),
+        other.acquire(AcquireOptions::new("w/deploy", Duration::from_secs(60))),
+    )
+    .await;
+    assert!(
+        !matches!(tried, Ok(Ok(Acquired::Granted(_)))),
+        "the grant of token {token} was lost: {tried:?}"
+    );
+    let status = cluster
+        .node_client(lagging, "human/test")
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(status.leader, 0, "no leader without the blank vote");
+
+    // The old leader returns: the grant is there, held at its token, and the blank node learns
+    // from the leader that it is a voter that lost its data.
+    cluster.start_node(leader);
+    cluster.wait_leader(WAIT).await;
+    match other
+        .acquire(AcquireOptions::new("w/deploy", Duration::from_secs(60)))
+        .await
+        .unwrap()
+    {
+        Acquired::Busy { holder, .. } => assert_eq!(holder, "agent/deployer"),
+        other => panic!("expected busy, got {other:?}"),
+    }
+    assert!(grant.is_valid());
+    cluster.wait_log(wiped, "its data was lost or wiped", WAIT);
+    assert!(
+        cluster
+            .log_of(wiped)
+            .contains(&format!("warrant cluster remove-node {wiped}")),
+        "{}",
+        cluster.log_of(wiped)
+    );
+    // A restart refuses with the same message.
+    cluster.kill(wiped);
+    cluster.start_node(wiped);
+    cluster.wait_log(wiped, "says so", WAIT);
+
+    // The documented replacement: remove it, empty its data directory, start it, add it.
+    let removed = cluster.cli(
+        "human/admin",
+        &["cluster", "remove-node", &wiped.to_string()],
+    );
+    assert!(removed.status.success(), "{}", stderr(&removed));
+    cluster.kill(wiped);
+    std::fs::remove_dir_all(cluster.dir.path().join(format!("data{wiped}"))).unwrap();
+    std::fs::write(cluster.node(wiped).log.clone(), "").unwrap();
+    cluster.start_node(wiped);
+    cluster.wait_log(wiped, "node started", WAIT);
+    let (raft, client) = (
+        cluster.node(wiped).raft_addr.clone(),
+        cluster.node(wiped).client_addr.clone(),
+    );
+    let added = cluster.cli(
+        "human/admin",
+        &["cluster", "add-node", &wiped.to_string(), &raft, &client],
+    );
+    assert!(added.status.success(), "{}", stderr(&added));
+    assert!(
+        stdout(&added).contains(&format!("node {wiped} is a voter")),
+        "{}",
+        stdout(&added)
+    );
+    cluster.wait_log(wiped, "admitted to the cluster as a new member", WAIT);
+    let members = cluster
+        .client("human/admin")
+        .status()
+        .await
+        .unwrap()
+        .members;
+    assert_eq!(members.len(), 3, "{members:?}");
+    assert!(grant.is_valid());
+}

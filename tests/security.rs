@@ -791,3 +791,74 @@ async fn keepalive_streams_and_waiters_are_limited_per_principal() {
             .unwrap();
     }
 }
+
+/// Issue 24 item 8: an answer given without a log write (here a fence check) checks the caller's
+/// access token again after the leadership confirmation, as keepalives do: a revocation committed
+/// while the call was on its way is honoured. The debug build's test pause holds the call between
+/// the door's check and the answer while the token is revoked. Before the fix it was answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_without_a_log_write_honours_a_token_revoked_while_it_was_on_its_way() {
+    let mut c = secure("");
+    c.wait_leader(WAIT).await;
+    let certs = c.certs.clone().unwrap();
+    let minted = c.cli(
+        "human/admin",
+        &[
+            "token",
+            "create",
+            "--principal",
+            "agent/runtime",
+            "--ttl",
+            "1h",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(code(&minted), 0, "{}", stderr(&minted));
+    let minted = json(&minted);
+    let token = minted["token"].as_str().unwrap().to_string();
+    let id = minted["id"].as_str().unwrap().to_string();
+    // Every node now pauses answers given without a write, before it confirms its leadership.
+    for n in 1..=3 {
+        c.kill(n);
+    }
+    for n in 1..=3 {
+        c.start_node_env(n, &[("WARRANT_TEST_PAUSE_BEFORE_CONFIRM_MS", "3000")]);
+    }
+    let leader = c.wait_leader(WAIT).await;
+    let mut config = warrant::client::ClientConfig::new(
+        vec![c.node(leader).client_addr.clone()],
+        "agent/runtime",
+    )
+    .unwrap();
+    config.tls = Some(
+        TlsFiles {
+            ca: certs.join("ca.pem"),
+            cert_and_key: None,
+        }
+        .load()
+        .unwrap(),
+    );
+    config.access_token = Some(AccessToken(token));
+    config.call_timeout = Duration::from_secs(8);
+    let agent = Client::new(config).unwrap();
+    let call = tokio::spawn(async move { agent.check_fence("paused/res", 1).await });
+    c.wait_log(
+        leader,
+        "WARRANT_TEST_PAUSE_BEFORE_CONFIRM_MS: test pause",
+        WAIT,
+    );
+    let revoked = c.cli(
+        "human/admin",
+        &["token", "revoke", &id, "--reason", "leaked mid-call"],
+    );
+    assert_eq!(code(&revoked), 0, "{}", stderr(&revoked));
+    let answer = call.await.unwrap();
+    match answer {
+        Err(e) => {
+            assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+            assert!(e.to_string().contains("revoked"), "{e}");
+        }
+        Ok(a) => panic!("answered a revoked token: {a:?}"),
+    }
+}

@@ -22,6 +22,12 @@
 //!   (`--os-clients`) for 2.5–4.5 s (p = 0.7; longer than the default 2 s ttl) or 0.3–1.5 s, then SIGCONT: its keepalives,
 //!   timers and calls in flight stop wherever the signal lands, also between its validity check and
 //!   its write, so only the fence can stop the write it makes on waking.
+//! - `wipe`: a follower loses its disk: kill -9 it (never node 1, which bootstraps), delete its data
+//!   directory and restart it on its old config, with p = 0.3 while another follower is down too
+//!   (the scenario where a blank vote would elect a node missing acknowledged grants). Warrant
+//!   must refuse it ("its data was lost or wiped", DESIGN rule 6); then the nemesis replaces it as
+//!   the operator's page says: `remove-node`, empty its directory, start it, `add-node`. A blank
+//!   node not refused within 20 s is logged as an error.
 //! - `mixed`: each step picks one of the above at random. In any schedule with both kinds, with
 //!   p = 0.25 a step runs two at once, a network fault (partition, bridge, ring, loss) with a
 //!   process fault (kill, pause, clock, client-pause), each with its own hold (`combined` in the
@@ -62,6 +68,8 @@ pub enum Fault {
     ClientPause,
     /// Random packet loss on some nodes' links.
     Loss,
+    /// A follower loses its disk: kill -9, data directory deleted, restarted on the same config.
+    Wipe,
 }
 
 /// Spare nodes the membership nemesis adds and removes.
@@ -92,6 +100,7 @@ impl Fault {
                 "membership" => out.push(Fault::Membership),
                 "client-pause" => out.push(Fault::ClientPause),
                 "loss" => out.push(Fault::Loss),
+                "wipe" => out.push(Fault::Wipe),
                 "mixed" | "all" => out.extend([
                     Fault::Kill,
                     Fault::Pause,
@@ -102,9 +111,10 @@ impl Fault {
                     Fault::Membership,
                     Fault::ClientPause,
                     Fault::Loss,
+                    Fault::Wipe,
                 ]),
                 other => anyhow::bail!(
-                    "--nemesis: unknown fault {other:?} (kill, pause, partition, bridge, ring, loss, clock, membership, client-pause, mixed, none)"
+                    "--nemesis: unknown fault {other:?} (kill, pause, partition, bridge, ring, loss, clock, membership, client-pause, wipe, mixed, none)"
                 ),
             }
         }
@@ -515,6 +525,7 @@ async fn inject(
                 format!("SIGCONT client process {p}"),
             );
         }
+        Fault::Wipe => wipe(cluster, timeline, rng, leader, hold, deadline).await,
         Fault::Membership => {
             // Half the changes get a crash in the middle: a founding node (the leader with
             // p = 0.5) is killed 0–1.2 s after the first spare starts — during its catch-up, its
@@ -697,6 +708,163 @@ async fn kill_and_restart(
             format!("restart node {id}: {e:#}"),
         ),
     }
+}
+
+/// The `wipe` fault: see the module docs.
+async fn wipe(
+    cluster: &Cluster,
+    timeline: &Timeline,
+    rng: &mut ChaCha8Rng,
+    leader: Option<u64>,
+    hold: Duration,
+    deadline: tokio::time::Instant,
+) {
+    let fault = Some(Fault::Wipe);
+    // Drawn first, so the schedule does not depend on the run.
+    let also_down = rng.gen_bool(0.3);
+    let r: u64 = rng.gen();
+    // A replacement takes seconds (removal, catch-up, promotion): not one the run's end would cut.
+    if deadline.saturating_duration_since(tokio::time::Instant::now()) < Duration::from_secs(25) {
+        return;
+    }
+    let followers: Vec<u64> = cluster
+        .ids()
+        .into_iter()
+        .filter(|id| Some(*id) != leader && *id != 1 && cluster.is_running(*id))
+        .collect();
+    let Some(&victim) = followers.get((r % followers.len().max(1) as u64) as usize) else {
+        return;
+    };
+    let other = also_down
+        .then(|| {
+            cluster
+                .ids()
+                .into_iter()
+                .find(|id| Some(*id) != leader && *id != victim && cluster.is_running(*id))
+        })
+        .flatten();
+    cluster.kill(victim);
+    if let Some(o) = other {
+        cluster.kill(o);
+    }
+    let mut trouble = Vec::new();
+    if let Err(e) = cluster.wipe(victim) {
+        trouble.push(format!("wipe node {victim}: {e:#}"));
+    }
+    let log_from = std::fs::metadata(&cluster.node(victim).log).map_or(0, |m| m.len());
+    if let Err(e) = cluster.start_node(victim) {
+        trouble.push(format!("restart node {victim}: {e:#}"));
+    }
+    timeline.log(
+        "start",
+        fault,
+        vec![victim],
+        other.into_iter().collect(),
+        leader,
+        format!(
+            "kill -9 node {victim}, delete its data directory, restart it{}",
+            other.map_or(String::new(), |o| format!(" while node {o} is down"))
+        ),
+    );
+    // Warrant must find it out (the leader lists it as a voter) and keep it from voting.
+    let refused = wait_for_log(
+        &cluster.node(victim).log,
+        log_from,
+        "its data was lost or wiped",
+        Duration::from_secs(20),
+    )
+    .await;
+    if !refused {
+        trouble.push(format!(
+            "node {victim} restarted blank was not refused within 20 s: it may vote blank"
+        ));
+    }
+    sleep_before(hold, deadline).await;
+    if let Some(o) = other {
+        if let Err(e) = cluster.start_node(o) {
+            trouble.push(format!("restart node {o}: {e:#}"));
+        }
+    }
+    // The replacement, as the operator's page says.
+    if let Err(e) = replace(cluster, victim).await {
+        trouble.push(format!("replace node {victim}: {e:#}"));
+    }
+    timeline.log(
+        if trouble.is_empty() { "end" } else { "error" },
+        fault,
+        vec![victim],
+        vec![],
+        None,
+        if trouble.is_empty() {
+            format!("node {victim} refused, then removed, emptied and added again")
+        } else {
+            trouble.join("; ")
+        },
+    );
+}
+
+/// Wait (bounded) until `line` appears in the log at `path` past byte `from`.
+async fn wait_for_log(path: &Path, from: u64, line: &str, within: Duration) -> bool {
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        let found = std::fs::read(path)
+            .ok()
+            .and_then(|b| {
+                b.get(from as usize..)
+                    .map(|t| String::from_utf8_lossy(t).contains(line))
+            })
+            .unwrap_or(false);
+        if found {
+            return true;
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Replace a voter that lost its data: remove it, stop it, empty its data directory, start it,
+/// add it again (learner, catch-up, promotion). Each call is retried a bounded number of times
+/// (a leader change or a membership change in progress needs a moment).
+async fn replace(cluster: &Cluster, id: u64) -> anyhow::Result<()> {
+    let admin = cluster.admin_client()?;
+    let node = cluster.node(id);
+    let remove = warrant::proto::RemoveNodeRequest {
+        node_id: id,
+        principal: String::new(),
+    };
+    let add = warrant::proto::AddNodeRequest {
+        node_id: id,
+        raft_address: node.raft_addr.clone(),
+        client_address: node.client_addr.clone(),
+        catch_up_timeout_ms: 15_000,
+        principal: String::new(),
+        learner: false,
+    };
+    retry(|| admin.remove_node(remove.clone())).await?;
+    cluster.kill(id);
+    cluster.wipe(id)?;
+    cluster.start_node(id)?;
+    retry(|| admin.add_node(add.clone())).await?;
+    Ok(())
+}
+
+/// Up to 10 tries, 0.5–2 s apart.
+async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    mut call: impl FnMut() -> F,
+) -> anyhow::Result<T> {
+    let mut last = String::new();
+    for attempt in 0..10u64 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(500 * attempt.min(4))).await;
+        }
+        match call().await {
+            Ok(v) => return Ok(v),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    anyhow::bail!("{last}")
 }
 
 /// A founding node killed in the middle of a membership change.
@@ -945,6 +1113,12 @@ mod tests {
         );
         let e = Fault::parse_list("members", Mode::Netns).unwrap_err();
         assert!(e.to_string().contains("membership"), "{e}");
+        assert!(local.contains(&Fault::Wipe), "wipe is a process fault");
+        assert_eq!(
+            Fault::parse_list("wipe", Mode::Local).unwrap(),
+            [Fault::Wipe]
+        );
+        assert!(partners(Fault::Wipe, &local).is_empty(), "never combined");
     }
 
     #[test]

@@ -55,6 +55,7 @@ fn fault_colour(f: Option<Fault>) -> &'static str {
         Some(Fault::Membership) => "#2ca02c",
         Some(Fault::ClientPause) => "#e377c2",
         Some(Fault::Loss) => "#aec7e8",
+        Some(Fault::Wipe) => "#393b79",
         None => "#7f7f7f",
     }
 }

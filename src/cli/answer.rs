@@ -283,6 +283,8 @@ pub(super) fn pending_json(p: &proto::PendingApproval) -> Value {
         "policies": p.policies,
         "created_at_ms": p.created_at_ms,
         "expires_at_ms": p.expires_at_ms,
+        "digest": p.digest,
+        "policy_version_now": p.policy_version_now,
     })
 }
 
@@ -488,6 +490,7 @@ mod tests {
         assert_eq!((a.code, a.json), (b.code, b.json));
         let granted = acquire_response(&proto::AcquireResponse {
             outcome: Some(O::Granted(proto::Granted {
+                ended: String::new(),
                 lease: Some(proto::Lease {
                     lease_id: "0000000000000001".into(),
                     resource: "k8s/prod/payments".into(),

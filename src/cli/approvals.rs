@@ -35,6 +35,8 @@ pub(super) async fn list(client: &Client) -> Result<Outcome, ClientError> {
                 ),
                 format!("{}/{}", p.approvers.len(), p.approvals_needed),
                 expires_in(p.expires_at_ms, now),
+                p.policy_version_now.to_string(),
+                p.digest.clone(),
             ]
         })
         .collect();
@@ -46,10 +48,42 @@ pub(super) async fn list(client: &Client) -> Result<Outcome, ClientError> {
             "INTENT",
             "APPROVALS",
             "EXPIRES",
+            "POLICY",
+            "DIGEST",
         ],
         rows,
     );
     Ok(Outcome::ok(text, json))
+}
+
+/// The digest and policy version the decision is about: as given, or read now (and said on
+/// stderr, so the human sees what is decided on).
+async fn shown(
+    client: &Client,
+    request_id: &str,
+    seen: super::Seen,
+    verb: &str,
+) -> Result<(String, u64), ClientError> {
+    if let (Some(digest), Some(version)) = (seen.digest, seen.policy_version) {
+        return Ok((digest, version));
+    }
+    let pending = client.list_approvals().await?;
+    let p = pending
+        .iter()
+        .find(|p| p.request_id == request_id)
+        .ok_or_else(|| ClientError::Server {
+            code: tonic::Code::FailedPrecondition,
+            message: format!(
+                "request {request_id} is not pending approval (`warrant approvals list` shows what is)"
+            ),
+        })?;
+    let intent = p.intent.as_ref().map(|i| i.text.as_str()).unwrap_or("");
+    eprintln!(
+        "{verb} request {request_id}: {} ({}) wants {} for {} ms, intent {intent:?}; policy \
+         version {}, digest {}",
+        p.principal, p.instance, p.resource, p.ttl_ms, p.policy_version_now, p.digest
+    );
+    Ok((p.digest.clone(), p.policy_version_now))
 }
 
 /// `approve`: the progress towards the quorum, or what the requester got when it was reached.
@@ -57,8 +91,12 @@ pub(super) async fn approve(
     client: &Client,
     request_id: &str,
     comment: &str,
+    seen: super::Seen,
 ) -> Result<Outcome, ClientError> {
-    let resp = client.approve(request_id, comment).await?;
+    let (digest, version) = shown(client, request_id, seen, "approving").await?;
+    let resp = client
+        .approve_seen(request_id, comment, &digest, version)
+        .await?;
     Ok(approve_outcome(request_id, &resp))
 }
 
@@ -98,8 +136,12 @@ pub(super) async fn reject(
     client: &Client,
     request_id: &str,
     reason: &str,
+    seen: super::Seen,
 ) -> Result<Outcome, ClientError> {
-    let p = client.reject(request_id, reason).await?;
+    let (digest, version) = shown(client, request_id, seen, "rejecting").await?;
+    let p = client
+        .reject_seen(request_id, reason, &digest, version)
+        .await?;
     Ok(Outcome::ok(
         format!(
             "rejected request {request_id}: {} may not acquire {}: {reason}",
@@ -164,6 +206,7 @@ mod tests {
                 pending: Some(pending(&["human/ann", "human/bob"])),
                 outcome: Some(proto::AcquireResponse {
                     outcome: Some(proto::acquire_response::Outcome::Granted(proto::Granted {
+                        ended: String::new(),
                         lease: Some(proto::Lease {
                             lease_id: "0000000000000002".into(),
                             resource: "k8s/prod/payments".into(),

@@ -70,7 +70,8 @@ pub async fn run(data_dir: PathBuf, port: u16, insecure: bool) -> u8 {
         return exit::OTHER;
     }
     let mut nodes = Vec::new();
-    for id in 1..=3 {
+    // Node 1 bootstraps, and forms the cluster only once its peers answer: start it last.
+    for id in (1..=3).rev() {
         let config =
             match Config::parse(&config_text(id, port, &data_dir, !insecure), "warrant dev") {
                 Ok(c) => c,

@@ -124,6 +124,19 @@ struct Common {
 }
 
 /// [`Common`] plus who the caller is: every client command whose `--principal` is not about
+/// What the human deciding on a pending request was shown (`approvals list` prints both): the
+/// decision counts only for exactly that request under that policy version. Without them the CLI
+/// reads the request now, prints what it decides on, and sends that.
+#[derive(Args, Clone, Debug, Default)]
+pub(crate) struct Seen {
+    /// The request's digest as `approvals list` showed it.
+    #[arg(long, requires = "policy_version")]
+    pub(crate) digest: Option<String>,
+    /// The policy version `approvals list` showed with it.
+    #[arg(long, requires = "digest")]
+    pub(crate) policy_version: Option<u64>,
+}
+
 /// someone else (`policy test` and `audit query` use `--principal` for the principal they are
 /// about, and take only [`Common`]).
 #[derive(Args, Clone)]
@@ -262,6 +275,8 @@ enum Command {
         #[arg(long, default_value = "")]
         comment: String,
         #[command(flatten)]
+        seen: Seen,
+        #[command(flatten)]
         conn: Conn,
     },
     /// Reject a pending acquisition (as --principal): it ends at once.
@@ -270,6 +285,8 @@ enum Command {
         /// Why, shown to the requester and kept in the audit trail.
         #[arg(long)]
         reason: String,
+        #[command(flatten)]
+        seen: Seen,
         #[command(flatten)]
         conn: Conn,
     },
@@ -786,11 +803,15 @@ async fn execute(client: &Client, command: Command) -> Result<Outcome, ClientErr
         Command::Approve {
             request_id,
             comment,
+            seen,
             ..
-        } => approvals::approve(client, &request_id, &comment).await?,
+        } => approvals::approve(client, &request_id, &comment, seen).await?,
         Command::Reject {
-            request_id, reason, ..
-        } => approvals::reject(client, &request_id, &reason).await?,
+            request_id,
+            reason,
+            seen,
+            ..
+        } => approvals::reject(client, &request_id, &reason, seen).await?,
         Command::Token { command } => security::token(client, command).await?,
         Command::Keepalive { lease_id, .. } => {
             let resp = client.keepalive(&lease_id).await?;

@@ -128,15 +128,34 @@ impl Client {
     /// approval reached the quorum and says what the requester got (the grant, with a fresh token;
     /// the requester, not the approver, holds it). The requester cannot approve its own request, an
     /// approver must be permitted Cedar `approve` on the resource, and the same approver counts once.
+    ///
+    /// This approves whatever the request is when the cluster applies it; a human deciding on
+    /// what they were shown uses [`Client::approve_seen`].
     pub async fn approve(
         &self,
         request_id: &str,
         comment: &str,
     ) -> Result<proto::ApproveResponse, ClientError> {
+        self.approve_seen(request_id, comment, "", 0).await
+    }
+
+    /// [`Client::approve`] of exactly the request the human was shown: `digest` and
+    /// `policy_version` are the shown `PendingApproval`'s `digest` and `policy_version_now`.
+    /// Refused (FAILED_PRECONDITION, nothing counted) when the request or the policy in force
+    /// changed since.
+    pub async fn approve_seen(
+        &self,
+        request_id: &str,
+        comment: &str,
+        digest: &str,
+        policy_version: u64,
+    ) -> Result<proto::ApproveResponse, ClientError> {
         let req = proto::ApproveRequest {
             request_id: request_id.to_string(),
             comment: comment.to_string(),
             principal: self.inner.config.principal.to_string(),
+            digest: digest.to_string(),
+            policy_version,
         };
         self.call(self.inner.config.call_timeout, ATTEMPT_TIMEOUT, |mut c| {
             let req = req.clone();
@@ -153,10 +172,24 @@ impl Client {
         request_id: &str,
         reason: &str,
     ) -> Result<proto::PendingApproval, ClientError> {
+        self.reject_seen(request_id, reason, "", 0).await
+    }
+
+    /// [`Client::reject`] of exactly the request the human was shown (as
+    /// [`Client::approve_seen`]).
+    pub async fn reject_seen(
+        &self,
+        request_id: &str,
+        reason: &str,
+        digest: &str,
+        policy_version: u64,
+    ) -> Result<proto::PendingApproval, ClientError> {
         let req = proto::RejectRequest {
             request_id: request_id.to_string(),
             reason: reason.to_string(),
             principal: self.inner.config.principal.to_string(),
+            digest: digest.to_string(),
+            policy_version,
         };
         let resp = self
             .call(self.inner.config.call_timeout, ATTEMPT_TIMEOUT, |mut c| {

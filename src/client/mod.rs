@@ -72,6 +72,10 @@ pub enum ClientError {
     /// No endpoint could serve the call in time.
     #[error("no Warrant node could serve the request ({last}); check --endpoints and that the cluster is up")]
     Unavailable { last: String },
+    /// The acquire was granted, but its lease has ended since (a retry with the same request id
+    /// answers the first grant): it must not be used.
+    #[error("lease {lease_id} granted to this request has ended ({reason}); acquire again with a new request id")]
+    LeaseEnded { lease_id: String, reason: String },
 }
 
 impl ClientError {
@@ -81,6 +85,7 @@ impl ClientError {
             ClientError::Invalid(_) => Code::InvalidArgument,
             ClientError::Server { code, .. } => *code,
             ClientError::Unavailable { .. } => Code::Unavailable,
+            ClientError::LeaseEnded { .. } => Code::FailedPrecondition,
         }
     }
 }
@@ -620,15 +625,26 @@ impl Client {
                     let behind = Duration::from_millis(lease.ttl_ms - lease.expires_in_ms);
                     t_send = t_send.checked_sub(behind).unwrap_or(t_send);
                 }
+                if !g.ended.is_empty() {
+                    return Err(ClientError::LeaseEnded {
+                        lease_id: lease.lease_id,
+                        reason: g.ended,
+                    });
+                }
                 if waits > Duration::ZERO || opts.request_id.is_some() {
-                    // Take validity from a keepalive sent now instead, when one is acknowledged.
+                    // Take validity from a keepalive sent now instead, when one is acknowledged;
+                    // a lease the cluster says is gone is never handed out (issue 24 item 3).
                     let t_ka = tokio::time::Instant::now();
                     if let Ok(resp) = self.keepalive(&lease.lease_id).await {
-                        if matches!(
-                            resp.result,
-                            Some(proto::keep_alive_response::Result::TtlMs(_))
-                        ) {
-                            t_send = t_ka;
+                        match resp.result {
+                            Some(proto::keep_alive_response::Result::TtlMs(_)) => t_send = t_ka,
+                            Some(proto::keep_alive_response::Result::Lost(reason)) => {
+                                return Err(ClientError::LeaseEnded {
+                                    lease_id: lease.lease_id,
+                                    reason,
+                                })
+                            }
+                            None => {}
                         }
                     }
                 }
@@ -764,15 +780,36 @@ impl Client {
         .await
     }
 
-    /// Admin: revoke whoever holds `resource`.
+    /// Admin: revoke the lease that holds `resource` now. The resource is resolved to its current
+    /// lease first (a linearizable read), then that lease is revoked by id, so a retry after a
+    /// timeout ends the same lease or answers as the first attempt did; it never ends the lease of
+    /// the waiter the first attempt let in. The answer names the lease ended.
     pub async fn revoke(
         &self,
         resource: &str,
         reason: &str,
     ) -> Result<proto::RevokeResponse, ClientError> {
+        let holder = self
+            .get(resource)
+            .await?
+            .holder
+            .ok_or_else(|| ClientError::Server {
+                code: Code::FailedPrecondition,
+                message: format!("nobody holds {resource}: nothing to revoke"),
+            })?;
+        self.revoke_lease(&holder.lease_id, reason).await
+    }
+
+    /// Admin: revoke lease `lease_id`. Retried with the same reason by the same principal, it
+    /// answers as the first revoke did.
+    pub async fn revoke_lease(
+        &self,
+        lease_id: &str,
+        reason: &str,
+    ) -> Result<proto::RevokeResponse, ClientError> {
         let req = proto::RevokeRequest {
-            resource: resource.to_string(),
-            lease_id: String::new(),
+            resource: String::new(),
+            lease_id: lease_id.to_string(),
             reason: reason.to_string(),
             principal: self.inner.config.principal.to_string(),
         };

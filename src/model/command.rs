@@ -187,6 +187,24 @@ pub enum Command {
         recheck: bool,
         cmd: Box<Command>,
     },
+    /// `Approve` of exactly what the human was shown: `digest` is [`PendingView::digest`] of the
+    /// request under the policy version in force when it was read (`policy_version`). Refused in
+    /// apply when the request or the policy changed since. (Appended last: older entries decode.)
+    ApproveSeen {
+        request_id: RequestId,
+        by: Principal,
+        comment: String,
+        digest: String,
+        policy_version: u64,
+    },
+    /// `Reject` of exactly what the human was shown; as [`Command::ApproveSeen`].
+    RejectSeen {
+        request_id: RequestId,
+        by: Principal,
+        reason: String,
+        digest: String,
+        policy_version: u64,
+    },
 }
 
 /// The answer to an acquire; also what the dedup table stores per request id.
@@ -290,6 +308,35 @@ pub struct PendingView {
     pub expires_at_ms: u64,
     pub policy_version: u64,
     pub policies: Vec<String>,
+}
+
+impl PendingView {
+    /// What a human approves: SHA-256 (hex, 128 bits) over the request as shown (who, instance,
+    /// resource, ttl, intent, when it opened and expires, approvals needed, the policy version and
+    /// ids that sent it to approval) and `policy_version_now`, the version in force when it was
+    /// read. Approvals so far are left out: another human's approval does not change what this
+    /// one decides on. A request id reopened on another resource, or a policy change, gives
+    /// another digest.
+    pub fn digest(&self, policy_version_now: u64) -> String {
+        use sha2::{Digest, Sha256};
+        let shown = (
+            self.request_id.as_str(),
+            self.resource.as_str(),
+            self.principal.as_str(),
+            self.instance.as_str(),
+            self.ttl_ms,
+            &self.intent,
+            self.created_at_ms,
+            self.expires_at_ms,
+            self.needed,
+            self.policy_version,
+            &self.policies,
+            policy_version_now,
+        );
+        // Plain structs and ordered maps: encoding cannot fail, and is the same on every node.
+        let bytes = bincode::serialize(&shown).unwrap_or_default();
+        hex::encode(&Sha256::digest(&bytes)[..16])
+    }
 }
 
 /// How an approval ended without a grant.

@@ -83,6 +83,17 @@ pub enum OpError {
     },
     #[error("access token {id} was revoked before this request was applied")]
     TokenRevoked { id: String },
+    /// An approve or reject sent the digest of the request as the human saw it, and the request
+    /// or the policy in force has changed since (issue 24 item 7).
+    #[error(
+        "request {request_id} is not what you were shown: you saw it under policy version {seen}, \
+         it is now {what_now}; look again (`warrant approvals list`) and decide on what it shows now"
+    )]
+    ChangedSinceSeen {
+        request_id: RequestId,
+        seen: u64,
+        what_now: String,
+    },
 }
 
 /// Coarse class of an `OpError`, mapped to a gRPC status code (and CLI exit code) in one place.
@@ -115,9 +126,9 @@ impl OpError {
             OpError::CheckpointTooLarge { .. }
             | OpError::RequestIdReused { .. }
             | OpError::InvalidPolicy { .. } => ErrorKind::InvalidArgument,
-            OpError::NotPending { .. } | OpError::AlreadyApproved { .. } => {
-                ErrorKind::FailedPrecondition
-            }
+            OpError::NotPending { .. }
+            | OpError::AlreadyApproved { .. }
+            | OpError::ChangedSinceSeen { .. } => ErrorKind::FailedPrecondition,
             OpError::QueueFull { .. } | OpError::TooManyPending { .. } => {
                 ErrorKind::ResourceExhausted
             }

@@ -294,6 +294,43 @@ impl State {
         AcquireOutcome::PendingApproval(view)
     }
 
+    /// Before an approve or reject that names what the human saw (`digest` under policy
+    /// `seen`): the pending request, under the policy in force now, must digest the same. A
+    /// request that is not pending passes, for `approve`/`reject` to refuse with their reason.
+    pub(super) fn decide_seen(
+        &mut self,
+        action: &str,
+        id: &RequestId,
+        by: &Principal,
+        digest: &str,
+        seen: u64,
+        fx: &mut Effects,
+    ) -> Result<(), OpError> {
+        let Some(pending) = self.pending.get(id) else {
+            return Ok(());
+        };
+        let now = self.policy_version();
+        let view = pending.view();
+        if view.digest(now) == digest {
+            return Ok(());
+        }
+        let what_now = if now != seen {
+            format!("under policy version {now}")
+        } else {
+            format!(
+                "a request of {} for {} (ttl {} ms, opened at {})",
+                view.principal, view.resource, view.ttl_ms, view.created_at_ms
+            )
+        };
+        let e = OpError::ChangedSinceSeen {
+            request_id: id.clone(),
+            seen,
+            what_now,
+        };
+        self.audit_refusal(action, id, by, &e, fx);
+        Err(e)
+    }
+
     pub(super) fn approve(
         &mut self,
         id: &RequestId,
@@ -988,6 +1025,58 @@ mod tests {
             approve(&mut h, "pay", "human/carol"),
             Err(OpError::NotPending { .. })
         ));
+    }
+
+    fn approve_seen(
+        h: &mut Harness,
+        id: &str,
+        by: &str,
+        digest: &str,
+        seen: u64,
+    ) -> Result<Box<ApprovalProgress>, OpError> {
+        match h.apply(Command::ApproveSeen {
+            request_id: rid(id),
+            by: who(by),
+            comment: "lgtm".into(),
+            digest: digest.into(),
+            policy_version: seen,
+        }) {
+            Response::Approve(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_approval_counts_only_for_the_request_and_policy_the_human_was_shown() {
+        let mut h = with_example();
+        let p = pending_payments(&mut h);
+        let shown = p.digest(h.state.policy_version());
+        assert_eq!(shown.len(), 32);
+        // Alice saw it under version 1; the policy changes to version 2 before her approval.
+        assert_eq!(put(&mut h, "human/admin", true, EXAMPLE), Ok(2));
+        let e = approve_seen(&mut h, "pay", "human/alice", &shown, 1).unwrap_err();
+        assert!(matches!(e, OpError::ChangedSinceSeen { .. }), "{e}");
+        assert!(e.to_string().contains("policy version 2"), "{e}");
+        assert_eq!(
+            h.audit.last().unwrap().entry.decision,
+            AuditDecision::Invalid
+        );
+        // Nothing counted; shown again (version 2), her approval counts.
+        let listed = h.state.pending_approvals().next().unwrap();
+        let again = listed.digest(h.state.policy_version());
+        assert_ne!(again, shown);
+        let first = approve_seen(&mut h, "pay", "human/alice", &again, 2).unwrap();
+        assert_eq!(first.pending.approvers.len(), 1);
+        // The same request id reopened on another resource after its record aged out is another
+        // request: an approval of the first does not count for it.
+        let mut other = listed.clone();
+        other.resource = res("k8s/prod/ledger");
+        assert_ne!(other.digest(2), again);
+        // A plain Approve (an older client) still works as before.
+        assert!(approve(&mut h, "pay", "human/bob")
+            .unwrap()
+            .outcome
+            .is_some());
     }
 
     #[test]

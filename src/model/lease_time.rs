@@ -62,6 +62,22 @@ impl State {
         }
     }
 
+    /// For a restore (`warrant snapshot restore`): the state goes to a new cluster, whose terms start
+    /// again at 1 (its log ids carry terms of their own). Forget the old cluster's terms, so the new
+    /// cluster's first leader sees its term as the newest and starts the lease clock (else no
+    /// keepalive is acknowledged and no lease ever expires), and give every live lease a full ttl
+    /// from that leader on: the old cluster may have acknowledged keepalives up to the backup and
+    /// past it, which no checkpoint in the backup reflects (DESIGN rule 3, "restart every lease's
+    /// countdown at a full ttl").
+    pub fn restart_terms(&mut self) {
+        self.current_term = 0;
+        self.prev_term = 0;
+        for lease in self.leases.values_mut() {
+            lease.renew_term = 0;
+            lease.ttl_checkpoint_ms = None;
+        }
+    }
+
     /// The countdown a new leader starts for `lease`, once its first entry is applied (so
     /// `current_term` is its term and `prev_term` the last term with entries before it).
     ///
@@ -108,6 +124,26 @@ mod tests {
             remaining: remaining.to_vec(),
         });
         assert_eq!(r, Response::CheckpointTtl);
+    }
+
+    #[test]
+    fn a_restored_state_counts_time_in_the_new_clusters_terms() {
+        let mut h = Harness::new();
+        let g = h.grant(acq("r1", "a", "agent/x", "i1"));
+        for _ in 0..3 {
+            h.elect();
+        }
+        checkpoint_ttl(&mut h, &[(g.lease.lease_id, 4_000)]);
+        h.elect();
+        let mut restored = h.state.clone();
+        restored.restart_terms();
+        assert_eq!((restored.current_term(), restored.prev_term()), (0, 0));
+        // The new cluster's first leader (term 1) sees its own term as the newest ...
+        restored.observe(super::super::command::EntryMeta { index: 99, term: 1 });
+        assert_eq!(restored.current_term(), 1);
+        // ... and restarts the lease at its full ttl.
+        let lease = restored.lease(&g.lease.lease_id).unwrap().clone();
+        assert_eq!(restored.initial_countdown_ms(&lease), lease.ttl_ms);
     }
 
     #[test]

@@ -190,6 +190,17 @@ impl State {
         let id = match target {
             RevokeTarget::Lease(id) => {
                 if !self.leases.contains_key(id) {
+                    // A retry of a revoke that was applied (its answer lost to a timeout) answers
+                    // as the first did; it never reaches whoever holds the resource now.
+                    if let Some(ended) = self.ended.get(id) {
+                        let same = EndReason::Revoked {
+                            by: by.clone(),
+                            reason: reason.to_owned(),
+                        };
+                        if ended.reason == same {
+                            return Ok(ended.lease.clone());
+                        }
+                    }
                     return Err(self.not_live(*id));
                 }
                 *id
@@ -397,6 +408,43 @@ mod tests {
             Response::Revoke(r) => r,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_retried_revoke_of_a_lease_answers_as_the_first_and_spares_the_next_holder() {
+        let mut h = Harness::new();
+        let g = h.grant(acq("r1", "a", "agent/x", "i1"));
+        h.acquire(AcquireCmd {
+            wait_ms: Some(60_000),
+            ..acq("w1", "a", "agent/y", "j1")
+        });
+        let target = RevokeTarget::Lease(g.lease.lease_id);
+        let first = revoke(&mut h, target.clone()).unwrap();
+        let next = h.state.resource(&res("a")).unwrap().holder.unwrap().clone();
+        assert_eq!(next.principal.as_str(), "agent/y");
+        // The retry (same lease, same principal and reason) answers the same and ends nothing.
+        assert_eq!(revoke(&mut h, target).unwrap(), first);
+        assert_eq!(
+            h.state
+                .resource(&res("a"))
+                .unwrap()
+                .holder
+                .unwrap()
+                .lease_id,
+            next.lease_id
+        );
+        // Another reason is another request: told the lease ended, still nothing ended.
+        let other = h.apply(Command::Revoke {
+            target: RevokeTarget::Lease(g.lease.lease_id),
+            by: who("human/x"),
+            reason: "another incident".to_owned(),
+            by_admin: true,
+        });
+        assert!(
+            matches!(other, Response::Revoke(Err(OpError::LeaseEnded { .. }))),
+            "{other:?}"
+        );
+        assert!(h.state.lease(&next.lease_id).is_some());
     }
 
     #[test]

@@ -277,6 +277,28 @@ impl State {
                 action,
                 detail,
             } => Response::AdminCheck(self.admin_check(by, *by_admin, action, detail, fx)),
+            Command::ApproveSeen {
+                request_id,
+                by,
+                comment,
+                digest,
+                policy_version,
+            } => Response::Approve(
+                self.decide_seen("approve", request_id, by, digest, *policy_version, fx)
+                    .and_then(|()| self.approve(request_id, by, comment, fx))
+                    .map(Box::new),
+            ),
+            Command::RejectSeen {
+                request_id,
+                by,
+                reason,
+                digest,
+                policy_version,
+            } => Response::Reject(
+                self.decide_seen("reject", request_id, by, digest, *policy_version, fx)
+                    .and_then(|()| self.reject(request_id, by, reason, fx))
+                    .map(Box::new),
+            ),
             Command::AsToken { token_id, cmd } => self.apply_as_token(token_id, true, cmd, fx),
             Command::ViaToken {
                 token_id,

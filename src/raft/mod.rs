@@ -53,6 +53,18 @@ pub struct ForwardRequest {
     pub reply: tokio::sync::oneshot::Sender<Forwarded>,
 }
 
+/// Who asks `Identify` (its payload; empty from a caller that does not say).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdentifyAsk {
+    pub from: NodeId,
+    /// The asker started on an empty data directory and is not admitted yet
+    /// ([`crate::storage::Standing`]): it wants to know whether it is a founding member.
+    pub joining: bool,
+    /// The leader asks a node it is about to add as a learner (not a member yet, so it never
+    /// voted in this cluster): a joining node is admitted.
+    pub admit: bool,
+}
+
 /// What a node answers to `Identify`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
@@ -61,6 +73,18 @@ pub struct Identity {
     /// The log index this node has applied (a follower compares it with its own to judge whether
     /// it has caught up).
     pub applied: u64,
+    /// The leader this node knows of, and its term.
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    /// Voters (of every configuration, while a change is joint) and learners of this node's
+    /// latest membership.
+    pub voters: std::collections::BTreeSet<NodeId>,
+    pub learners: std::collections::BTreeSet<NodeId>,
+    /// This node has no data and is not admitted yet (it grants no vote).
+    pub joining: bool,
+    /// Answered by the bootstrap node to a joining founding member that it has not told before:
+    /// "you are a founding member, you never held data; vote".
+    pub founding: bool,
 }
 
 /// The state machine's answer to one log entry; `None` for blank and membership entries.

@@ -22,7 +22,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use super::{Control, Forwarded, Identity, NodeAddr, NodeId, TypeConfig, CLUSTER_ID_METADATA};
+use super::{
+    Control, Forwarded, IdentifyAsk, Identity, NodeAddr, NodeId, TypeConfig, CLUSTER_ID_METADATA,
+};
 use crate::model::Command;
 use crate::proto::raft::raft_client::RaftClient;
 use crate::proto::raft::RaftMessage;
@@ -173,19 +175,25 @@ impl Network {
             .map_err(|e| tonic::Status::internal(format!("undecodable forwarded answer: {e}")))
     }
 
-    /// Ask who answers at `raft_addr`: its node id and cluster id. The call itself carries our
-    /// cluster id, so a node of another cluster refuses it (FAILED_PRECONDITION) and a node with
-    /// none adopts ours.
+    /// Ask who answers at `raft_addr`: its node id, cluster id and view of the membership. The
+    /// call itself carries our cluster id, so a node of another cluster refuses it
+    /// (FAILED_PRECONDITION). `ask` says who asks (a joining node must, to learn it is founding).
     pub async fn identify(
         &self,
         raft_addr: &str,
+        ask: Option<&IdentifyAsk>,
         timeout: std::time::Duration,
     ) -> Result<Identity, tonic::Status> {
         let channel = self.channel(raft_addr).ok_or_else(|| {
             tonic::Status::invalid_argument(format!("bad raft address {raft_addr}"))
         })?;
+        let payload = match ask {
+            Some(ask) => bincode::serialize(ask)
+                .map_err(|e| tonic::Status::internal(format!("cannot encode: {e}")))?,
+            None => Vec::new(),
+        };
         let reply = RaftClient::new(channel)
-            .identify(self.request(Vec::new(), timeout))
+            .identify(self.request(payload, timeout))
             .await?;
         bincode::deserialize(&reply.into_inner().payload)
             .map_err(|e| tonic::Status::internal(format!("undecodable identity: {e}")))

@@ -8,17 +8,19 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Control, ForwardRequest, Identity, NodeId, Raft, CLUSTER_ID_METADATA};
+use super::{Control, ForwardRequest, IdentifyAsk, Identity, NodeId, Raft, CLUSTER_ID_METADATA};
 use crate::model::Command;
 use crate::proto::raft::raft_server;
 use crate::proto::raft::RaftMessage;
-use crate::storage::{self, ClusterId};
+use crate::storage::{self, ClusterId, Standing};
 
 /// Serves `warrant.raft.v1.Raft` for one node.
 pub struct RaftService {
     node: NodeId,
     raft: Raft,
     cluster_id: ClusterId,
+    /// Whether this node may vote (DESIGN rule 6), and the founding members to tell.
+    standing: Standing,
     /// Where [`Control`] notices go (the node acts on them).
     control: tokio::sync::mpsc::UnboundedSender<Control>,
     /// Where forwarded commands go (the node proposes them).
@@ -33,6 +35,7 @@ impl RaftService {
         node: NodeId,
         raft: Raft,
         cluster_id: ClusterId,
+        standing: Standing,
         control: tokio::sync::mpsc::UnboundedSender<Control>,
         forward: tokio::sync::mpsc::Sender<ForwardRequest>,
         stopping: tokio::sync::watch::Receiver<bool>,
@@ -41,6 +44,7 @@ impl RaftService {
             node,
             raft,
             cluster_id,
+            standing,
             control,
             forward,
             stopping,
@@ -159,6 +163,16 @@ impl raft_server::Raft for RaftService {
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         self.check_cluster(&request, false)?;
+        // DESIGN rule 6: a node on a new data directory may have voted, and acknowledged entries,
+        // before it lost them; its vote could elect a leader missing a committed grant. The
+        // candidate sees an unreachable voter, never a granted vote.
+        if self.standing.is_joining() {
+            return Err(Status::failed_precondition(format!(
+                "node {} started on an empty data directory and has not been admitted to the \
+                 cluster yet: it grants no vote",
+                self.node
+            )));
+        }
         let req = decode(request)?;
         reply(&self.raft.vote(req).await)
     }
@@ -215,15 +229,41 @@ impl raft_server::Raft for RaftService {
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
         self.check_cluster(&request, false)?;
+        let message = request.into_inner();
+        let ask: Option<IdentifyAsk> = if message.payload.is_empty() {
+            None
+        } else {
+            Some(decode_message(&message)?)
+        };
+        if ask.as_ref().is_some_and(|a| a.admit) && self.standing.is_joining() {
+            self.standing
+                .admit()
+                .map_err(|e| Status::internal(format!("cannot record the admission: {e}")))?;
+            self.raft.runtime_config().elect(true);
+            tracing::info!(
+                by = ask.as_ref().map_or(0, |a| a.from),
+                "admitted to the cluster as a new member (the leader adds it as a learner)"
+            );
+        }
+        let founding = match ask {
+            Some(ask) if ask.joining => self
+                .standing
+                .take_founding(ask.from)
+                .map_err(|e| Status::internal(format!("cannot record a founding member: {e}")))?,
+            _ => false,
+        };
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
         reply(&Identity {
             node: self.node,
             cluster_id: self.cluster_id.get(),
-            applied: self
-                .raft
-                .metrics()
-                .borrow()
-                .last_applied
-                .map_or(0, |l| l.index),
+            applied: m.last_applied.map_or(0, |l| l.index),
+            leader: m.current_leader,
+            term: m.current_term,
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            joining: self.standing.is_joining(),
+            founding,
         })
     }
 }

@@ -38,6 +38,34 @@ pub struct Api {
     pub(super) shared: Arc<Shared>,
 }
 
+/// Withdraws a waiting acquire when its handler is dropped before answering (the caller's
+/// connection went away): proposes the `CancelWait` it holds, unless disarmed (`cancel = None`).
+/// A second cancel of a request that already ended answers its final outcome and changes nothing.
+struct WithdrawOnDrop {
+    shared: Arc<Shared>,
+    request_id: RequestId,
+    cancel: Option<Command>,
+}
+
+impl Drop for WithdrawOnDrop {
+    fn drop(&mut self) {
+        let Some(cancel) = self.cancel.take() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let request_id = self.request_id.clone();
+        shared.waiters.unregister(&request_id);
+        metrics::counter!("warrant_waiters_withdrawn_total").increment(1);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = shared.propose(cancel).await {
+                    tracing::warn!(request = %request_id, error = %e, "could not withdraw the waiter of a caller that went away");
+                }
+            });
+        }
+    }
+}
+
 /// What the state says about an acquire: its answer without a write (if any), whether its request id
 /// is known, and how many acquires wait for its resource.
 struct Look {
@@ -154,10 +182,28 @@ impl Api {
             .increment(1);
         let out = match outcome {
             AcquireOutcome::Granted(g) => {
-                let remaining = self
-                    .remaining(g.lease.lease_id)
-                    .or(Some(Duration::from_millis(g.lease.ttl_ms)));
+                // A retry answers the first grant, whose lease may have ended since: say so, and
+                // never report a ttl for it (issue 24 item 3). A live lease the clock has not
+                // heard of yet was granted a moment ago: its whole ttl is left.
+                let ended = {
+                    let sm = self.shared.sm.read();
+                    match sm.state.lease(&g.lease.lease_id) {
+                        Some(_) => None,
+                        None => Some(
+                            sm.state
+                                .ended(&g.lease.lease_id)
+                                .map_or_else(|| "ended".to_string(), |r| r.to_string()),
+                        ),
+                    }
+                };
+                let remaining = match ended {
+                    Some(_) => Some(Duration::ZERO),
+                    None => self
+                        .remaining(g.lease.lease_id)
+                        .or(Some(Duration::from_millis(g.lease.ttl_ms))),
+                };
                 Outcome::Granted(proto::Granted {
+                    ended: ended.unwrap_or_default(),
                     lease: Some(convert::lease(&g.lease, remaining)),
                     previous: g.previous.as_ref().map(convert::previous),
                     // Grant time + ttl, both replicated: any member signs the same bytes.
@@ -184,7 +230,10 @@ impl Api {
             AcquireOutcome::Queued { position } => Outcome::Queued(proto::Queued { position }),
             AcquireOutcome::Rejected(e) => return Err(op_error(&e)),
             AcquireOutcome::Denied(d) => Outcome::Denied(convert::denied(&d)),
-            AcquireOutcome::PendingApproval(p) => Outcome::PendingApproval(convert::pending(&p)),
+            AcquireOutcome::PendingApproval(p) => {
+                let now = self.shared.sm.read().state.policy_version();
+                Outcome::PendingApproval(convert::pending(&p, now))
+            }
             AcquireOutcome::NotApproved(n) => Outcome::NotApproved(convert::not_approved(&n)),
         };
         Ok(proto::AcquireResponse { outcome: Some(out) })
@@ -229,7 +278,7 @@ impl Api {
             // The deliberate bug: no quorum confirmation, whoever this node is.
             return Ok(Answered::Now(answer.clone()));
         }
-        self.shared.confirm_leadership().await?;
+        self.shared.confirm_for(caller).await?;
         let confirmed = look();
         let Some(answer) = &confirmed.answer else {
             return Ok(self.propose_acquire(caller, cmd));
@@ -369,7 +418,7 @@ impl Api {
             }
         };
         if renewed_this_term {
-            self.shared.confirm_leadership().await?;
+            self.shared.confirm_for(caller).await?;
         } else {
             match self.shared.renewer.submit(id).await {
                 Some(Ok(Ok(_))) => {}
@@ -560,6 +609,18 @@ impl warrant_server::Warrant for Api {
                 return Err(status);
             }
         };
+        // From here the caller may wait: if it goes away (its connection drops and this future
+        // with it), its waiter is withdrawn, so the resource is never granted to a caller that
+        // is gone (etcd#11456). Not re-checked: withdrawing one's own request must work even
+        // after the caller's token was revoked, or a pending request would outlive it.
+        let mut withdraw = WithdrawOnDrop {
+            shared: self.shared.clone(),
+            request_id: request_id.clone(),
+            cancel: Some(caller.wrap_unchecked(Command::CancelWait {
+                request_id: request_id.clone(),
+                principal: principal.clone(),
+            })),
+        };
         let outcome = match answer {
             AcquireOutcome::Queued { .. } if r.wait_ms > 0 => {
                 match tokio::time::timeout(Duration::from_millis(r.wait_ms), woken).await {
@@ -609,6 +670,7 @@ impl warrant_server::Warrant for Api {
                 other
             }
         };
+        withdraw.cancel = None;
         Ok(Response::new(self.outcome(outcome)?))
     }
 
@@ -834,9 +896,10 @@ impl warrant_server::Warrant for Api {
         &self,
         request: Request<proto::CheckFenceRequest>,
     ) -> Result<Response<proto::CheckFenceResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
         let res = resource(&r.resource)?;
-        self.shared.confirm_leadership().await?;
+        self.shared.confirm_for(&caller).await?;
         use proto::check_fence_response::Status as Fs;
         let (status, fence) = match self
             .shared
@@ -859,10 +922,11 @@ impl warrant_server::Warrant for Api {
         &self,
         request: Request<proto::GetRequest>,
     ) -> Result<Response<proto::GetResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
         let res = resource(&r.resource)?;
         if !r.serializable {
-            self.shared.confirm_leadership().await?;
+            self.shared.confirm_for(&caller).await?;
         }
         let sm = self.shared.sm.read();
         let applied_index = sm.last_applied.map_or(0, |id| id.index);
@@ -889,11 +953,12 @@ impl warrant_server::Warrant for Api {
         &self,
         request: Request<proto::ListRequest>,
     ) -> Result<Response<proto::ListResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
         if !r.prefix.is_empty() {
             resource(&r.prefix)?;
         }
-        self.shared.confirm_leadership().await?;
+        self.shared.confirm_for(&caller).await?;
         let limit = if r.limit == 0 {
             MAX_LIST
         } else {
@@ -947,23 +1012,24 @@ impl warrant_server::Warrant for Api {
 
     async fn get_policy(
         &self,
-        _request: Request<proto::GetPolicyRequest>,
+        request: Request<proto::GetPolicyRequest>,
     ) -> Result<Response<proto::GetPolicyResponse>, Status> {
-        self.get_policy_rpc().await
+        self.get_policy_rpc(&auth::caller(&request)?).await
     }
 
     async fn test_policy(
         &self,
         request: Request<proto::TestPolicyRequest>,
     ) -> Result<Response<proto::TestPolicyResponse>, Status> {
-        self.test_policy_rpc(request.into_inner()).await
+        let caller = auth::caller(&request)?;
+        self.test_policy_rpc(&caller, request.into_inner()).await
     }
 
     async fn list_approvals(
         &self,
-        _request: Request<proto::ListApprovalsRequest>,
+        request: Request<proto::ListApprovalsRequest>,
     ) -> Result<Response<proto::ListApprovalsResponse>, Status> {
-        self.list_approvals_rpc().await
+        self.list_approvals_rpc(&auth::caller(&request)?).await
     }
 
     async fn approve(

@@ -444,6 +444,17 @@ impl Auth {
     /// Check again, for one message of a long-lived stream: the credential has not run out, a
     /// token has not been revoked since the stream opened, and the caller is within its rate.
     pub fn recheck(&self, caller: &Caller) -> Result<(), Status> {
+        self.still_valid(caller)?;
+        if let Some(id) = &caller.identity {
+            self.charge(&id.to_string(), None)?;
+        }
+        Ok(())
+    }
+
+    /// The caller's credential has not run out and its access token (if any) is not revoked in
+    /// this node's applied state. After a leadership confirmation that state holds every
+    /// revocation committed before the call arrived.
+    pub fn still_valid(&self, caller: &Caller) -> Result<(), Status> {
         let token_id = match &caller.via {
             Via::Token(id) => Some(id.as_str()),
             _ => None,
@@ -470,9 +481,6 @@ impl Auth {
                     token_id,
                 ));
             }
-        }
-        if let Some(id) = &caller.identity {
-            self.charge(&id.to_string(), None)?;
         }
         Ok(())
     }

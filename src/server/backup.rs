@@ -212,6 +212,7 @@ pub fn restore(
     }
     let next_token_in_backup = state.next_token_value();
     state.skip_tokens(skip_tokens);
+    state.restart_terms();
     let leases = state.list("").len();
     let members: std::collections::BTreeMap<_, _> = config
         .peers

@@ -93,8 +93,12 @@ pub fn denied(d: &model::Denial) -> proto::Denied {
     }
 }
 
-pub fn pending(p: &model::PendingView) -> proto::PendingApproval {
+/// A pending request as shown to humans; `policy_version_now` is the version in force as it is
+/// read, which its digest covers.
+pub fn pending(p: &model::PendingView, policy_version_now: u64) -> proto::PendingApproval {
     proto::PendingApproval {
+        digest: p.digest(policy_version_now),
+        policy_version_now,
         request_id: p.request_id.to_string(),
         approvals_needed: p.needed,
         approvers: p

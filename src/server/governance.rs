@@ -104,8 +104,9 @@ impl Api {
 
     pub(super) async fn get_policy_rpc(
         &self,
+        caller: &Caller,
     ) -> Result<Response<proto::GetPolicyResponse>, Status> {
-        self.shared.confirm_leadership().await?;
+        self.shared.confirm_for(caller).await?;
         let sm = self.shared.sm.read();
         let default_decision = self.shared.config.default_decision.as_str().to_owned();
         Ok(Response::new(match sm.state.policy() {
@@ -125,6 +126,7 @@ impl Api {
 
     pub(super) async fn test_policy_rpc(
         &self,
+        caller: &Caller,
         r: proto::TestPolicyRequest,
     ) -> Result<Response<proto::TestPolicyResponse>, Status> {
         let who = principal(&r.principal)?;
@@ -146,7 +148,7 @@ impl Api {
             has_task_key: r.has_task_key,
             takeover: action == Action::Takeover,
         };
-        self.shared.confirm_leadership().await?;
+        self.shared.confirm_for(caller).await?;
         let allow_without_policy = match action {
             Action::Acquire | Action::Takeover => {
                 self.shared.policy_defaults().allow_without_policy
@@ -196,16 +198,17 @@ impl Api {
 
     pub(super) async fn list_approvals_rpc(
         &self,
+        caller: &Caller,
     ) -> Result<Response<proto::ListApprovalsResponse>, Status> {
-        self.shared.confirm_leadership().await?;
-        let pending = self
-            .shared
-            .sm
-            .read()
+        self.shared.confirm_for(caller).await?;
+        let sm = self.shared.sm.read();
+        let now = sm.state.policy_version();
+        let pending = sm
             .state
             .pending_approvals()
-            .map(|p| convert::pending(&p))
+            .map(|p| convert::pending(&p, now))
             .collect();
+        drop(sm);
         Ok(Response::new(proto::ListApprovalsResponse { pending }))
     }
 
@@ -217,22 +220,30 @@ impl Api {
         let id = request_id(&r.request_id)?;
         let by = caller.principal(&r.principal)?;
         note("comment", &r.comment, false)?;
-        match self
-            .shared
-            .propose(caller.wrap(Command::Approve {
+        let cmd = if r.digest.is_empty() {
+            Command::Approve {
                 request_id: id,
                 by,
                 comment: r.comment,
-            }))
-            .await?
-        {
+            }
+        } else {
+            Command::ApproveSeen {
+                request_id: id,
+                by,
+                comment: r.comment,
+                digest: seen_digest(&r.digest)?,
+                policy_version: r.policy_version,
+            }
+        };
+        match self.shared.propose(caller.wrap(cmd)).await? {
             model::Response::Approve(Ok(progress)) => {
                 let outcome = match progress.outcome {
                     Some(o) => Some(self.outcome(o)?),
                     None => None,
                 };
+                let now = self.shared.sm.read().state.policy_version();
                 Ok(Response::new(proto::ApproveResponse {
-                    pending: Some(convert::pending(&progress.pending)),
+                    pending: Some(convert::pending(&progress.pending, now)),
                     outcome,
                 }))
             }
@@ -249,18 +260,28 @@ impl Api {
         let id = request_id(&r.request_id)?;
         let by = caller.principal(&r.principal)?;
         note("reason", &r.reason, true)?;
-        match self
-            .shared
-            .propose(caller.wrap(Command::Reject {
+        let cmd = if r.digest.is_empty() {
+            Command::Reject {
                 request_id: id,
                 by,
                 reason: r.reason,
-            }))
-            .await?
-        {
-            model::Response::Reject(Ok(view)) => Ok(Response::new(proto::RejectResponse {
-                rejected: Some(convert::pending(&view)),
-            })),
+            }
+        } else {
+            Command::RejectSeen {
+                request_id: id,
+                by,
+                reason: r.reason,
+                digest: seen_digest(&r.digest)?,
+                policy_version: r.policy_version,
+            }
+        };
+        match self.shared.propose(caller.wrap(cmd)).await? {
+            model::Response::Reject(Ok(view)) => {
+                let now = self.shared.sm.read().state.policy_version();
+                Ok(Response::new(proto::RejectResponse {
+                    rejected: Some(convert::pending(&view, now)),
+                }))
+            }
             model::Response::Reject(Err(e)) => Err(op_error(&e)),
             _ => Err(Status::internal("unexpected answer to Reject")),
         }
@@ -433,5 +454,20 @@ impl Api {
                 hex::encode(chain.head())
             },
         }))
+    }
+}
+
+/// A digest an approver sends back (`PendingApproval.digest`): 32 lowercase hex digits.
+fn seen_digest(digest: &str) -> Result<String, Status> {
+    if digest.len() == 32
+        && digest
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(digest.to_string())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "digest {digest:?} is not a request digest (32 lowercase hex digits, as `warrant approvals list` shows)"
+        )))
     }
 }

@@ -371,13 +371,20 @@ impl Shared {
     /// from this cluster's CA), a different node answers, or a node of another cluster (one that
     /// kept old data, say).
     async fn identify_joiner(&self, id: NodeId, addr: &NodeAddr) -> Result<(), Status> {
-        // A node started a moment ago may not listen yet: ask again until the wait is over.
+        // A node started a moment ago may not listen yet: ask again until the wait is over. It is
+        // not a member, so it never voted here: a node on a new data directory is admitted
+        // (DESIGN rule 6; `storage::Standing`).
+        let ask = crate::raft::IdentifyAsk {
+            from: self.node_id,
+            joining: false,
+            admit: true,
+        };
         let deadline = tokio::time::Instant::now() + IDENTIFY_WAIT;
         let answer = loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let answer = self
                 .network
-                .identify(&addr.raft, left.max(Duration::from_millis(100)))
+                .identify(&addr.raft, Some(&ask), left.max(Duration::from_millis(100)))
                 .await;
             match &answer {
                 Err(s)
@@ -536,10 +543,24 @@ pub(super) async fn watch_removal(shared: Arc<Shared>) {
             removed_at(&m, shared.node_id, &mut joined).map(|index| (m.current_leader, index))
         };
         if let Some((leader, index)) = removed_at {
-            shared
-                .retire(retired_message(shared.node_id, leader.unwrap_or(0), index))
-                .await;
-            return;
+            match super::standing::leader_lists(&shared).await {
+                // A node added again after a removal replays its old memberships (voter, then
+                // removed, then learner again) as it catches up: the leader says which is now.
+                Some(true) => {
+                    joined = None;
+                }
+                Some(false) => {
+                    shared
+                        .retire(retired_message(shared.node_id, leader.unwrap_or(0), index))
+                        .await;
+                    return;
+                }
+                // No leader to ask: look again in a moment.
+                None => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            }
         }
         if rx.changed().await.is_err() {
             return;

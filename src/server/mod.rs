@@ -17,6 +17,7 @@ mod handoff;
 mod lease_clock;
 mod membership;
 mod observe;
+mod standing;
 mod tokens;
 mod waiters;
 mod watcher;
@@ -327,6 +328,17 @@ impl Shared {
             .unwrap_or_else(|| Err(Status::unavailable("node is shutting down")))
     }
 
+    /// [`Self::confirm_leadership`] for an answer given to `caller` without a log write, then
+    /// check the caller's access token again: a revocation committed before the call arrived is
+    /// applied by now, and no log entry orders this answer after it (as a write's `ViaToken`
+    /// check would), so the answer checks the confirmed state itself, as keepalives do.
+    pub async fn confirm_for(&self, caller: &auth::Caller) -> Result<(), Status> {
+        #[cfg(debug_assertions)]
+        crate::failpoint::pause("WARRANT_TEST_PAUSE_BEFORE_CONFIRM_MS").await;
+        self.confirm_leadership().await?;
+        self.auth.still_valid(caller)
+    }
+
     /// A "not the leader" answer naming the leader this node knows of.
     pub fn redirect(&self) -> Status {
         let m = self.raft.metrics().borrow().clone();
@@ -581,10 +593,16 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         source,
     })?;
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let (log_store, mut sm_store, cluster_id) = storage::open(
+    let storage::Opened {
+        log: log_store,
+        sm: mut sm_store,
+        cluster_id,
+        standing,
+    } = storage::open(
         &config.data_dir,
         &config.cluster_name,
         config.node_id,
+        !config.bootstrap,
         events_tx,
         config.watch_history,
     )?;
@@ -604,6 +622,9 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         snapshot_policy: SnapshotPolicy::LogsSinceLast(rc.snapshot_after_entries),
         max_in_snapshot_log_to_keep: rc.keep_entries_after_snapshot,
         install_snapshot_timeout: 2000,
+        // A joining node (new data directory, not admitted yet) never stands for election
+        // (DESIGN rule 6); admission turns elections on (`standing.rs`).
+        enable_elect: !standing.is_joining(),
         ..Default::default()
     }
     .validate()
@@ -776,6 +797,13 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         }
     }));
     tasks.push(tokio::spawn(membership::watch_removal(shared.clone())));
+    if standing.is_joining() {
+        tasks.push(tokio::spawn(standing::await_admission(
+            shared.clone(),
+            standing.clone(),
+            cluster_id.clone(),
+        )));
+    }
     if let Some(listener) = http_listener {
         tasks.push(tokio::spawn(observe::serve(
             shared.clone(),
@@ -791,6 +819,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
                 config.node_id,
                 raft.clone(),
                 cluster_id.clone(),
+                standing.clone(),
                 control_tx,
                 forward_tx,
                 shutdown_rx.clone(),
@@ -859,14 +888,17 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             .map_err(|e| Error::Raft(e.to_string()))?
     {
         if cluster_id.get().is_none() {
-            if let Some((peer, addr, id)) = existing_cluster(&network, &config).await {
-                return Err(Error::AlreadyBootstrapped {
-                    peer,
-                    addr,
-                    cluster_id: id,
-                    me: config.node_id,
-                });
-            }
+            // Every peer answers and none has a cluster yet (else this node lost its data), and
+            // the founding members to tell are on disk, before the cluster gets its id.
+            standing::await_founding_peers(&network, &config).await?;
+            standing.set_founding(
+                config
+                    .peers
+                    .keys()
+                    .copied()
+                    .filter(|id| *id != config.node_id)
+                    .collect(),
+            )?;
             cluster_id.adopt(&storage::ClusterId::generate())?;
         }
         let members: BTreeMap<u64, NodeAddr> = config
@@ -905,27 +937,6 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         shutdown,
         tasks,
     })
-}
-
-/// A peer that already has a cluster id (asked for 1 s each, all at once): the cluster this node
-/// is about to bootstrap exists already.
-async fn existing_cluster(network: &Network, config: &Config) -> Option<(u64, String, String)> {
-    let asks = config
-        .peers
-        .iter()
-        .filter(|(id, _)| **id != config.node_id)
-        .map(|(id, p)| async move {
-            let found = network
-                .identify(&p.raft, Duration::from_secs(1))
-                .await
-                .ok()?;
-            Some((*id, p.raft.clone(), found.cluster_id?))
-        });
-    futures::future::join_all(asks)
-        .await
-        .into_iter()
-        .flatten()
-        .next()
 }
 
 /// Accepted connections with Nagle's algorithm off: small request/response messages must not wait

@@ -140,7 +140,7 @@ async fn readiness(shared: &Shared) -> Result<String, String> {
         .get_node(&leader)
         .cloned()
         .ok_or_else(|| format!("leader {leader} is not in the membership this node knows"))?;
-    match shared.network.identify(&addr.raft, LEADER_WAIT).await {
+    match shared.network.identify(&addr.raft, None, LEADER_WAIT).await {
         Ok(theirs) => caught_up(
             applied,
             theirs.applied,

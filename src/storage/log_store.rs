@@ -37,6 +37,9 @@ pub struct LogStore {
     db: Arc<Db>,
     cache: Arc<std::sync::Mutex<LogCache>>,
     flusher: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+    /// Set by the state machine while a snapshot is being received or installed and not yet on
+    /// disk ([`super::StateMachineStore`]): purges then go no further than the snapshot on disk.
+    receiving: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Fsync the WAL for every queued append, then complete their callbacks in order. Ends when every
@@ -86,7 +89,14 @@ impl LogStore {
             db,
             cache: Arc::new(std::sync::Mutex::new(LogCache::new(CACHE_LIMITS))),
             flusher,
+            receiving: Default::default(),
         }
+    }
+
+    /// Share the state machine's "snapshot on its way" flag (see [`LogStore::purge`]).
+    pub(super) fn with_receiving(mut self, receiving: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        self.receiving = receiving;
+        self
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, LogCache> {
@@ -259,6 +269,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // openraft asks to purge up to a snapshot it has handed to the state machine, which may
+        // still be installing it (issue 24 item 6): a kill -9 before that snapshot is on disk would
+        // leave the durable snapshot behind the purged log, a gap no restart can fill. Purge no
+        // further than the snapshot on disk; the rest goes with a later purge.
+        let durable = super::snapshot_files::durable_last_log_id(&self.db).map_err(read_err)?;
+        let receiving = self.receiving.load(std::sync::atomic::Ordering::SeqCst);
+        let log_id = match durable {
+            Some(d) if d.index < log_id.index => {
+                tracing::debug!(
+                    asked = log_id.index,
+                    durable = d.index,
+                    "log purge held at the snapshot on disk"
+                );
+                d
+            }
+            Some(_) => log_id,
+            // No snapshot on disk yet and one on its way: nothing may go.
+            None if receiving => return Ok(()),
+            None => log_id,
+        };
+        if self
+            .meta_get::<LogId>(b"last_purged")?
+            .is_some_and(|done| done.index >= log_id.index)
+        {
+            return Ok(());
+        }
         // Record the purge point first, so a crash in between leaves extra entries, never a gap.
         self.meta_put(b"last_purged", &log_id, true)?;
         self.cache().purge(log_id.index);

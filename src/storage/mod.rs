@@ -24,6 +24,7 @@ pub mod backup;
 mod log_cache;
 mod log_store;
 mod snapshot_files;
+mod standing;
 mod state_machine;
 
 use std::path::Path;
@@ -34,6 +35,7 @@ use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, DB};
 pub use audit_log::{AuditGap, AuditLog};
 pub use log_store::LogStore;
 pub use snapshot_files::SnapshotFile;
+pub use standing::Standing;
 pub use state_machine::{AppliedEvents, SmReader, StateMachineStore, WatchFeed};
 
 /// On-disk format of the data directory. Bump when entries or snapshots change incompatibly.
@@ -114,19 +116,40 @@ struct Identity {
     node: u64,
 }
 
-/// Open (creating if needed) the node's database and check it belongs to `cluster` / `node`.
+/// A node's opened storage.
+pub struct Opened {
+    pub log: LogStore,
+    pub sm: StateMachineStore,
+    pub cluster_id: ClusterId,
+    pub standing: Standing,
+}
+
+/// Open (creating if needed) the node's database and check it belongs to `cluster` / `node`. A new
+/// data directory of a node that does not bootstrap (`joining_if_new`) is recorded as joining
+/// ([`Standing`]) before anything else is written to it, so no crash leaves a new directory that
+/// may vote.
 pub fn open(
     dir: &Path,
     cluster: &str,
     node: u64,
+    joining_if_new: bool,
     events: tokio::sync::mpsc::UnboundedSender<AppliedEvents>,
     watch_history: usize,
-) -> Result<(LogStore, StateMachineStore, ClusterId), Error> {
+) -> Result<Opened, Error> {
     let db = open_db(dir)?;
+    if joining_if_new && db.get_cf(cf(&db, CF_META), b"identity")?.is_none() {
+        Standing::mark_joining(&db)?;
+    }
     check_identity(&db, dir, cluster, node)?;
     let cluster_id = ClusterId::load(db.clone())?;
+    let standing = Standing::load(db.clone())?;
     let sm = StateMachineStore::open(db.clone(), dir, events, watch_history)?;
-    Ok((LogStore::new(db), sm, cluster_id))
+    Ok(Opened {
+        log: LogStore::new(db).with_receiving(sm.receiving()),
+        sm,
+        cluster_id,
+        standing,
+    })
 }
 
 const CLUSTER_ID_KEY: &[u8] = b"cluster-id";
@@ -579,9 +602,9 @@ mod openraft_suite {
         ) -> Result<(tempfile::TempDir, LogStore, StateMachineStore), StorageError> {
             let dir = tempfile::tempdir().expect("a temp dir for the suite");
             let (events, _) = tokio::sync::mpsc::unbounded_channel();
-            let (log, sm, _) = super::open(dir.path(), "suite", 1, events, 16)
+            let opened = super::open(dir.path(), "suite", 1, false, events, 16)
                 .map_err(|e| openraft::StorageIOError::read(&e))?;
-            Ok((dir, log, sm))
+            Ok((dir, opened.log, opened.sm))
         }
     }
 

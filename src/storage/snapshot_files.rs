@@ -135,13 +135,7 @@ impl SnapshotFiles {
     }
 
     fn current_last_log_id(&self) -> Result<Option<LogId>, Error> {
-        match self
-            .db
-            .get_cf(cf(&self.db, CF_SNAPSHOT), CURRENT_LAST_LOG_ID)?
-        {
-            Some(bytes) => decode(&bytes),
-            None => Ok(None),
-        }
+        durable_last_log_id(&self.db)
     }
 
     /// Move a snapshot stored whole in the column family into a file.
@@ -374,6 +368,14 @@ impl tokio::io::AsyncSeek for SnapshotFile {
 
     fn poll_complete(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<u64>> {
         Pin::new(&mut self.file).poll_complete(cx)
+    }
+}
+
+/// The last log id of the snapshot on disk, if any: what the log may be purged up to.
+pub(super) fn durable_last_log_id(db: &Db) -> Result<Option<LogId>, Error> {
+    match db.get_cf(cf(db, CF_SNAPSHOT), CURRENT_LAST_LOG_ID)? {
+        Some(bytes) => decode(&bytes),
+        None => Ok(None),
     }
 }
 

@@ -70,6 +70,9 @@ pub struct StateMachineStore {
     audit: AuditLog,
     events: UnboundedSender<AppliedEvents>,
     watch: WatchFeed,
+    /// A snapshot is being received or installed and is not on disk yet; shared with the log
+    /// store, which then purges no further than the snapshot on disk (issue 24 item 6).
+    receiving: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The watch history and a signal of its head revision, shared by the state machine (which fills
@@ -158,7 +161,13 @@ impl StateMachineStore {
                 history: Arc::new(std::sync::Mutex::new(history)),
                 head: Arc::new(tokio::sync::watch::channel(head).0),
             },
+            receiving: Default::default(),
         })
+    }
+
+    /// The flag the log store reads before it purges (see `receiving`).
+    pub(super) fn receiving(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.receiving.clone()
     }
 
     /// The watch history (lease lifecycle events of the latest audit records).
@@ -331,6 +340,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
+        // Until a snapshot is on disk again, the log keeps what the durable one does not cover.
+        self.receiving
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let io_err = |e: &Error| StorageIOError::write_snapshot(None, e);
         // One reception at a time: what an abandoned one left is not needed.
         self.snapshots
@@ -390,9 +402,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 "audit records to fetch from peers after a snapshot"
             );
         }
+        #[cfg(debug_assertions)]
+        crate::failpoint::pause("WARRANT_TEST_PAUSE_BEFORE_SNAPSHOT_DURABLE_MS").await;
         self.snapshots
             .commit(&path, &file, meta)
             .map_err(|e| write_err(&e))?;
+        self.receiving
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         let mut sm = self.write();
         sm.state = state;
         sm.last_applied = meta.last_log_id;

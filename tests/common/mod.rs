@@ -250,6 +250,11 @@ impl Cluster {
 
     /// Start (or restart) a node process; its stderr goes to its log file.
     pub fn start_node(&mut self, id: u64) {
+        self.start_node_env(id, &[]);
+    }
+
+    /// [`Cluster::start_node`] with more environment variables (the debug build's test pauses).
+    pub fn start_node_env(&mut self, id: u64, env: &[(&str, &str)]) {
         let node = &mut self.nodes[(id - 1) as usize];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -260,6 +265,7 @@ impl Cluster {
             .args(["server", "--config"])
             .arg(&node.config)
             .env("RUST_LOG", "info,openraft=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
