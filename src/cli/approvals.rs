@@ -57,7 +57,8 @@ pub(super) async fn list(client: &Client) -> Result<Outcome, ClientError> {
 }
 
 /// The digest and policy version the decision is about: as given, or read now (and said on
-/// stderr, so the human sees what is decided on).
+/// stderr, so the human sees what is decided on). A request that is not pending gets no digest:
+/// the cluster's answer then says what became of it.
 async fn shown(
     client: &Client,
     request_id: &str,
@@ -68,15 +69,10 @@ async fn shown(
         return Ok((digest, version));
     }
     let pending = client.list_approvals().await?;
-    let p = pending
-        .iter()
-        .find(|p| p.request_id == request_id)
-        .ok_or_else(|| ClientError::Server {
-            code: tonic::Code::FailedPrecondition,
-            message: format!(
-                "request {request_id} is not pending approval (`warrant approvals list` shows what is)"
-            ),
-        })?;
+    let Some(p) = pending.iter().find(|p| p.request_id == request_id) else {
+        // Not pending: the cluster says why (decided, expired, unknown), exactly as it would.
+        return Ok((String::new(), 0));
+    };
     let intent = p.intent.as_ref().map(|i| i.text.as_str()).unwrap_or("");
     eprintln!(
         "{verb} request {request_id}: {} ({}) wants {} for {} ms, intent {intent:?}; policy \

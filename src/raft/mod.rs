@@ -60,6 +60,9 @@ pub struct IdentifyAsk {
     /// The asker started on an empty data directory and is not admitted yet
     /// ([`crate::storage::Standing`]): it wants to know whether it is a founding member.
     pub joining: bool,
+    /// The joining data directory's incarnation (a nonce made with it): a founding member is told
+    /// so again only under the incarnation it was first told under.
+    pub incarnation: String,
     /// The leader asks a node it is about to add as a learner (not a member yet, so it never
     /// voted in this cluster): a joining node is admitted.
     pub admit: bool,

@@ -14,13 +14,17 @@ use crate::proto::raft::raft_server;
 use crate::proto::raft::RaftMessage;
 use crate::storage::{self, ClusterId, Standing};
 
+/// Set once this node no longer serves (removed, or a voter that lost its data): why.
+pub type Retired = std::sync::Arc<std::sync::OnceLock<String>>;
+
 /// Serves `warrant.raft.v1.Raft` for one node.
 pub struct RaftService {
     node: NodeId,
     raft: Raft,
     cluster_id: ClusterId,
-    /// Whether this node may vote (DESIGN rule 6), and the founding members to tell.
+    /// Whether this node may vote, take log entries and lead (DESIGN rule 6).
     standing: Standing,
+    retired: Retired,
     /// Where [`Control`] notices go (the node acts on them).
     control: tokio::sync::mpsc::UnboundedSender<Control>,
     /// Where forwarded commands go (the node proposes them).
@@ -35,7 +39,7 @@ impl RaftService {
         node: NodeId,
         raft: Raft,
         cluster_id: ClusterId,
-        standing: Standing,
+        (standing, retired): (Standing, Retired),
         control: tokio::sync::mpsc::UnboundedSender<Control>,
         forward: tokio::sync::mpsc::Sender<ForwardRequest>,
         stopping: tokio::sync::watch::Receiver<bool>,
@@ -45,6 +49,7 @@ impl RaftService {
             raft,
             cluster_id,
             standing,
+            retired,
             control,
             forward,
             stopping,
@@ -76,6 +81,26 @@ impl RaftService {
             storage::Error::BadClusterId(_) => Status::invalid_argument(e.to_string()),
             e => Status::internal(format!("cannot record the cluster id: {e}")),
         })
+    }
+}
+
+impl RaftService {
+    /// DESIGN rule 6: a node on a new data directory may have acknowledged entries and seen terms
+    /// it no longer remembers, so it would accept a deposed leader of an old term and let it
+    /// commit over entries committed since. It takes no log entry and no snapshot until admitted
+    /// (an admitted newcomer then catches up), nor once retired.
+    fn accepts_log(&self) -> Result<(), Status> {
+        if let Some(why) = self.retired.get() {
+            return Err(Status::failed_precondition(why.clone()));
+        }
+        if self.standing.is_joining() {
+            return Err(Status::failed_precondition(format!(
+                "node {} started on an empty data directory and has not been admitted to the \
+                 cluster yet: it takes no log entries",
+                self.node
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -140,6 +165,7 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<AppendReplies>, Status> {
+        self.accepts_log()?;
         self.check_cluster(&request, true)?;
         // One reply in flight: the sender waits for it before the next request.
         let (tx, rx) = mpsc::channel(1);
@@ -156,6 +182,7 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.accepts_log()?;
         self.check_cluster(&request, true)?;
         let req = decode(request)?;
         reply(&self.raft.append_entries(req).await)
@@ -181,6 +208,7 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.accepts_log()?;
         self.check_cluster(&request, true)?;
         let req = decode(request)?;
         reply(&self.raft.install_snapshot(req).await)
@@ -235,7 +263,10 @@ impl raft_server::Raft for RaftService {
         } else {
             Some(decode_message(&message)?)
         };
-        if ask.as_ref().is_some_and(|a| a.admit) && self.standing.is_joining() {
+        if ask.as_ref().is_some_and(|a| a.admit)
+            && self.standing.is_joining()
+            && self.retired.get().is_none()
+        {
             self.standing
                 .admit()
                 .map_err(|e| Status::internal(format!("cannot record the admission: {e}")))?;
@@ -245,14 +276,32 @@ impl raft_server::Raft for RaftService {
                 "admitted to the cluster as a new member (the leader adds it as a learner)"
             );
         }
-        let founding = match ask {
+        let founding = match &ask {
             Some(ask) if ask.joining => self
                 .standing
-                .take_founding(ask.from)
+                .take_founding(ask.from, &ask.incarnation)
                 .map_err(|e| Status::internal(format!("cannot record a founding member: {e}")))?,
             _ => false,
         };
-        let m = self.raft.metrics().borrow().clone();
+        // A joining node decides on the leader's word (admitted as a learner, or found out as a
+        // voter that lost its data): a leader answers it only after confirming its leadership
+        // with a quorum, and only with a membership it has applied (so committed). Otherwise it
+        // names no leader, and the joining node asks again.
+        let joining_asks = ask.as_ref().is_some_and(|a| a.joining);
+        let mut m = self.raft.metrics().borrow().clone();
+        if joining_asks && m.current_leader == Some(self.node) {
+            let confirmed = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                self.raft.ensure_linearizable(),
+            )
+            .await;
+            m = self.raft.metrics().borrow().clone();
+            let applied = m.last_applied.map_or(0, |l| l.index);
+            let membership_at = m.membership_config.log_id().map_or(0, |l| l.index);
+            if !matches!(confirmed, Ok(Ok(_))) || membership_at > applied {
+                m.current_leader = None;
+            }
+        }
         let membership = m.membership_config.membership();
         reply(&Identity {
             node: self.node,

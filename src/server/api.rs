@@ -47,6 +47,24 @@ struct WithdrawOnDrop {
     cancel: Option<Command>,
 }
 
+impl WithdrawOnDrop {
+    fn arm(shared: Arc<Shared>, request_id: RequestId, cancel: Command) -> Self {
+        shared.waiters.hold(&request_id);
+        Self {
+            shared,
+            request_id,
+            cancel: Some(cancel),
+        }
+    }
+
+    /// The handler answered: nothing to withdraw.
+    fn disarm(&mut self) {
+        if self.cancel.take().is_some() {
+            self.shared.waiters.let_go(&self.request_id);
+        }
+    }
+}
+
 impl Drop for WithdrawOnDrop {
     fn drop(&mut self) {
         let Some(cancel) = self.cancel.take() else {
@@ -54,6 +72,9 @@ impl Drop for WithdrawOnDrop {
         };
         let shared = self.shared.clone();
         let request_id = self.request_id.clone();
+        if !shared.waiters.let_go(&request_id) {
+            return; // another handler (a retry) still waits on this request here
+        }
         shared.waiters.unregister(&request_id);
         metrics::counter!("warrant_waiters_withdrawn_total").increment(1);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -185,7 +206,13 @@ impl Api {
                 // A retry answers the first grant, whose lease may have ended since: say so, and
                 // never report a ttl for it (issue 24 item 3). A live lease the clock has not
                 // heard of yet was granted a moment ago: its whole ttl is left.
-                let ended = {
+                // (The chaos suite's `lose-grants` break answers lost grants as applied: it must
+                // not be caught here, or its checkers could not show it.)
+                let lose_grants =
+                    self.shared.config.chaos_break == Some(super::config::ChaosBreak::LoseGrants);
+                let ended = if lose_grants {
+                    None
+                } else {
                     let sm = self.shared.sm.read();
                     match sm.state.lease(&g.lease.lease_id) {
                         Some(_) => None,
@@ -591,87 +618,98 @@ impl warrant_server::Warrant for Api {
             self.chaos_displace_holder(&cmd).await;
         }
         let woken = self.shared.waiters.register(&request_id);
-        let answer = match self.answer_or_propose(&caller, cmd).await {
-            Ok(Answered::Now(answer)) => answer,
-            Ok(Answered::Proposed(proposal)) => match proposal.answer().await {
-                Ok(crate::model::Response::Acquire(a)) => a,
-                Ok(_) => {
-                    self.shared.waiters.unregister(&request_id);
-                    return Err(Status::internal("unexpected answer to Acquire"));
-                }
+        // From here the caller may wait: if it goes away (its connection drops and this future
+        // with it), its waiter is withdrawn, so the resource is never granted to a caller that
+        // is gone (etcd#11456) — unless another handler on this node waits on the same request id
+        // (a retry). Armed before the first proposal: a caller gone while it commits is withdrawn
+        // too (the cancel queues behind it). Not re-checked: withdrawing one's own request must
+        // work even after the caller's token was revoked, or a pending request would outlive it.
+        let mut withdraw = (r.wait_ms > 0 || !approval_wait.is_zero()).then(|| {
+            WithdrawOnDrop::arm(
+                self.shared.clone(),
+                request_id.clone(),
+                caller.wrap_unchecked(Command::CancelWait {
+                    request_id: request_id.clone(),
+                    principal: principal.clone(),
+                }),
+            )
+        });
+        let answered = async {
+            let answer = match self.answer_or_propose(&caller, cmd).await {
+                Ok(Answered::Now(answer)) => answer,
+                Ok(Answered::Proposed(proposal)) => match proposal.answer().await {
+                    Ok(crate::model::Response::Acquire(a)) => a,
+                    Ok(_) => {
+                        self.shared.waiters.unregister(&request_id);
+                        return Err(Status::internal("unexpected answer to Acquire"));
+                    }
+                    Err(status) => {
+                        self.shared.waiters.unregister(&request_id);
+                        return Err(status);
+                    }
+                },
                 Err(status) => {
                     self.shared.waiters.unregister(&request_id);
                     return Err(status);
                 }
-            },
-            Err(status) => {
-                self.shared.waiters.unregister(&request_id);
-                return Err(status);
-            }
-        };
-        // From here the caller may wait: if it goes away (its connection drops and this future
-        // with it), its waiter is withdrawn, so the resource is never granted to a caller that
-        // is gone (etcd#11456). Not re-checked: withdrawing one's own request must work even
-        // after the caller's token was revoked, or a pending request would outlive it.
-        let mut withdraw = WithdrawOnDrop {
-            shared: self.shared.clone(),
-            request_id: request_id.clone(),
-            cancel: Some(caller.wrap_unchecked(Command::CancelWait {
-                request_id: request_id.clone(),
-                principal: principal.clone(),
-            })),
-        };
-        let outcome = match answer {
-            AcquireOutcome::Queued { .. } if r.wait_ms > 0 => {
-                match tokio::time::timeout(Duration::from_millis(r.wait_ms), woken).await {
-                    Ok(Ok(outcome)) => outcome,
-                    // The wait is over (or we missed the wake-up): cancel, which answers with the final
-                    // outcome — the grant if it happened meanwhile, so no lease is ever orphaned here.
-                    _ => match self
-                        .shared
-                        // Not re-checked: withdrawing one's own request must work even after
-                        // the caller's token was revoked, or a pending request would outlive it.
-                        .propose(caller.wrap_unchecked(Command::CancelWait {
-                            request_id: request_id.clone(),
-                            principal,
-                        }))
-                        .await?
-                    {
-                        crate::model::Response::CancelWait(outcome) => outcome,
-                        _ => return Err(Status::internal("unexpected answer to CancelWait")),
-                    },
+            };
+            let outcome = match answer {
+                AcquireOutcome::Queued { .. } if r.wait_ms > 0 => {
+                    match tokio::time::timeout(Duration::from_millis(r.wait_ms), woken).await {
+                        Ok(Ok(outcome)) => outcome,
+                        // The wait is over (or we missed the wake-up): cancel, which answers with the final
+                        // outcome — the grant if it happened meanwhile, so no lease is ever orphaned here.
+                        _ => match self
+                            .shared
+                            // Not re-checked: withdrawing one's own request must work even after
+                            // the caller's token was revoked, or a pending request would outlive it.
+                            .propose(caller.wrap_unchecked(Command::CancelWait {
+                                request_id: request_id.clone(),
+                                principal,
+                            }))
+                            .await?
+                        {
+                            crate::model::Response::CancelWait(outcome) => outcome,
+                            _ => return Err(Status::internal("unexpected answer to CancelWait")),
+                        },
+                    }
                 }
-            }
-            // Waiting for humans: the quorum's grant, or a rejection / expiry / cancellation, wakes
-            // us. Past the caller's wait the request is withdrawn (cancel answers its final outcome,
-            // the grant if it happened meanwhile), so nothing is granted later to a caller that left.
-            AcquireOutcome::PendingApproval(_) | AcquireOutcome::Queued { .. }
-                if !approval_wait.is_zero() =>
-            {
-                match tokio::time::timeout(approval_wait, woken).await {
-                    Ok(Ok(outcome)) => outcome,
-                    _ => match self
-                        .shared
-                        // Not re-checked: withdrawing one's own request must work even after
-                        // the caller's token was revoked, or a pending request would outlive it.
-                        .propose(caller.wrap_unchecked(Command::CancelWait {
-                            request_id: request_id.clone(),
-                            principal,
-                        }))
-                        .await?
-                    {
-                        crate::model::Response::CancelWait(outcome) => outcome,
-                        _ => return Err(Status::internal("unexpected answer to CancelWait")),
-                    },
+                // Waiting for humans: the quorum's grant, or a rejection / expiry / cancellation, wakes
+                // us. Past the caller's wait the request is withdrawn (cancel answers its final outcome,
+                // the grant if it happened meanwhile), so nothing is granted later to a caller that left.
+                AcquireOutcome::PendingApproval(_) | AcquireOutcome::Queued { .. }
+                    if !approval_wait.is_zero() =>
+                {
+                    match tokio::time::timeout(approval_wait, woken).await {
+                        Ok(Ok(outcome)) => outcome,
+                        _ => match self
+                            .shared
+                            // Not re-checked: withdrawing one's own request must work even after
+                            // the caller's token was revoked, or a pending request would outlive it.
+                            .propose(caller.wrap_unchecked(Command::CancelWait {
+                                request_id: request_id.clone(),
+                                principal,
+                            }))
+                            .await?
+                        {
+                            crate::model::Response::CancelWait(outcome) => outcome,
+                            _ => return Err(Status::internal("unexpected answer to CancelWait")),
+                        },
+                    }
                 }
-            }
-            other => {
-                self.shared.waiters.unregister(&request_id);
-                other
-            }
-        };
-        withdraw.cancel = None;
-        Ok(Response::new(self.outcome(outcome)?))
+                other => {
+                    self.shared.waiters.unregister(&request_id);
+                    other
+                }
+            };
+            Ok(Response::new(self.outcome(outcome)?))
+        }
+        .await;
+        // Answered (a grant, an error, …): the caller is there to read it.
+        if let Some(w) = withdraw.as_mut() {
+            w.disarm();
+        }
+        answered
     }
 
     type KeepAliveStream = KeepAliveStream;

@@ -377,6 +377,7 @@ impl Shared {
         let ask = crate::raft::IdentifyAsk {
             from: self.node_id,
             joining: false,
+            incarnation: String::new(),
             admit: true,
         };
         let deadline = tokio::time::Instant::now() + IDENTIFY_WAIT;
@@ -458,6 +459,11 @@ impl Shared {
         }
         match notice {
             Control::TakeOver { from, term, .. } => {
+                // DESIGN rule 6: a node that may not vote may not lead either.
+                if self.standing.is_joining() || self.retired.get().is_some() {
+                    tracing::info!(from, "ignored a take-over notice: this node may not lead");
+                    return;
+                }
                 let m = self.raft.metrics().borrow().clone();
                 // Once we stand, we know no leader: the sender repeats its notice until we win.
                 if m.current_leader.is_some_and(|l| l != from) || m.current_term < term {
@@ -633,6 +639,14 @@ impl Api {
                 )));
             }
             return Ok(shared.membership_response(None, started));
+        }
+        // A confirmed leader's membership holds every committed change: a node it does not list
+        // as a voter never voted in this cluster's current configuration, and may be admitted.
+        shared.confirm_leadership().await?;
+        if known.is_some() {
+            // A learner already (it may have lost its data and be joining again: a learner never
+            // voted, so it is admitted before it is promoted).
+            shared.identify_joiner(r.node_id, &node).await?;
         }
         if known.is_none() {
             shared.identify_joiner(r.node_id, &node).await?;

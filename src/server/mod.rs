@@ -140,6 +140,8 @@ pub(crate) struct Shared {
     pub stopping: watch::Receiver<bool>,
     /// Set once this node learns it was removed: why it no longer serves.
     pub retired: Arc<std::sync::OnceLock<String>>,
+    /// Whether this node may vote yet (DESIGN rule 6; `standing.rs`).
+    pub standing: storage::Standing,
 }
 
 impl Shared {
@@ -602,7 +604,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         &config.data_dir,
         &config.cluster_name,
         config.node_id,
-        !config.bootstrap,
+        true,
         events_tx,
         config.watch_history,
     )?;
@@ -750,6 +752,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             watch: watch_feed,
             stopping: shutdown_rx.clone(),
             retired: retired.clone(),
+            standing: standing.clone(),
         }
     });
 
@@ -819,7 +822,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
                 config.node_id,
                 raft.clone(),
                 cluster_id.clone(),
-                standing.clone(),
+                (standing.clone(), retired.clone()),
                 control_tx,
                 forward_tx,
                 shutdown_rx.clone(),
@@ -900,6 +903,12 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
                     .collect(),
             )?;
             cluster_id.adopt(&storage::ClusterId::generate())?;
+        }
+        // The founding members are on disk and no peer has a cluster: this node founds it, with
+        // nothing lost to forget. (Had a peer one, this node lost its data and refused above.)
+        if standing.is_joining() {
+            standing.admit()?;
+            raft.runtime_config().elect(true);
         }
         let members: BTreeMap<u64, NodeAddr> = config
             .peers

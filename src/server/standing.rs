@@ -53,6 +53,7 @@ pub(super) async fn await_founding_peers(network: &Network, config: &Config) -> 
     let ask = IdentifyAsk {
         from: config.node_id,
         joining: false,
+        incarnation: String::new(),
         admit: false,
     };
     let mut said = tokio::time::Instant::now();
@@ -191,6 +192,7 @@ pub(super) async fn await_admission(
     let ask = IdentifyAsk {
         from: shared.node_id,
         joining: true,
+        incarnation: standing.incarnation(),
         admit: false,
     };
     let mut stopping = shared.stopping.clone();
@@ -220,6 +222,8 @@ pub(super) async fn await_admission(
                     Err(e) => tracing::error!(error = %e, "cannot record the admission"),
                 }
             }
+            // Admitted meanwhile (the leader's add-node): the answers of this round are older.
+            Verdict::LostData { .. } if !standing.is_joining() => return,
             Verdict::LostData { leader } => {
                 shared
                     .retire(lost_data_message(

@@ -11,6 +11,10 @@ use crate::model::{AcquireOutcome, RequestId};
 #[derive(Default)]
 pub struct Waiters {
     map: Mutex<HashMap<RequestId, Vec<oneshot::Sender<AcquireOutcome>>>>,
+    /// Acquire handlers on this node that may wait for each request id (a retry with the same id
+    /// can arrive while the first handler still runs): a handler whose caller went away withdraws
+    /// the request only when it was the last.
+    handlers: Mutex<HashMap<RequestId, usize>>,
 }
 
 impl Waiters {
@@ -35,6 +39,31 @@ impl Waiters {
     /// Forget a request (answered, or given up).
     pub fn unregister(&self, id: &RequestId) {
         self.lock().remove(id);
+    }
+
+    /// A handler for `id` starts (see `handlers`).
+    pub fn hold(&self, id: &RequestId) {
+        *self
+            .handlers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.clone())
+            .or_default() += 1;
+    }
+
+    /// A handler for `id` ends; true if it was the last one on this node.
+    pub fn let_go(&self, id: &RequestId) -> bool {
+        let mut handlers = self.handlers.lock().unwrap_or_else(|p| p.into_inner());
+        match handlers.get_mut(id) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                handlers.remove(id);
+                true
+            }
+        }
     }
 
     /// The request was granted or dropped: wake everyone waiting on it.

@@ -99,6 +99,43 @@ impl LogStore {
         self
     }
 
+    /// At start (openraft reads the log state once, before anything else): finish a purge that
+    /// was held at the snapshot on disk while a newer one was installed (see `purge`). After an
+    /// install the log may hold entries below the new snapshot, then a gap, then entries above
+    /// it; everything up to the snapshot on disk goes, so the log is contiguous after it again.
+    fn purge_to_durable_snapshot(&self) -> Result<(), StorageError> {
+        let Some(durable) =
+            super::snapshot_files::durable_last_log_id(&self.db).map_err(read_err)?
+        else {
+            return Ok(());
+        };
+        let purged: Option<LogId> = self.meta_get(b"last_purged")?;
+        if purged.is_some_and(|p| p.index >= durable.index) {
+            return Ok(());
+        }
+        // Is there anything at or below the snapshot to remove (or a purge point to raise)?
+        let logs = cf(&self.db, CF_LOGS);
+        let first_key = self
+            .db
+            .iterator_cf(logs, IteratorMode::Start)
+            .next()
+            .transpose()
+            .map_err(read_err)?
+            .map(|(k, _)| k);
+        let below = first_key.is_some_and(|k| k.as_ref() <= key(durable.index).as_slice());
+        if !below && purged.is_none() {
+            return Ok(());
+        }
+        tracing::info!(
+            to = durable.index,
+            "purging the log up to the snapshot on disk (a purge held during an install)"
+        );
+        self.meta_put(b"last_purged", &durable, true)?;
+        self.db
+            .delete_range_cf(logs, key(0), key(durable.index + 1))
+            .map_err(write_err)
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, LogCache> {
         // The cache is changed only by a few non-panicking VecDeque operations: a poisoned lock
         // still guards a consistent cache.
@@ -191,6 +228,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        self.purge_to_durable_snapshot()?;
         let last_purged: Option<LogId> = self.meta_get(b"last_purged")?;
         let last = self.last_entry_id()?.or(last_purged);
         Ok(LogState {

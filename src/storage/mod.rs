@@ -124,10 +124,9 @@ pub struct Opened {
     pub standing: Standing,
 }
 
-/// Open (creating if needed) the node's database and check it belongs to `cluster` / `node`. A new
-/// data directory of a node that does not bootstrap (`joining_if_new`) is recorded as joining
-/// ([`Standing`]) before anything else is written to it, so no crash leaves a new directory that
-/// may vote.
+/// Open (creating if needed) the node's database and check it belongs to `cluster` / `node`. With
+/// `joining_if_new` (every server), a new data directory is recorded as joining ([`Standing`])
+/// before anything else is written to it, so no crash leaves a new directory that may vote.
 pub fn open(
     dir: &Path,
     cluster: &str,
