@@ -24,10 +24,10 @@
 //!   its write, so only the fence can stop the write it makes on waking.
 //! - `wipe`: a follower loses its disk: kill -9 it (never node 1, which bootstraps), delete its data
 //!   directory and restart it on its old config, with p = 0.3 while another follower is down too
-//!   (the scenario where a blank vote would elect a node missing acknowledged grants). Warrant
-//!   must refuse it ("its data was lost or wiped", DESIGN rule 6); then the nemesis replaces it as
-//!   the operator's page says: `remove-node`, empty its directory, start it, `add-node`. A blank
-//!   node not refused within 20 s is logged as an error.
+//!   (the scenario where a blank vote would elect a node missing acknowledged grants), held
+//!   1–4 s. Then the other node returns, and Warrant must refuse the blank one ("its data was lost
+//!   or wiped", DESIGN rule 6) within 20 s, else the step is an error; then the nemesis replaces
+//!   it as the operator's page says: `remove-node`, empty its directory, start it, `add-node`.
 //! - `mixed`: each step picks one of the above at random. In any schedule with both kinds, with
 //!   p = 0.25 a step runs two at once, a network fault (partition, bridge, ring, loss) with a
 //!   process fault (kill, pause, clock, client-pause), each with its own hold (`combined` in the
@@ -766,7 +766,16 @@ async fn wipe(
             other.map_or(String::new(), |o| format!(" while node {o} is down"))
         ),
     );
-    // Warrant must find it out (the leader lists it as a voter) and keep it from voting.
+    // The window: the blank node is up, maybe with another node down, so a blank vote would be
+    // the only way to elect anyone. It grants none (the checkers see whether anything was lost).
+    sleep_before(hold, deadline).await;
+    if let Some(o) = other {
+        if let Err(e) = cluster.start_node(o) {
+            trouble.push(format!("restart node {o}: {e:#}"));
+        }
+    }
+    // Warrant must find it out once a leader confirmed by a quorum lists it as a voter (with
+    // another node down, the leader could not confirm, so this waits for that node's return).
     let refused = wait_for_log(
         &cluster.node(victim).log,
         log_from,
@@ -778,12 +787,6 @@ async fn wipe(
         trouble.push(format!(
             "node {victim} restarted blank was not refused within 20 s: it may vote blank"
         ));
-    }
-    sleep_before(hold, deadline).await;
-    if let Some(o) = other {
-        if let Err(e) = cluster.start_node(o) {
-            trouble.push(format!("restart node {o}: {e:#}"));
-        }
     }
     // The replacement, as the operator's page says.
     if let Err(e) = replace(cluster, victim).await {

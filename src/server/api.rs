@@ -283,7 +283,7 @@ impl Api {
         caller: &auth::Caller,
         cmd: AcquireCmd,
     ) -> Result<Answered<'_>, Status> {
-        let now_ms = super::wall_now_ms();
+        let now_ms = self.shared.entry_clock.now_ms();
         let look = || {
             let sm = self.shared.sm.read();
             Look {

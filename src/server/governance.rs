@@ -162,7 +162,7 @@ impl Api {
             action,
             &res,
             &facts,
-            super::wall_now_ms(),
+            self.shared.entry_clock.now_ms(),
             allow_without_policy,
         );
         Ok(Response::new(match verdict {

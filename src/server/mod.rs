@@ -97,6 +97,38 @@ pub(crate) fn wall_now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The time stamped into the entries this node proposes as leader (the state machine's only
+/// clock): its wall clock, but never behind the state machine's clock as this leader found it
+/// plus the time passed since by its monotonic clock. The state machine's clock only moves
+/// forward, so a new leader whose wall clock is behind its predecessor's would otherwise hold it
+/// still for the difference, and every deadline counted in it (queued waiters, approvals) would
+/// stretch by as much (issue 24 item 9). Audit times then run ahead of such a leader's wall
+/// clock, never behind the cluster's.
+#[derive(Default)]
+pub(crate) struct EntryClock {
+    /// The state machine's clock when this node's lease clock started, and when that was.
+    floor: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
+}
+
+impl EntryClock {
+    /// This node starts leading: the state machine's clock stood at `state_now_ms`.
+    pub fn start_from(&self, state_now_ms: u64) {
+        *self.floor.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((state_now_ms, std::time::Instant::now()));
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms_with(wall_now_ms())
+    }
+
+    fn now_ms_with(&self, wall_ms: u64) -> u64 {
+        match *self.floor.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((ms, at)) => wall_ms.max(ms.saturating_add(at.elapsed().as_millis() as u64)),
+            None => wall_ms,
+        }
+    }
+}
+
 /// Everything the services and background tasks of one node share.
 pub(crate) struct Shared {
     pub node_id: u64,
@@ -142,6 +174,8 @@ pub(crate) struct Shared {
     pub retired: Arc<std::sync::OnceLock<String>>,
     /// Whether this node may vote yet (DESIGN rule 6; `standing.rs`).
     pub standing: storage::Standing,
+    /// The time this node stamps into the entries it proposes.
+    pub entry_clock: Arc<EntryClock>,
 }
 
 impl Shared {
@@ -420,10 +454,11 @@ impl Drop for InFlight<'_> {
 /// then the returned future waits until it is applied.
 fn propose_entry(
     raft: &Raft,
+    clock: &EntryClock,
     cmd: Command,
 ) -> impl Future<Output = Result<model::Response, Status>> + Send + 'static {
     let request = model::Request {
-        now_ms: wall_now_ms(),
+        now_ms: clock.now_ms(),
         cmd,
     };
     let started = std::time::Instant::now();
@@ -475,13 +510,14 @@ async fn confirm_once(raft: &Raft) -> Result<(), Status> {
 /// and answer each.
 fn propose_batch(
     raft: &Raft,
+    clock: &EntryClock,
     mut cmds: Vec<Command>,
 ) -> impl Future<Output = Vec<Result<model::Response, Status>>> + Send + 'static {
     let n = cmds.len();
     let entry = if n == 1 {
-        propose_entry(raft, cmds.remove(0))
+        propose_entry(raft, clock, cmds.remove(0))
     } else {
-        propose_entry(raft, Command::Batch(cmds))
+        propose_entry(raft, clock, Command::Batch(cmds))
     };
     async move {
         match entry.await {
@@ -683,6 +719,8 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
 
     let confirm_raft = raft.clone();
     let propose_raft = raft.clone();
+    let entry_clock = Arc::new(EntryClock::default());
+    let propose_clock = entry_clock.clone();
     let shape = batch::Shape {
         max_in_flight: PROPOSALS_IN_FLIGHT,
         max_weight: MAX_BATCH_BYTES,
@@ -691,7 +729,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     let proposer = Batcher::spawn_shaped(
         shape,
         |cmd: &Command| bincode::serialized_size(cmd).map_or(usize::MAX, |n| n as usize),
-        move |cmds: Vec<Command>| propose_batch(&propose_raft, cmds),
+        move |cmds: Vec<Command>| propose_batch(&propose_raft, &propose_clock, cmds),
     );
     let draining: Arc<std::sync::atomic::AtomicBool> = Default::default();
     let confirmer = Batcher::spawn(1, {
@@ -753,6 +791,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             stopping: shutdown_rx.clone(),
             retired: retired.clone(),
             standing: standing.clone(),
+            entry_clock: entry_clock.clone(),
         }
     });
 
@@ -1103,6 +1142,7 @@ async fn activate(shared: &Shared, term: u64) -> bool {
         leases = countdowns.len(),
         "leader: lease clock started"
     );
+    shared.entry_clock.start_from(sm.state.now_ms());
     shared.clock.activate(term, countdowns);
     true
 }
@@ -1133,7 +1173,11 @@ async fn expire_due(shared: &Shared) {
 /// Propose the expiry of pending approvals whose time ran out (by the leader's wall clock; apply
 /// checks again against entry time).
 async fn expire_approvals_due(shared: &Shared) {
-    let due = shared.sm.read().state.approvals_due(wall_now_ms());
+    let due = shared
+        .sm
+        .read()
+        .state
+        .approvals_due(shared.entry_clock.now_ms());
     if due.is_empty() {
         return;
     }
@@ -1169,5 +1213,28 @@ async fn checkpoint_quiet(shared: &Shared, term: u64) {
     }
     if let Err(e) = shared.propose(Command::CheckpointTtl { remaining }).await {
         tracing::warn!(error = %e, "could not checkpoint remaining ttl");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EntryClock;
+
+    #[test]
+    fn a_leader_whose_wall_clock_is_behind_stamps_the_state_machines_time_moving_on() {
+        let clock = EntryClock::default();
+        assert_eq!(clock.now_ms_with(5_000), 5_000, "no floor: the wall clock");
+        // The state machine stood at 600 s when this leader started; its wall clock says 300 s.
+        clock.start_from(600_000);
+        let first = clock.now_ms_with(300_000);
+        assert!(first >= 600_000, "{first}");
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let later = clock.now_ms_with(300_030);
+        assert!(
+            later >= first + 30,
+            "time moves on by the monotonic clock: {later}"
+        );
+        // A wall clock ahead of the floor is taken as it is.
+        assert_eq!(clock.now_ms_with(10_000_000), 10_000_000);
     }
 }
