@@ -648,3 +648,62 @@ async fn a_voter_that_lost_its_disk_never_votes_blank_and_no_acknowledged_grant_
     assert_eq!(members.len(), 3, "{members:?}");
     assert!(grant.is_valid());
 }
+
+/// Issue 24 item 6, the first snapshot: a new node added to a cluster whose leader has purged its
+/// log receives a snapshot as its first data (openraft asks it to purge up to the snapshot while
+/// the install runs, and nothing is on disk yet to purge to). Killed after that and restarted, it
+/// starts and catches up. Found by the wipe nemesis: the node could not start ("try to get log at
+/// index 0 but got None"): the snapshot was on disk but no purge point was recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_first_data_was_a_snapshot_restarts_after_a_kill() {
+    let mut cluster = Cluster::start(Opts {
+        spare: 1,
+        snapshot_after_entries: 20,
+        keep_entries_after_snapshot: 2,
+        ..Opts::default()
+    });
+    cluster.wait_leader(WAIT).await;
+    let agent = cluster.client("agent/deployer");
+    for i in 0..60 {
+        match agent
+            .acquire(AcquireOptions::new(
+                &format!("first/{}", i % 4),
+                Duration::from_secs(10),
+            ))
+            .await
+            .unwrap()
+        {
+            Acquired::Granted(l) => l.release(None).await.unwrap(),
+            other => panic!("{other:?}"),
+        };
+    }
+    cluster.start_spare(4);
+    let (raft, client) = (
+        cluster.node(4).raft_addr.clone(),
+        cluster.node(4).client_addr.clone(),
+    );
+    let added = cluster.cli("human/admin", &["cluster", "add-node", "4", &raft, &client]);
+    assert!(added.status.success(), "{}", stderr(&added));
+    cluster.wait_log(4, "installed snapshot", WAIT);
+    let before = cluster.log_of(4).len();
+    cluster.kill(4);
+    cluster.start_node(4);
+    let node4 = cluster.node_client(4, "human/test");
+    let leader = cluster.wait_leader(WAIT).await;
+    let leader_applied = cluster
+        .node_client(leader, "human/test")
+        .status()
+        .await
+        .unwrap()
+        .last_applied;
+    eventually(WAIT, "node 4 to start again and catch up", || async {
+        let s = node4.status().await.ok()?;
+        (s.last_applied >= leader_applied).then_some(())
+    })
+    .await;
+    assert!(
+        !cluster.log_of(4)[before..].contains("violates"),
+        "{}",
+        &cluster.log_of(4)[before..]
+    );
+}

@@ -62,6 +62,9 @@ fn run_flusher(db: Arc<Db>, queue: std::sync::mpsc::Receiver<LogFlushed<TypeConf
     }
 }
 
+/// `meta` key: a purge `purge` held back while a snapshot was installed (see `finish_held_purge`).
+const PURGE_HELD: &[u8] = b"purge_held";
+
 fn key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
@@ -100,39 +103,31 @@ impl LogStore {
     }
 
     /// At start (openraft reads the log state once, before anything else): finish a purge that
-    /// was held at the snapshot on disk while a newer one was installed (see `purge`). After an
-    /// install the log may hold entries below the new snapshot, then a gap, then entries above
-    /// it; everything up to the snapshot on disk goes, so the log is contiguous after it again.
-    fn purge_to_durable_snapshot(&self) -> Result<(), StorageError> {
-        let Some(durable) =
-            super::snapshot_files::durable_last_log_id(&self.db).map_err(read_err)?
-        else {
+    /// was held while a snapshot was installed (`purge_held`, see `purge`), as far as the snapshot
+    /// on disk now covers it. After such an install the log may hold entries below the new
+    /// snapshot, then a gap, then entries above it, and no purge point at all if the node had no
+    /// snapshot before: the purge point moves to the snapshot and everything up to it goes, so
+    /// the log is contiguous after the snapshot again.
+    fn finish_held_purge(&self) -> Result<(), StorageError> {
+        let Some(held) = self.meta_get::<LogId>(PURGE_HELD)? else {
             return Ok(());
         };
+        let durable = super::snapshot_files::durable_last_log_id(&self.db).map_err(read_err)?;
         let purged: Option<LogId> = self.meta_get(b"last_purged")?;
-        if purged.is_some_and(|p| p.index >= durable.index) {
-            return Ok(());
+        if let Some(upto) = durable.map(|d| if d.index < held.index { d } else { held }) {
+            if purged.is_none_or(|p| p.index < upto.index) {
+                tracing::info!(
+                    to = upto.index,
+                    "finishing a log purge held while a snapshot was installed"
+                );
+                self.meta_put(b"last_purged", &upto, true)?;
+                self.db
+                    .delete_range_cf(cf(&self.db, CF_LOGS), key(0), key(upto.index + 1))
+                    .map_err(write_err)?;
+            }
         }
-        // Is there anything at or below the snapshot to remove (or a purge point to raise)?
-        let logs = cf(&self.db, CF_LOGS);
-        let first_key = self
-            .db
-            .iterator_cf(logs, IteratorMode::Start)
-            .next()
-            .transpose()
-            .map_err(read_err)?
-            .map(|(k, _)| k);
-        let below = first_key.is_some_and(|k| k.as_ref() <= key(durable.index).as_slice());
-        if !below && purged.is_none() {
-            return Ok(());
-        }
-        tracing::info!(
-            to = durable.index,
-            "purging the log up to the snapshot on disk (a purge held during an install)"
-        );
-        self.meta_put(b"last_purged", &durable, true)?;
         self.db
-            .delete_range_cf(logs, key(0), key(durable.index + 1))
+            .delete_cf_opt(cf(&self.db, CF_META), PURGE_HELD, &sync_write())
             .map_err(write_err)
     }
 
@@ -228,7 +223,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        self.purge_to_durable_snapshot()?;
+        self.finish_held_purge()?;
         let last_purged: Option<LogId> = self.meta_get(b"last_purged")?;
         let last = self.last_entry_id()?.or(last_purged);
         Ok(LogState {
@@ -313,18 +308,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // further than the snapshot on disk; the rest goes with a later purge.
         let durable = super::snapshot_files::durable_last_log_id(&self.db).map_err(read_err)?;
         let receiving = self.receiving.load(std::sync::atomic::Ordering::SeqCst);
-        let log_id = match durable {
-            Some(d) if d.index < log_id.index => {
+        let held = match durable {
+            Some(d) if d.index < log_id.index => Some(d),
+            Some(_) => None,
+            // No snapshot on disk yet and one on its way: nothing may go.
+            None if receiving => {
+                self.meta_put(PURGE_HELD, &log_id, true)?;
+                return Ok(());
+            }
+            None => None,
+        };
+        let log_id = match held {
+            Some(d) => {
                 tracing::debug!(
                     asked = log_id.index,
                     durable = d.index,
                     "log purge held at the snapshot on disk"
                 );
+                // Finished at the next start, once the snapshot being installed is on disk.
+                self.meta_put(PURGE_HELD, &log_id, true)?;
                 d
             }
-            Some(_) => log_id,
-            // No snapshot on disk yet and one on its way: nothing may go.
-            None if receiving => return Ok(()),
             None => log_id,
         };
         if self
