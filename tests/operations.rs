@@ -688,19 +688,7 @@ async fn a_node_whose_first_data_was_a_snapshot_restarts_after_a_kill() {
     let before = cluster.log_of(4).len();
     cluster.kill(4);
     cluster.start_node(4);
-    let node4 = cluster.node_client(4, "human/test");
-    let leader = cluster.wait_leader(WAIT).await;
-    let leader_applied = cluster
-        .node_client(leader, "human/test")
-        .status()
-        .await
-        .unwrap()
-        .last_applied;
-    eventually(WAIT, "node 4 to start again and catch up", || async {
-        let s = node4.status().await.ok()?;
-        (s.last_applied >= leader_applied).then_some(())
-    })
-    .await;
+    cluster.wait_caught_up(4, WAIT).await;
     assert!(
         !cluster.log_of(4)[before..].contains("violates"),
         "{}",

@@ -25,6 +25,29 @@ fn secure(extra: &str) -> Cluster {
     })
 }
 
+/// `warrant token create --principal P --ttl 1h` as the admin: the token and its id.
+fn mint_token(c: &Cluster, principal: &str) -> (String, String) {
+    let minted = c.cli(
+        "human/admin",
+        &[
+            "token",
+            "create",
+            "--principal",
+            principal,
+            "--ttl",
+            "1h",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(code(&minted), 0, "{}", stderr(&minted));
+    let minted = json(&minted);
+    (
+        minted["token"].as_str().unwrap().to_string(),
+        minted["id"].as_str().unwrap().to_string(),
+    )
+}
+
 fn code(o: &std::process::Output) -> i32 {
     o.status.code().unwrap_or(-1)
 }
@@ -312,23 +335,7 @@ async fn access_tokens_work_until_revoked_or_expired_and_admin_actions_are_audit
     assert_eq!(code(&denied), 4, "{}", stderr(&denied));
 
     // The admin mints one for agent/runtime (which has no certificate at all).
-    let minted = c.cli(
-        "human/admin",
-        &[
-            "token",
-            "create",
-            "--principal",
-            "agent/runtime",
-            "--ttl",
-            "1h",
-            "--output",
-            "json",
-        ],
-    );
-    assert_eq!(code(&minted), 0, "{}", stderr(&minted));
-    let minted = json(&minted);
-    let token = minted["token"].as_str().unwrap().to_string();
-    let id = minted["id"].as_str().unwrap().to_string();
+    let (token, id) = mint_token(&c, "agent/runtime");
     assert!(token.starts_with("v4.public."));
 
     let token_client = |t: &str, endpoints: Vec<String>| {
@@ -802,23 +809,7 @@ async fn an_answer_without_a_log_write_honours_a_token_revoked_while_it_was_on_i
     let mut c = secure("");
     c.wait_leader(WAIT).await;
     let certs = c.certs.clone().unwrap();
-    let minted = c.cli(
-        "human/admin",
-        &[
-            "token",
-            "create",
-            "--principal",
-            "agent/runtime",
-            "--ttl",
-            "1h",
-            "--output",
-            "json",
-        ],
-    );
-    assert_eq!(code(&minted), 0, "{}", stderr(&minted));
-    let minted = json(&minted);
-    let token = minted["token"].as_str().unwrap().to_string();
-    let id = minted["id"].as_str().unwrap().to_string();
+    let (token, id) = mint_token(&c, "agent/runtime");
     // Every node now pauses answers given without a write, before it confirms its leadership.
     for n in 1..=3 {
         c.kill(n);

@@ -832,25 +832,30 @@ async fn wait_for_log(path: &Path, from: u64, line: &str, within: Duration) -> b
 /// (a leader change or a membership change in progress needs a moment).
 async fn replace(cluster: &Cluster, id: u64) -> anyhow::Result<()> {
     let admin = cluster.admin_client()?;
-    let node = cluster.node(id);
     let remove = warrant::proto::RemoveNodeRequest {
         node_id: id,
         principal: String::new(),
     };
-    let add = warrant::proto::AddNodeRequest {
-        node_id: id,
-        raft_address: node.raft_addr.clone(),
-        client_address: node.client_addr.clone(),
-        catch_up_timeout_ms: 15_000,
-        principal: String::new(),
-        learner: false,
-    };
+    let add = add_voter(cluster, id);
     retry(|| admin.remove_node(remove.clone())).await?;
     cluster.kill(id);
     cluster.wipe(id)?;
     cluster.start_node(id)?;
     retry(|| admin.add_node(add.clone())).await?;
     Ok(())
+}
+
+/// `add-node` of node `id` as a voter at its addresses (learner, catch-up within 15 s, promotion).
+fn add_voter(cluster: &Cluster, id: u64) -> warrant::proto::AddNodeRequest {
+    let node = cluster.node(id);
+    warrant::proto::AddNodeRequest {
+        node_id: id,
+        raft_address: node.raft_addr.clone(),
+        client_address: node.client_addr.clone(),
+        catch_up_timeout_ms: 15_000,
+        principal: String::new(),
+        learner: false,
+    }
 }
 
 /// Up to 10 tries, 0.5–2 s apart.
@@ -953,16 +958,7 @@ async fn membership_change(
             trouble.push(format!("start node {id}: {e:#}"));
             break;
         }
-        let node = cluster.node(id);
-        let request = warrant::proto::AddNodeRequest {
-            node_id: id,
-            raft_address: node.raft_addr.clone(),
-            client_address: node.client_addr.clone(),
-            catch_up_timeout_ms: 15_000,
-            principal: String::new(),
-            learner: false,
-        };
-        match admin.add_node(request).await {
+        match admin.add_node(add_voter(cluster, id)).await {
             Ok(_) => added.push(id),
             Err(e) => {
                 // It may have become a voter even so (an answer lost to a leader change): remove

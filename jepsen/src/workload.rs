@@ -193,6 +193,12 @@ impl Registers {
 /// (timeout, unreachable) is `info`.
 pub(crate) fn kind_of(e: &ClientError) -> Kind {
     use tonic::Code;
+    // Granted, then ended before the caller could use it (a retry of its request, or a waiting
+    // acquire whose caller was paused past the ttl): the grant took effect and the resource was
+    // held meanwhile, so it is not a refusal.
+    if matches!(e, ClientError::LeaseEnded { .. }) {
+        return Kind::Info;
+    }
     match e.code() {
         Code::InvalidArgument
         | Code::NotFound

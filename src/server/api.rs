@@ -38,6 +38,30 @@ pub struct Api {
     pub(super) shared: Arc<Shared>,
 }
 
+impl Api {
+    /// Withdraw one's own waiting request; answers its final outcome (the grant if it happened
+    /// meanwhile, so no lease is ever orphaned). Not re-checked: withdrawing one's own request
+    /// must work even after the caller's token was revoked, or a pending request would outlive it.
+    async fn cancel_wait(
+        &self,
+        caller: &auth::Caller,
+        request_id: &RequestId,
+        principal: crate::model::Principal,
+    ) -> Result<AcquireOutcome, Status> {
+        match self
+            .shared
+            .propose(caller.wrap_unchecked(Command::CancelWait {
+                request_id: request_id.clone(),
+                principal,
+            }))
+            .await?
+        {
+            crate::model::Response::CancelWait(outcome) => Ok(outcome),
+            _ => Err(Status::internal("unexpected answer to CancelWait")),
+        }
+    }
+}
+
 /// Withdraws a waiting acquire when its handler is dropped before answering (the caller's
 /// connection went away): proposes the `CancelWait` it holds, unless disarmed (`cancel = None`).
 /// A second cancel of a request that already ended answers its final outcome and changes nothing.
@@ -659,19 +683,7 @@ impl warrant_server::Warrant for Api {
                         Ok(Ok(outcome)) => outcome,
                         // The wait is over (or we missed the wake-up): cancel, which answers with the final
                         // outcome — the grant if it happened meanwhile, so no lease is ever orphaned here.
-                        _ => match self
-                            .shared
-                            // Not re-checked: withdrawing one's own request must work even after
-                            // the caller's token was revoked, or a pending request would outlive it.
-                            .propose(caller.wrap_unchecked(Command::CancelWait {
-                                request_id: request_id.clone(),
-                                principal,
-                            }))
-                            .await?
-                        {
-                            crate::model::Response::CancelWait(outcome) => outcome,
-                            _ => return Err(Status::internal("unexpected answer to CancelWait")),
-                        },
+                        _ => self.cancel_wait(&caller, &request_id, principal).await?,
                     }
                 }
                 // Waiting for humans: the quorum's grant, or a rejection / expiry / cancellation, wakes
@@ -682,19 +694,7 @@ impl warrant_server::Warrant for Api {
                 {
                     match tokio::time::timeout(approval_wait, woken).await {
                         Ok(Ok(outcome)) => outcome,
-                        _ => match self
-                            .shared
-                            // Not re-checked: withdrawing one's own request must work even after
-                            // the caller's token was revoked, or a pending request would outlive it.
-                            .propose(caller.wrap_unchecked(Command::CancelWait {
-                                request_id: request_id.clone(),
-                                principal,
-                            }))
-                            .await?
-                        {
-                            crate::model::Response::CancelWait(outcome) => outcome,
-                            _ => return Err(Status::internal("unexpected answer to CancelWait")),
-                        },
+                        _ => self.cancel_wait(&caller, &request_id, principal).await?,
                     }
                 }
                 other => {

@@ -78,16 +78,26 @@ impl SnapshotFiles {
         Ok((path, file))
     }
 
-    /// Remove temporary files of `kind` left by receptions that never completed.
-    pub(super) fn remove_temps(&self, kind: &str) -> Result<(), Error> {
+    /// Remove temporary files of `kind` left by receptions that never completed: those not
+    /// written to for `idle`. A reception still being written, or one just finished and being
+    /// installed (two leaders in turn can each start sending a snapshot to a node catching up),
+    /// keeps its file; whatever is left goes at the next start (`remove_others`).
+    pub(super) fn remove_temps(&self, kind: &str, idle: std::time::Duration) -> Result<(), Error> {
         let prefix = format!("{kind}-");
         for entry in std::fs::read_dir(&self.dir).map_err(file_err(&self.dir))? {
-            let path = entry.map_err(file_err(&self.dir))?.path();
+            let entry = entry.map_err(file_err(&self.dir))?;
+            let path = entry.path();
             let name = path
                 .file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or_default();
-            if name.starts_with(&prefix) && name.ends_with(".tmp") {
+            let abandoned = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= idle);
+            if name.starts_with(&prefix) && name.ends_with(".tmp") && abandoned {
                 std::fs::remove_file(&path).map_err(file_err(&path))?;
             }
         }
@@ -396,6 +406,23 @@ mod tests {
         let (tmp, file) = files.create_temp("build").unwrap();
         write(&file, &meta(index), &State::default()).unwrap();
         files.commit(&tmp, &file, &meta(index)).unwrap()
+    }
+
+    #[test]
+    fn a_new_reception_leaves_a_recent_one_alone_and_removes_an_abandoned_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = super::super::open_db(dir.path()).unwrap();
+        let files = SnapshotFiles::open(db, dir.path()).unwrap();
+        let (first, _file) = files.create_temp("recv").unwrap();
+        // A second leader starts sending while the first reception is being installed.
+        files
+            .remove_temps("recv", std::time::Duration::from_secs(60))
+            .unwrap();
+        assert!(first.exists(), "a reception in use is kept");
+        files
+            .remove_temps("recv", std::time::Duration::ZERO)
+            .unwrap();
+        assert!(!first.exists(), "an abandoned one goes");
     }
 
     fn names(dir: &Path) -> Vec<String> {

@@ -100,6 +100,15 @@ impl Standing {
     pub fn set_founding(&self, ids: BTreeSet<u64>) -> Result<(), Error> {
         let mut founding = self.founding.lock().unwrap_or_else(|p| p.into_inner());
         let table: BTreeMap<u64, Option<String>> = ids.into_iter().map(|id| (id, None)).collect();
+        self.write_founding(&mut founding, table)
+    }
+
+    /// Put `table` on disk (synced), then in memory.
+    fn write_founding(
+        &self,
+        founding: &mut BTreeMap<u64, Option<String>>,
+        table: BTreeMap<u64, Option<String>>,
+    ) -> Result<(), Error> {
         self.db.put_cf_opt(
             cf(&self.db, CF_META),
             FOUNDING_KEY,
@@ -123,13 +132,7 @@ impl Standing {
             Some(None) => {
                 let mut table = founding.clone();
                 table.insert(id, Some(incarnation.to_string()));
-                self.db.put_cf_opt(
-                    cf(&self.db, CF_META),
-                    FOUNDING_KEY,
-                    encode(&table),
-                    &sync_write(),
-                )?;
-                *founding = table;
+                self.write_founding(&mut founding, table)?;
                 Ok(true)
             }
         }

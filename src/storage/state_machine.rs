@@ -344,9 +344,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.receiving
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let io_err = |e: &Error| StorageIOError::write_snapshot(None, e);
-        // One reception at a time: what an abandoned one left is not needed.
+        // What an abandoned reception left is not needed; a reception a minute old without a
+        // write is abandoned (a chunk that slow fails `install_snapshot_timeout` long before).
+        // A newer leader's reception may start while the previous one's file is being installed:
+        // that file stays (removing it made the install read a deleted file and stopped Raft).
         self.snapshots
-            .remove_temps("recv")
+            .remove_temps("recv", std::time::Duration::from_secs(60))
             .map_err(|e| io_err(&e))?;
         let (path, file) = self.snapshots.create_temp("recv").map_err(|e| io_err(&e))?;
         Ok(Box::new(SnapshotFile::new(file, path)))

@@ -446,6 +446,22 @@ impl Cluster {
         config
     }
 
+    /// Wait until node `id` has applied as far as the leader had when this was called.
+    pub async fn wait_caught_up(&self, id: u64, timeout: Duration) {
+        let leader = self.wait_leader(timeout).await;
+        let target = self
+            .node_client(leader, "human/test")
+            .status()
+            .await
+            .expect("the leader's status")
+            .last_applied;
+        let node = self.node_client(id, "human/test");
+        eventually(timeout, &format!("node {id} to catch up"), || async {
+            (node.status().await.ok()?.last_applied >= target).then_some(())
+        })
+        .await;
+    }
+
     /// Wait until some live node reports a leader that the others agree on; returns its id.
     pub async fn wait_leader(&self, timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;
