@@ -522,6 +522,17 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // A failed test shows the end of every node's log (its directory goes with the cluster).
+        if std::thread::panicking() {
+            for n in &self.nodes {
+                let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("==== node {} log (last {} lines) ====", n.id, tail.len());
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
         if std::env::var_os("WARRANT_TEST_KEEP").is_some() {
             let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
             eprintln!("kept the cluster's directory: {}", dir.keep().display());
