@@ -287,7 +287,8 @@ impl raft_server::Raft for RaftService {
         // voter that lost its data): a leader answers it only after confirming its leadership
         // with a quorum, and only with a membership it has applied (so committed). Otherwise it
         // names no leader, and the joining node asks again.
-        let joining_asks = ask.as_ref().is_some_and(|a| a.joining);
+        // (A founding answer settles it: no confirmation needed, and none delays it.)
+        let joining_asks = ask.as_ref().is_some_and(|a| a.joining) && !founding;
         let mut m = self.raft.metrics().borrow().clone();
         if joining_asks && m.current_leader == Some(self.node) {
             let confirmed = tokio::time::timeout(

@@ -26,10 +26,12 @@ use crate::raft::network::Network;
 use crate::raft::{IdentifyAsk, Identity, NodeId};
 use crate::storage::{ClusterId, Standing};
 
-/// How long one Identify may take.
-const ASK_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often a joining node or a forming bootstrap node asks again.
-const ASK_EVERY: Duration = Duration::from_millis(500);
+/// How long one Identify may take (a leader answering a joining node first confirms its
+/// leadership, for up to 1 s).
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a joining node or a forming bootstrap node asks again: often, since a founding
+/// member that is not admitted yet neither votes nor takes entries.
+const ASK_EVERY: Duration = Duration::from_millis(200);
 /// How often a forming bootstrap node says whom it still waits for.
 const SAY_EVERY: Duration = Duration::from_secs(5);
 
@@ -154,6 +156,15 @@ pub(super) async fn leader_lists(shared: &Shared) -> Option<bool> {
 
 /// Ask every peer (the configured ones and the members this node has heard of) who they are.
 async fn ask_peers(shared: &Shared, ask: Option<&IdentifyAsk>) -> Vec<Identity> {
+    ask_peers_noting(shared, ask, &mut Vec::new()).await
+}
+
+/// [`ask_peers`], noting in `errors` why a peer did not answer.
+async fn ask_peers_noting(
+    shared: &Shared,
+    ask: Option<&IdentifyAsk>,
+    errors: &mut Vec<String>,
+) -> Vec<Identity> {
     let addrs: BTreeSet<String> = {
         let m = shared.raft.metrics().borrow().clone();
         let known = m
@@ -175,11 +186,14 @@ async fn ask_peers(shared: &Shared, ask: Option<&IdentifyAsk>) -> Vec<Identity> 
     let asks = addrs
         .iter()
         .map(|addr| shared.network.identify(addr, ask, ASK_TIMEOUT));
-    futures::future::join_all(asks)
-        .await
-        .into_iter()
-        .flatten()
-        .collect()
+    let mut answers = Vec::new();
+    for (addr, answer) in addrs.iter().zip(futures::future::join_all(asks).await) {
+        match answer {
+            Ok(a) => answers.push(a),
+            Err(e) => errors.push(format!("{addr}: {}", e.message())),
+        }
+    }
+    answers
 }
 
 /// A joining node's task: ask the peers (the configured ones and the members this node has heard
@@ -200,10 +214,24 @@ pub(super) async fn await_admission(
         "this node started on an empty data directory: it grants no vote until the bootstrap node \
          says it is a founding member or the leader has added it as a learner"
     );
+    let mut rounds = 0u64;
     while standing.is_joining() {
-        let answers = ask_peers(&shared, Some(&ask)).await;
+        let mut errors = Vec::new();
+        let answers = ask_peers_noting(&shared, Some(&ask), &mut errors).await;
         let ours = cluster_id.get();
-        match judge(shared.node_id, ours.as_deref(), &answers) {
+        let verdict = judge(shared.node_id, ours.as_deref(), &answers);
+        rounds += 1;
+        if rounds % 25 == 0 {
+            tracing::info!(
+                rounds,
+                answers = answers.len(),
+                ?errors,
+                leaders = ?answers.iter().filter_map(|a| a.leader).collect::<Vec<_>>(),
+                "still joining: not a founding member by the bootstrap node's word, and no \
+                 confirmed leader lists this node yet"
+            );
+        }
+        match verdict {
             Verdict::Admit(how) => {
                 if let Some(id) = answers
                     .iter()

@@ -107,6 +107,7 @@ impl Cluster {
         for _attempt in 0..3 {
             let mut cluster = Self::start_once(&opts);
             if cluster.all_listening() {
+                cluster.all_know_the_leader();
                 return cluster;
             }
             for n in &mut cluster.nodes {
@@ -117,6 +118,45 @@ impl Cluster {
             }
         }
         panic!("could not start a cluster on free ports in 3 attempts");
+    }
+
+    /// Wait (bounded) until every started node names a leader: the cluster is formed (a node on
+    /// a new data directory knows none until it is admitted). Tests that need more wait for it.
+    fn all_know_the_leader(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let ids: Vec<u64> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect();
+        // Its own thread and runtime: the caller may be inside a test's runtime.
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the start-up check")
+                    .block_on(self.wait_all_know_the_leader(&ids, deadline))
+            });
+        });
+    }
+
+    async fn wait_all_know_the_leader(&self, ids: &[u64], deadline: Instant) {
+        while Instant::now() < deadline {
+            let mut known = 0;
+            for id in ids {
+                if let Ok(s) = self.node_client(*id, "human/test").status().await {
+                    if s.leader != 0 {
+                        known += 1;
+                    }
+                }
+            }
+            if known == ids.len() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Wait until every node logged that it listens (true), or one exited first (false).
