@@ -83,8 +83,6 @@ pub struct Identity {
     /// latest membership.
     pub voters: std::collections::BTreeSet<NodeId>,
     pub learners: std::collections::BTreeSet<NodeId>,
-    /// This node has no data and is not admitted yet (it grants no vote).
-    pub joining: bool,
     /// Answered by the bootstrap node to a joining founding member that it has not told before:
     /// "you are a founding member, you never held data; vote".
     pub founding: bool,

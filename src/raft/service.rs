@@ -312,7 +312,6 @@ impl raft_server::Raft for RaftService {
             term: m.current_term,
             voters: membership.voter_ids().collect(),
             learners: membership.learner_ids().collect(),
-            joining: self.standing.is_joining(),
             founding,
         })
     }

@@ -284,7 +284,6 @@ mod tests {
             term,
             voters: [1, 2, 3].into(),
             learners: BTreeSet::new(),
-            joining: false,
             founding: false,
         }
     }
