@@ -897,3 +897,73 @@ async fn a_follower_killed_while_installing_a_snapshot_restarts_and_catches_up()
     let view = lc.get_serializable("install/held").await.unwrap();
     assert_eq!(view.holder.map(|h| h.token), Some(keep.token()));
 }
+
+/// Issue 24 item 4, end to end: a cluster configured to remember 1,000 request ids replicates that
+/// limit, answers the 1,001st new request id RESOURCE_EXHAUSTED (recording nothing), and still
+/// answers a retry of the first request with its first grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_request_table_refuses_new_requests_and_keeps_every_answer() {
+    let cluster = Cluster::start(Opts {
+        extra: "[limits]\nrequest_records = 1000\nrequest_retention = \"10m\"\n".into(),
+        ..Opts::default()
+    });
+    let leader = cluster.wait_leader(WAIT).await;
+    let mut raw = warrant::proto::warrant_client::WarrantClient::connect(format!(
+        "http://{}",
+        cluster.node(leader).client_addr
+    ))
+    .await
+    .unwrap();
+    let request = |n: u32| warrant::proto::AcquireRequest {
+        resource: format!("table/{n}"),
+        ttl_ms: 60_000,
+        request_id: format!("req-{n}"),
+        principal: "agent/a".into(),
+        instance: "i-1".into(),
+        ..Default::default()
+    };
+    let lease_of = |answer: warrant::proto::AcquireResponse| match answer.outcome {
+        Some(warrant::proto::acquire_response::Outcome::Granted(g)) => g.lease.unwrap(),
+        other => panic!("expected a grant, got {other:?}"),
+    };
+    let first = lease_of(raw.acquire(request(0)).await.unwrap().into_inner());
+    let mut refused = None;
+    for n in 1..2_000 {
+        match raw.acquire(request(n)).await {
+            Ok(answer) => {
+                lease_of(answer.into_inner());
+            }
+            Err(status) => {
+                refused = Some((n, status));
+                break;
+            }
+        }
+    }
+    let (n, status) = refused.expect("refused before 2,000 request ids");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("request_records"),
+        "says what to raise: {}",
+        status.message()
+    );
+    assert!(
+        n >= 1_000,
+        "every one of the 1,000 records was kept (refused at {n})"
+    );
+    // Nothing was recorded for the refused id: still refused, not granted by a later retry.
+    let again = raw.acquire(request(n)).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::ResourceExhausted);
+    // The first request, retried, gets its first grant; so does every other kept one.
+    assert_eq!(
+        lease_of(raw.acquire(request(0)).await.unwrap().into_inner()).lease_id,
+        first.lease_id
+    );
+    let kept = lease_of(raw.acquire(request(n - 1)).await.unwrap().into_inner());
+    assert_eq!(kept.resource, format!("table/{}", n - 1));
+    let status = cluster
+        .node_client(leader, "human/test")
+        .status()
+        .await
+        .unwrap();
+    assert_eq!(status.live_leases as u32, n, "no grant beyond the table");
+}

@@ -205,6 +205,9 @@ pub enum Command {
         digest: String,
         policy_version: u64,
     },
+    /// How long request-id and ended-lease records are kept and how many request records may exist;
+    /// proposed by a leader whose config differs from the replicated limits.
+    SetRecordLimits(super::state::RecordLimits),
 }
 
 /// The answer to an acquire; also what the dedup table stores per request id.
@@ -411,6 +414,7 @@ pub enum Response {
     AdminCheck(Result<(), OpError>),
     /// The command was not applied (its access token was revoked).
     Refused(OpError),
+    SetRecordLimits,
 }
 
 /// What one apply produced besides its answers: events for the server and audit records for

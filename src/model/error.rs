@@ -94,6 +94,15 @@ pub enum OpError {
         seen: u64,
         what_now: String,
     },
+    /// The dedup table holds `max` request ids, none older than the retention; a new request id
+    /// would push out a record some client may still retry, so it is refused instead (issue 24
+    /// item 4). Nothing was recorded: retrying the same request id later is safe.
+    #[error(
+        "the cluster is remembering {max} recent request ids, each for at least {min_age_s} s so \
+         retries stay idempotent, and has no room for a new one; retry shortly (an operator can \
+         raise limits.request_records)"
+    )]
+    RequestTableFull { max: usize, min_age_s: u64 },
 }
 
 /// Coarse class of an `OpError`, mapped to a gRPC status code (and CLI exit code) in one place.
@@ -129,9 +138,9 @@ impl OpError {
             OpError::NotPending { .. }
             | OpError::AlreadyApproved { .. }
             | OpError::ChangedSinceSeen { .. } => ErrorKind::FailedPrecondition,
-            OpError::QueueFull { .. } | OpError::TooManyPending { .. } => {
-                ErrorKind::ResourceExhausted
-            }
+            OpError::QueueFull { .. }
+            | OpError::TooManyPending { .. }
+            | OpError::RequestTableFull { .. } => ErrorKind::ResourceExhausted,
             OpError::StaleToken { .. } => ErrorKind::Stale,
             OpError::TokenRevoked { .. } => ErrorKind::Unauthenticated,
         }

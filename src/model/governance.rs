@@ -546,7 +546,7 @@ impl State {
     }
 
     fn not_pending(&self, id: &RequestId) -> OpError {
-        match self.requests.get(id).map(|r| &r.outcome) {
+        match self.request(id).as_ref() {
             None => OpError::UnknownRequest {
                 request_id: id.clone(),
             },

@@ -14,7 +14,7 @@
 use super::command::{AcquireCmd, AcquireOutcome, Effects, Event};
 use super::error::OpError;
 use super::governance::Verdict;
-use super::state::{State, Waiter, MAX_WAITERS_PER_RESOURCE};
+use super::state::{Recorded, State, Waiter, MAX_WAITERS_PER_RESOURCE};
 use super::types::{
     Completion, EndReason, Grant, Lease, LeaseId, Previous, Principal, RequestId, ResourcePath,
 };
@@ -24,10 +24,7 @@ impl State {
     pub(super) fn acquire(&mut self, cmd: &AcquireCmd, fx: &mut Effects) -> AcquireOutcome {
         // 1. Dedup: a retry gets the first answer and changes nothing.
         if let Some(rec) = self.requests.get(&cmd.request_id) {
-            if rec.resource != cmd.resource
-                || rec.principal != cmd.principal
-                || rec.instance != cmd.instance
-            {
+            if !self.same_asker(rec, cmd) {
                 // Not recorded: the id belongs to the first request.
                 let outcome = AcquireOutcome::Rejected(OpError::RequestIdReused {
                     request_id: cmd.request_id.clone(),
@@ -35,7 +32,14 @@ impl State {
                 self.audit_acquire(cmd, &outcome, Vec::new(), Vec::new(), fx);
                 return outcome;
             }
-            return rec.outcome.clone();
+            return self.answer_of(rec);
+        }
+        // 1b. A new request id needs a record; with the table full of records younger than the
+        // retention, refuse rather than forget an answer some client may still retry.
+        if self.request_table_full() {
+            let outcome = self.table_full();
+            self.audit_acquire(cmd, &outcome, Vec::new(), Vec::new(), fx);
+            return outcome;
         }
 
         // 2. Policy, before anything about the resource is revealed: deny wins.
@@ -70,15 +74,15 @@ impl State {
     /// answered here, so the audit trail still has it.
     pub fn answer_without_write(&self, cmd: &AcquireCmd, now_ms: u64) -> Option<AcquireOutcome> {
         if let Some(rec) = self.requests.get(&cmd.request_id) {
-            if rec.resource != cmd.resource
-                || rec.principal != cmd.principal
-                || rec.instance != cmd.instance
-            {
+            if !self.same_asker(rec, cmd) {
                 return Some(AcquireOutcome::Rejected(OpError::RequestIdReused {
                     request_id: cmd.request_id.clone(),
                 }));
             }
-            return Some(rec.outcome.clone());
+            return Some(self.answer_of(rec));
+        }
+        if self.request_table_full() {
+            return Some(self.table_full());
         }
         if !matches!(
             self.acquire_verdict(cmd, self.now_ms.max(now_ms)),
@@ -99,6 +103,18 @@ impl State {
         let waits = cmd.wait_ms.is_some_and(|w| w > 0);
         (!takes_over && !waits).then(|| AcquireOutcome::Busy {
             holder: holder.clone(),
+        })
+    }
+
+    #[cfg(test)]
+    pub(super) fn table_full_for_test(&self) -> AcquireOutcome {
+        self.table_full()
+    }
+
+    fn table_full(&self) -> AcquireOutcome {
+        AcquireOutcome::Rejected(OpError::RequestTableFull {
+            max: self.limits.max_records,
+            min_age_s: self.limits.min_age_ms / 1000,
         })
     }
 
@@ -237,16 +253,16 @@ impl State {
 
     /// A waiter leaves the queue without a grant: record its final answer and tell the server.
     fn finish_waiter(&mut self, id: &RequestId, outcome: AcquireOutcome, fx: &mut Effects) {
-        if let Some(rec) = self.requests.get(id) {
+        if let Some(asker) = self.requests.get(id).and_then(|rec| self.asker_of(rec)) {
             let decision = match &outcome {
                 AcquireOutcome::AlreadyDone(_) => AuditDecision::AlreadyDone,
                 AcquireOutcome::Denied(_) => AuditDecision::Denied,
                 _ => AuditDecision::WaitEnded,
             };
             let mut entry = AuditEntry::new("acquire", decision);
-            entry.principal = rec.principal.to_string();
-            entry.instance = rec.instance.to_string();
-            entry.resource = rec.resource.to_string();
+            entry.principal = asker.principal.to_string();
+            entry.instance = asker.instance.to_string();
+            entry.resource = asker.resource.to_string();
             entry.request_id = id.to_string();
             self.audit(fx, entry);
         }
@@ -367,14 +383,19 @@ impl State {
                 request_id: id.clone(),
             });
         };
-        if &rec.principal != principal {
+        let Some(asker) = self.asker_of(rec) else {
+            return self.answer_of(rec); // a grant whose lease is forgotten: nothing to withdraw
+        };
+        if &asker.principal != principal {
             return AcquireOutcome::Rejected(OpError::NotRequester {
                 request_id: id.clone(),
-                requester: rec.principal.clone(),
+                requester: asker.principal,
             });
         }
-        if matches!(rec.outcome, AcquireOutcome::Queued { .. }) {
-            let path = rec.resource.clone();
+        if matches!(&rec.answer, Recorded::Other { outcome, .. }
+            if matches!(**outcome, AcquireOutcome::Queued { .. }))
+        {
+            let path = asker.resource;
             if let Some(resource) = self.resources.get_mut(&path) {
                 resource.waiters.retain(|w| &w.cmd.request_id != id);
             }
@@ -383,10 +404,7 @@ impl State {
         // A requester that stops waiting for humans withdraws its request: no lease is granted
         // later to a caller that has gone.
         self.withdraw_approval(id, fx);
-        self.requests
-            .get(id)
-            .map(|r| r.outcome.clone())
-            .unwrap_or(AcquireOutcome::WaitEnded)
+        self.request(id).unwrap_or(AcquireOutcome::WaitEnded)
     }
 }
 
@@ -473,7 +491,7 @@ mod tests {
         }
         assert_eq!(
             h.state.request(&rid("r1")),
-            Some(&first),
+            Some(first.clone()),
             "first answer kept"
         );
     }
@@ -624,7 +642,7 @@ mod tests {
             Some(&new.lease)
         );
         assert_eq!(h.state.resource(&res("a")).unwrap().waiters, 1);
-        assert_eq!(h.state.request(&rid("w1")), Some(&queued));
+        assert_eq!(h.state.request(&rid("w1")), Some(queued.clone()));
     }
 
     #[test]
@@ -641,7 +659,7 @@ mod tests {
         );
         h.advance(1_000);
         h.release(g.lease.lease_id, "agent/x", None).unwrap();
-        let Some(AcquireOutcome::Granted(w1)) = h.state.request(&rid("w1")).cloned() else {
+        let Some(AcquireOutcome::Granted(w1)) = h.state.request(&rid("w1")) else {
             panic!("w1 should be granted")
         };
         assert_eq!(w1.lease.principal, who("agent/y"));
@@ -650,7 +668,7 @@ mod tests {
         assert!(h.events.contains(&Event::Granted { grant: w1.clone() }));
         assert_eq!(
             h.state.request(&rid("w2")),
-            Some(&AcquireOutcome::Queued { position: 2 })
+            Some(AcquireOutcome::Queued { position: 2 })
         );
         // A retry of the waiter's acquire now answers its grant.
         assert_eq!(
@@ -667,10 +685,7 @@ mod tests {
         h.acquire(waiting(acq("w2", "a", "agent/z", "k1"), 60_000));
         h.advance(1_001);
         h.release(g.lease.lease_id, "agent/x", None).unwrap();
-        assert_eq!(
-            h.state.request(&rid("w1")),
-            Some(&AcquireOutcome::WaitEnded)
-        );
+        assert_eq!(h.state.request(&rid("w1")), Some(AcquireOutcome::WaitEnded));
         assert!(h.events.contains(&Event::WaiterEnded {
             request_id: rid("w1")
         }));
@@ -702,10 +717,7 @@ mod tests {
         h.advance(11);
         let q = h.acquire(waiting(acq("w2", "a", "agent/z", "k1"), 10));
         assert_eq!(q, AcquireOutcome::Queued { position: 1 });
-        assert_eq!(
-            h.state.request(&rid("w1")),
-            Some(&AcquireOutcome::WaitEnded)
-        );
+        assert_eq!(h.state.request(&rid("w1")), Some(AcquireOutcome::WaitEnded));
         assert!(h.events.contains(&Event::WaiterEnded {
             request_id: rid("w1")
         }));
@@ -793,7 +805,7 @@ mod tests {
         let g = h.grant(acq("r1", "a", "agent/x", "i1"));
         h.acquire(waiting(acq("w1", "a", "agent/y", "j1"), 60_000));
         h.release(g.lease.lease_id, "agent/x", None).unwrap();
-        let granted = h.state.request(&rid("w1")).cloned().unwrap();
+        let granted = h.state.request(&rid("w1")).unwrap();
         assert!(matches!(granted, AcquireOutcome::Granted(_)));
         let r = h.apply(Command::CancelWait {
             request_id: rid("w1"),

@@ -154,6 +154,15 @@ pub struct LimitsConfig {
     pub keepalive_streams: u32,
     /// Acquires per principal waiting at once (queued with `wait`, or waiting for approval).
     pub waiters: u32,
+    /// How long the cluster remembers a request id's answer (and an ended lease), at the least: a
+    /// client retry inside this age always gets the first answer. Keep it well above the clients'
+    /// retry budget (the Rust client and CLI retry one request for at most 15 s by default).
+    #[serde(with = "humantime_serde_compat")]
+    pub request_retention: Duration,
+    /// How many request ids the cluster remembers at once (about 100 bytes each for a grant). When
+    /// all are younger than `request_retention`, new requests are refused with RESOURCE_EXHAUSTED
+    /// rather than forgetting an answer a client may still retry.
+    pub request_records: usize,
 }
 
 impl Default for LimitsConfig {
@@ -164,6 +173,8 @@ impl Default for LimitsConfig {
             burst: 40_000,
             keepalive_streams: 1024,
             waiters: 4096,
+            request_retention: Duration::from_millis(crate::model::DEFAULT_RECORD_MIN_AGE_MS),
+            request_records: crate::model::DEFAULT_MAX_RECORDS,
         }
     }
 }
@@ -399,6 +410,20 @@ impl Config {
                 "a deliberately broken node is for the chaos suite's tests only and needs \
                  insecure = true"
                     .into(),
+            ));
+        }
+        if self.limits.request_retention < Duration::from_secs(30)
+            || self.limits.request_retention > Duration::from_secs(24 * 3600)
+        {
+            return Err(bad(
+                "limits.request_retention",
+                "must be between 30s (clients retry one request for up to 15s) and 24h".into(),
+            ));
+        }
+        if self.limits.request_records < 1000 {
+            return Err(bad(
+                "limits.request_records",
+                "must be at least 1000".into(),
             ));
         }
         if self.limits.max_request_bytes < 64 * 1024 {

@@ -1026,7 +1026,6 @@ async fn dispatch_events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ap
                         .read()
                         .state
                         .request(&request_id)
-                        .cloned()
                         .unwrap_or(model::AcquireOutcome::WaitEnded);
                     shared.waiters.notify(&request_id, outcome);
                 }
@@ -1089,6 +1088,7 @@ async fn leader_duties(shared: Arc<Shared>) {
             (Some(term), Some(active)) if term == active => {
                 expire_due(&shared).await;
                 expire_approvals_due(&shared).await;
+                settle_record_limits(&shared).await;
                 if last_checkpoint.elapsed() >= lease.ttl_checkpoint_interval {
                     last_checkpoint = tokio::time::Instant::now();
                     checkpoint_quiet(&shared, term).await;
@@ -1172,6 +1172,27 @@ async fn expire_due(shared: &Shared) {
 
 /// Propose the expiry of pending approvals whose time ran out (by the leader's wall clock; apply
 /// checks again against entry time).
+/// Replicate this leader's configured record limits when they differ from the cluster's (a new
+/// cluster, or a config change rolled out to the nodes).
+async fn settle_record_limits(shared: &Shared) {
+    let limits = &shared.config.limits;
+    let wanted = model::RecordLimits {
+        min_age_ms: limits.request_retention.as_millis() as u64,
+        max_records: limits.request_records,
+    };
+    if shared.sm.read().state.record_limits() == wanted {
+        return;
+    }
+    match shared.propose(Command::SetRecordLimits(wanted)).await {
+        Ok(_) => tracing::info!(
+            min_age_ms = wanted.min_age_ms,
+            max_records = wanted.max_records,
+            "request records: retention and table size set from this leader's config"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not propose the request record limits"),
+    }
+}
+
 async fn expire_approvals_due(shared: &Shared) {
     let due = shared
         .sm
