@@ -14,7 +14,7 @@
 use super::command::{AcquireCmd, AcquireOutcome, Effects, Event};
 use super::error::OpError;
 use super::governance::Verdict;
-use super::state::{Recorded, State, Waiter, MAX_WAITERS_PER_RESOURCE};
+use super::state::{Recorded, RequestKey, State, Waiter, MAX_WAITERS_PER_RESOURCE};
 use super::types::{
     Completion, EndReason, Grant, Lease, LeaseId, Previous, Principal, RequestId, ResourcePath,
 };
@@ -23,7 +23,7 @@ use crate::audit::{AuditDecision, AuditEntry};
 impl State {
     pub(super) fn acquire(&mut self, cmd: &AcquireCmd, fx: &mut Effects) -> AcquireOutcome {
         // 1. Dedup: a retry gets the first answer and changes nothing.
-        if let Some(rec) = self.requests.get(&cmd.request_id) {
+        if let Some(rec) = self.requests.get(&RequestKey::of(&cmd.request_id)) {
             if !self.same_asker(rec, cmd) {
                 // Not recorded: the id belongs to the first request.
                 let outcome = AcquireOutcome::Rejected(OpError::RequestIdReused {
@@ -73,7 +73,7 @@ impl State {
     /// or an approval) must be written, so it is `None`. The server proposes a `NoteAnswer` for what it
     /// answered here, so the audit trail still has it.
     pub fn answer_without_write(&self, cmd: &AcquireCmd, now_ms: u64) -> Option<AcquireOutcome> {
-        if let Some(rec) = self.requests.get(&cmd.request_id) {
+        if let Some(rec) = self.requests.get(&RequestKey::of(&cmd.request_id)) {
             if !self.same_asker(rec, cmd) {
                 return Some(AcquireOutcome::Rejected(OpError::RequestIdReused {
                     request_id: cmd.request_id.clone(),
@@ -253,7 +253,11 @@ impl State {
 
     /// A waiter leaves the queue without a grant: record its final answer and tell the server.
     fn finish_waiter(&mut self, id: &RequestId, outcome: AcquireOutcome, fx: &mut Effects) {
-        if let Some(asker) = self.requests.get(id).and_then(|rec| self.asker_of(rec)) {
+        if let Some(asker) = self
+            .requests
+            .get(&RequestKey::of(id))
+            .and_then(|rec| self.asker_of(rec))
+        {
             let decision = match &outcome {
                 AcquireOutcome::AlreadyDone(_) => AuditDecision::AlreadyDone,
                 AcquireOutcome::Denied(_) => AuditDecision::Denied,
@@ -378,7 +382,7 @@ impl State {
         principal: &Principal,
         fx: &mut Effects,
     ) -> AcquireOutcome {
-        let Some(rec) = self.requests.get(id) else {
+        let Some(rec) = self.requests.get(&RequestKey::of(id)) else {
             return AcquireOutcome::Rejected(OpError::UnknownRequest {
                 request_id: id.clone(),
             });
