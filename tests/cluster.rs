@@ -967,3 +967,47 @@ async fn a_full_request_table_refuses_new_requests_and_keeps_every_answer() {
         .unwrap();
     assert_eq!(status.live_leases as u32, n, "no grant beyond the table");
 }
+
+/// Issue 24 item 5, over gRPC: a revoke of a resource whose answer was lost is retried with the
+/// same request id after the waiter took the resource; the retry answers as the first did and the
+/// waiter keeps its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_revoke_answers_as_the_first_and_spares_the_next_holder() {
+    let cluster = Cluster::start(Opts::default());
+    let a = cluster.client("agent/a");
+    let b = cluster.client("agent/b");
+    let first = granted(&a, opts("revoke/r", 60_000)).await;
+    let waiting = tokio::spawn(async move {
+        let mut o = opts("revoke/r", 60_000);
+        o.wait = Some(Duration::from_secs(30));
+        granted(&b, o).await
+    });
+    let admin = cluster.client("human/admin");
+    eventually(WAIT, "agent/b to queue", || async {
+        (admin.get("revoke/r").await.ok()?.waiters == 1).then_some(())
+    })
+    .await;
+    let leader = cluster.wait_leader(WAIT).await;
+    let mut raw = warrant::proto::warrant_client::WarrantClient::connect(format!(
+        "http://{}",
+        cluster.node(leader).client_addr
+    ))
+    .await
+    .unwrap();
+    let revoke = warrant::proto::RevokeRequest {
+        resource: "revoke/r".into(),
+        reason: "incident 9".into(),
+        principal: "human/admin".into(),
+        request_id: "revoke-once-1".into(),
+        ..Default::default()
+    };
+    let answer = raw.revoke(revoke.clone()).await.unwrap().into_inner();
+    assert_eq!(answer.revoked.unwrap().lease_id, first.lease_id());
+    let next = tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
+    // The retry (the first answer "lost"): the first lease again, and agent/b keeps the resource.
+    let again = raw.revoke(revoke).await.unwrap().into_inner();
+    assert_eq!(again.revoked.unwrap().lease_id, first.lease_id());
+    let holder = admin.get("revoke/r").await.unwrap().holder.unwrap();
+    assert_eq!(holder.lease_id, next.lease_id());
+    assert!(next.is_valid());
+}

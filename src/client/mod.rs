@@ -800,8 +800,8 @@ impl Client {
         self.revoke_lease(&holder.lease_id, reason).await
     }
 
-    /// Admin: revoke lease `lease_id`. Retried with the same reason by the same principal, it
-    /// answers as the first revoke did.
+    /// Admin: revoke lease `lease_id`. Every attempt carries one request id, so a retry after a
+    /// lost answer gets the first answer and ends nothing else.
     pub async fn revoke_lease(
         &self,
         lease_id: &str,
@@ -812,6 +812,7 @@ impl Client {
             lease_id: lease_id.to_string(),
             reason: reason.to_string(),
             principal: self.inner.config.principal.to_string(),
+            request_id: uuid::Uuid::new_v4().to_string(),
         };
         self.call(self.inner.config.call_timeout, ATTEMPT_TIMEOUT, |mut c| {
             let req = req.clone();

@@ -208,6 +208,15 @@ pub enum Command {
     /// How long request-id and ended-lease records are kept and how many request records may exist;
     /// proposed by a leader whose config differs from the replicated limits.
     SetRecordLimits(super::state::RecordLimits),
+    /// `Revoke` with a request id: a retry (same id, principal and target) answers as the first and
+    /// ends nothing else (issue 24 item 5).
+    RevokeOnce {
+        request_id: RequestId,
+        target: RevokeTarget,
+        by: Principal,
+        reason: String,
+        by_admin: bool,
+    },
 }
 
 /// The answer to an acquire; also what the dedup table stores per request id.

@@ -38,7 +38,7 @@ pub use error::{ErrorKind, OpError, SnapshotError};
 pub use governance::{Facts, Verdict, MAX_PENDING_APPROVALS};
 pub use state::{
     FenceStatus, RecordLimits, ResourceView, State, DEFAULT_MAX_RECORDS, DEFAULT_RECORD_MIN_AGE_MS,
-    MAX_WAITERS_PER_RESOURCE, SNAPSHOT_FORMAT_VERSION,
+    MAX_REVOKE_RECORDS, MAX_WAITERS_PER_RESOURCE, SNAPSHOT_FORMAT_VERSION,
 };
 pub use types::{
     Completion, EndReason, FencingToken, Grant, InstanceId, Intent, Lease, LeaseId, Previous,

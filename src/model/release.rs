@@ -7,9 +7,10 @@
 
 use super::command::{Effects, ReleaseOk, RevokeTarget};
 use super::error::OpError;
-use super::state::State;
+use super::state::{RequestKey, RevokeRecord, State, MAX_REVOKE_RECORDS};
 use super::types::{
-    EndReason, FencingToken, Lease, LeaseId, Principal, ReleaseOutcome, MAX_CHECKPOINT_BYTES,
+    EndReason, FencingToken, Lease, LeaseId, Principal, ReleaseOutcome, RequestId,
+    MAX_CHECKPOINT_BYTES,
 };
 use crate::audit::AuditDecision;
 use crate::policy::Action;
@@ -177,6 +178,44 @@ impl State {
             self.audit_lease_op(lease.as_ref(), by.as_str(), "revoke", refusal(e), why, fx);
         }
         result
+    }
+
+    /// A revoke with a request id: the first answer is kept and given to every retry (same id,
+    /// principal and target), so a retry after a lost answer never ends the next holder's lease.
+    pub(super) fn revoke_once(
+        &mut self,
+        request_id: &RequestId,
+        target: &RevokeTarget,
+        by: &Principal,
+        reason: &str,
+        by_admin: bool,
+        fx: &mut Effects,
+    ) -> Result<Lease, OpError> {
+        let key = RequestKey::of(request_id);
+        if let Some(rec) = self.revokes.get(&key) {
+            if &rec.by != by || &rec.target != target {
+                return Err(OpError::RequestIdReused {
+                    request_id: request_id.clone(),
+                });
+            }
+            return rec.answer.clone();
+        }
+        if self.revokes.len() >= MAX_REVOKE_RECORDS {
+            return Err(OpError::RequestTableFull {
+                max: MAX_REVOKE_RECORDS,
+                min_age_s: self.limits.min_age_ms / 1000,
+            });
+        }
+        let answer = self.revoke(target, by, reason, by_admin, fx);
+        let rec = RevokeRecord {
+            by: by.clone(),
+            target: target.clone(),
+            answer: answer.clone(),
+            updated_ms: self.now_ms,
+        };
+        self.revokes.insert(key, rec);
+        self.revoke_order.push_back((self.now_ms, key));
+        answer
     }
 
     fn try_revoke(
@@ -445,6 +484,55 @@ mod tests {
             "{other:?}"
         );
         assert!(h.state.lease(&next.lease_id).is_some());
+    }
+
+    /// Issue 24 item 5: a revoke of a *resource* whose answer was lost, retried with its request id
+    /// after the waiter took the resource, answers as the first and leaves the next holder alone.
+    #[test]
+    fn a_retried_revoke_with_a_request_id_never_hits_the_next_holder() {
+        let mut h = Harness::new();
+        let g = h.grant(acq("r1", "a", "agent/x", "i1"));
+        h.acquire(AcquireCmd {
+            wait_ms: Some(60_000),
+            ..acq("w1", "a", "agent/y", "j1")
+        });
+        let once = |by: &str, target: RevokeTarget| Command::RevokeOnce {
+            request_id: rid("rv-1"),
+            target,
+            by: who(by),
+            reason: "incident 42".to_owned(),
+            by_admin: true,
+        };
+        let first = h.apply(once("human/x", RevokeTarget::Resource(res("a"))));
+        let Response::Revoke(Ok(first)) = first else {
+            panic!("{first:?}")
+        };
+        assert_eq!(first.lease_id, g.lease.lease_id);
+        let next = h.state.resource(&res("a")).unwrap().holder.unwrap().clone();
+        assert_eq!(next.principal.as_str(), "agent/y");
+        // The retry: the first answer, and the next holder keeps its lease.
+        assert_eq!(
+            h.apply(once("human/x", RevokeTarget::Resource(res("a")))),
+            Response::Revoke(Ok(first.clone()))
+        );
+        assert!(h.state.lease(&next.lease_id).is_some());
+        // The same id from someone else, or for another target, is refused and ends nothing.
+        for (by, target) in [
+            ("human/z", RevokeTarget::Resource(res("a"))),
+            ("human/x", RevokeTarget::Lease(next.lease_id)),
+        ] {
+            assert_eq!(
+                h.apply(once(by, target)),
+                Response::Revoke(Err(OpError::RequestIdReused {
+                    request_id: rid("rv-1")
+                }))
+            );
+        }
+        assert!(h.state.lease(&next.lease_id).is_some());
+        // Once the retention has passed, the id is forgotten.
+        h.advance(h.state.record_limits().min_age_ms + 1);
+        h.grant(acq("tick", "b", "agent/x", "i1"));
+        assert!(h.state.revokes.is_empty());
     }
 
     #[test]

@@ -217,6 +217,22 @@ pub struct State {
     pub(super) tokens: BTreeMap<String, super::access::TokenRecord>,
     /// How long records are kept and how many request records may exist.
     pub(super) limits: RecordLimits,
+    /// Answers of revokes that carried a request id, for their retries.
+    pub(super) revokes: BTreeMap<RequestKey, RevokeRecord>,
+    pub(super) revoke_order: VecDeque<(u64, RequestKey)>,
+}
+
+/// At most this many revoke answers are remembered; a new revoke request id past it, with all of
+/// them younger than the retention, is refused (`RequestTableFull`).
+pub const MAX_REVOKE_RECORDS: usize = 100_000;
+
+/// A revoke's answer, kept for its retries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct RevokeRecord {
+    pub(super) by: Principal,
+    pub(super) target: super::command::RevokeTarget,
+    pub(super) answer: Result<Lease, OpError>,
+    pub(super) updated_ms: u64,
 }
 
 impl Default for State {
@@ -242,6 +258,8 @@ impl Default for State {
             audit: Default::default(),
             tokens: BTreeMap::new(),
             limits: RecordLimits::default(),
+            revokes: BTreeMap::new(),
+            revoke_order: VecDeque::new(),
         }
     }
 }
@@ -385,6 +403,13 @@ impl State {
                     .and_then(|()| self.reject(request_id, by, reason, fx))
                     .map(Box::new),
             ),
+            Command::RevokeOnce {
+                request_id,
+                target,
+                by,
+                reason,
+                by_admin,
+            } => Response::Revoke(self.revoke_once(request_id, target, by, reason, *by_admin, fx)),
             Command::SetRecordLimits(limits) => {
                 self.set_record_limits(*limits);
                 Response::SetRecordLimits
@@ -756,6 +781,15 @@ impl State {
             self.requests.remove(&id);
         }
 
+        while let Some((at, _)) = self.revoke_order.front() {
+            if !expired(*at) {
+                break;
+            }
+            if let Some((_, key)) = self.revoke_order.pop_front() {
+                self.revokes.remove(&key);
+            }
+        }
+
         while let Some((at, _)) = self.ended_order.front() {
             if !expired(*at) && self.ended.len() <= ENDED_MAX {
                 break;
@@ -936,6 +970,8 @@ mod v3 {
                 audit: old.audit,
                 tokens: old.tokens,
                 limits: RecordLimits::default(),
+                revokes: BTreeMap::new(),
+                revoke_order: VecDeque::new(),
             }
         }
     }

@@ -923,16 +923,23 @@ impl warrant_server::Warrant for Api {
         // Policy decides in apply (audited, denials too); the config's admins are the path while no
         // policy is loaded.
         let by_admin = self.shared.admins.contains(&by);
-        match self
-            .shared
-            .propose(caller.wrap(Command::Revoke {
+        let cmd = if r.request_id.is_empty() {
+            Command::Revoke {
                 target,
                 by,
                 reason: r.reason,
                 by_admin,
-            }))
-            .await?
-        {
+            }
+        } else {
+            Command::RevokeOnce {
+                request_id: RequestId::parse(&r.request_id).map_err(invalid)?,
+                target,
+                by,
+                reason: r.reason,
+                by_admin,
+            }
+        };
+        match self.shared.propose(caller.wrap(cmd)).await? {
             crate::model::Response::Revoke(Ok(lease)) => Ok(Response::new(proto::RevokeResponse {
                 revoked: Some(convert::lease(&lease, None)),
             })),
