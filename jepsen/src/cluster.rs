@@ -398,6 +398,8 @@ pub struct Setup<'a> {
     pub top_level: &'a str,
     /// Mutual TLS and certificate-authenticated clients instead of an insecure cluster.
     pub tls: bool,
+    /// Seed every founding node from this backup (`warrant snapshot restore`) before starting it.
+    pub restore_from: Option<&'a Path>,
 }
 
 impl Cluster {
@@ -412,6 +414,7 @@ impl Cluster {
             faketime,
             top_level,
             tls,
+            restore_from,
         } = setup;
         if !(1..=MAX_NODES).contains(&nodes) {
             bail!("--nodes must be 1..={MAX_NODES}");
@@ -513,10 +516,39 @@ impl Cluster {
                 cluster.set_clock(id, 0)?;
             }
         }
+        if let Some(backup) = restore_from {
+            for id in 1..=founders {
+                let out = Command::new(&cluster.bin)
+                    .args(["snapshot", "restore"])
+                    .arg(backup)
+                    .arg("--config")
+                    .arg(&cluster.node(id).config)
+                    .output()
+                    .context("run warrant snapshot restore")?;
+                if !out.status.success() {
+                    bail!(
+                        "snapshot restore for node {id}: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
+            }
+        }
         for id in 1..=founders {
             cluster.start_node(id)?;
         }
         Ok(cluster)
+    }
+
+    /// kill -9 every node and take the network down (netns mode), so another cluster can start
+    /// on the same addresses.
+    pub fn stop_all(&self) {
+        for node in &self.nodes {
+            self.kill(node.id);
+        }
+        let netns = std::mem::take(&mut registry().netns);
+        if netns {
+            teardown_network();
+        }
     }
 
     pub fn node(&self, id: u64) -> &Node {

@@ -17,6 +17,7 @@ pub mod nemesis;
 pub mod node_check;
 pub mod procs;
 pub mod proxy;
+pub mod restore;
 pub mod security;
 pub mod timeline_svg;
 pub mod workload;
@@ -59,6 +60,9 @@ pub struct RunOpts {
     pub sim_pause: Option<f64>,
     /// This program (the client processes run `SELF client-worker`).
     pub self_bin: PathBuf,
+    /// The restore step ([`restore`]): save a backup mid-run, then run the register workload
+    /// against a second cluster restored from it, with every checker.
+    pub restore: bool,
 }
 
 /// results.json.
@@ -162,9 +166,10 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
         spares,
         bin: &opts.bin,
         dir: &opts.out,
-        faketime,
+        faketime: faketime.clone(),
         top_level: &top_level,
         tls: opts.tls,
+        restore_from: None,
     })?);
     let Some(leader) = cluster.wait_leader(Duration::from_secs(30)).await else {
         anyhow::bail!(
@@ -206,6 +211,18 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
         deadline,
         timeline.clone(),
     ));
+    let restoring = opts.restore && opts.register;
+    let backup_path = opts.out.join(restore::BACKUP_FILE);
+    let backup = restoring.then(|| {
+        tokio::spawn(restore::save_midway(
+            cluster.clone(),
+            tokio::time::Instant::now() + opts.time / 2,
+            // Also after the heal, so a run that was cut off for its whole second half still
+            // gets its backup.
+            deadline + Duration::from_secs(30),
+            backup_path.clone(),
+        ))
+    });
     let deps = deploy::Deployments::new(opts.broken == Some(workload::Broken::SkipFence));
     let register_work = async {
         if opts.register {
@@ -301,6 +318,38 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
         "audit".into(),
         audit_check::check(&cluster.endpoints(), &events, &cluster.security).await,
     );
+    let mut restored = None;
+    if let Some(saving) = backup {
+        let mut v = checker::Verdict::new();
+        match saving.await {
+            Ok(Ok(what)) => {
+                v.count("saved");
+                notes.push(what);
+                match restore::run_restored(
+                    opts,
+                    &cluster,
+                    &events,
+                    &faults,
+                    faketime.clone(),
+                    &backup_path,
+                )
+                .await
+                {
+                    Ok(phase) => restored = Some(phase),
+                    Err(e) => v.violation(serde_json::json!({
+                        "what": "the restored cluster could not be run",
+                        "error": format!("{e:#}"),
+                    })),
+                }
+            }
+            Ok(Err(why)) => v.violation(serde_json::json!({ "what": why })),
+            Err(e) => v.violation(serde_json::json!({
+                "what": "the backup task failed",
+                "error": e.to_string(),
+            })),
+        }
+        checkers.insert("restore".into(), v);
+    }
     let mut ops: BTreeMap<String, u64> = BTreeMap::new();
     for e in &events {
         if e.kind != Kind::Invoke {
@@ -316,6 +365,17 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
         "total_invocations".into(),
         events.iter().filter(|e| e.kind == Kind::Invoke).count() as u64,
     );
+    let mut fault_counts = timeline.counts();
+    let mut work = work;
+    if let Some(phase) = restored {
+        if !phase.work_ok {
+            work = Err(());
+        }
+        checkers.extend(phase.checkers);
+        ops.extend(phase.ops);
+        fault_counts.extend(phase.faults);
+        notes.extend(phase.notes);
+    }
     let valid = checkers.values().all(|v| v.valid) && work.is_ok();
     let results = Results {
         valid,
@@ -331,7 +391,7 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
         broken: opts.broken,
         tls: opts.tls,
         ops,
-        faults: timeline.counts(),
+        faults: fault_counts,
         checkers,
         final_registers: regs.values().into_iter().collect(),
         workloads: [("register", opts.register), ("deploy", opts.deploy)]

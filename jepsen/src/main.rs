@@ -99,6 +99,10 @@ enum Cmd {
         /// `--break unconfirmed-answers`, a server bug that only insecure nodes accept.
         #[arg(long)]
         tls: bool,
+        /// Skip the restore step (by default a backup is saved mid-run and, after the run, the
+        /// register workload runs against a second cluster restored from it, with every checker).
+        #[arg(long)]
+        no_restore: bool,
     },
     /// Re-run the checkers over a recorded history.jsonl.
     Check { history: PathBuf },
@@ -139,6 +143,7 @@ fn main() {
             warrant_bin,
             broken,
             tls,
+            no_restore,
         } => {
             if tls
                 && matches!(
@@ -207,6 +212,8 @@ fn main() {
                 tls,
                 os_clients,
                 sim_pause,
+                // A deliberately broken run is there to fail its first phase's checkers.
+                restore: !no_restore && broken.is_none(),
                 self_bin: match std::env::current_exe() {
                     Ok(p) => p,
                     Err(e) => {

@@ -41,6 +41,7 @@ async fn node_state_catches_a_grant_or_release_the_nodes_do_not_have() {
         faketime: None,
         top_level: "",
         tls: false,
+        restore_from: None,
     })
     .unwrap();
     c.wait_leader(Duration::from_secs(30))

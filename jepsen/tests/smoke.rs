@@ -124,7 +124,22 @@ fn smoke_run_in_local_mode_passes_every_checker() {
             "deploy_previous",
             "deploy_duplicates",
             "node_state",
+            // The restore step: a backup saved mid-run, a second cluster restored from it, the
+            // register workload against that one with every checker.
+            "restore",
+            "restore/fenced_register",
+            "restore/token_order",
+            "restore/lease_exclusivity",
+            "restore/durability",
+            "restore/linearizable",
+            "restore/node_state",
+            "restore/audit",
+            "restore/tokens_after_restore",
         ],
+    );
+    assert!(
+        v["ops"]["restore.acquire.ok"].as_u64().unwrap_or(0) > 5,
+        "the restored cluster grants: {results}"
     );
 }
 
@@ -219,7 +234,7 @@ fn partitions_through_proxies_pass_every_checker() {
     let (status, v, results) = run_suite_in(
         "proxy",
         "partition,bridge",
-        &["--time", "15s", "--workload", "register"],
+        &["--time", "15s", "--workload", "register", "--no-restore"],
     );
     assert!(status.success(), "proxy run failed ({status}): {results}");
     assert_eq!(v["mode"], "proxy", "{results}");
