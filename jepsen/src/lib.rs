@@ -212,6 +212,12 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
         timeline.clone(),
     ));
     let restoring = opts.restore && opts.register;
+    if opts.restore && !opts.register {
+        notes.push(
+            "restore step skipped: it runs the register workload (--workload register or all)"
+                .into(),
+        );
+    }
     let backup_path = opts.out.join(restore::BACKUP_FILE);
     let backup = restoring.then(|| {
         tokio::spawn(restore::save_midway(

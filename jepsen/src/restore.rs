@@ -25,6 +25,10 @@ use crate::{audit_check, node_check, workload, RunOpts};
 pub const BACKUP_FILE: &str = "backup.wbak";
 pub const RESTORED_DIR: &str = "restored";
 
+/// A resource the admin holds while the backup is saved, so the backup always carries a live lease
+/// that nobody keeps alive in the restored cluster: `restore/lease_clock` must see it expire.
+pub const PROBE_RESOURCE: &str = "jepsen/restore-probe";
+
 /// How long the restored cluster runs: a quarter of the run, 20 s to 2 min.
 pub fn phase_time(run: Duration) -> Duration {
     (run / 4).clamp(Duration::from_secs(20), Duration::from_secs(120))
@@ -41,8 +45,27 @@ pub async fn save_midway(
     tokio::time::sleep_until(at).await;
     let admin = cluster.admin_client().map_err(|e| format!("{e:#}"))?;
     let mut last = String::from("no attempt");
+    // Held (kept alive by its handle) until the backup is saved; a backup counts only if the probe
+    // was still valid when it completed (so it was live when the backup was taken).
+    let mut probe: Option<warrant::client::Lease> = None;
     while Instant::now() < deadline {
+        if probe.is_none() {
+            let opts = warrant::client::AcquireOptions::new(PROBE_RESOURCE, Duration::from_secs(5));
+            match admin.acquire(opts).await {
+                Ok(warrant::client::Acquired::Granted(lease)) => probe = Some(lease),
+                Ok(other) => last = format!("probe lease: {other:?}"),
+                Err(e) => last = format!("probe lease: {e}"),
+            }
+            if probe.is_none() {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        }
         match tokio::time::timeout(Duration::from_secs(30), admin.save_snapshot(&path)).await {
+            Ok(Ok(_)) if !probe.as_ref().is_some_and(|p| p.is_valid()) => {
+                last = "the probe lease lapsed while the backup was saved".into();
+                probe = None;
+            }
             Ok(Ok(saved)) => {
                 return Ok(format!(
                     "backup saved mid-run from node {} at log index {} ({} bytes)",
@@ -111,10 +134,10 @@ pub async fn run_restored(
         );
     };
     let names: Vec<String> = (0..opts.resources).map(workload::resource_name).collect();
-    // The backup holds the first run's live leases; nobody keeps them alive now, so each must
-    // expire after its ttl (the lease clock of a restored cluster runs). The workload starts on
-    // free resources, as its checkers' lock model does.
-    let lease_clock = restored_leases_expire(&cluster, &names, opts.ttl * 10).await;
+    // The backup holds the probe lease and the first run's live leases; nobody keeps them alive
+    // now, so each must expire after its ttl (the lease clock of a restored cluster runs). The
+    // workload starts on free resources, as its checkers' lock model does.
+    let lease_clock = restored_leases_expire(&cluster, &names, Duration::from_secs(60)).await;
     let time = phase_time(opts.time);
     eprintln!(
         "restored cluster up (leader {leader}); running the register workload for {time:?} with nemesis {faults:?}"
@@ -227,13 +250,19 @@ async fn restored_leases_expire(cluster: &Cluster, names: &[String], within: Dur
         }
     };
     let deadline = Instant::now() + within;
-    for name in names {
+    let probe = [PROBE_RESOURCE.to_string()];
+    for name in probe.iter().chain(names) {
         let mut held_at_start = None;
         loop {
             match admin.get(name).await {
                 Ok(r) if r.holder.is_none() => {
                     if held_at_start == Some(true) {
                         v.count("restored_leases_expired");
+                    } else if name == PROBE_RESOURCE {
+                        v.violation(json!({
+                            "what": "the probe lease held while the backup was saved is not in the restored cluster",
+                            "resource": name,
+                        }));
                     }
                     break;
                 }

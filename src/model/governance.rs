@@ -969,11 +969,14 @@ mod tests {
             record.entry.policies,
             vec!["prod-max-15-minutes".to_string()]
         );
-        // A retry answers the same denial and writes nothing more.
+        // A denial changed nothing, so it is not kept (a denied caller cannot fill the request
+        // table): a retry is decided again, the same denial, audited again.
         let mut retry = acq("long", "k8s/prod/web", "agent/deployer", "i1");
         retry.ttl_ms = 20 * 60_000;
         assert!(matches!(h.acquire(retry), AcquireOutcome::Denied(_)));
-        assert!(h.audit.is_empty());
+        assert_eq!(h.audit.len(), 1);
+        assert_eq!(h.audit[0].entry.decision, AuditDecision::Denied);
+        assert_eq!(h.state.request_record_count(), 0);
     }
 
     #[test]

@@ -34,16 +34,22 @@ impl State {
             }
             return self.answer_of(rec);
         }
-        // 1b. A new request id needs a record; with the table full of records younger than the
-        // retention, refuse rather than forget an answer some client may still retry.
-        if self.request_table_full() {
-            let outcome = self.table_full();
+        // 2. Policy, before anything about the resource is revealed: deny wins.
+        let verdict = self.acquire_verdict(cmd, self.now_ms);
+        // 2b. Anything but a denial may need a record; with the table full of records younger than
+        // the retention, refuse rather than forget an answer some client may still retry.
+        if let (Some(limits), false) = (
+            self.request_table_full(),
+            matches!(verdict, Verdict::Deny(_)),
+        ) {
+            let outcome = AcquireOutcome::Rejected(OpError::RequestTableFull {
+                max: limits.max_records,
+                min_age_s: limits.min_age_ms / 1000,
+            });
             self.audit_acquire(cmd, &outcome, Vec::new(), Vec::new(), fx);
             return outcome;
         }
-
-        // 2. Policy, before anything about the resource is revealed: deny wins.
-        let (outcome, policies) = match self.acquire_verdict(cmd, self.now_ms) {
+        let (outcome, policies) = match verdict {
             Verdict::Deny(denial) => (AcquireOutcome::Denied(denial), Vec::new()),
             Verdict::Approval {
                 needed,
@@ -81,8 +87,11 @@ impl State {
             }
             return Some(self.answer_of(rec));
         }
-        if self.request_table_full() {
-            return Some(self.table_full());
+        // A full table is apply's to judge (it first drops the records that have aged out by the
+        // entry's time), so the refusal is always written and audited, and in log order with an
+        // earlier attempt of the same request.
+        if self.request_table_full().is_some() {
+            return None;
         }
         if !matches!(
             self.acquire_verdict(cmd, self.now_ms.max(now_ms)),
@@ -103,18 +112,6 @@ impl State {
         let waits = cmd.wait_ms.is_some_and(|w| w > 0);
         (!takes_over && !waits).then(|| AcquireOutcome::Busy {
             holder: holder.clone(),
-        })
-    }
-
-    #[cfg(test)]
-    pub(super) fn table_full_for_test(&self) -> AcquireOutcome {
-        self.table_full()
-    }
-
-    fn table_full(&self) -> AcquireOutcome {
-        AcquireOutcome::Rejected(OpError::RequestTableFull {
-            max: self.limits.max_records,
-            min_age_s: self.limits.min_age_ms / 1000,
         })
     }
 

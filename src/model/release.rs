@@ -182,6 +182,8 @@ impl State {
 
     /// A revoke with a request id: the first answer is kept and given to every retry (same id,
     /// principal and target), so a retry after a lost answer never ends the next holder's lease.
+    /// A denial changed nothing and is not kept (a refused caller cannot fill the table); the lease
+    /// is kept without its checkpoint (at most 4 KiB that the answer does not need).
     pub(super) fn revoke_once(
         &mut self,
         request_id: &RequestId,
@@ -192,30 +194,42 @@ impl State {
         fx: &mut Effects,
     ) -> Result<Lease, OpError> {
         let key = RequestKey::of(request_id);
-        if let Some(rec) = self.revokes.get(&key) {
-            if &rec.by != by || &rec.target != target {
-                return Err(OpError::RequestIdReused {
-                    request_id: request_id.clone(),
-                });
+        let refused = if let Some(rec) = self.revokes.get(&key) {
+            if &rec.by == by && &rec.target == target {
+                return rec.answer.clone();
             }
-            return rec.answer.clone();
-        }
-        if self.revokes.len() >= MAX_REVOKE_RECORDS {
-            return Err(OpError::RequestTableFull {
+            OpError::RequestIdReused {
+                request_id: request_id.clone(),
+            }
+        } else if self.revokes.len() >= MAX_REVOKE_RECORDS {
+            OpError::RequestTableFull {
                 max: MAX_REVOKE_RECORDS,
-                min_age_s: self.limits.min_age_ms / 1000,
-            });
-        }
-        let answer = self.revoke(target, by, reason, by_admin, fx);
-        let rec = RevokeRecord {
-            by: by.clone(),
-            target: target.clone(),
-            answer: answer.clone(),
-            updated_ms: self.now_ms,
+                min_age_s: self.record_min_age_ms() / 1000,
+            }
+        } else {
+            let answer = self.revoke(target, by, reason, by_admin, fx);
+            if !matches!(answer, Err(OpError::Denied(_))) {
+                let kept = answer.clone().map(|mut lease| {
+                    lease.checkpoint = None;
+                    lease
+                });
+                let rec = RevokeRecord {
+                    by: by.clone(),
+                    target: target.clone(),
+                    answer: kept,
+                    updated_ms: self.now_ms,
+                };
+                self.revokes.insert(key, rec);
+                self.revoke_order.push_back((self.now_ms, key));
+            }
+            return answer;
         };
-        self.revokes.insert(key, rec);
-        self.revoke_order.push_back((self.now_ms, key));
-        answer
+        let why = match target {
+            RevokeTarget::Resource(path) => format!("{path}: {refused}"),
+            RevokeTarget::Lease(id) => format!("lease {id}: {refused}"),
+        };
+        self.audit_lease_op(None, by.as_str(), "revoke", refusal(&refused), why, fx);
+        Err(refused)
     }
 
     fn try_revoke(
@@ -529,8 +543,22 @@ mod tests {
             );
         }
         assert!(h.state.lease(&next.lease_id).is_some());
+        // A denied revoke is not kept (a refused caller cannot fill the table), and is audited.
+        let denied = h.apply(Command::RevokeOnce {
+            request_id: rid("rv-2"),
+            target: RevokeTarget::Lease(next.lease_id),
+            by: who("agent/z"),
+            reason: "mine".to_owned(),
+            by_admin: false,
+        });
+        assert!(
+            matches!(denied, Response::Revoke(Err(OpError::Denied(_)))),
+            "{denied:?}"
+        );
+        assert_eq!(h.state.revokes.len(), 1);
+        assert!(h.state.lease(&next.lease_id).is_some());
         // Once the retention has passed, the id is forgotten.
-        h.advance(h.state.record_limits().min_age_ms + 1);
+        h.advance(h.state.record_limits().unwrap().min_age_ms + 1);
         h.grant(acq("tick", "b", "agent/x", "i1"));
         assert!(h.state.revokes.is_empty());
     }

@@ -39,6 +39,12 @@ pub const DEFAULT_RECORD_MIN_AGE_MS: u64 = 60_000;
 /// memory (1,000,000: 103 MB measured) and 61 bytes of snapshot.
 pub const DEFAULT_MAX_RECORDS: usize = 1_000_000;
 
+/// Until the first `SetRecordLimits` is applied, records follow the rules of the builds before it
+/// (so replicas of both builds apply a rolling upgrade's entries alike): every answer is recorded,
+/// kept this long, and the oldest go past [`LEGACY_MAX`], young or not.
+pub const LEGACY_RETENTION_MS: u64 = 600_000;
+pub const LEGACY_MAX: usize = 100_000;
+
 /// How long request-id (dedup) and ended-lease records are kept, and how many request records may
 /// exist. Replicated (set by `Command::SetRecordLimits`, which the leader proposes when its config
 /// differs), so every replica keeps and refuses exactly the same requests.
@@ -215,8 +221,9 @@ pub struct State {
     pub(super) audit: crate::audit::AuditChain,
     /// Access tokens minted and not yet expired, by id (revoked ones marked).
     pub(super) tokens: BTreeMap<String, super::access::TokenRecord>,
-    /// How long records are kept and how many request records may exist.
-    pub(super) limits: RecordLimits,
+    /// How long records are kept and how many request records may exist; `None` until the first
+    /// `SetRecordLimits` (the older rules, see [`LEGACY_RETENTION_MS`]).
+    pub(super) limits: Option<RecordLimits>,
     /// Answers of revokes that carried a request id, for their retries.
     pub(super) revokes: BTreeMap<RequestKey, RevokeRecord>,
     pub(super) revoke_order: VecDeque<(u64, RequestKey)>,
@@ -257,7 +264,7 @@ impl Default for State {
             recent_order: VecDeque::new(),
             audit: Default::default(),
             tokens: BTreeMap::new(),
-            limits: RecordLimits::default(),
+            limits: None,
             revokes: BTreeMap::new(),
             revoke_order: VecDeque::new(),
         }
@@ -516,9 +523,28 @@ impl State {
             .map(|r| self.answer_of(r))
     }
 
-    /// How long records are kept and how many request records may exist (replicated).
-    pub fn record_limits(&self) -> RecordLimits {
+    /// How long records are kept and how many request records may exist (replicated); `None` while
+    /// the older rules hold (no `SetRecordLimits` applied yet).
+    pub fn record_limits(&self) -> Option<RecordLimits> {
         self.limits
+    }
+
+    /// How long a record is kept at the least.
+    pub(super) fn record_min_age_ms(&self) -> u64 {
+        self.limits.map_or(LEGACY_RETENTION_MS, |l| l.min_age_ms)
+    }
+
+    /// Whether an acquire's answer goes into the dedup table. Only answers that changed something
+    /// (a grant, a place in a queue, a pending approval) must be: a retry of any other answer is
+    /// decided again and can grant nothing the first did not. The older rules record every answer.
+    pub(super) fn records(&self, outcome: &AcquireOutcome) -> bool {
+        self.limits.is_none()
+            || matches!(
+                outcome,
+                AcquireOutcome::Granted(_)
+                    | AcquireOutcome::Queued { .. }
+                    | AcquireOutcome::PendingApproval(_)
+            )
     }
 
     /// How many request ids the dedup table remembers now.
@@ -575,9 +601,10 @@ impl State {
         }
     }
 
-    /// Whether a new request id would be refused now because the table is full of young records.
-    pub(super) fn request_table_full(&self) -> bool {
-        self.requests.len() >= self.limits.max_records
+    /// Whether a new request id would be refused now because the table is full of young records
+    /// (never under the older rules). Only meaningful in apply, after this entry's eviction.
+    pub(super) fn request_table_full(&self) -> Option<RecordLimits> {
+        self.limits.filter(|l| self.requests.len() >= l.max_records)
     }
 
     pub fn current_term(&self) -> u64 {
@@ -686,6 +713,9 @@ impl State {
 
     /// Record (or update) a request's answer; retention restarts from this entry's time.
     pub(super) fn record_request(&mut self, cmd: &AcquireCmd, outcome: AcquireOutcome) {
+        if !self.records(&outcome) {
+            return;
+        }
         let answer = Self::recorded(Asker::of(cmd), outcome);
         self.put_record(&cmd.request_id, answer);
     }
@@ -733,10 +763,10 @@ impl State {
 
     /// Set how long records are kept and how many request records may exist.
     pub(super) fn set_record_limits(&mut self, limits: RecordLimits) {
-        self.limits = RecordLimits {
+        self.limits = Some(RecordLimits {
             min_age_ms: limits.min_age_ms,
             max_records: limits.max_records.max(1),
-        };
+        });
     }
 
     /// Drop dedup and ended records older than `limits.min_age_ms`; a request record younger than that
@@ -747,8 +777,10 @@ impl State {
     fn evict_old_records(&mut self) {
         self.evict_recent_intents();
         let now = self.now_ms;
-        let min_age = self.limits.min_age_ms;
+        let min_age = self.record_min_age_ms();
         let expired = |at: u64| now.saturating_sub(at) > min_age;
+        // The older rules also drop young records past a count.
+        let legacy = self.limits.is_none();
 
         // A queued or pending request is never evicted: its waiter still needs the record to report its final
         // answer. Such a record is re-stamped and moved to the back; the pass is bounded by the
@@ -758,7 +790,8 @@ impl State {
             let Some((at, _)) = self.request_order.front() else {
                 break;
             };
-            if !expired(*at) {
+            let over = legacy && self.requests.len() > LEGACY_MAX;
+            if !expired(*at) && !over {
                 break;
             }
             budget -= 1;
@@ -838,9 +871,7 @@ mod v3 {
     use super::super::types::{
         InstanceId, Lease, LeaseId, Principal, RequestId, ResourcePath, TaskKey,
     };
-    use super::{
-        Asker, EndedLease, RecordLimits, RequestKey, RequestRecord, ResourceState, TaskState,
-    };
+    use super::{Asker, EndedLease, RequestKey, RequestRecord, ResourceState, TaskState};
 
     #[derive(Deserialize)]
     #[cfg_attr(test, derive(serde::Serialize))]
@@ -969,7 +1000,7 @@ mod v3 {
                 recent_order: old.recent_order,
                 audit: old.audit,
                 tokens: old.tokens,
-                limits: RecordLimits::default(),
+                limits: None,
                 revokes: BTreeMap::new(),
                 revoke_order: VecDeque::new(),
             }
@@ -1081,7 +1112,7 @@ mod tests {
             max_records: 1_000,
         };
         h.apply(Command::SetRecordLimits(limits));
-        assert_eq!(h.state.record_limits(), limits);
+        assert_eq!(h.state.record_limits(), Some(limits));
         for n in 0..1_000u64 {
             h.grant(acq(&format!("q{n}"), &format!("r/{n}"), "agent/x", "i1"));
         }
@@ -1115,11 +1146,11 @@ mod tests {
         ));
         let retry = h.acquire(acq("q0", "r/0", "agent/x", "i1"));
         assert!(matches!(retry, AcquireOutcome::Granted(g) if g.lease.token.0 == 1));
-        // The leader answers the same without a write.
+        // The leader does not answer it without a write: apply judges, after its eviction.
         assert_eq!(
             h.state
                 .answer_without_write(&acq("new2", "r/0", "agent/x", "i1"), h.now_ms),
-            Some(h.state.table_full_for_test())
+            None
         );
         // Once the records are older than the retention, room is made and the refused id works.
         h.advance(60_001);
@@ -1161,15 +1192,52 @@ mod tests {
         assert_eq!(h.state.live_lease_count(), 0);
     }
 
+    /// A rolling upgrade: until a leader of this build writes `SetRecordLimits`, its replicas apply
+    /// the older builds' entries under the older rules (every answer recorded, 600 s, the oldest
+    /// past 100,000 dropped), exactly as the older replicas beside them do.
+    #[test]
+    fn until_set_record_limits_the_older_rules_hold() {
+        let mut h = Harness::legacy();
+        assert_eq!(h.state.record_limits(), None);
+        h.grant(acq("r1", "a", "agent/x", "i1"));
+        h.acquire(acq("busy", "a", "agent/y", "j1"));
+        assert!(
+            matches!(
+                h.state.request(&rid("busy")),
+                Some(AcquireOutcome::Busy { .. })
+            ),
+            "recorded under the older rules"
+        );
+        h.advance(DEFAULT_RECORD_MIN_AGE_MS + 1);
+        h.grant(acq("tick", "b", "agent/x", "i1"));
+        assert!(h.state.request(&rid("busy")).is_some(), "kept 600 s");
+        h.advance(LEGACY_RETENTION_MS);
+        h.grant(acq("tick2", "c", "agent/x", "i1"));
+        assert_eq!(h.state.request(&rid("busy")), None);
+        // From the first SetRecordLimits on, this build's rules.
+        h.apply(Command::SetRecordLimits(RecordLimits::default()));
+        h.acquire(acq("busy2", "a", "agent/y", "j1"));
+        assert_eq!(
+            h.state.request(&rid("busy2")),
+            None,
+            "a busy answer is not kept"
+        );
+        assert!(h.state.request(&rid("tick2")).is_some());
+    }
+
     #[test]
     fn a_format_3_snapshot_is_read_with_default_limits() {
-        let mut h = Harness::new();
+        let mut h = Harness::legacy();
         let g = h.grant(acq("r1", "a", "agent/x", "i1"));
         h.acquire(acq("b1", "a", "agent/y", "j1")); // busy, recorded
         let v3 = v3::encode_for_test(&h.state, &[rid("r1"), rid("b1")]);
         assert_eq!(v3[0], 3);
         let back = State::from_snapshot(&v3).unwrap();
-        assert_eq!(back.record_limits(), RecordLimits::default());
+        assert_eq!(
+            back.record_limits(),
+            None,
+            "the older rules until SetRecordLimits"
+        );
         assert_eq!(back.request(&rid("r1")), Some(AcquireOutcome::Granted(g)));
         assert_eq!(back.request(&rid("b1")), h.state.request(&rid("b1")));
         assert_eq!(back.requests, h.state.requests);

@@ -8,7 +8,7 @@ use super::command::{
     Response,
 };
 use super::error::OpError;
-use super::state::State;
+use super::state::{RecordLimits, State};
 use super::types::{
     FencingToken, Grant, InstanceId, Intent, LeaseId, Principal, ReleaseOutcome, RequestId,
     ResourcePath, TaskKey,
@@ -63,6 +63,22 @@ pub(super) struct Harness {
 
 impl Harness {
     pub(super) fn new() -> Self {
+        let mut h = Self {
+            state: State::default(),
+            index: 0,
+            term: 0,
+            now_ms: 1_000,
+            events: Vec::new(),
+            audit: Vec::new(),
+        };
+        h.elect();
+        // What every leader of this build does first.
+        h.apply(Command::SetRecordLimits(RecordLimits::default()));
+        h
+    }
+
+    /// A harness whose state follows the older record rules (no `SetRecordLimits` yet).
+    pub(super) fn legacy() -> Self {
         let mut h = Self {
             state: State::default(),
             index: 0,

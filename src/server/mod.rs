@@ -1170,17 +1170,16 @@ async fn expire_due(shared: &Shared) {
     }
 }
 
-/// Propose the expiry of pending approvals whose time ran out (by the leader's wall clock; apply
-/// checks again against entry time).
 /// Replicate this leader's configured record limits when they differ from the cluster's (a new
-/// cluster, or a config change rolled out to the nodes).
+/// cluster, one upgraded from a build with the older rules, or a config change rolled out to the
+/// nodes).
 async fn settle_record_limits(shared: &Shared) {
     let limits = &shared.config.limits;
     let wanted = model::RecordLimits {
         min_age_ms: limits.request_retention.as_millis() as u64,
         max_records: limits.request_records,
     };
-    if shared.sm.read().state.record_limits() == wanted {
+    if shared.sm.read().state.record_limits() == Some(wanted) {
         return;
     }
     match shared.propose(Command::SetRecordLimits(wanted)).await {
@@ -1193,6 +1192,8 @@ async fn settle_record_limits(shared: &Shared) {
     }
 }
 
+/// Propose the expiry of pending approvals whose time ran out (by the leader's wall clock; apply
+/// checks again against entry time).
 async fn expire_approvals_due(shared: &Shared) {
     let due = shared
         .sm
