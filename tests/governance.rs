@@ -333,3 +333,64 @@ async fn bad_governance_input_is_refused_and_changes_nothing() {
     assert_eq!(code(&out), 0);
     assert!(!stdout(&out).contains("no-such-request"));
 }
+
+/// Issue 25 item 4: `k8s/staging/../prod/payments` would be another lock than `k8s/prod/payments`
+/// and sit under `k8s/staging` for policy, escaping the example policy's two-human rule. Refused at
+/// acquire and in `policy test`, nothing granted; the canonical spelling still needs the humans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dot_dot_path_cannot_escape_the_two_human_rule() {
+    let c = Cluster::start(Opts::default());
+    c.wait_leader(WAIT).await;
+    put_example(&c);
+    for sneaky in [
+        "k8s/staging/../prod/payments",
+        "k8s/prod/Payments",
+        "k8s/prod/pay\u{200b}ments",
+    ] {
+        let out = c.cli("agent/deployer", &["acquire", sneaky, "--ttl", "5m"]);
+        assert_eq!(code(&out), 2, "{sneaky}: {}", stdout(&out));
+        assert!(
+            stderr(&out).contains("not allowed"),
+            "{sneaky}: {}",
+            stderr(&out)
+        );
+        let out = c.cli(
+            "human/admin",
+            &[
+                "policy",
+                "test",
+                "--principal",
+                "agent/deployer",
+                "--action",
+                "acquire",
+                "--resource",
+                sneaky,
+            ],
+        );
+        assert_eq!(code(&out), 2, "{sneaky}: {}", stdout(&out));
+    }
+    let out = c.cli("human/admin", &["list", "--output", "json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        json(&out).as_array().map(Vec::len),
+        Some(0),
+        "nothing granted"
+    );
+    let out = c.cli(
+        "agent/deployer",
+        &[
+            "acquire",
+            "k8s/prod/payments",
+            "--ttl",
+            "5m",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(
+        stdout(&out).contains("pending"),
+        "the canonical path goes to the humans: {} {}",
+        stdout(&out),
+        stderr(&out)
+    );
+}

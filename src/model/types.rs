@@ -6,7 +6,10 @@
 //!
 //! Invariant: a value of a validated type always satisfies its rules. Strings are checked once, at the
 //! edge, by `parse`/`new`; deserialisation goes through the same checks (`serde(try_from)`), so a
-//! corrupt log entry or snapshot cannot smuggle in a value that `parse` would have refused.
+//! corrupt log entry or snapshot cannot smuggle in a value that `parse` would have refused. One
+//! exception: a stored resource path is checked by the rules it was written under
+//! (`ResourcePath::parse_stored`), which accept spellings a new request may no longer use, so data
+//! written before the canonical-path rule stays readable.
 
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
@@ -80,6 +83,9 @@ fn first_bad(s: &str, bad: impl Fn(char) -> bool) -> Option<String> {
 /// string newtype.
 macro_rules! validated_string {
     ($ty:ident) => {
+        validated_string!($ty, parse);
+    };
+    ($ty:ident, $stored:ident) => {
         impl $ty {
             pub fn as_str(&self) -> &str {
                 &self.0
@@ -99,7 +105,7 @@ macro_rules! validated_string {
         impl TryFrom<String> for $ty {
             type Error = ValidationError;
             fn try_from(s: String) -> Result<Self, Self::Error> {
-                Self::parse(&s)
+                Self::$stored(&s)
             }
         }
         impl Serialize for $ty {
@@ -124,10 +130,42 @@ macro_rules! validated_string {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(try_from = "String")]
 pub struct ResourcePath(Box<str>);
-validated_string!(ResourcePath);
+validated_string!(ResourcePath, parse_stored);
+
+/// May a resource path segment contain `c`? Lower-case ASCII letters, digits and `. _ @ : -`: one
+/// resource has one spelling (no case, Unicode or look-alike variants of one name).
+pub fn is_resource_char(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '@' | ':' | '-')
+}
 
 impl ResourcePath {
+    /// A resource path as a request may name it: canonical, so one resource has one spelling.
+    /// Segments are non-empty, of lower-case ASCII letters, digits and `. _ @ : -`, and never `.` or
+    /// `..` (`k8s/staging/../prod` would be a different lock from `k8s/prod`, and sit under
+    /// `k8s/staging` for policy).
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        let path = Self::parse_stored(s)?;
+        let err = |reason: String| ValidationError::Resource {
+            value: shown(s),
+            reason,
+        };
+        if let Some(seg) = s.split('/').find(|seg| matches!(*seg, "." | "..")) {
+            return Err(err(format!(
+                "segment {seg:?} is not allowed (a path names its resource directly, with no . or .. segments)"
+            )));
+        }
+        if let Some(why) = first_bad(s, |c| c != '/' && !is_resource_char(c)) {
+            return Err(err(format!(
+                "{why} (segments use lower-case a-z, digits and . _ @ : - only)"
+            )));
+        }
+        Ok(path)
+    }
+
+    /// The rules a stored path was written under (before the canonical-path rule): non-empty
+    /// segments, no whitespace or control characters, bounded length. For reading stored data and
+    /// for naming resources that may predate the rule (get, revoke, fence checks, prefixes).
+    pub fn parse_stored(s: &str) -> Result<Self, ValidationError> {
         let err = |reason: String| ValidationError::Resource {
             value: shown(s),
             reason,
@@ -608,6 +646,56 @@ pub struct Grant {
 mod tests {
     use super::*;
 
+    /// Issue 25 item 4: one resource, one spelling. `k8s/staging/../prod/payments` would be a
+    /// different lock from `k8s/prod/payments` and sit under `k8s/staging` for policy.
+    #[test]
+    fn only_canonical_resource_paths_are_accepted_from_requests() {
+        for bad in [
+            "k8s/staging/../prod/payments",
+            "k8s/./prod",
+            "..",
+            ".",
+            "k8s/Prod/payments",
+            "k8s/prod/pay\u{200b}ments",
+            "k8s/prod/p\u{0430}yments", // Cyrillic a
+            "k8s/prod/pay\u{202e}stnemy",
+            "k8s/prod/web%2fdeploy",
+            "k8s/prod/web#1",
+            "ÄÖ/x",
+        ] {
+            let err = ResourcePath::parse(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("not allowed"),
+                "{bad:?} should be refused: {err}"
+            );
+            // Stored data written under the earlier rules still decodes.
+            if !bad.contains('\u{200b}') && !bad.contains('\u{202e}') {
+                assert!(ResourcePath::parse_stored(bad).is_ok(), "{bad:?}");
+            }
+        }
+        let err = ResourcePath::parse("k8s/staging/../prod")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(r#"segment "..""#), "{err}");
+        let err = ResourcePath::parse("k8s/Prod").unwrap_err().to_string();
+        assert!(
+            err.contains("'P' at byte 4") && err.contains("lower-case"),
+            "{err}"
+        );
+        for good in [
+            "k8s/prod/payments",
+            "db/users/shard-3",
+            "svc/api.v2/deploy_1",
+            "s3/bucket@eu-west-1/key:42",
+            "a..b/.hidden/x.",
+        ] {
+            assert!(ResourcePath::parse(good).is_ok(), "{good:?}");
+        }
+        // A stored path keeps its earlier spelling when read back (serde uses the stored rules).
+        let stored: ResourcePath = serde_json::from_str(r#""k8s/Prod""#).unwrap();
+        assert_eq!(stored.as_str(), "k8s/Prod");
+    }
+
     #[test]
     fn bad_resource_paths_are_rejected() {
         let long = "a".repeat(257);
@@ -630,14 +718,7 @@ mod tests {
     fn good_resource_paths_are_accepted() {
         let max = "a".repeat(256);
         let segs = vec!["s"; 32].join("/");
-        for good in [
-            "a",
-            "k8s/prod/payments/deploy",
-            "ü/ß",
-            "a.b-c_d:e",
-            &max,
-            &segs,
-        ] {
+        for good in ["a", "k8s/prod/payments/deploy", "a.b-c_d:e@f", &max, &segs] {
             let p = ResourcePath::parse(good).unwrap();
             assert_eq!(p.as_str(), good);
             assert_eq!(p.to_string(), good);

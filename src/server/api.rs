@@ -178,8 +178,15 @@ fn lease_id(s: &str) -> Result<LeaseId, Status> {
     })
 }
 
+/// A resource a request acquires or asks policy about: canonical (one spelling per resource).
 pub(super) fn resource(s: &str) -> Result<ResourcePath, Status> {
     ResourcePath::parse(s).map_err(invalid)
+}
+
+/// A resource or prefix a request reads, fences or revokes: the stored rules, so a resource
+/// acquired before the canonical-path rule can still be named.
+pub(super) fn existing_resource(s: &str) -> Result<ResourcePath, Status> {
+    ResourcePath::parse_stored(s).map_err(invalid)
 }
 
 impl Api {
@@ -911,7 +918,7 @@ impl warrant_server::Warrant for Api {
         let r = request.into_inner();
         let by = caller.principal(&r.principal)?;
         let target = match (r.resource.is_empty(), r.lease_id.is_empty()) {
-            (false, true) => RevokeTarget::Resource(resource(&r.resource)?),
+            (false, true) => RevokeTarget::Resource(existing_resource(&r.resource)?),
             (true, false) => RevokeTarget::Lease(lease_id(&r.lease_id)?),
             _ => {
                 return Err(Status::invalid_argument(
@@ -954,7 +961,7 @@ impl warrant_server::Warrant for Api {
     ) -> Result<Response<proto::CheckFenceResponse>, Status> {
         let caller = auth::caller(&request)?;
         let r = request.into_inner();
-        let res = resource(&r.resource)?;
+        let res = existing_resource(&r.resource)?;
         self.shared.confirm_for(&caller).await?;
         use proto::check_fence_response::Status as Fs;
         let (status, fence) = match self
@@ -980,7 +987,7 @@ impl warrant_server::Warrant for Api {
     ) -> Result<Response<proto::GetResponse>, Status> {
         let caller = auth::caller(&request)?;
         let r = request.into_inner();
-        let res = resource(&r.resource)?;
+        let res = existing_resource(&r.resource)?;
         if !r.serializable {
             self.shared.confirm_for(&caller).await?;
         }
@@ -1012,7 +1019,7 @@ impl warrant_server::Warrant for Api {
         let caller = auth::caller(&request)?;
         let r = request.into_inner();
         if !r.prefix.is_empty() {
-            resource(&r.prefix)?;
+            existing_resource(&r.prefix)?;
         }
         self.shared.confirm_for(&caller).await?;
         let limit = if r.limit == 0 {

@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Response, Status};
 
-use super::api::{principal, resource, Api};
+use super::api::{existing_resource, principal, resource, Api};
 use super::auth::Caller;
 use super::convert::{self, invalid, op_error};
 use crate::audit::{AuditDecision, AuditFilter, AuditRecord};
@@ -313,7 +313,7 @@ impl Api {
             resource_prefix: if r.resource_prefix.is_empty() {
                 None
             } else {
-                Some(resource(&r.resource_prefix)?.to_string())
+                Some(existing_resource(&r.resource_prefix)?.to_string())
             },
             principal: if r.principal.is_empty() {
                 None

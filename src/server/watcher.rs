@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Response, Status};
 
-use super::api::{resource, Api};
+use super::api::{existing_resource, Api};
 use super::auth::Caller;
 use crate::audit::watch::{Compacted, WatchEvent};
 use crate::proto;
@@ -61,7 +61,7 @@ impl Api {
         let prefix = if r.prefix.is_empty() {
             String::new()
         } else {
-            resource(&r.prefix)?.to_string()
+            existing_resource(&r.prefix)?.to_string()
         };
         self.authorize_audit_read(
             &caller,
