@@ -394,3 +394,86 @@ async fn a_dot_dot_path_cannot_escape_the_two_human_rule() {
         stderr(&out)
     );
 }
+
+/// Issue 25 item 5: only humans approve or reject, whatever the policy says; text a human reads
+/// before deciding refuses bidi overrides and zero-width characters. Each refused, nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approvers_are_humans_and_what_they_read_is_what_is_stored() {
+    let c = Cluster::start(Opts::default());
+    c.wait_leader(WAIT).await;
+    put_example(&c);
+    // An intent that would read "deploy paycontrol" is refused before anything is written.
+    let out = c.cli(
+        "agent/deployer",
+        &[
+            "acquire",
+            "k8s/prod/payments",
+            "--ttl",
+            "5m",
+            "--intent",
+            "deploy pay\u{202e}lortnoc",
+        ],
+    );
+    assert_eq!(code(&out), 2, "{}", stdout(&out));
+    assert!(stderr(&out).contains("U+202E"), "{}", stderr(&out));
+    let out = c.cli(
+        "agent/deployer",
+        &[
+            "acquire",
+            "k8s/prod/payments",
+            "--ttl",
+            "5m",
+            "--label",
+            "ticket:42\u{200b}",
+            "--request-id",
+            "pay-h",
+        ],
+    );
+    assert_eq!(code(&out), 2, "{}", stdout(&out));
+    let out = c.cli(
+        "agent/deployer",
+        &[
+            "acquire",
+            "k8s/prod/payments",
+            "--ttl",
+            "5m",
+            "--request-id",
+            "pay-h",
+            "--output",
+            "json",
+        ],
+    );
+    assert!(
+        stdout(&out).contains("pending"),
+        "{} {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    // Another agent (not the requester) may not approve or reject.
+    for args in [
+        &["approve", "pay-h"][..],
+        &["reject", "pay-h", "--reason", "no"][..],
+    ] {
+        let out = c.cli("agent/other", args);
+        assert_eq!(code(&out), 4, "{args:?}: {}", stdout(&out));
+        assert!(
+            stderr(&out).contains("only human"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    // A human's comment with a zero-width character is refused; the approval is not counted.
+    let out = c.cli(
+        "human/alice",
+        &["approve", "pay-h", "--comment", "lgtm\u{200b}"],
+    );
+    assert_eq!(code(&out), 2, "{}", stdout(&out));
+    let out = c.cli("human/admin", &["approvals", "list", "--output", "json"]);
+    let list = json(&out);
+    assert_eq!(list[0]["approvals"], 0, "{list}");
+    assert_eq!(
+        list[0]["approvers"].as_array().map(Vec::len),
+        Some(0),
+        "{list}"
+    );
+}

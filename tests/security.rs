@@ -857,3 +857,111 @@ async fn an_answer_without_a_log_write_honours_a_token_revoked_while_it_was_on_i
         Ok(a) => panic!("answered a revoked token: {a:?}"),
     }
 }
+
+/// Issue 25 item 1: a node certificate signed by the cluster's own CA, for a node that is not a
+/// member (`node5` of a 3-node cluster), sends each Raft message — a vote for itself in a far later
+/// term, an append claiming leadership, a removal notice, an identify in a member's name, an admin
+/// check to forward — and gets PERMISSION_DENIED; a member's certificate may not speak in another
+/// member's name either. The cluster is unchanged: same leader, same term, nobody retired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_member_node_certificate_cannot_speak_raft() {
+    use openraft::{CommittedLeaderId, LogId, Vote};
+    use warrant::proto::raft::{raft_client::RaftClient, RaftMessage};
+    use warrant::raft::{AppendRequest, Control, IdentifyAsk};
+    let c = secure("");
+    let leader = c.wait_leader(WAIT).await;
+    let certs = c.certs.clone().unwrap();
+    certs::issue_into(
+        &certs,
+        &warrant::security::Identity::Node(5),
+        &[],
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let admin = c.client("human/admin");
+    let before = admin.status().await.unwrap();
+    let cluster_id = before.cluster_id.clone();
+    let target = if leader == 2 { 3 } else { 2 };
+    let raft_addr = c.node(target).raft_addr.clone();
+    let connect = |who: &str| {
+        let (addr, certs, who) = (raft_addr.clone(), certs.clone(), who.to_string());
+        async move {
+            let ch = tls_channel(
+                &addr,
+                certs.join("ca.pem"),
+                certs.join(format!("{who}.pem")),
+                certs.join(format!("{who}.key")),
+            )
+            .await
+            .unwrap();
+            RaftClient::new(ch)
+        }
+    };
+    let msg = |payload: Vec<u8>| {
+        let mut r = tonic::Request::new(RaftMessage { payload });
+        r.metadata_mut()
+            .insert("warrant-cluster-id", cluster_id.parse().unwrap());
+        r
+    };
+    let enc = |v: &dyn erased::Enc| v.enc();
+    let far = before.term + 1000;
+    let vote5 = openraft::raft::VoteRequest {
+        vote: Vote::new(far, 5u64),
+        last_log_id: Some(LogId::new(CommittedLeaderId::new(far, 5), 1_000_000)),
+    };
+    let append5 = AppendRequest {
+        vote: Vote::new_committed(far, 5),
+        prev_log_id: None,
+        entries: vec![],
+        leader_commit: None,
+    };
+    let removed = Control::Removed {
+        by: 5,
+        to: target,
+        log_index: 1,
+    };
+    let ask_as_1 = IdentifyAsk {
+        from: leader,
+        joining: false,
+        incarnation: String::new(),
+        admit: true,
+    };
+    let mut node5 = connect("node5").await;
+    let denied = |r: Result<tonic::Response<RaftMessage>, tonic::Status>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{what}: {e}");
+    };
+    denied(node5.vote(msg(enc(&vote5))).await, "vote");
+    denied(node5.append_entries(msg(enc(&append5))).await, "append");
+    denied(node5.control(msg(enc(&removed))).await, "removal notice");
+    denied(
+        node5.identify(msg(enc(&ask_as_1))).await,
+        "identify as another node",
+    );
+    denied(node5.forward(msg(vec![0])).await, "forward");
+    // A member's certificate may not speak in another member's name.
+    let mut node_other = connect(&format!("node{}", 6 - leader - target)).await;
+    denied(
+        node_other.vote(msg(enc(&vote5))).await,
+        "a member voting as node 5",
+    );
+    // Unchanged: the same leader and term, every member serving.
+    let after = admin.status().await.unwrap();
+    assert_eq!(after.term, before.term, "no term was inflated");
+    assert_eq!(c.wait_leader(WAIT).await, leader);
+    let t = c.node_client(target, "human/admin").status().await.unwrap();
+    assert_eq!(t.term, before.term);
+    assert!(!c.log_of(target).contains("stops serving"), "not retired");
+}
+
+/// bincode, as the Raft transport encodes its messages.
+mod erased {
+    pub trait Enc {
+        fn enc(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Enc for T {
+        fn enc(&self) -> Vec<u8> {
+            bincode::serialize(self).unwrap()
+        }
+    }
+}

@@ -7,11 +7,35 @@
 //! the chain is broken).
 
 /// `println!` that does not panic when stdout is closed early (`warrant audit query | head`).
+/// Print a line on stdout, with untrusted text made visible (see [`escape_untrusted`]).
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
+        let line = format!($($arg)*);
+        let _ = writeln!(std::io::stdout(), "{}", $crate::cli::escape_untrusted(&line));
     }};
+}
+
+/// Text from the cluster (intents, labels, comments, reasons, resource names stored under earlier
+/// rules) may hold control or invisible formatting characters: a bidi override can make a line read
+/// other than it is. Each such character is printed as `\uXXXX` (valid inside a JSON string too,
+/// where serde already escapes control characters); new lines and tabs stay.
+pub(crate) fn escape_untrusted(s: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t') || crate::model::types::is_format_char(c)
+    };
+    if !s.chars().any(hidden) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if hidden(c) {
+            out.push_str(&format!("\\u{:04X}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 mod answer;
@@ -622,7 +646,7 @@ fn connect_as(
 }
 
 fn fail(e: &ClientError) -> u8 {
-    eprintln!("error: {e}");
+    eprintln!("error: {}", escape_untrusted(&e.to_string()));
     error_exit_code(e)
 }
 
@@ -1073,5 +1097,23 @@ mod tests {
             t,
             "SEQ  PRINCIPAL  REASON\n1    agent/a\n10   human/é    why"
         );
+    }
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::escape_untrusted;
+
+    #[test]
+    fn hidden_characters_are_printed_visibly_and_json_stays_valid() {
+        assert_eq!(escape_untrusted("deploy web v2\nok"), "deploy web v2\nok");
+        assert_eq!(
+            escape_untrusted("pay\u{202e}lortnoc\u{7}"),
+            "pay\\u202Elortnoc\\u0007"
+        );
+        let json = serde_json::json!({"intent": "pay\u{202e}x"}).to_string();
+        let shown = escape_untrusted(&json);
+        let back: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        assert_eq!(back["intent"], "pay\u{202e}x");
     }
 }

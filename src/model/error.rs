@@ -103,6 +103,9 @@ pub enum OpError {
          raise limits.request_records)"
     )]
     RequestTableFull { max: usize, min_age_s: u64 },
+    /// Only human principals approve or reject (issue 25 item 5).
+    #[error("{by} cannot approve or reject: only human principals decide on requests")]
+    NotHuman { by: Principal },
 }
 
 /// Coarse class of an `OpError`, mapped to a gRPC status code (and CLI exit code) in one place.
@@ -131,7 +134,8 @@ impl OpError {
             OpError::NotHolder { .. }
             | OpError::NotRequester { .. }
             | OpError::Denied(_)
-            | OpError::OwnRequest { .. } => ErrorKind::PermissionDenied,
+            | OpError::OwnRequest { .. }
+            | OpError::NotHuman { .. } => ErrorKind::PermissionDenied,
             OpError::CheckpointTooLarge { .. }
             | OpError::RequestIdReused { .. }
             | OpError::InvalidPolicy { .. } => ErrorKind::InvalidArgument,

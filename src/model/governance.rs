@@ -26,7 +26,7 @@ use super::command::{
 };
 use super::error::OpError;
 use super::state::State;
-use super::types::{Intent, Principal, RequestId};
+use super::types::{Intent, Principal, PrincipalKind, RequestId};
 use crate::audit::{AuditDecision, AuditEntry};
 use crate::policy::{Action, Decision, PolicyBundle, Query, DEFAULT_INTENT_WINDOW_MS};
 
@@ -306,6 +306,14 @@ impl State {
         seen: u64,
         fx: &mut Effects,
     ) -> Result<(), OpError> {
+        // Only humans decide, whatever the policy says (checked by the server for every approval,
+        // and here for the commands that carry what the human saw, which only builds with this
+        // rule write).
+        if by.kind() != PrincipalKind::Human {
+            let e = OpError::NotHuman { by: by.clone() };
+            self.audit_refusal(action, id, by, &e, fx);
+            return Err(e);
+        }
         let Some(pending) = self.pending.get(id) else {
             return Ok(());
         };
@@ -1047,6 +1055,40 @@ mod tests {
             Response::Approve(r) => r,
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Issue 25 item 5: an agent never approves, whatever the policy permits; refused, audited, and
+    /// nothing counted.
+    #[test]
+    fn an_agent_never_approves_or_rejects() {
+        let mut h = with_example();
+        let p = pending_payments(&mut h);
+        let shown = p.digest(h.state.policy_version());
+        let e = approve_seen(&mut h, "pay", "agent/other", &shown, 1).unwrap_err();
+        assert_eq!(
+            e,
+            OpError::NotHuman {
+                by: who("agent/other")
+            }
+        );
+        assert_eq!(e.kind(), super::super::error::ErrorKind::PermissionDenied);
+        assert_eq!(
+            h.audit.last().unwrap().entry.decision,
+            AuditDecision::Invalid
+        );
+        let rejected = h.apply(Command::RejectSeen {
+            request_id: rid("pay"),
+            by: who("agent/other"),
+            reason: "no".into(),
+            digest: shown,
+            policy_version: 1,
+        });
+        assert!(
+            matches!(rejected, Response::Reject(Err(OpError::NotHuman { .. }))),
+            "{rejected:?}"
+        );
+        let still = h.state.pending_approvals().next().unwrap();
+        assert!(still.approvers.is_empty(), "nothing counted");
     }
 
     #[test]

@@ -132,6 +132,31 @@ macro_rules! validated_string {
 pub struct ResourcePath(Box<str>);
 validated_string!(ResourcePath, parse_stored);
 
+/// Is `c` an invisible formatting character (Unicode general category Cf: bidi overrides and
+/// isolates, zero-width spaces and joiners, the byte-order mark, …)? In text a human reads before
+/// deciding, it can make what they see differ from what is stored (`pay\u{202e}lortnoc` shows as
+/// "paycontrol").
+pub fn is_format_char(c: char) -> bool {
+    use unicode_general_category::{get_general_category, GeneralCategory};
+    get_general_category(c) == GeneralCategory::Format
+}
+
+/// Text a human will read (an intent, a label, an approval's comment, a reason): no control or
+/// invisible formatting characters. `Err` says which character, where, for the caller's message.
+pub fn check_readable_text(s: &str) -> Result<(), String> {
+    match s
+        .char_indices()
+        .find(|&(_, c)| (c.is_control() && c != '\n' && c != '\t') || is_format_char(c))
+    {
+        Some((at, c)) => Err(format!(
+            "character U+{:04X} at byte {at} is a control or invisible formatting character (a bidi \
+             override, a zero-width space, …), not allowed in text a human reads",
+            c as u32
+        )),
+        None => Ok(()),
+    }
+}
+
 /// May a resource path segment contain `c`? Lower-case ASCII letters, digits and `. _ @ : -`: one
 /// resource has one spelling (no case, Unicode or look-alike variants of one name).
 pub fn is_resource_char(c: char) -> bool {
@@ -645,6 +670,23 @@ pub struct Grant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 25 item 5: text a human reads carries no invisible formatting characters.
+    #[test]
+    fn readable_text_refuses_bidi_overrides_and_zero_width_characters() {
+        for bad in [
+            "deploy pay\u{202e}lortnoc",
+            "ok\u{200b}",
+            "\u{2066}isolate\u{2069}",
+            "\u{feff}bom",
+            "soft\u{ad}hyphen",
+            "bell\u{7}",
+        ] {
+            let err = check_readable_text(bad).unwrap_err();
+            assert!(err.contains("U+"), "{bad:?}: {err}");
+        }
+        assert!(check_readable_text("deploy web v2 — ticket #42, ünïcödé ok\nsecond line").is_ok());
+    }
 
     /// Issue 25 item 4: one resource, one spelling. `k8s/staging/../prod/payments` would be a
     /// different lock from `k8s/prod/payments` and sit under `k8s/staging` for policy.

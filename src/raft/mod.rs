@@ -40,6 +40,16 @@ pub enum Control {
     },
 }
 
+/// The node id of the certificate a Raft call came with (set by the Raft port's authentication;
+/// absent on an insecure node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerNode(pub NodeId);
+
+/// Nodes this node has learned are members from its known members' own answers, though its log
+/// does not say so yet (a follower that missed the entries adding a node that leads now), with the
+/// index of this node's membership when it learned it: valid only while that membership stands.
+pub type Learned = std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<NodeId, u64>>>;
+
 /// Metadata every node-to-node call carries: the sender's cluster id ([`crate::storage::ClusterId`]).
 pub const CLUSTER_ID_METADATA: &str = "warrant-cluster-id";
 
@@ -114,3 +124,5 @@ pub type StorageError = openraft::StorageError<NodeId>;
 pub type StoredMembership = openraft::StoredMembership<NodeId, NodeAddr>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeAddr>;
 pub type Snapshot = openraft::Snapshot<TypeConfig>;
+pub type AppendRequest = openraft::raft::AppendEntriesRequest<TypeConfig>;
+pub type SnapshotRequest = openraft::raft::InstallSnapshotRequest<TypeConfig>;

@@ -8,7 +8,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Control, ForwardRequest, IdentifyAsk, Identity, NodeId, Raft, CLUSTER_ID_METADATA};
+use super::{
+    Control, ForwardRequest, IdentifyAsk, Identity, Learned, NodeId, PeerNode, Raft,
+    CLUSTER_ID_METADATA,
+};
 use crate::model::Command;
 use crate::proto::raft::raft_server;
 use crate::proto::raft::RaftMessage;
@@ -32,6 +35,30 @@ pub struct RaftService {
     /// Becomes true when the node stops: its append streams end (their connections may outlive
     /// the server).
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// Who may speak Raft to this node besides its log's members: its configured peers, and
+    /// members it has learned of from its known members (asked through `learn`).
+    peers: std::collections::BTreeSet<NodeId>,
+    learned: Learned,
+    learn: tokio::sync::mpsc::UnboundedSender<NodeId>,
+}
+
+/// How a Raft call's sender is known: the certificate's node (secure), or not at all (insecure).
+#[derive(Debug, Clone, Copy)]
+struct Sender(Option<NodeId>);
+
+impl Sender {
+    /// The message speaks for `claimed` (the candidate of a vote, the leader of an append or a
+    /// snapshot, the asker of an identify): it must be the certificate's own node.
+    fn speaks_for(self, claimed: Option<NodeId>, what: &str) -> Result<(), Status> {
+        match (self.0, claimed) {
+            (Some(cert), Some(claimed)) if cert != claimed => {
+                Err(Status::permission_denied(format!(
+                    "raft: node {cert}'s certificate sent a {what} in the name of node {claimed}"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl RaftService {
@@ -40,9 +67,16 @@ impl RaftService {
         raft: Raft,
         cluster_id: ClusterId,
         (standing, retired): (Standing, Retired),
-        control: tokio::sync::mpsc::UnboundedSender<Control>,
-        forward: tokio::sync::mpsc::Sender<ForwardRequest>,
+        (control, forward): (
+            tokio::sync::mpsc::UnboundedSender<Control>,
+            tokio::sync::mpsc::Sender<ForwardRequest>,
+        ),
         stopping: tokio::sync::watch::Receiver<bool>,
+        (peers, learned, learn): (
+            std::collections::BTreeSet<NodeId>,
+            Learned,
+            tokio::sync::mpsc::UnboundedSender<NodeId>,
+        ),
     ) -> raft_server::RaftServer<Self> {
         raft_server::RaftServer::new(Self {
             node,
@@ -53,8 +87,41 @@ impl RaftService {
             control,
             forward,
             stopping,
+            peers,
+            learned,
+            learn,
         })
         .max_decoding_message_size(64 * 1024 * 1024)
+    }
+
+    /// Only current members speak Raft (issue 25 item 1): the certificate's node must be a member
+    /// of this node's membership (joint configurations included), or, before this node has one,
+    /// one of its configured peers; or a member this node has learned of from its members. A
+    /// refusal asks the node to learn (so a follower that missed the entries adding a node that
+    /// now leads is not cut off for good). Insecure nodes have no certificates to check.
+    fn sender<T>(&self, request: &Request<T>) -> Result<Sender, Status> {
+        let Some(PeerNode(id)) = request.extensions().get::<PeerNode>().copied() else {
+            return Ok(Sender(None));
+        };
+        let (known, at) = {
+            let m = self.raft.metrics().borrow().clone();
+            let at = m.membership_config.log_id().map_or(0, |l| l.index);
+            let membership = m.membership_config.membership();
+            let mut ids = membership.nodes().map(|(id, _)| *id).peekable();
+            let known = if ids.peek().is_none() {
+                self.peers.contains(&id)
+            } else {
+                ids.any(|n| n == id)
+            };
+            (known, at)
+        };
+        if known || self.learned.lock().is_ok_and(|l| l.get(&id) == Some(&at)) {
+            return Ok(Sender(Some(id)));
+        }
+        let _ = self.learn.send(id);
+        Err(Status::permission_denied(format!(
+            "raft: node {id} is not a member of this cluster; only members speak Raft"
+        )))
     }
 
     /// Refuse a call from another cluster. With `adopt` (log replication: only a leader sends it),
@@ -62,7 +129,25 @@ impl RaftService {
     /// record nothing, so a stray vote request or a mistaken add-node cannot claim a fresh node.
     /// A sender without an id (a node that has not heard from its cluster yet) is let through.
     fn check_cluster<T>(&self, request: &Request<T>, adopt: bool) -> Result<(), Status> {
+        self.check_cluster_with(request, adopt, true)
+    }
+
+    /// [`check_cluster`](Self::check_cluster); with `required`, a call without a cluster id is
+    /// refused once this node has one.
+    fn check_cluster_with<T>(
+        &self,
+        request: &Request<T>,
+        adopt: bool,
+        required: bool,
+    ) -> Result<(), Status> {
         let Some(theirs) = request.metadata().get(CLUSTER_ID_METADATA) else {
+            // Only a node that has not heard from its cluster yet sends none, and it sends only
+            // identify asks; once this node has an id, every other call must name it.
+            if required && self.cluster_id.get().is_some() {
+                return Err(Status::failed_precondition(
+                    "raft: this node belongs to a cluster and the message names none",
+                ));
+            }
             return Ok(());
         };
         let theirs = theirs
@@ -134,6 +219,7 @@ async fn serve_appends(
     mut inbound: Streaming<RaftMessage>,
     replies: mpsc::Sender<Result<RaftMessage, Status>>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
+    sender: Sender,
 ) {
     loop {
         let message = tokio::select! {
@@ -146,8 +232,11 @@ async fn serve_appends(
             Ok(Some(m)) => m,
             Ok(None) | Err(_) => return,
         };
-        let answer = match decode_message(&message) {
-            Ok(req) => reply_message(&raft.append_entries(req).await),
+        let answer = match decode_message::<crate::raft::AppendRequest>(&message) {
+            Ok(req) => match sender.speaks_for(req.vote.leader_id().voted_for(), "log append") {
+                Ok(()) => reply_message(&raft.append_entries(req).await),
+                Err(status) => Err(status),
+            },
             Err(status) => Err(status),
         };
         let failed = answer.is_err();
@@ -165,6 +254,7 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<AppendReplies>, Status> {
+        let sender = self.sender(&request)?;
         self.accepts_log()?;
         self.check_cluster(&request, true)?;
         // One reply in flight: the sender waits for it before the next request.
@@ -174,6 +264,7 @@ impl raft_server::Raft for RaftService {
             request.into_inner(),
             tx,
             self.stopping.clone(),
+            sender,
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -182,13 +273,16 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        let sender = self.sender(&request)?;
         self.accepts_log()?;
         self.check_cluster(&request, true)?;
-        let req = decode(request)?;
+        let req: crate::raft::AppendRequest = decode(request)?;
+        sender.speaks_for(req.vote.leader_id().voted_for(), "log append")?;
         reply(&self.raft.append_entries(req).await)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let sender = self.sender(&request)?;
         self.check_cluster(&request, false)?;
         // DESIGN rule 6: a node on a new data directory may have voted, and acknowledged entries,
         // before it lost them; its vote could elect a leader missing a committed grant. The
@@ -200,7 +294,8 @@ impl raft_server::Raft for RaftService {
                 self.node
             )));
         }
-        let req = decode(request)?;
+        let req: openraft::raft::VoteRequest<NodeId> = decode(request)?;
+        sender.speaks_for(req.vote.leader_id().voted_for(), "vote request")?;
         reply(&self.raft.vote(req).await)
     }
 
@@ -208,9 +303,11 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        let sender = self.sender(&request)?;
         self.accepts_log()?;
         self.check_cluster(&request, true)?;
-        let req = decode(request)?;
+        let req: crate::raft::SnapshotRequest = decode(request)?;
+        sender.speaks_for(req.vote.leader_id().voted_for(), "snapshot")?;
         reply(&self.raft.install_snapshot(req).await)
     }
 
@@ -218,8 +315,14 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        let sender = self.sender(&request)?;
         self.check_cluster(&request, false)?;
         let notice: Control = decode(request)?;
+        let from = match notice {
+            Control::TakeOver { from, .. } => from,
+            Control::Removed { by, .. } => by,
+        };
+        sender.speaks_for(Some(from), "notice")?;
         self.control
             .send(notice)
             .map_err(|_| Status::unavailable("node is shutting down"))?;
@@ -230,6 +333,7 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
+        self.sender(&request)?;
         self.check_cluster(&request, false)?;
         let command: Command = decode(request)?;
         let check = match &command {
@@ -256,13 +360,24 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        self.check_cluster(&request, false)?;
+        // Anyone with a node certificate may ask who this node is (a node not yet a member asks
+        // to be admitted), but only for itself, and only a member may admit this node.
+        let member = self.sender(&request);
+        let cert = request.extensions().get::<PeerNode>().map(|p| p.0);
+        // A node that has not heard from its cluster yet asks without an id.
+        self.check_cluster_with(&request, false, false)?;
         let message = request.into_inner();
         let ask: Option<IdentifyAsk> = if message.payload.is_empty() {
             None
         } else {
             Some(decode_message(&message)?)
         };
+        Sender(cert).speaks_for(ask.as_ref().map(|a| a.from), "identify ask")?;
+        if ask.as_ref().is_some_and(|a| a.admit) && member.is_err() {
+            return Err(Status::permission_denied(
+                "raft: only a member of this cluster may admit a node",
+            ));
+        }
         if ask.as_ref().is_some_and(|a| a.admit)
             && self.standing.is_joining()
             && self.retired.get().is_none()

@@ -501,7 +501,13 @@ impl Auth {
                 ))
             })?;
         match Identity::from_cert_der(&der) {
-            Ok(Identity::Node(_)) => Ok(request),
+            Ok(Identity::Node(id)) => {
+                // The Raft service checks that this node is a member and that every message
+                // speaks for it (issue 25 item 1).
+                let mut request = request;
+                request.extensions_mut().insert(crate::raft::PeerNode(id));
+                Ok(request)
+            }
             Ok(other) => Err(refuse(Status::permission_denied(format!(
                 "raft: {other} is not a cluster member; only node certificates may send Raft messages"
             )))),

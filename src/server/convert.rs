@@ -27,8 +27,19 @@ pub fn invalid(e: ValidationError) -> Status {
     Status::invalid_argument(e.to_string())
 }
 
+/// A request's intent: validated, and (since a human may read it before approving) free of control
+/// and invisible formatting characters. Stored intents are not re-checked against the latter rule.
 pub fn intent_to_model(intent: Option<proto::Intent>) -> Result<model::Intent, Status> {
     let intent = intent.unwrap_or_default();
+    let readable = |what: String, text: &str| {
+        model::types::check_readable_text(text)
+            .map_err(|why| Status::invalid_argument(format!("{what}: {why}")))
+    };
+    readable("intent text".into(), &intent.text)?;
+    for (k, v) in &intent.labels {
+        readable(format!("intent label {k:?}"), k)?;
+        readable(format!("intent label {k:?}"), v)?;
+    }
     let labels: BTreeMap<String, String> = intent.labels.into_iter().collect();
     model::Intent::new(intent.text, labels).map_err(invalid)
 }

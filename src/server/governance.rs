@@ -17,7 +17,7 @@ use super::api::{existing_resource, principal, resource, Api};
 use super::auth::Caller;
 use super::convert::{self, invalid, op_error};
 use crate::audit::{AuditDecision, AuditFilter, AuditRecord};
-use crate::model::{self, Command, Facts, Intent, RequestId, Verdict};
+use crate::model::{self, Command, Facts, Intent, Principal, PrincipalKind, RequestId, Verdict};
 use crate::policy::{self, Action};
 use crate::proto;
 use crate::security::Identity;
@@ -45,7 +45,19 @@ pub(super) fn note(what: &str, text: &str, required: bool) -> Result<(), Status>
             if required { "required, " } else { "" }
         )));
     }
-    Ok(())
+    crate::model::types::check_readable_text(text)
+        .map_err(|why| Status::invalid_argument(format!("{what}: {why}")))
+}
+
+/// Only a human approves or rejects, whatever the policy says: the README promises "N distinct
+/// humans", and an agent's approval would let agents wave each other through.
+fn human_approver(by: &Principal, what: &str) -> Result<(), Status> {
+    if by.kind() == PrincipalKind::Human {
+        return Ok(());
+    }
+    Err(Status::permission_denied(format!(
+        "{by} cannot {what}: only human principals approve or reject requests (use a human's certificate)"
+    )))
 }
 
 fn request_id(s: &str) -> Result<RequestId, Status> {
@@ -219,6 +231,7 @@ impl Api {
     ) -> Result<Response<proto::ApproveResponse>, Status> {
         let id = request_id(&r.request_id)?;
         let by = caller.principal(&r.principal)?;
+        human_approver(&by, "approve")?;
         note("comment", &r.comment, false)?;
         let cmd = if r.digest.is_empty() {
             Command::Approve {
@@ -259,6 +272,7 @@ impl Api {
     ) -> Result<Response<proto::RejectResponse>, Status> {
         let id = request_id(&r.request_id)?;
         let by = caller.principal(&r.principal)?;
+        human_approver(&by, "reject")?;
         note("reason", &r.reason, true)?;
         let cmd = if r.digest.is_empty() {
             Command::Reject {

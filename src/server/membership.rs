@@ -480,8 +480,26 @@ impl Shared {
                 }
             }
             Control::Removed { by, log_index, .. } => {
-                self.retire(retired_message(self.node_id, by, log_index))
-                    .await
+                // A notice is a claim (issue 25 item 1): retire only once a leader, asked by this
+                // node, no longer lists it. No leader answering: its own log will tell it.
+                for _ in 0..5 {
+                    match super::standing::leader_lists(self).await {
+                        Some(false) => {
+                            return self
+                                .retire(retired_message(self.node_id, by, log_index))
+                                .await
+                        }
+                        Some(true) => {
+                            tracing::warn!(
+                                by,
+                                "ignored a removal notice: the leader still lists this node"
+                            );
+                            return;
+                        }
+                        None => tokio::time::sleep(Duration::from_millis(500)).await,
+                    }
+                }
+                tracing::warn!(by, "ignored a removal notice: no leader could confirm it");
             }
         }
     }

@@ -854,6 +854,13 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         )));
         tasks.push(tokio::spawn(observe::sample(shared.clone())));
     }
+    let learned: crate::raft::Learned = Default::default();
+    let (learn_tx, learn_rx) = tokio::sync::mpsc::unbounded_channel();
+    tasks.push(tokio::spawn(learn_members(
+        shared.clone(),
+        learned.clone(),
+        learn_rx,
+    )));
     tasks.push(tokio::spawn({
         let peer_auth = auth.clone();
         let svc = tonic::service::interceptor::InterceptedService::new(
@@ -862,9 +869,9 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
                 raft.clone(),
                 cluster_id.clone(),
                 (standing.clone(), retired.clone()),
-                control_tx,
-                forward_tx,
+                (control_tx, forward_tx),
                 shutdown_rx.clone(),
+                (config.peers.keys().copied().collect(), learned, learn_tx),
             ),
             move |r| peer_auth.intercept_peer(r),
         );
@@ -1167,6 +1174,46 @@ async fn expire_due(shared: &Shared) {
             tracing::debug!(count = due.len(), "expired leases");
         }
         Err(e) => tracing::warn!(error = %e, "could not propose expiry"),
+    }
+}
+
+/// The Raft service refused a node that is not in this node's membership: ask this node's voters
+/// whether it is a member after all (this node may have missed the entries that added it), at most
+/// once every 2 s per node, and let it speak Raft if a majority of them say so.
+async fn learn_members(
+    shared: Arc<Shared>,
+    learned: crate::raft::Learned,
+    mut asks: tokio::sync::mpsc::UnboundedReceiver<crate::raft::NodeId>,
+) {
+    let mut last: std::collections::BTreeMap<crate::raft::NodeId, tokio::time::Instant> =
+        Default::default();
+    while let Some(id) = asks.recv().await {
+        let now = tokio::time::Instant::now();
+        if last
+            .get(&id)
+            .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(2))
+        {
+            continue;
+        }
+        last.insert(id, now);
+        let at = shared
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .log_id()
+            .map_or(0, |l| l.index);
+        if standing::members_vouch_for(&shared, id).await {
+            tracing::info!(
+                node = id,
+                "a majority of the voters name node {id} a member: it may speak Raft to this node"
+            );
+            if let Ok(mut l) = learned.lock() {
+                l.insert(id, at);
+            }
+        } else {
+            tracing::warn!(node = id, "refused Raft messages from node {id}: not a member (a node certificate of a non-member, or a removed node)");
+        }
     }
 }
 

@@ -154,6 +154,31 @@ pub(super) async fn leader_lists(shared: &Shared) -> Option<bool> {
     Some(leader.voters.contains(&shared.node_id) || leader.learners.contains(&shared.node_id))
 }
 
+/// Whether a majority of this node's voters (its own vote included if it is one) name `id` as a
+/// voter or learner of their membership: a node this node's log does not list yet (it missed the
+/// entries that added it) may then speak Raft to it (issue 25 item 1).
+pub(super) async fn members_vouch_for(shared: &Shared, id: NodeId) -> bool {
+    let voters: BTreeSet<NodeId> = shared
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
+    if voters.is_empty() {
+        return false;
+    }
+    let answers = ask_peers(shared, None).await;
+    let vouching: BTreeSet<NodeId> = answers
+        .iter()
+        .filter(|a| voters.contains(&a.node))
+        .filter(|a| a.voters.contains(&id) || a.learners.contains(&id))
+        .map(|a| a.node)
+        .collect();
+    vouching.len() > voters.len() / 2
+}
+
 /// Ask every peer (the configured ones and the members this node has heard of) who they are.
 async fn ask_peers(shared: &Shared, ask: Option<&IdentifyAsk>) -> Vec<Identity> {
     ask_peers_noting(shared, ask, &mut Vec::new()).await
