@@ -271,19 +271,7 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
     };
     let work = if notes.is_empty() { Ok(()) } else { Err(()) };
     // The nemesis heals everything once the deadline passes.
-    let abort = nem.abort_handle();
-    if tokio::time::timeout(Duration::from_secs(30), nem)
-        .await
-        .is_err()
-    {
-        // Stopped first, so no step of it (a membership change, say) acts after the heal.
-        abort.abort();
-        notes.push("nemesis did not finish in time; healed by force".into());
-        nemesis::heal_all(&cluster, &timeline);
-    }
-    if cluster.wait_leader(Duration::from_secs(20)).await.is_none() {
-        notes.push("no leader within 20 s after healing".into());
-    }
+    settle(nem, &cluster, &timeline, &mut notes, "").await;
     let mut names: Vec<String> = Vec::new();
     if opts.register {
         names.extend((0..opts.resources).map(workload::resource_name));
@@ -356,17 +344,7 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
         }
         checkers.insert("restore".into(), v);
     }
-    let mut ops: BTreeMap<String, u64> = BTreeMap::new();
-    for e in &events {
-        if e.kind != Kind::Invoke {
-            let key = format!(
-                "{}.{}",
-                serde_json::to_value(e.f)?.as_str().unwrap_or("?"),
-                serde_json::to_value(e.kind)?.as_str().unwrap_or("?")
-            );
-            *ops.entry(key).or_default() += 1;
-        }
-    }
+    let mut ops = count_ops(&events, "")?;
     ops.insert(
         "total_invocations".into(),
         events.iter().filter(|e| e.kind == Kind::Invoke).count() as u64,
@@ -418,6 +396,49 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
         timeline_svg::render(&events, &timeline.events(), &results.checkers),
     )?;
     Ok(results)
+}
+
+/// Wait (30 s at most) for the nemesis, which heals everything once its deadline passes; past
+/// that, stop it first (so no step of it, a membership change say, acts after the heal) and heal by
+/// force. Then wait for a leader. What went wrong is noted, each note starting with `who`.
+pub(crate) async fn settle(
+    nem: tokio::task::JoinHandle<()>,
+    cluster: &Cluster,
+    timeline: &Timeline,
+    notes: &mut Vec<String>,
+    who: &str,
+) {
+    let abort = nem.abort_handle();
+    if tokio::time::timeout(Duration::from_secs(30), nem)
+        .await
+        .is_err()
+    {
+        abort.abort();
+        notes.push(format!(
+            "{who}nemesis did not finish in time; healed by force"
+        ));
+        nemesis::heal_all(cluster, timeline);
+    }
+    if cluster.wait_leader(Duration::from_secs(20)).await.is_none() {
+        notes.push(format!("{who}no leader within 20 s after healing"));
+    }
+}
+
+/// Completions per operation and outcome (`<prefix><op>.<kind>`).
+pub(crate) fn count_ops(
+    events: &[history::Event],
+    prefix: &str,
+) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut ops: BTreeMap<String, u64> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.kind != Kind::Invoke) {
+        let key = format!(
+            "{prefix}{}.{}",
+            serde_json::to_value(e.f)?.as_str().unwrap_or("?"),
+            serde_json::to_value(e.kind)?.as_str().unwrap_or("?")
+        );
+        *ops.entry(key).or_default() += 1;
+    }
+    Ok(ops)
 }
 
 /// Where the `warrant` binary is: `$WARRANT_BIN`, else next to this executable (cargo puts both in

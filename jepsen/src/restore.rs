@@ -173,18 +173,7 @@ pub async fn run_restored(
     if let Err(e) = &work {
         notes.push(format!("restored cluster's workload: {e:#}"));
     }
-    let abort = nem.abort_handle();
-    if tokio::time::timeout(Duration::from_secs(30), nem)
-        .await
-        .is_err()
-    {
-        abort.abort();
-        notes.push("restored cluster: nemesis did not finish in time; healed by force".into());
-        nemesis::heal_all(&cluster, &timeline);
-    }
-    if cluster.wait_leader(Duration::from_secs(20)).await.is_none() {
-        notes.push("restored cluster: no leader within 20 s after healing".into());
-    }
+    crate::settle(nem, &cluster, &timeline, &mut notes, "restored cluster: ").await;
     workload::final_reads(
         cluster.endpoints(),
         &names,
@@ -211,17 +200,7 @@ pub async fn run_restored(
         tokens_after_restore(first_events, &events),
     );
     checkers.insert("lease_clock".into(), lease_clock);
-    let mut ops = BTreeMap::new();
-    for e in &events {
-        if e.kind != Kind::Invoke {
-            let key = format!(
-                "restore.{}.{}",
-                serde_json::to_value(e.f)?.as_str().unwrap_or("?"),
-                serde_json::to_value(e.kind)?.as_str().unwrap_or("?")
-            );
-            *ops.entry(key).or_default() += 1;
-        }
-    }
+    let ops = crate::count_ops(&events, "restore.")?;
     let faults = timeline
         .counts()
         .into_iter()

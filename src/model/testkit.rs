@@ -63,15 +63,7 @@ pub(super) struct Harness {
 
 impl Harness {
     pub(super) fn new() -> Self {
-        let mut h = Self {
-            state: State::default(),
-            index: 0,
-            term: 0,
-            now_ms: 1_000,
-            events: Vec::new(),
-            audit: Vec::new(),
-        };
-        h.elect();
+        let mut h = Self::legacy();
         // What every leader of this build does first.
         h.apply(Command::SetRecordLimits(RecordLimits::default()));
         h

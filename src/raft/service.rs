@@ -35,11 +35,65 @@ pub struct RaftService {
     /// Becomes true when the node stops: its append streams end (their connections may outlive
     /// the server).
     stopping: tokio::sync::watch::Receiver<bool>,
-    /// Who may speak Raft to this node besides its log's members: its configured peers, and
-    /// members it has learned of from its known members (asked through `learn`).
-    peers: std::collections::BTreeSet<NodeId>,
+    /// Who may speak Raft to this node.
+    gate: Gate,
+}
+
+/// Only current members speak Raft (issue 25 item 1). What a sender may do depends on what this
+/// node's membership (joint configurations included) says of the certificate's node:
+/// - votes, log appends and snapshots only from a voter (a learner never sends them; a voter this
+///   node's log does not list yet is let in once a majority of its voters vouch for it: `learned`,
+///   asked for through `learn`, valid while this node's membership stays the one it was learned at);
+/// - notices, forwarded checks and admissions from any member (voter or learner);
+/// - while this node has no membership at all (it is joining), from any node certificate of the
+///   cluster's CA, as `cluster add-node` needs (the new node's config need not list the leader).
+///
+/// Insecure nodes have no certificates to check.
+#[derive(Clone)]
+struct Gate {
+    raft: Raft,
     learned: Learned,
     learn: tokio::sync::mpsc::UnboundedSender<NodeId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    Voter,
+    Member,
+}
+
+impl Gate {
+    fn check(&self, sender: Sender, needs: Needs) -> Result<(), Status> {
+        let Sender(Some(id)) = sender else {
+            return Ok(());
+        };
+        let (allowed, at) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let at = m.membership_config.log_id().map_or(0, |l| l.index);
+            let membership = m.membership_config.membership();
+            let allowed = if membership.nodes().next().is_none() {
+                true
+            } else if needs == Needs::Voter {
+                membership.voter_ids().any(|n| n == id)
+            } else {
+                membership.nodes().any(|(n, _)| *n == id)
+            };
+            (allowed, at)
+        };
+        if allowed || self.learned.lock().is_ok_and(|l| l.get(&id) == Some(&at)) {
+            return Ok(());
+        }
+        let _ = self.learn.send(id);
+        Err(Status::permission_denied(format!(
+            "raft: node {id} is not a {} of this cluster; only members speak Raft",
+            if needs == Needs::Voter {
+                "voter"
+            } else {
+                "member"
+            }
+        )))
+    }
 }
 
 /// How a Raft call's sender is known: the certificate's node (secure), or not at all (insecure).
@@ -72,12 +126,13 @@ impl RaftService {
             tokio::sync::mpsc::Sender<ForwardRequest>,
         ),
         stopping: tokio::sync::watch::Receiver<bool>,
-        (peers, learned, learn): (
-            std::collections::BTreeSet<NodeId>,
-            Learned,
-            tokio::sync::mpsc::UnboundedSender<NodeId>,
-        ),
+        (learned, learn): (Learned, tokio::sync::mpsc::UnboundedSender<NodeId>),
     ) -> raft_server::RaftServer<Self> {
+        let gate = Gate {
+            raft: raft.clone(),
+            learned,
+            learn,
+        };
         raft_server::RaftServer::new(Self {
             node,
             raft,
@@ -87,41 +142,16 @@ impl RaftService {
             control,
             forward,
             stopping,
-            peers,
-            learned,
-            learn,
+            gate,
         })
         .max_decoding_message_size(64 * 1024 * 1024)
     }
 
-    /// Only current members speak Raft (issue 25 item 1): the certificate's node must be a member
-    /// of this node's membership (joint configurations included), or, before this node has one,
-    /// one of its configured peers; or a member this node has learned of from its members. A
-    /// refusal asks the node to learn (so a follower that missed the entries adding a node that
-    /// now leads is not cut off for good). Insecure nodes have no certificates to check.
-    fn sender<T>(&self, request: &Request<T>) -> Result<Sender, Status> {
-        let Some(PeerNode(id)) = request.extensions().get::<PeerNode>().copied() else {
-            return Ok(Sender(None));
-        };
-        let (known, at) = {
-            let m = self.raft.metrics().borrow().clone();
-            let at = m.membership_config.log_id().map_or(0, |l| l.index);
-            let membership = m.membership_config.membership();
-            let mut ids = membership.nodes().map(|(id, _)| *id).peekable();
-            let known = if ids.peek().is_none() {
-                self.peers.contains(&id)
-            } else {
-                ids.any(|n| n == id)
-            };
-            (known, at)
-        };
-        if known || self.learned.lock().is_ok_and(|l| l.get(&id) == Some(&at)) {
-            return Ok(Sender(Some(id)));
-        }
-        let _ = self.learn.send(id);
-        Err(Status::permission_denied(format!(
-            "raft: node {id} is not a member of this cluster; only members speak Raft"
-        )))
+    /// The certificate's node, checked by the [`Gate`] for what the call needs.
+    fn sender<T>(&self, request: &Request<T>, needs: Needs) -> Result<Sender, Status> {
+        let sender = Sender(request.extensions().get::<PeerNode>().map(|p| p.0));
+        self.gate.check(sender, needs)?;
+        Ok(sender)
     }
 
     /// Refuse a call from another cluster. With `adopt` (log replication: only a leader sends it),
@@ -219,7 +249,7 @@ async fn serve_appends(
     mut inbound: Streaming<RaftMessage>,
     replies: mpsc::Sender<Result<RaftMessage, Status>>,
     mut stopping: tokio::sync::watch::Receiver<bool>,
-    sender: Sender,
+    (sender, gate): (Sender, Gate),
 ) {
     loop {
         let message = tokio::select! {
@@ -233,7 +263,12 @@ async fn serve_appends(
             Ok(None) | Err(_) => return,
         };
         let answer = match decode_message::<crate::raft::AppendRequest>(&message) {
-            Ok(req) => match sender.speaks_for(req.vote.leader_id().voted_for(), "log append") {
+            // Checked for every message: a stream opened before its sender was removed must
+            // not carry appends after.
+            Ok(req) => match gate
+                .check(sender, Needs::Voter)
+                .and_then(|()| sender.speaks_for(req.vote.leader_id().voted_for(), "log append"))
+            {
                 Ok(()) => reply_message(&raft.append_entries(req).await),
                 Err(status) => Err(status),
             },
@@ -254,7 +289,7 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<Streaming<RaftMessage>>,
     ) -> Result<Response<AppendReplies>, Status> {
-        let sender = self.sender(&request)?;
+        let sender = self.sender(&request, Needs::Voter)?;
         self.accepts_log()?;
         self.check_cluster(&request, true)?;
         // One reply in flight: the sender waits for it before the next request.
@@ -264,7 +299,7 @@ impl raft_server::Raft for RaftService {
             request.into_inner(),
             tx,
             self.stopping.clone(),
-            sender,
+            (sender, self.gate.clone()),
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -273,7 +308,7 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let sender = self.sender(&request)?;
+        let sender = self.sender(&request, Needs::Voter)?;
         self.accepts_log()?;
         self.check_cluster(&request, true)?;
         let req: crate::raft::AppendRequest = decode(request)?;
@@ -282,7 +317,7 @@ impl raft_server::Raft for RaftService {
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let sender = self.sender(&request)?;
+        let sender = self.sender(&request, Needs::Voter)?;
         self.check_cluster(&request, false)?;
         // DESIGN rule 6: a node on a new data directory may have voted, and acknowledged entries,
         // before it lost them; its vote could elect a leader missing a committed grant. The
@@ -303,7 +338,7 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let sender = self.sender(&request)?;
+        let sender = self.sender(&request, Needs::Voter)?;
         self.accepts_log()?;
         self.check_cluster(&request, true)?;
         let req: crate::raft::SnapshotRequest = decode(request)?;
@@ -315,7 +350,7 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        let sender = self.sender(&request)?;
+        let sender = self.sender(&request, Needs::Member)?;
         self.check_cluster(&request, false)?;
         let notice: Control = decode(request)?;
         let from = match notice {
@@ -333,7 +368,7 @@ impl raft_server::Raft for RaftService {
         &self,
         request: Request<RaftMessage>,
     ) -> Result<Response<RaftMessage>, Status> {
-        self.sender(&request)?;
+        self.sender(&request, Needs::Member)?;
         self.check_cluster(&request, false)?;
         let command: Command = decode(request)?;
         let check = match &command {
@@ -362,7 +397,7 @@ impl raft_server::Raft for RaftService {
     ) -> Result<Response<RaftMessage>, Status> {
         // Anyone with a node certificate may ask who this node is (a node not yet a member asks
         // to be admitted), but only for itself, and only a member may admit this node.
-        let member = self.sender(&request);
+        let member = self.sender(&request, Needs::Member);
         let cert = request.extensions().get::<PeerNode>().map(|p| p.0);
         // A node that has not heard from its cluster yet asks without an id.
         self.check_cluster_with(&request, false, false)?;

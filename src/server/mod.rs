@@ -871,7 +871,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
                 (standing.clone(), retired.clone()),
                 (control_tx, forward_tx),
                 shutdown_rx.clone(),
-                (config.peers.keys().copied().collect(), learned, learn_tx),
+                (learned, learn_tx),
             ),
             move |r| peer_auth.intercept_peer(r),
         );

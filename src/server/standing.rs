@@ -154,8 +154,8 @@ pub(super) async fn leader_lists(shared: &Shared) -> Option<bool> {
     Some(leader.voters.contains(&shared.node_id) || leader.learners.contains(&shared.node_id))
 }
 
-/// Whether a majority of this node's voters (its own vote included if it is one) name `id` as a
-/// voter or learner of their membership: a node this node's log does not list yet (it missed the
+/// Whether a majority of this node's voters (counted without this node, whose log does not name
+/// `id`) name `id` as a voter or learner of their membership: a node this node's log does not list yet (it missed the
 /// entries that added it) may then speak Raft to it (issue 25 item 1).
 pub(super) async fn members_vouch_for(shared: &Shared, id: NodeId) -> bool {
     let voters: BTreeSet<NodeId> = shared
