@@ -430,6 +430,18 @@ async fn approvers_are_humans_and_what_they_read_is_what_is_stored() {
         ],
     );
     assert_eq!(code(&out), 2, "{}", stdout(&out));
+    for (flag, value) in [
+        ("--instance", "deployer\u{202e}1"),
+        ("--task-key", "web\u{200b}v2"),
+        ("--request-id", "pay\u{2066}h"),
+    ] {
+        let out = c.cli(
+            "agent/deployer",
+            &["acquire", "k8s/prod/payments", "--ttl", "5m", flag, value],
+        );
+        assert_eq!(code(&out), 2, "{flag}: {}", stdout(&out));
+        assert!(stderr(&out).contains("U+"), "{flag}: {}", stderr(&out));
+    }
     let out = c.cli(
         "agent/deployer",
         &[

@@ -74,11 +74,12 @@ async fn shown(
         return Ok((String::new(), 0));
     };
     let intent = p.intent.as_ref().map(|i| i.text.as_str()).unwrap_or("");
-    eprintln!(
+    let shown = format!(
         "{verb} request {request_id}: {} ({}) wants {} for {} ms, intent {intent:?}; policy \
          version {}, digest {}",
         p.principal, p.instance, p.resource, p.ttl_ms, p.policy_version_now, p.digest
     );
+    eprintln!("{}", super::escape_untrusted(&shown));
     Ok((p.digest.clone(), p.policy_version_now))
 }
 

@@ -616,6 +616,15 @@ impl warrant_server::Warrant for Api {
             r.wait_ms = r.wait_ms.min(max_wait);
         }
         let request_id = RequestId::parse(&r.request_id).map_err(invalid)?;
+        // Shown to the humans who approve: no invisible formatting characters (issue 25 item 5).
+        for (what, text) in [
+            ("request_id", &r.request_id),
+            ("instance", &r.instance),
+            ("task_key", &r.task_key),
+        ] {
+            crate::model::types::check_readable_text(text)
+                .map_err(|why| Status::invalid_argument(format!("{what}: {why}")))?;
+        }
         let cmd = AcquireCmd {
             request_id: request_id.clone(),
             resource: resource(&r.resource)?,
