@@ -17,6 +17,19 @@ async fn granted(client: &Client, opts: AcquireOptions) -> Lease {
     }
 }
 
+/// The generated gRPC client, unary calls straight to node `id` (no retries, no leader discovery).
+async fn raw_client(
+    cluster: &Cluster,
+    id: u64,
+) -> warrant::proto::warrant_client::WarrantClient<tonic::transport::Channel> {
+    warrant::proto::warrant_client::WarrantClient::connect(format!(
+        "http://{}",
+        cluster.node(id).client_addr
+    ))
+    .await
+    .unwrap()
+}
+
 /// A `Session` stream opened on node `id` with the generated gRPC client: where to send its calls,
 /// and its answers.
 async fn raw_session(
@@ -824,12 +837,7 @@ async fn a_retried_acquire_of_a_lease_that_ended_is_reported_ended_not_granted()
         other => panic!("{other:?}"),
     }
     // The raw answer says so too: ended, no time left.
-    let mut raw = warrant::proto::warrant_client::WarrantClient::connect(format!(
-        "http://{}",
-        cluster.node(cluster.wait_leader(WAIT).await).client_addr
-    ))
-    .await
-    .unwrap();
+    let mut raw = raw_client(&cluster, cluster.wait_leader(WAIT).await).await;
     let answer = raw
         .acquire(warrant::proto::AcquireRequest {
             resource: "retry/res".into(),
@@ -908,12 +916,7 @@ async fn a_full_request_table_refuses_new_requests_and_keeps_every_answer() {
         ..Opts::default()
     });
     let leader = cluster.wait_leader(WAIT).await;
-    let mut raw = warrant::proto::warrant_client::WarrantClient::connect(format!(
-        "http://{}",
-        cluster.node(leader).client_addr
-    ))
-    .await
-    .unwrap();
+    let mut raw = raw_client(&cluster, leader).await;
     let request = |n: u32| warrant::proto::AcquireRequest {
         resource: format!("table/{n}"),
         ttl_ms: 60_000,
@@ -988,12 +991,7 @@ async fn a_retried_revoke_answers_as_the_first_and_spares_the_next_holder() {
     })
     .await;
     let leader = cluster.wait_leader(WAIT).await;
-    let mut raw = warrant::proto::warrant_client::WarrantClient::connect(format!(
-        "http://{}",
-        cluster.node(leader).client_addr
-    ))
-    .await
-    .unwrap();
+    let mut raw = raw_client(&cluster, leader).await;
     let revoke = warrant::proto::RevokeRequest {
         resource: "revoke/r".into(),
         reason: "incident 9".into(),

@@ -301,17 +301,7 @@ async fn run_inner(opts: &RunOpts) -> anyhow::Result<Results> {
     rec.flush();
 
     let events = rec.events();
-    let mut checkers = checker::check_all(&events);
-    // node_state first: it waits until every node has applied as far as the leader had, so the
-    // audit checker then compares logs that hold everything acknowledged.
-    checkers.insert(
-        "node_state".into(),
-        node_check::check(&cluster, &names, &events).await,
-    );
-    checkers.insert(
-        "audit".into(),
-        audit_check::check(&cluster.endpoints(), &events, &cluster.security).await,
-    );
+    let mut checkers = check_run(&cluster, &names, &events).await;
     let mut restored = None;
     if let Some(saving) = backup {
         let mut v = checker::Verdict::new();
@@ -422,6 +412,26 @@ pub(crate) async fn settle(
     if cluster.wait_leader(Duration::from_secs(20)).await.is_none() {
         notes.push(format!("{who}no leader within 20 s after healing"));
     }
+}
+
+/// Every checker over a run's history: the history's own, then `node_state` and `audit` against
+/// the cluster's nodes. node_state first: it waits until every node has applied as far as the
+/// leader had, so the audit checker then compares logs that hold everything acknowledged.
+pub(crate) async fn check_run(
+    cluster: &Cluster,
+    names: &[String],
+    events: &[history::Event],
+) -> BTreeMap<String, checker::Verdict> {
+    let mut checkers = checker::check_all(events);
+    checkers.insert(
+        "node_state".into(),
+        node_check::check(cluster, names, events).await,
+    );
+    checkers.insert(
+        "audit".into(),
+        audit_check::check(&cluster.endpoints(), events, &cluster.security).await,
+    );
+    checkers
 }
 
 /// Completions per operation and outcome (`<prefix><op>.<kind>`).

@@ -15,11 +15,11 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::checker::{self, Verdict};
+use crate::checker::Verdict;
 use crate::cluster::{self, Cluster};
 use crate::history::{Clock, Event, Kind, Op, Recorder};
 use crate::nemesis::{self, Fault, Timeline};
-use crate::{audit_check, node_check, workload, RunOpts};
+use crate::{workload, RunOpts};
 
 /// The backup's file name in the run's directory; the restored cluster lives in `restored/`.
 pub const BACKUP_FILE: &str = "backup.wbak";
@@ -184,17 +184,9 @@ pub async fn run_restored(
     .await?;
     rec.flush();
     let events = rec.events();
-    let mut checkers = checker::check_all(&events);
+    let mut checkers = crate::check_run(&cluster, &names, &events).await;
     // Only the register workload runs here.
     checkers.retain(|name, _| !name.starts_with("deploy_"));
-    checkers.insert(
-        "node_state".into(),
-        node_check::check(&cluster, &names, &events).await,
-    );
-    checkers.insert(
-        "audit".into(),
-        audit_check::check(&cluster.endpoints(), &events, &cluster.security).await,
-    );
     checkers.insert(
         "tokens_after_restore".into(),
         tokens_after_restore(first_events, &events),

@@ -21,9 +21,7 @@ macro_rules! say {
 /// other than it is. Each such character is printed as `\uXXXX` (valid inside a JSON string too,
 /// where serde already escapes control characters); new lines and tabs stay.
 pub(crate) fn escape_untrusted(s: &str) -> std::borrow::Cow<'_, str> {
-    let hidden = |c: char| {
-        (c.is_control() && c != '\n' && c != '\t') || crate::model::types::is_format_char(c)
-    };
+    let hidden = crate::model::types::is_hidden_char;
     if !s.chars().any(hidden) {
         return std::borrow::Cow::Borrowed(s);
     }

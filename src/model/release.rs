@@ -463,14 +463,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_retried_revoke_of_a_lease_answers_as_the_first_and_spares_the_next_holder() {
+    /// Resource `a` held by agent/x (the grant returned), agent/y waiting for it.
+    fn held_with_a_waiter() -> (Harness, super::super::types::Grant) {
         let mut h = Harness::new();
         let g = h.grant(acq("r1", "a", "agent/x", "i1"));
         h.acquire(AcquireCmd {
             wait_ms: Some(60_000),
             ..acq("w1", "a", "agent/y", "j1")
         });
+        (h, g)
+    }
+
+    #[test]
+    fn a_retried_revoke_of_a_lease_answers_as_the_first_and_spares_the_next_holder() {
+        let (mut h, g) = held_with_a_waiter();
         let target = RevokeTarget::Lease(g.lease.lease_id);
         let first = revoke(&mut h, target.clone()).unwrap();
         let next = h.state.resource(&res("a")).unwrap().holder.unwrap().clone();
@@ -504,12 +510,7 @@ mod tests {
     /// after the waiter took the resource, answers as the first and leaves the next holder alone.
     #[test]
     fn a_retried_revoke_with_a_request_id_never_hits_the_next_holder() {
-        let mut h = Harness::new();
-        let g = h.grant(acq("r1", "a", "agent/x", "i1"));
-        h.acquire(AcquireCmd {
-            wait_ms: Some(60_000),
-            ..acq("w1", "a", "agent/y", "j1")
-        });
+        let (mut h, g) = held_with_a_waiter();
         let once = |by: &str, target: RevokeTarget| Command::RevokeOnce {
             request_id: rid("rv-1"),
             target,
@@ -565,12 +566,7 @@ mod tests {
 
     #[test]
     fn revoke_ends_the_lease_and_hands_over_to_the_queue() {
-        let mut h = Harness::new();
-        let g = h.grant(acq("r1", "a", "agent/x", "i1"));
-        h.acquire(AcquireCmd {
-            wait_ms: Some(60_000),
-            ..acq("w1", "a", "agent/y", "j1")
-        });
+        let (mut h, g) = held_with_a_waiter();
         let revoked = revoke(&mut h, RevokeTarget::Resource(res("a"))).unwrap();
         assert_eq!(revoked, g.lease);
         let reason = h.state.ended(&g.lease.lease_id).cloned().unwrap();

@@ -591,14 +591,7 @@ impl State {
     /// grant whose lease is forgotten has no asker to compare with; its answer (`UnknownLease`)
     /// grants nothing, so it is given to anyone.
     pub(super) fn same_asker(&self, rec: &RequestRecord, cmd: &AcquireCmd) -> bool {
-        match &rec.answer {
-            Recorded::Granted { lease_id, .. } => self.any_lease(lease_id).is_none_or(|l| {
-                l.resource == cmd.resource
-                    && l.principal == cmd.principal
-                    && l.instance == cmd.instance
-            }),
-            Recorded::Other { asker, .. } => asker.made(cmd),
-        }
+        self.asker_of(rec).is_none_or(|asker| asker.made(cmd))
     }
 
     /// Whether a new request id would be refused now because the table is full of young records

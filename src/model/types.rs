@@ -141,13 +141,16 @@ pub fn is_format_char(c: char) -> bool {
     get_general_category(c) == GeneralCategory::Format
 }
 
-/// Text a human will read (an intent, a label, an approval's comment, a reason): no control or
-/// invisible formatting characters. `Err` says which character, where, for the caller's message.
+/// A character a reader cannot see for what it is: a control character other than a new line or a
+/// tab, or an invisible formatting character.
+pub fn is_hidden_char(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t') || is_format_char(c)
+}
+
+/// Text a human will read (an intent, a label, an approval's comment, a reason): no hidden
+/// characters ([`is_hidden_char`]). `Err` says which character, where, for the caller's message.
 pub fn check_readable_text(s: &str) -> Result<(), String> {
-    match s
-        .char_indices()
-        .find(|&(_, c)| (c.is_control() && c != '\n' && c != '\t') || is_format_char(c))
-    {
+    match s.char_indices().find(|&(_, c)| is_hidden_char(c)) {
         Some((at, c)) => Err(format!(
             "character U+{:04X} at byte {at} is a control or invisible formatting character (a bidi \
              override, a zero-width space, …), not allowed in text a human reads",
