@@ -965,3 +965,240 @@ mod erased {
         }
     }
 }
+
+/// A client of agent/runtime that authenticates with `token` (and no certificate).
+fn token_client(token: &str, c: &Cluster) -> Client {
+    let certs = c.certs.clone().unwrap();
+    let mut config = warrant::client::ClientConfig::new(c.endpoints(), "agent/runtime").unwrap();
+    config.tls = Some(
+        TlsFiles {
+            ca: certs.join("ca.pem"),
+            cert_and_key: None,
+        }
+        .load()
+        .unwrap(),
+    );
+    config.access_token = Some(AccessToken(token.to_string()));
+    quick(config)
+}
+
+/// Issue 25 item 3: a stolen access token carries an agent's lease calls and nothing more. Even
+/// under a policy that lets every principal administer, the token cannot mint or revoke tokens,
+/// change the policy, revoke a lease, read the audit, watch, take a backup or change membership;
+/// each attempt is PERMISSION_DENIED naming the certificate it needs, and nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_token_cannot_administer_whatever_the_policy_permits() {
+    use futures::StreamExt;
+    let c = secure("");
+    c.wait_leader(WAIT).await;
+    let admin = c.client("human/admin");
+    let everyone = "@id(\"everyone-everything\") permit(principal, action, resource);";
+    let version = admin.put_policy(everyone, None, None).await.unwrap();
+    let (token, id) = mint_token(&c, "agent/runtime");
+    let agent = token_client(&token, &c);
+    // Lease calls work.
+    let Acquired::Granted(lease) = acquire(&agent, "db/orders").await.unwrap() else {
+        panic!("not granted")
+    };
+    let before = admin.list("").await.unwrap().revision;
+
+    let denied = |what: &str, e: ClientError| {
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{what}: {e}");
+        assert!(
+            e.to_string().contains("needs a client certificate"),
+            "{what}: {e}"
+        );
+    };
+    let e = agent
+        .mint_token(warrant::proto::MintTokenRequest {
+            principal: "agent/runtime".into(),
+            ttl_ms: 3_600_000,
+            id: String::new(),
+        })
+        .await
+        .unwrap_err();
+    denied("mint", e);
+    let e = agent
+        .revoke_token(warrant::proto::RevokeTokenRequest {
+            id: id.clone(),
+            reason: "mine".into(),
+        })
+        .await
+        .unwrap_err();
+    denied("revoke its own token", e);
+    let e = agent
+        .put_policy("forbid(principal, action, resource);", None, None)
+        .await
+        .unwrap_err();
+    denied("policy put", e);
+    let e = agent.revoke("db/orders", "take it").await.unwrap_err();
+    denied("revoke a lease", e);
+    let e = agent
+        .query_audit(&Default::default(), Some(10))
+        .await
+        .unwrap_err();
+    denied("audit query", e);
+    let e = Box::pin(agent.watch("", 0))
+        .next()
+        .await
+        .unwrap()
+        .unwrap_err();
+    denied("watch", e);
+    let dir = tempfile::tempdir().unwrap();
+    let e = agent
+        .save_snapshot(&dir.path().join("b.wbak"))
+        .await
+        .unwrap_err();
+    denied("snapshot save", e);
+    let e = agent
+        .remove_node(warrant::proto::RemoveNodeRequest {
+            node_id: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    denied("remove a node", e);
+
+    // Nothing changed: the policy, the lease, the token, the membership, and the log beyond
+    // what the agent's own calls wrote.
+    assert_eq!(admin.get_policy().await.unwrap().version, version);
+    assert_eq!(
+        admin.list("").await.unwrap().revision,
+        before,
+        "refused at the door: no log entry"
+    );
+    assert_eq!(admin.status().await.unwrap().members.len(), 3);
+    lease.release(None).await.unwrap();
+    assert!(matches!(
+        acquire(&agent, "db/orders").await.unwrap(),
+        Acquired::Granted(_)
+    ));
+    // The same policy lets an agent with a certificate administer: the token is what is refused.
+    let by_cert = c.client("agent/deployer");
+    by_cert.revoke("db/orders", "emergency").await.unwrap();
+
+    // An open watch is re-checked: when a new policy withdraws the agent's audit read, its watch
+    // ends with PERMISSION_DENIED rather than streaming on.
+    let mut watch = Box::pin(by_cert.watch("", 1));
+    assert!(watch.next().await.unwrap().is_ok(), "the watch streams");
+    admin
+        .put_policy(
+            "@id(\"humans-administer\") permit(principal is Human, action, resource);\n\
+             @id(\"agents-lease\") permit(principal is Agent, action, resource) \
+             unless { action == Action::\"admin\" };",
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match watch.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => break e,
+                None => panic!("the watch ended without an error"),
+            }
+        }
+    })
+    .await
+    .expect("the watch ends once the policy withdraws the read");
+    assert_eq!(ended.code(), tonic::Code::PermissionDenied, "{ended}");
+    assert!(
+        ended.to_string().contains("no longer lets agent/deployer"),
+        "{ended}"
+    );
+}
+
+/// Issue 25 item 3: a cluster restored from a backup honours none of the old cluster's access
+/// tokens, though it keeps the same signing key: not one revoked after the backup was taken
+/// (the revocation is not in the backup), nor one minted after it, nor one the backup holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_brings_no_access_token_back_to_life() {
+    let old = secure("");
+    old.wait_leader(WAIT).await;
+    let (revoked_later, revoked_id) = mint_token(&old, "agent/runtime");
+    let (kept, _) = mint_token(&old, "agent/runtime");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("backup.wbak");
+    let saved = old.cli("human/admin", &["snapshot", "save", file.to_str().unwrap()]);
+    assert_eq!(code(&saved), 0, "{}", stderr(&saved));
+    let revoked = old.cli(
+        "human/admin",
+        &["token", "revoke", &revoked_id, "--reason", "leaked"],
+    );
+    assert_eq!(code(&revoked), 0, "{}", stderr(&revoked));
+    let (minted_after, _) = mint_token(&old, "agent/runtime");
+    assert!(matches!(
+        acquire(&token_client(&kept, &old), "q/old").await.unwrap(),
+        Acquired::Granted(_)
+    ));
+
+    let new = Cluster::start(Opts {
+        secure: true,
+        restore_from: Some(file),
+        certs_from: old.certs.clone(),
+        ..Opts::default()
+    });
+    new.wait_leader(WAIT).await;
+    for (what, t) in [
+        ("revoked after the backup", &revoked_later),
+        ("held by the backup", &kept),
+        ("minted after the backup", &minted_after),
+    ] {
+        let e = acquire(&token_client(t, &new), "q/new").await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{what}: {e}");
+        assert!(
+            e.to_string().contains("not known to this cluster"),
+            "{what}: {e}"
+        );
+    }
+    assert!(
+        new.client("human/admin")
+            .list("q")
+            .await
+            .unwrap()
+            .leases
+            .is_empty(),
+        "no token got a lease"
+    );
+    // A token the restored cluster mints works.
+    let (fresh, _) = mint_token(&new, "agent/runtime");
+    assert!(matches!(
+        acquire(&token_client(&fresh, &new), "q/new").await.unwrap(),
+        Acquired::Granted(_)
+    ));
+}
+
+/// Issue 25 item 10: whatever the umask, a node's data directory is 0700 and a backup 0600, and a
+/// node refuses to start with a signing key others may read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_at_rest_are_the_owners_alone_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    // This test runs in its own process (nextest); the nodes and the CLI it starts inherit it.
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    let mut c = secure("");
+    c.wait_leader(WAIT).await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    for n in 1..=3 {
+        let data = c.dir.path().join(format!("data{n}"));
+        assert_eq!(mode(&data), 0o700, "{}", data.display());
+    }
+    let backup = c.dir.path().join("backup.wbak");
+    let saved = c.cli(
+        "human/admin",
+        &["snapshot", "save", backup.to_str().unwrap()],
+    );
+    assert_eq!(code(&saved), 0, "{}", stderr(&saved));
+    assert_eq!(mode(&backup), 0o600);
+
+    c.kill(3);
+    let key = c.certs.clone().unwrap().join("cluster-signing.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    c.start_node(3);
+    c.wait_log(3, "chmod 600", WAIT);
+    let refused = c.log_of(3);
+    assert!(
+        refused.contains("the cluster signing key") && refused.contains("mode 644"),
+        "{refused}"
+    );
+}

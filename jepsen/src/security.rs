@@ -114,7 +114,11 @@ impl Security {
     /// are relative to the node's config file, which is next to the `certs` directory.
     pub fn node_config(&self, id: u64) -> (&'static str, String) {
         match &self.0 {
-            None => ("insecure = true\n", String::new()),
+            // Nodes listen on network-namespace addresses, not loopback.
+            None => (
+                "insecure = true\ninsecure_beyond_loopback = true\n",
+                String::new(),
+            ),
             Some(_) => (
                 "",
                 format!(

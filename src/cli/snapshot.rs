@@ -128,8 +128,9 @@ pub(super) fn offline(command: SnapshotCommand) -> u8 {
                         format!(
                             "restored node {} of cluster {:?} (new cluster id {}) into {} from {}: {} \
                              live leases, audit records 1..={}, log index {}; tokens continue at {} \
-                             (the backup's next was {}). Restore every node of the new cluster the same \
-                             way, then start them.",
+                             (the backup's next was {}); the backup's {} access tokens are not \
+                             carried over (mint new ones). Restore every node of the new cluster the \
+                             same way, then start them.",
                             config.node_id,
                             config.cluster_name,
                             r.cluster_id,
@@ -139,11 +140,13 @@ pub(super) fn offline(command: SnapshotCommand) -> u8 {
                             r.header.audit_records,
                             r.header.log_index,
                             r.next_token,
-                            r.next_token_in_backup
+                            r.next_token_in_backup,
+                            r.tokens_dropped
                         ),
                         json!({"node": config.node_id, "cluster": config.cluster_name,
                             "cluster_id": r.cluster_id, "data_dir": config.data_dir.display().to_string(), "leases": r.leases,
                             "next_token": r.next_token, "next_token_in_backup": r.next_token_in_backup,
+                            "tokens_dropped": r.tokens_dropped,
                             "backup": header_json(&r.header)}),
                     );
                     exit::OK

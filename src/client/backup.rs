@@ -44,7 +44,9 @@ impl Client {
                     async move { c.save_snapshot(req).await }
                 })
                 .await?;
-            let mut file = std::io::BufWriter::new(std::fs::File::create(&partial).map_err(local)?);
+            let mut file = std::io::BufWriter::new(
+                crate::storage::files::private_file(&partial).map_err(local)?,
+            );
             let mut bytes = 0u64;
             let broke = loop {
                 match tokio::time::timeout(CHUNK_IDLE_TIMEOUT, stream.message()).await {

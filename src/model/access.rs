@@ -39,7 +39,7 @@ pub struct TokenRecord {
 impl State {
     /// May `by` perform an admin action? The config's admins always may (break-glass); otherwise
     /// Cedar must permit `admin` on the cluster, and with no policy loaded nobody else may.
-    pub(super) fn admin_allowed(&self, by: &Principal, by_admin: bool) -> Result<(), Denial> {
+    pub fn admin_allowed(&self, by: &Principal, by_admin: bool) -> Result<(), Denial> {
         if by_admin {
             return Ok(());
         }
@@ -221,6 +221,12 @@ impl State {
             };
             keep_until > now
         });
+    }
+
+    /// Empty the registry, for a restore from a backup: no token the old cluster minted is
+    /// honoured by the restored one. The number of tokens forgotten.
+    pub fn forget_tokens(&mut self) -> usize {
+        std::mem::take(&mut self.tokens).len()
     }
 
     /// A token the registry knows (minted, not yet expired and pruned).

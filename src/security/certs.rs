@@ -251,10 +251,13 @@ pub fn init(out: &Path, options: &InitOptions) -> Result<Vec<PathBuf>, CertError
                 .map_err(|e| CertError::Invalid(e.to_string()))
         })
         .collect::<Result<_, _>>()?;
-    std::fs::create_dir_all(out).map_err(|source| CertError::Io {
-        path: out.display().to_string(),
-        source,
-    })?;
+    // It holds the CA's key: a new directory is the owner's alone (one that exists is left as is).
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(out)
+        .map_err(|source| CertError::Io {
+            path: out.display().to_string(),
+            source,
+        })?;
     let ca = Ca::generate(&options.cluster_name, DEFAULT_CA_VALIDITY)?;
     let mut written = Vec::new();
     write_pair(out, "ca", ca.pem(), &mut written)?;
@@ -332,6 +335,12 @@ fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), CertError> {
         .mode(if secret { 0o600 } else { 0o644 })
         .open(path)
         .map_err(io)?;
+    // `mode` applies only to a file it creates: a secret written over an older file is made
+    // owner-only too.
+    if secret {
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(io)?;
+    }
     f.write_all(text.as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)
 }

@@ -926,6 +926,7 @@ impl warrant_server::Warrant for Api {
         let caller = auth::caller(&request)?;
         let r = request.into_inner();
         let by = caller.principal(&r.principal)?;
+        caller.require_certificate("revoking a lease")?;
         let target = match (r.resource.is_empty(), r.lease_id.is_empty()) {
             (false, true) => RevokeTarget::Resource(existing_resource(&r.resource)?),
             (true, false) => RevokeTarget::Lease(lease_id(&r.lease_id)?),

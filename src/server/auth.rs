@@ -157,6 +157,20 @@ impl Caller {
         }
     }
 
+    /// Admin actions (minting or revoking tokens, changing policy, revoking leases, membership,
+    /// backups, audit reads and watches) need a client certificate: an access token is a bearer
+    /// secret handed to an agent runtime, and whoever steals one must not get more than that
+    /// agent's lease calls, whatever the policy permits the agent.
+    pub fn require_certificate(&self, action: &str) -> Result<(), Status> {
+        match &self.via {
+            Via::Token(id) => Err(Status::permission_denied(format!(
+                "{action} is an admin action and needs a client certificate; access token {id} \
+                 carries only an agent's lease calls"
+            ))),
+            Via::Claim | Via::Certificate => Ok(()),
+        }
+    }
+
     /// The principal a request acts as. Secure: the authenticated one; a request naming another is
     /// refused. Insecure: whatever the request names.
     pub fn principal(&self, claimed: &str) -> Result<Principal, Status> {
@@ -431,6 +445,18 @@ impl Auth {
             return Err((
                 Refusal::TokenRevoked,
                 Status::unauthenticated(format!("access token {} was revoked", claims.id)),
+                Some(claims.id),
+            ));
+        }
+        // Tokens are minted for agents only; one naming a human (a key used outside the cluster)
+        // would let its holder approve as that human.
+        if claims.principal.kind() != crate::model::PrincipalKind::Agent {
+            return Err((
+                Refusal::Token,
+                Status::unauthenticated(format!(
+                    "access token {} names {}: tokens are for agents, humans authenticate with a certificate",
+                    claims.id, claims.principal
+                )),
                 Some(claims.id),
             ));
         }

@@ -177,6 +177,8 @@ pub struct Restored {
     pub next_token_in_backup: u64,
     pub next_token: u64,
     pub leases: usize,
+    /// Access tokens the backup's registry held, none of which the restored cluster honours.
+    pub tokens_dropped: usize,
 }
 
 /// Seed `config`'s (empty) data directory from the backup `file`: its state with the token counter
@@ -212,6 +214,10 @@ pub fn restore(
     }
     let next_token_in_backup = state.next_token_value();
     state.skip_tokens(skip_tokens);
+    // A token revoked after the backup was taken would be live again in the restored registry,
+    // and one minted after it would be unknown; the restored cluster honours neither (a token
+    // must be in the registry, see `Shared::token_known`), so it starts with none.
+    let tokens_dropped = state.forget_tokens();
     state.restart_terms();
     let leases = state.list("").len();
     let members: std::collections::BTreeMap<_, _> = config
@@ -247,6 +253,7 @@ pub fn restore(
         header,
         next_token_in_backup,
         leases,
+        tokens_dropped,
     })
 }
 

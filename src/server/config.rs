@@ -207,6 +207,11 @@ pub struct Config {
     /// The server warns at every start. Without it, `[security]` is required.
     #[serde(default)]
     pub insecure: bool,
+    /// With `insecure = true`: listen on addresses other than loopback anyway. Without it an
+    /// insecure node refuses to start on a raft, client or HTTP address anyone on the network can
+    /// reach, since whoever reaches it can act as any principal.
+    #[serde(default)]
+    pub insecure_beyond_loopback: bool,
     #[serde(default)]
     pub security: Option<SecurityConfig>,
     #[serde(default)]
@@ -394,6 +399,10 @@ impl Config {
             }
             _ => {}
         }
+        if self.insecure && !self.insecure_beyond_loopback {
+            self.insecure_listens_on_loopback()
+                .map_err(|m| bad("insecure", m))?;
+        }
         for (from, to) in &self.raft.dial_via {
             for a in [from, to] {
                 if a.parse::<std::net::SocketAddr>().is_err() {
@@ -474,6 +483,36 @@ impl Config {
     }
 
     /// This node's own addresses.
+    /// An insecure node's listen addresses are all loopback ones.
+    fn insecure_listens_on_loopback(&self) -> Result<(), String> {
+        let Some(me) = self.peers.get(&self.node_id) else {
+            return Ok(()); // reported by the peers check
+        };
+        let addresses = [
+            ("raft", Some(&me.raft)),
+            ("client", Some(&me.client)),
+            ("http_addr", self.http_addr.as_ref()),
+        ];
+        for (what, advertised) in addresses {
+            let Some(advertised) = advertised else {
+                continue;
+            };
+            let listen = listen_addr(advertised);
+            let loopback = listen
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| a.ip().is_loopback());
+            if !loopback {
+                return Err(format!(
+                    "an insecure node listens on loopback only, and its {what} address \
+                     {advertised} would listen on {listen}, where anyone who reaches it can act as \
+                     any principal: use [security] (warrant certs init), or add \
+                     insecure_beyond_loopback = true to say you mean it"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn me(&self) -> &PeerConfig {
         &self.peers[&self.node_id]
     }
@@ -660,6 +699,49 @@ min_ttl = "2s"
             err.contains("raft.dial_via") && err.contains("proxy"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_insecure_node_listens_on_loopback_unless_told_otherwise_in_so_many_words() {
+        let c = Config::parse(GOOD, "x.toml").unwrap();
+        assert!(c.insecure && !c.insecure_beyond_loopback);
+        for (from, to, what) in [
+            (
+                "127.0.0.1:7101",
+                "10.0.0.1:7101",
+                "raft address 10.0.0.1:7101",
+            ),
+            (
+                "127.0.0.1:7001",
+                "0.0.0.0:7001",
+                "client address 0.0.0.0:7001",
+            ),
+            (
+                "127.0.0.1:7001",
+                "warrant-0:7001",
+                "would listen on 0.0.0.0:7001",
+            ),
+        ] {
+            let open = GOOD.replacen(from, to, 1);
+            let err = Config::parse(&open, "x.toml").unwrap_err().to_string();
+            assert!(
+                err.contains("key `insecure`") && err.contains(what),
+                "{err}"
+            );
+            assert!(err.contains("insecure_beyond_loopback = true"), "{err}");
+            let meant = open.replace(
+                "insecure = true\n",
+                "insecure = true\ninsecure_beyond_loopback = true\n",
+            );
+            assert!(
+                Config::parse(&meant, "x.toml")
+                    .unwrap()
+                    .insecure_beyond_loopback
+            );
+        }
+        let http = format!("http_addr = \"192.168.1.5:9000\"\n{GOOD}");
+        let err = Config::parse(&http, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("http_addr address 192.168.1.5:9000"), "{err}");
     }
 
     #[test]

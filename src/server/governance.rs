@@ -71,6 +71,7 @@ impl Api {
         r: proto::PutPolicyRequest,
     ) -> Result<Response<proto::PutPolicyResponse>, Status> {
         let by = caller.principal(&r.principal)?;
+        caller.require_certificate("changing the policy")?;
         if r.policies.len() > MAX_POLICY_BYTES || r.entities.len() > MAX_POLICY_BYTES {
             return Err(Status::invalid_argument(format!(
                 "policies and entities are each limited to {MAX_POLICY_BYTES} bytes"

@@ -229,6 +229,7 @@ impl Shared {
         action: &str,
         detail: String,
     ) -> Result<(), Status> {
+        caller.require_certificate(action)?;
         let by_admin = self.admins.contains(&by);
         let check = caller.wrap(Command::AdminCheck {
             by,
@@ -270,12 +271,29 @@ impl Shared {
             (m.current_leader == Some(self.node_id)).then_some(m.current_term)
         };
         match leading {
-            Some(term) if self.clock.active_term() == Some(term) => Ok(()),
+            Some(term) if self.clock.active_term() == Some(term) => self.token_known(caller),
             Some(_) => Err(Status::unavailable(
                 "this leader is still applying its predecessors' entries; retry in a moment",
             )),
             None => Err(self.redirect()),
         }
+    }
+
+    /// An access token is honoured only while this cluster's registry holds it (minted here, not
+    /// yet expired): a token minted by the cluster a backup came from after the backup was taken,
+    /// or revoked there after it, is unknown to the restored cluster (a restore starts with an
+    /// empty registry), so the signing key they share does not bring it back.
+    fn token_known(&self, caller: &auth::Caller) -> Result<(), Status> {
+        let auth::Via::Token(id) = &caller.via else {
+            return Ok(());
+        };
+        if self.sm.read().state.token(id).is_some() {
+            return Ok(());
+        }
+        Err(Status::unauthenticated(format!(
+            "access token {id} is not known to this cluster: it was minted by another cluster, or \
+             before this cluster was restored from a backup; ask an admin for a new one"
+        )))
     }
 
     /// The checks a unary call gets at the door, for one message of a session: this node is not
@@ -610,6 +628,9 @@ fn load_security(
             want.to_uri()
         )));
     }
+    // Whoever reads the signing key can mint tokens and grant certificates for any principal.
+    crate::storage::files::check_private(&sec.signing_key, "the cluster signing key")
+        .map_err(Error::Security)?;
     let signing = crate::security::SigningKey::load(&sec.signing_key)
         .map_err(|e| Error::Security(e.to_string()))?;
     Ok(Some((material, signing)))
@@ -625,7 +646,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             marker.display()
         )));
     }
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Bind {
+    crate::storage::files::private_dir(&config.data_dir).map_err(|source| Error::Bind {
         addr: config.data_dir.display().to_string(),
         what: "data directory",
         source,

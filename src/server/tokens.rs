@@ -29,6 +29,7 @@ impl Api {
             ));
         };
         let by = caller.principal("")?;
+        caller.require_certificate("minting an access token")?;
         let subject = principal(&r.principal)?;
         // Humans approve and administer with certificates: a minted human token would let one admin
         // act as N approvers.
@@ -98,6 +99,7 @@ impl Api {
         r: proto::RevokeTokenRequest,
     ) -> Result<Response<proto::RevokeTokenResponse>, Status> {
         let by = caller.principal("")?;
+        caller.require_certificate("revoking an access token")?;
         token_id(&r.id)?;
         note("reason", &r.reason, true)?;
         let by_admin = self.shared.admins.contains(&by);

@@ -68,6 +68,7 @@ impl Api {
             format!("watch {prefix:?} from revision {}", r.from_revision),
         )
         .await?;
+        let mut standing = Standing::new(self.shared.clone(), caller);
         let feed = self.shared.watch.clone();
         let mut head = feed.subscribe();
         let mut next = match r.from_revision {
@@ -79,7 +80,13 @@ impl Api {
         let (tx, rx) = mpsc::channel(BUFFER);
         let mut stopping = self.shared.stopping.clone();
         tokio::spawn(async move {
+            let mut recheck = tokio::time::interval(RECHECK);
+            recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
+                if let Err(status) = standing.holds() {
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
                 head.borrow_and_update();
                 let page = feed.history().read(next, &prefix, PAGE, SCAN);
                 let page = match page {
@@ -104,6 +111,7 @@ impl Api {
                 };
                 tokio::select! {
                     changed = head.changed() => if changed.is_err() { return },
+                    _ = recheck.tick() => {}
                     _ = tx.closed() => return,
                     _ = stopped => {
                         let _ = tx.send(Err(Status::unavailable("node is shutting down; resume the watch on another node"))).await;
@@ -113,6 +121,58 @@ impl Api {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// How often an idle watch checks that its caller may still read (a busy one checks per page).
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether a watch's caller may still read what it opened: its credential has not expired, its
+/// access token has not been revoked, and, after every policy change, the policy still permits
+/// it the audit read it was granted at open. A watch that loses any of these ends with the reason.
+struct Standing {
+    shared: std::sync::Arc<super::Shared>,
+    caller: Caller,
+    /// The principal the read was authorized for (none: a node, or insecure mode).
+    by: Option<crate::model::Principal>,
+    by_admin: bool,
+    /// The policy version last checked.
+    policy_version: u64,
+}
+
+impl Standing {
+    fn new(shared: std::sync::Arc<super::Shared>, caller: Caller) -> Self {
+        let by = match &caller.identity {
+            Some(crate::security::Identity::Principal(p)) => Some(p.clone()),
+            _ => None,
+        };
+        let by_admin = by.as_ref().is_some_and(|p| shared.admins.contains(p));
+        let policy_version = shared.sm.read().state.policy_version();
+        Self {
+            shared,
+            caller,
+            by,
+            by_admin,
+            policy_version,
+        }
+    }
+
+    fn holds(&mut self) -> Result<(), Status> {
+        self.shared.auth.still_valid(&self.caller)?;
+        let Some(by) = &self.by else {
+            return Ok(());
+        };
+        let sm = self.shared.sm.read();
+        let version = sm.state.policy_version();
+        if version != self.policy_version {
+            sm.state.admin_allowed(by, self.by_admin).map_err(|d| {
+                Status::permission_denied(format!(
+                    "watch ended: policy version {version} no longer lets {by} read the audit: {d}"
+                ))
+            })?;
+            self.policy_version = version;
+        }
+        Ok(())
     }
 }
 

@@ -21,6 +21,7 @@
 
 mod audit_log;
 pub mod backup;
+pub mod files;
 mod log_cache;
 mod log_store;
 mod snapshot_files;
@@ -336,6 +337,8 @@ fn exit_join(thread: std::thread::JoinHandle<()>) {
 
 /// Open (creating if needed) the database with every column family.
 fn open_db(dir: &Path) -> Result<Arc<Db>, Error> {
+    files::private_dir(dir)
+        .map_err(|e| Error::Corrupt(format!("cannot make {} private: {e}", dir.display())))?;
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);

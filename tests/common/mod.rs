@@ -30,6 +30,9 @@ pub struct Opts {
     /// Nodes configured (ports, certificates, `bootstrap = false`) but not started: ids
     /// `nodes + 1 ..`, for `warrant cluster add-node`.
     pub spare: usize,
+    /// With `secure`: copy this certificate directory (CA, node and principal certificates, the
+    /// signing key) instead of making new ones, as a cluster restored onto the same hosts would.
+    pub certs_from: Option<PathBuf>,
 }
 
 /// The principals a secure test cluster has client certificates for.
@@ -57,6 +60,7 @@ impl Default for Opts {
             top: String::new(),
             restore_from: None,
             spare: 0,
+            certs_from: None,
         }
     }
 }
@@ -203,6 +207,15 @@ impl Cluster {
         }
         let certs = opts.secure.then(|| {
             let certs = dir.path().join("certs");
+            if let Some(from) = &opts.certs_from {
+                std::fs::create_dir_all(&certs).expect("make the certificate directory");
+                for file in std::fs::read_dir(from).expect("read the certificate directory") {
+                    let file = file.expect("list the certificate directory").path();
+                    std::fs::copy(&file, certs.join(file.file_name().unwrap()))
+                        .expect("copy a certificate file");
+                }
+                return certs;
+            }
             let mut options = warrant::security::certs::InitOptions::local(
                 "test",
                 (opts.nodes + opts.spare) as u64,
