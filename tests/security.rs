@@ -1202,3 +1202,241 @@ async fn files_at_rest_are_the_owners_alone_whatever_the_umask() {
         "{refused}"
     );
 }
+
+/// Issue 25 item 7 on a real cluster: the configured per-principal quotas are RESOURCE_EXHAUSTED
+/// naming the setting, for one agent only, and the log holds no lease beyond them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_agent_at_its_quota_is_refused_and_others_are_served() {
+    let c = secure("[limits]\nleases_per_principal = 2\nqueued_per_principal = 1\n");
+    c.wait_leader(WAIT).await;
+    let greedy = c.client("agent/flood");
+    let mut held = Vec::new();
+    for r in ["q/a", "q/b"] {
+        match acquire(&greedy, r).await.unwrap() {
+            Acquired::Granted(lease) => held.push(lease),
+            other => panic!("{other:?}"),
+        }
+    }
+    let e = acquire(&greedy, "q/c").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    assert!(e.to_string().contains("limits.leases_per_principal"), "{e}");
+    let other = c.client("agent/calm");
+    assert!(matches!(
+        acquire(&other, "q/c").await.unwrap(),
+        Acquired::Granted(_)
+    ));
+    // One acquire may wait in a queue, a second may not.
+    let mut wait = AcquireOptions::new("q/c", Duration::from_secs(30));
+    wait.wait = Some(Duration::from_secs(20));
+    let waiting = {
+        let greedy = greedy.clone();
+        let wait = wait.clone();
+        tokio::spawn(async move { greedy.acquire(wait).await })
+    };
+    eventually(WAIT, "the first waiter queues", || async {
+        (c.client("human/admin").get("q/c").await.ok()?.waiters == 1).then_some(())
+    })
+    .await;
+    let e = greedy.acquire(wait).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    assert!(e.to_string().contains("limits.queued_per_principal"), "{e}");
+    waiting.abort();
+    // The CLI says the same, and exits as for any exhausted limit.
+    let cli = c.cli("agent/flood", &["acquire", "q/d", "--ttl", "30s"]);
+    assert_ne!(code(&cli), 0);
+    assert!(
+        stderr(&cli).contains("limits.leases_per_principal"),
+        "{}",
+        stderr(&cli)
+    );
+    let live = c.client("human/admin").list("q").await.unwrap().leases;
+    assert_eq!(
+        live.iter().filter(|l| l.principal == "agent/flood").count(),
+        2
+    );
+    drop(held);
+}
+
+/// Issue 25 item 8: a List answer is a page (bounded in count and bytes, resumable with `after`,
+/// checkpoints only when asked), and verifying the audit is an admin's audit read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_bounded_pages_checkpoints_private_and_audit_reads_an_admins() {
+    use futures::StreamExt;
+    let c = secure("");
+    c.wait_leader(WAIT).await;
+    let agent = c.client("agent/deployer");
+    let mut held = Vec::new();
+    for r in ["p/a", "p/b", "p/c"] {
+        let Acquired::Granted(lease) = acquire(&agent, r).await.unwrap() else {
+            panic!("not granted")
+        };
+        lease.checkpoint(vec![7u8; 1000]).await.unwrap();
+        held.push(lease);
+    }
+    let page = |after: &str, checkpoints: bool| warrant::proto::ListRequest {
+        prefix: "p".into(),
+        limit: 2,
+        after: after.into(),
+        checkpoints,
+    };
+    let first = agent.list_page(page("", false)).await.unwrap();
+    let names = |r: &warrant::proto::ListResponse| {
+        r.leases
+            .iter()
+            .map(|l| l.resource.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(&first), ["p/a", "p/b"]);
+    assert_eq!(first.next, "p/b");
+    assert!(
+        first.leases.iter().all(|l| l.checkpoint.is_none()),
+        "checkpoints only when asked"
+    );
+    let second = agent.list_page(page(&first.next, true)).await.unwrap();
+    assert_eq!(names(&second), ["p/c"]);
+    assert_eq!(second.next, "", "the last page");
+    assert_eq!(
+        second.leases[0].checkpoint.as_deref(),
+        Some(&[7u8; 1000][..])
+    );
+    // The client pages through on its own.
+    let all = agent.list_all("p", true).await.unwrap();
+    assert_eq!(names(&all), ["p/a", "p/b", "p/c"]);
+    assert!(all.revision >= first.revision);
+    let bad = agent.list_page(page("p//x", false)).await.unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad}");
+
+    // Another agent may list the leases but not read what their holder checkpointed; an admin
+    // may, and so may the holder itself (above).
+    let other = c.client("agent/other");
+    let theirs = other.list_all("p", true).await.unwrap();
+    assert_eq!(names(&theirs), ["p/a", "p/b", "p/c"]);
+    assert!(theirs.leases.iter().all(|l| l.checkpoint.is_none()));
+    let got = other.get("p/a").await.unwrap();
+    assert!(got.holder.unwrap().checkpoint.is_none());
+    let mine = agent.get("p/a").await.unwrap();
+    assert!(mine.holder.unwrap().checkpoint.is_some());
+    let admin = c.client("human/admin");
+    assert!(admin
+        .list_all("p", true)
+        .await
+        .unwrap()
+        .leases
+        .iter()
+        .all(|l| l.checkpoint.is_some()));
+
+    // A node certificate of the CA reads the audit only for a member (filling its audit gap):
+    // node 5's is refused.
+    let certs = c.certs.clone().unwrap();
+    certs::issue_into(
+        &certs,
+        &warrant::security::Identity::Node(5),
+        &[],
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let mut as_node5 =
+        warrant::client::ClientConfig::new(c.endpoints(), "agent/warrant-node").unwrap();
+    as_node5.tls = Some(
+        TlsFiles {
+            ca: certs.join("ca.pem"),
+            cert_and_key: Some((certs.join("node5.pem"), certs.join("node5.key"))),
+        }
+        .load()
+        .unwrap(),
+    );
+    let e = Box::pin(quick(as_node5).export_audit(1))
+        .next()
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(e.to_string().contains("node/5 is not a member"), "{e}");
+
+    // `audit verify` reads the whole log: an agent without an admin permission is refused (and
+    // audited), the admin is served.
+    let denied = c.cli("agent/deployer", &["audit", "verify"]);
+    assert_eq!(code(&denied), 4, "{}{}", stdout(&denied), stderr(&denied));
+    let verified = c.cli("human/admin", &["audit", "verify"]);
+    assert_eq!(code(&verified), 0, "{}", stderr(&verified));
+    drop(held);
+}
+
+/// Issue 25 item 2: before anyone is authenticated, one address can hold only so many connections
+/// (the next is closed as it arrives), a connection that never finishes its TLS handshake is
+/// dropped, and clients from other addresses are served throughout; `/readyz` answers a flood of
+/// probes from one check a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_from_one_address_is_refused_before_authentication() {
+    use tokio::io::AsyncReadExt;
+    let c = secure(
+        "[limits]\nmax_connections_per_address = 8\nhandshake_timeout = \"1s\"\n\
+         new_connections_per_second = 1000\n",
+    );
+    c.wait_leader(WAIT).await;
+    let addr: std::net::SocketAddr = c.node(1).client_addr.parse().unwrap();
+    // Another loopback address stands for the attacker's.
+    let from_attacker = || async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        socket.connect(addr).await.unwrap()
+    };
+    // Closed by the node within `within`: the read ends (EOF or reset) instead of timing out.
+    async fn closed(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(within, s.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+    let mut idle = Vec::new();
+    for _ in 0..8 {
+        idle.push(from_attacker().await);
+    }
+    let mut ninth = from_attacker().await;
+    assert!(
+        closed(&mut ninth, Duration::from_millis(500)).await,
+        "the ninth connection from one address is closed at once"
+    );
+    // Everyone else is served meanwhile.
+    let client = c.node_client(1, "agent/deployer");
+    client.status().await.unwrap();
+    // The eight never send a TLS hello: dropped at the handshake timeout, and their places free.
+    for s in &mut idle {
+        assert!(closed(s, Duration::from_secs(5)).await, "handshake timeout");
+    }
+    let mut later = from_attacker().await;
+    assert!(
+        !closed(&mut later, Duration::from_millis(300)).await,
+        "a place freed by the timeout is taken again"
+    );
+    let (_, metrics) = common::http_get(&c.node(1).http_addr, "/metrics").unwrap();
+    assert!(
+        metrics.contains("warrant_limit_refused_total{limit=\"max_connections_per_address\"}"),
+        "{metrics}"
+    );
+
+    // Fifty probes at once: one readiness check (or two, across a second's edge).
+    let leader = c.wait_leader(WAIT).await;
+    let http = c.node(leader).http_addr.clone();
+    let checks = |metrics: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("warrant_readyz_checks_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let before = checks(&common::http_get(&http, "/metrics").unwrap().1);
+    let probes: Vec<_> = (0..50)
+        .map(|_| {
+            let http = http.clone();
+            std::thread::spawn(move || common::http_get(&http, "/readyz").unwrap())
+        })
+        .collect();
+    for p in probes {
+        let (status, body) = p.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let after = checks(&common::http_get(&http, "/metrics").unwrap().1);
+    assert!(after - before <= 2.0, "{before} -> {after} checks");
+}

@@ -233,6 +233,9 @@ enum Command {
     /// Live leases under PREFIX (all if omitted).
     List {
         prefix: Option<String>,
+        /// Include each lease's last checkpoint data (left out by default).
+        #[arg(long)]
+        checkpoints: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -899,8 +902,14 @@ async fn execute(client: &Client, command: Command) -> Result<Outcome, ClientErr
                 json!({"revoked": lease_json(&l)}),
             )
         }
-        Command::List { prefix, .. } => {
-            let resp = client.list(prefix.as_deref().unwrap_or("")).await?;
+        Command::List {
+            prefix,
+            checkpoints,
+            ..
+        } => {
+            let resp = client
+                .list_all(prefix.as_deref().unwrap_or(""), checkpoints)
+                .await?;
             let text = if resp.leases.is_empty() {
                 format!("no live leases (revision {})", resp.revision)
             } else {

@@ -872,10 +872,44 @@ impl Client {
 
     /// Live leases under a prefix.
     pub async fn list(&self, prefix: &str) -> Result<proto::ListResponse, ClientError> {
-        let req = proto::ListRequest {
-            prefix: prefix.to_string(),
-            limit: 0,
-        };
+        self.list_all(prefix, false).await
+    }
+
+    /// Every live lease under `prefix`, page by page (with their checkpoint data if
+    /// `checkpoints`). The answer's `revision` is the first page's: watch from it + 1 to miss
+    /// nothing that changed while the later pages were read.
+    pub async fn list_all(
+        &self,
+        prefix: &str,
+        checkpoints: bool,
+    ) -> Result<proto::ListResponse, ClientError> {
+        let mut all = proto::ListResponse::default();
+        let mut after = String::new();
+        loop {
+            let page = self
+                .list_page(proto::ListRequest {
+                    prefix: prefix.to_string(),
+                    limit: 0,
+                    after: after.clone(),
+                    checkpoints,
+                })
+                .await?;
+            if all.revision == 0 {
+                all.revision = page.revision;
+            }
+            all.leases.extend(page.leases);
+            if page.next.is_empty() || page.next <= after {
+                return Ok(all);
+            }
+            after = page.next;
+        }
+    }
+
+    /// One page of live leases (see [`proto::ListRequest`]).
+    pub async fn list_page(
+        &self,
+        req: proto::ListRequest,
+    ) -> Result<proto::ListResponse, ClientError> {
         self.call(self.inner.config.call_timeout, ATTEMPT_TIMEOUT, |mut c| {
             let req = req.clone();
             async move { c.list(req).await }

@@ -238,8 +238,8 @@ impl State {
     /// principal, the command's action (and resource and request for an acquire), decision `Invalid`.
     pub(super) fn audit_token_refusal(&mut self, id: &str, cmd: &Command, fx: &mut Effects) {
         let action = match cmd {
-            Command::Acquire(a) if a.takeover => "takeover",
-            Command::Acquire(_) => "acquire",
+            Command::Acquire(a) | Command::AcquireWithin { cmd: a, .. } if a.takeover => "takeover",
+            Command::Acquire(_) | Command::AcquireWithin { .. } => "acquire",
             Command::Release { .. } => "release",
             Command::Checkpoint { .. } => "checkpoint",
             Command::Revoke { .. } => "revoke",
@@ -256,7 +256,7 @@ impl State {
         if let Some(t) = self.tokens.get(id) {
             entry.principal = t.principal.to_string();
         }
-        if let Command::Acquire(a) = cmd {
+        if let Command::Acquire(a) | Command::AcquireWithin { cmd: a, .. } = cmd {
             entry.resource = a.resource.to_string();
             entry.request_id = a.request_id.to_string();
             entry.instance = a.instance.to_string();

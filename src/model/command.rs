@@ -217,6 +217,24 @@ pub enum Command {
         reason: String,
         by_admin: bool,
     },
+    /// `Acquire` held to per-principal quotas (issue 25 item 7), from the proposing node's config:
+    /// decided in apply, so every replica refuses the same acquires.
+    AcquireWithin {
+        cmd: AcquireCmd,
+        quotas: Quotas,
+    },
+}
+
+/// Per-principal quotas an acquire is held to; 0 is no limit. A takeover of one's own lease and a
+/// waiter granted from its queue are not refused (the count does not grow, or grew when it queued).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quotas {
+    /// Live leases one principal holds.
+    pub leases: u32,
+    /// Requests of one principal waiting for human approval.
+    pub pending: u32,
+    /// Acquires of one principal waiting in resource queues, over all resources.
+    pub queued: u32,
 }
 
 /// The answer to an acquire; also what the dedup table stores per request id.

@@ -106,6 +106,18 @@ pub enum OpError {
     /// Only human principals approve or reject (issue 25 item 5).
     #[error("{by} cannot approve or reject: only human principals decide on requests")]
     NotHuman { by: Principal },
+    /// A per-principal quota (issue 25 item 7): `what` the principal has reached `max` of, and the
+    /// config setting that sets it.
+    #[error(
+        "{principal} already has {max} {what} (limits.{setting}); end some first, or ask an \
+         operator to raise limits.{setting}"
+    )]
+    QuotaExceeded {
+        principal: Principal,
+        what: String,
+        setting: String,
+        max: u32,
+    },
 }
 
 /// Coarse class of an `OpError`, mapped to a gRPC status code (and CLI exit code) in one place.
@@ -144,7 +156,8 @@ impl OpError {
             | OpError::ChangedSinceSeen { .. } => ErrorKind::FailedPrecondition,
             OpError::QueueFull { .. }
             | OpError::TooManyPending { .. }
-            | OpError::RequestTableFull { .. } => ErrorKind::ResourceExhausted,
+            | OpError::RequestTableFull { .. }
+            | OpError::QuotaExceeded { .. } => ErrorKind::ResourceExhausted,
             OpError::StaleToken { .. } => ErrorKind::Stale,
             OpError::TokenRevoked { .. } => ErrorKind::Unauthenticated,
         }

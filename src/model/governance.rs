@@ -407,7 +407,7 @@ impl State {
         let entry = self.pending_entry(&view, "approve", AuditDecision::ApprovalGranted);
         self.audit(fx, entry);
         let remaining = pending.expires_ms.saturating_sub(self.now_ms).max(1);
-        let outcome = self.decide_acquire(&pending.cmd, Some(remaining), fx);
+        let outcome = self.decide_acquire(&pending.cmd, Some(remaining), None, fx);
         self.update_request(id, outcome.clone());
         if !matches!(
             outcome,
@@ -910,6 +910,49 @@ mod tests {
             AcquireOutcome::PendingApproval(p) => p,
             other => panic!("expected pending approval, got {other:?}"),
         }
+    }
+
+    /// Issue 25 item 7: one principal's requests waiting for humans are capped, so it cannot fill
+    /// the cluster's table of pending approvals and lock out everyone else's.
+    #[test]
+    fn one_principal_cannot_fill_the_pending_approvals() {
+        let mut h = with_example();
+        let quotas = crate::model::Quotas {
+            leases: 0,
+            pending: 1,
+            queued: 0,
+        };
+        let within =
+            |h: &mut Harness, id: &str, principal: &str| match h.apply(Command::AcquireWithin {
+                cmd: acq(id, "k8s/prod/payments", principal, "i1"),
+                quotas,
+            }) {
+                Response::Acquire(o) => o,
+                other => panic!("{other:?}"),
+            };
+        assert!(matches!(
+            within(&mut h, "pay1", "agent/deployer"),
+            AcquireOutcome::PendingApproval(_)
+        ));
+        match within(&mut h, "pay2", "agent/deployer") {
+            AcquireOutcome::Rejected(e @ OpError::QuotaExceeded { .. }) => {
+                assert!(
+                    e.to_string().contains("limits.pending_per_principal"),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            h.state.pending_approvals().count(),
+            1,
+            "nothing more is pending"
+        );
+        // Another principal still reaches the humans.
+        assert!(matches!(
+            within(&mut h, "pay3", "agent/other"),
+            AcquireOutcome::PendingApproval(_)
+        ));
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! - a task released `done` is never granted again;
 //! - a waiter whose deadline has passed is never granted (etcd#11456).
 
-use super::command::{AcquireCmd, AcquireOutcome, Effects, Event};
+use super::command::{AcquireCmd, AcquireOutcome, Effects, Event, Quotas};
 use super::error::OpError;
 use super::governance::Verdict;
 use super::state::{Recorded, RequestKey, State, Waiter, MAX_WAITERS_PER_RESOURCE};
@@ -20,8 +20,21 @@ use super::types::{
 };
 use crate::audit::{AuditDecision, AuditEntry};
 
+/// The per-principal quotas [`Quotas`] sets.
+#[derive(Debug, Clone, Copy)]
+enum Quota {
+    Leases,
+    Queued,
+    Pending,
+}
+
 impl State {
-    pub(super) fn acquire(&mut self, cmd: &AcquireCmd, fx: &mut Effects) -> AcquireOutcome {
+    pub(super) fn acquire(
+        &mut self,
+        cmd: &AcquireCmd,
+        quotas: Option<&Quotas>,
+        fx: &mut Effects,
+    ) -> AcquireOutcome {
         // 1. Dedup: a retry gets the first answer and changes nothing.
         if let Some(rec) = self.requests.get(&RequestKey::of(&cmd.request_id)) {
             if !self.same_asker(rec, cmd) {
@@ -55,11 +68,16 @@ impl State {
                 needed,
                 policy_version,
                 policies,
-            } => (
-                self.open_approval(cmd, needed, policy_version, policies),
-                Vec::new(),
-            ),
-            Verdict::Allow { policies, .. } => (self.decide_acquire(cmd, None, fx), policies),
+            } => match self.over_quota(cmd, quotas, Quota::Pending) {
+                Some(e) => (AcquireOutcome::Rejected(e), Vec::new()),
+                None => (
+                    self.open_approval(cmd, needed, policy_version, policies),
+                    Vec::new(),
+                ),
+            },
+            Verdict::Allow { policies, .. } => {
+                (self.decide_acquire(cmd, None, quotas, fx), policies)
+            }
         };
         self.record_request(cmd, outcome.clone());
         self.audit_acquire(cmd, &outcome, policies, Vec::new(), fx);
@@ -121,6 +139,7 @@ impl State {
         &mut self,
         cmd: &AcquireCmd,
         wait_override: Option<u64>,
+        quotas: Option<&Quotas>,
         fx: &mut Effects,
     ) -> AcquireOutcome {
         // 2. A task that is done is answered with its completion, never granted again.
@@ -151,14 +170,65 @@ impl State {
             }
             let holder = holder.clone();
             return match wait_override.or(cmd.wait_ms) {
-                Some(wait_ms) if wait_ms > 0 => self.enqueue(cmd, wait_ms, fx),
+                Some(wait_ms) if wait_ms > 0 => match self.over_quota(cmd, quotas, Quota::Queued) {
+                    Some(e) => AcquireOutcome::Rejected(e),
+                    None => self.enqueue(cmd, wait_ms, fx),
+                },
                 _ => AcquireOutcome::Busy { holder },
             };
         }
 
         // 4. Free: grant, passing on what the task's last holder left behind.
+        if let Some(e) = self.over_quota(cmd, quotas, Quota::Leases) {
+            return AcquireOutcome::Rejected(e);
+        }
         let previous = self.task_previous(cmd);
         AcquireOutcome::Granted(self.grant(cmd, previous, fx))
+    }
+
+    /// The refusal when `cmd`'s principal already has its quota of `what` (none without quotas).
+    fn over_quota(
+        &self,
+        cmd: &AcquireCmd,
+        quotas: Option<&Quotas>,
+        what: Quota,
+    ) -> Option<OpError> {
+        let quotas = quotas?;
+        let held = self.held.get(&cmd.principal);
+        let (max, has, noun, setting) = match what {
+            Quota::Leases => (
+                quotas.leases,
+                held.map_or(0, |h| h.leases),
+                "live leases",
+                "leases_per_principal",
+            ),
+            Quota::Queued => (
+                quotas.queued,
+                held.map_or(0, |h| h.queued_at(self.now_ms)),
+                "acquires waiting in queues",
+                "queued_per_principal",
+            ),
+            Quota::Pending => {
+                // At most `MAX_PENDING_APPROVALS` to count, and only on the way to a new approval.
+                let pending = self
+                    .pending
+                    .values()
+                    .filter(|p| p.cmd.principal == cmd.principal)
+                    .count();
+                (
+                    quotas.pending,
+                    u32::try_from(pending).unwrap_or(u32::MAX),
+                    "requests waiting for approval",
+                    "pending_per_principal",
+                )
+            }
+        };
+        (max > 0 && has >= max).then(|| OpError::QuotaExceeded {
+            principal: cmd.principal.clone(),
+            what: noun.to_string(),
+            setting: setting.to_string(),
+            max,
+        })
     }
 
     fn task_completion(&self, resource: &ResourcePath, cmd: &AcquireCmd) -> Option<Completion> {
@@ -205,6 +275,7 @@ impl State {
                 .current = Some(lease_id);
         }
         self.leases.insert(lease_id, lease.clone());
+        self.count_lease(&cmd.principal, 1);
         self.remember_intent(cmd);
         let grant = Grant { lease, previous };
         fx.events.push(Event::Granted {
@@ -230,6 +301,7 @@ impl State {
             deadline_ms,
         });
         let position = u32::try_from(resource.waiters.len()).unwrap_or(u32::MAX);
+        self.count_waiter(&cmd.principal, deadline_ms, 1);
         AcquireOutcome::Queued { position }
     }
 
@@ -244,6 +316,7 @@ impl State {
             .partition(|w| w.deadline_ms >= now);
         resource.waiters = live.into();
         for waiter in dead {
+            self.count_waiter(&waiter.cmd.principal, waiter.deadline_ms, -1);
             self.finish_waiter(&waiter.cmd.request_id, AcquireOutcome::WaitEnded, fx);
         }
     }
@@ -285,6 +358,7 @@ impl State {
         fx: &mut Effects,
     ) -> Option<Lease> {
         let lease = self.leases.remove(&id)?;
+        self.count_lease(&lease.principal, -1);
         // Burn a token: the fence moves above the ended holder's token, so a resource checking
         // fences refuses it from now on, even before anyone else is granted (DESIGN rule 2).
         let burnt = self.next_token();
@@ -344,6 +418,7 @@ impl State {
             let Some(waiter) = resource.waiters.pop_front() else {
                 return;
             };
+            self.count_waiter(&waiter.cmd.principal, waiter.deadline_ms, -1);
             let cmd = waiter.cmd;
             if waiter.deadline_ms < self.now_ms {
                 self.finish_waiter(&cmd.request_id, AcquireOutcome::WaitEnded, fx);
@@ -398,7 +473,17 @@ impl State {
         {
             let path = asker.resource;
             if let Some(resource) = self.resources.get_mut(&path) {
-                resource.waiters.retain(|w| &w.cmd.request_id != id);
+                let mut gone = Vec::new();
+                resource.waiters.retain(|w| {
+                    let stays = &w.cmd.request_id != id;
+                    if !stays {
+                        gone.push(w.deadline_ms);
+                    }
+                    stays
+                });
+                for deadline_ms in gone {
+                    self.count_waiter(principal, deadline_ms, -1);
+                }
             }
             self.finish_waiter(id, AcquireOutcome::WaitEnded, fx);
         }
@@ -416,7 +501,7 @@ mod tests {
     use super::super::state::MAX_WAITERS_PER_RESOURCE;
     use super::super::testkit::{acq, inst, res, rid, task, who, Harness};
     use super::super::types::{EndReason, FencingToken, LeaseId, ReleaseOutcome};
-    use super::AcquireCmd;
+    use super::{AcquireCmd, Quotas};
 
     fn waiting(cmd: AcquireCmd, wait_ms: u64) -> AcquireCmd {
         AcquireCmd {
@@ -437,6 +522,94 @@ mod tests {
             takeover: true,
             ..cmd
         }
+    }
+
+    fn within(h: &mut Harness, cmd: AcquireCmd, quotas: Quotas) -> AcquireOutcome {
+        match h.apply(Command::AcquireWithin { cmd, quotas }) {
+            Response::Acquire(o) => o,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn over(outcome: AcquireOutcome, setting: &str) {
+        match outcome {
+            AcquireOutcome::Rejected(e @ OpError::QuotaExceeded { .. }) => {
+                assert!(e.to_string().contains(&format!("limits.{setting}")), "{e}");
+            }
+            other => panic!("expected a quota refusal ({setting}), got {other:?}"),
+        }
+    }
+
+    /// Issue 25 item 7: one principal cannot hold more leases or queue more acquires than its
+    /// quotas, decided in apply; a refusal changes nothing and is not remembered, others are not
+    /// held to its counts, and a takeover of its own lease does not count twice.
+    #[test]
+    fn per_principal_quotas_refuse_in_apply_and_change_nothing() {
+        let mut h = Harness::new();
+        let q = Quotas {
+            leases: 2,
+            pending: 0,
+            queued: 1,
+        };
+        let granted = |o: AcquireOutcome| match o {
+            AcquireOutcome::Granted(g) => g,
+            other => panic!("expected a grant, got {other:?}"),
+        };
+        granted(within(&mut h, acq("r1", "a", "agent/x", "i1"), q));
+        let b = granted(within(&mut h, acq("r2", "b", "agent/x", "i1"), q));
+        let before = h.state.to_snapshot();
+        over(
+            within(&mut h, acq("r3", "d", "agent/x", "i1"), q),
+            "leases_per_principal",
+        );
+        assert!(h.events.is_empty(), "nothing granted");
+        assert_eq!(h.audit.len(), 1, "the refusal is audited");
+        assert!(h.state.resource(&res("d")).is_none(), "no lock, no fence");
+        let audit_only = {
+            // Everything but the audit chain and the applied index is as it was.
+            let earlier = super::super::state::State::from_snapshot(&before).unwrap();
+            let mut after = h.state.clone();
+            after.audit = earlier.audit;
+            after.last_index = earlier.last_index;
+            after.to_snapshot()
+        };
+        assert_eq!(audit_only, before);
+        // Another principal is held to its own count.
+        granted(within(&mut h, acq("r4", "c", "agent/y", "i1"), q));
+        // A replacement instance takes over its own lease at the quota.
+        granted(within(&mut h, takeover(acq("r5", "a", "agent/x", "i2")), q));
+        // One waiter may queue, a second may not (on any resource).
+        assert!(matches!(
+            within(&mut h, waiting(acq("r6", "c", "agent/x", "i1"), 60_000), q),
+            AcquireOutcome::Queued { .. }
+        ));
+        over(
+            within(&mut h, waiting(acq("r7", "c", "agent/x", "i3"), 60_000), q),
+            "queued_per_principal",
+        );
+        assert_eq!(h.state.resource(&res("c")).unwrap().waiters, 1);
+        assert!(matches!(
+            within(&mut h, waiting(acq("r8", "a", "agent/y", "i1"), 60_000), q),
+            AcquireOutcome::Queued { .. }
+        ));
+        // An ended lease frees its place, and a refused request was not remembered: its retry is
+        // decided afresh.
+        h.release(b.lease.lease_id, "agent/x", None).unwrap();
+        granted(within(&mut h, acq("r3", "d", "agent/x", "i1"), q));
+        // A waiter past its deadline no longer counts, though it is still in its queue.
+        h.advance(60_001);
+        assert!(matches!(
+            within(&mut h, waiting(acq("r9", "a", "agent/x", "i4"), 120_000), q),
+            AcquireOutcome::Queued { .. }
+        ));
+        assert_eq!(
+            h.state.resource(&res("c")).unwrap().waiters,
+            1,
+            "r6 is still queued"
+        );
+        assert_eq!(h.state.held, h.state.count_held());
+        // Without quotas (an entry written before them) nothing is refused.
+        granted(h.acquire(acq("r10", "e", "agent/x", "i1")));
     }
 
     #[test]

@@ -32,7 +32,7 @@ mod testkit;
 
 pub use command::{
     AcquireCmd, AcquireOutcome, ApprovalProgress, Command, Denial, Effects, EntryMeta, Event,
-    NotApproved, PendingView, PolicyDefaults, ReleaseOk, Request, Response, RevokeTarget,
+    NotApproved, PendingView, PolicyDefaults, Quotas, ReleaseOk, Request, Response, RevokeTarget,
 };
 pub use error::{ErrorKind, OpError, SnapshotError};
 pub use governance::{Facts, Verdict, MAX_PENDING_APPROVALS};

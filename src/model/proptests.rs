@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::command::{
-    AcquireCmd, AcquireOutcome, Command, Effects, EntryMeta, Event, PolicyDefaults, Request,
-    Response,
+    AcquireCmd, AcquireOutcome, Command, Effects, EntryMeta, Event, PolicyDefaults, Quotas,
+    Request, Response,
 };
 use super::state::{FenceStatus, State};
 use super::testkit::{inst, res, rid, task, who};
@@ -128,6 +128,16 @@ fn command() -> impl Strategy<Value = Command> {
 fn plain_command() -> impl Strategy<Value = Command> {
     prop_oneof![
         4 => acquire(),
+        // Held to quotas small enough to bite.
+        2 => (acquire(), 0u32..3, 0u32..3, 0u32..3).prop_map(|(cmd, leases, pending, queued)| {
+            match cmd {
+                Command::Acquire(cmd) => Command::AcquireWithin {
+                    cmd,
+                    quotas: Quotas { leases, pending, queued },
+                },
+                other => other,
+            }
+        }),
         2 => (
             lease_id(),
             pick(&PRINCIPALS),
@@ -263,6 +273,11 @@ fn check_step(
         Some(Command::AsToken { cmd, .. }) => Some(cmd.as_ref()),
         cmd => cmd,
     };
+    prop_assert_eq!(
+        &state.held,
+        &state.count_held(),
+        "the per-principal counts are the leases and queued waiters"
+    );
     let mut ended_now: BTreeMap<LeaseId, &Lease> = BTreeMap::new();
     for event in events {
         match event {
@@ -408,7 +423,9 @@ proptest! {
                     now_ms += advance_ms;
                     // The read-only answer (busy without a log write) must be what apply decides.
                     let predicted = match &cmd {
-                        Command::Acquire(a) => state.answer_without_write(a, now_ms),
+                        Command::Acquire(a) | Command::AcquireWithin { cmd: a, .. } => {
+                            state.answer_without_write(a, now_ms)
+                        }
                         _ => None,
                     };
                     let req = Request { now_ms, cmd };

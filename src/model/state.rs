@@ -227,6 +227,27 @@ pub struct State {
     /// Answers of revokes that carried a request id, for their retries.
     pub(super) revokes: BTreeMap<RequestKey, RevokeRecord>,
     pub(super) revoke_order: VecDeque<(u64, RequestKey)>,
+    /// Live leases and queued waiters per principal, for the quotas of `AcquireWithin`: derived
+    /// from `leases` and the queues, never written to a snapshot and rebuilt when one is read.
+    #[serde(skip)]
+    pub(super) held: BTreeMap<Principal, Held>,
+}
+
+/// What one principal holds: live leases, and acquires waiting in resource queues by deadline
+/// (a waiter past its deadline stays in its queue until the queue moves, but no longer counts).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Held {
+    pub(super) leases: u32,
+    pub(super) queued: BTreeMap<u64, u32>,
+}
+
+impl Held {
+    /// Waiters whose deadline is `now_ms` or later.
+    pub(super) fn queued_at(&self, now_ms: u64) -> u32 {
+        self.queued
+            .range(now_ms..)
+            .fold(0u32, |n, (_, c)| n.saturating_add(*c))
+    }
 }
 
 /// At most this many revoke answers are remembered; a new revoke request id past it, with all of
@@ -267,6 +288,7 @@ impl Default for State {
             limits: None,
             revokes: BTreeMap::new(),
             revoke_order: VecDeque::new(),
+            held: BTreeMap::new(),
         }
     }
 }
@@ -307,7 +329,10 @@ impl State {
     fn apply_command(&mut self, cmd: &Command, fx: &mut Effects) -> Response {
         match cmd {
             Command::Batch(_) => Response::Batch(Vec::new()),
-            Command::Acquire(cmd) => Response::Acquire(self.acquire(cmd, fx)),
+            Command::Acquire(cmd) => Response::Acquire(self.acquire(cmd, None, fx)),
+            Command::AcquireWithin { cmd, quotas } => {
+                Response::Acquire(self.acquire(cmd, Some(quotas), fx))
+            }
             Command::Release {
                 lease_id,
                 principal,
@@ -504,16 +529,30 @@ impl State {
     }
 
     /// Live leases whose resource is within `prefix` (segment-wise), sorted by resource.
-    pub fn list(&self, prefix: &str) -> Vec<&Lease> {
+    pub fn list<'a>(&'a self, prefix: &'a str) -> Vec<&'a Lease> {
+        self.list_after(prefix, "").collect()
+    }
+
+    /// Live leases under `prefix` in resource order, from the first resource after `after` (empty:
+    /// from the start). Lazy: a page costs what it reads.
+    pub fn list_after<'a>(
+        &'a self,
+        prefix: &'a str,
+        after: &'a str,
+    ) -> impl Iterator<Item = &'a Lease> + 'a {
         let trimmed = prefix.trim_end_matches('/');
+        let start = if !after.is_empty() && after >= trimmed {
+            Bound::Excluded(after)
+        } else {
+            Bound::Included(trimmed)
+        };
         // Every path within `trimmed` starts with it as a string, so range from there and stop at the
         // first path that does not; `is_within` then drops `a/bc` for prefix `a/b`.
         self.resources
-            .range::<str, _>((Bound::Included(trimmed), Bound::Unbounded))
-            .take_while(|(path, _)| path.as_str().starts_with(trimmed))
-            .filter(|(path, _)| path.is_within(trimmed))
+            .range::<str, _>((start, Bound::Unbounded))
+            .take_while(move |(path, _)| path.as_str().starts_with(trimmed))
+            .filter(move |(path, _)| path.is_within(trimmed))
             .filter_map(|(_, r)| r.holder.and_then(|id| self.leases.get(&id)))
-            .collect()
     }
 
     /// The dedup table: the answer a retry of this request gets.
@@ -674,7 +713,7 @@ impl State {
         }
         let codec = Self::codec().with_limit(len.saturating_sub(1));
         let corrupt = |e: bincode::Error| SnapshotError::Corrupt(e.to_string());
-        match version[0] {
+        let mut state: State = match version[0] {
             SNAPSHOT_FORMAT_VERSION => codec.deserialize_from(input).map_err(corrupt),
             SNAPSHOT_FORMAT_V3 => codec
                 .deserialize_from::<_, v3::State>(input)
@@ -684,6 +723,61 @@ impl State {
                 found,
                 supported: SNAPSHOT_FORMAT_VERSION,
             }),
+        }?;
+        state.held = state.count_held();
+        Ok(state)
+    }
+
+    /// [`State::held`] counted afresh from the leases and the queues.
+    pub(super) fn count_held(&self) -> BTreeMap<Principal, Held> {
+        let mut held: BTreeMap<Principal, Held> = BTreeMap::new();
+        for lease in self.leases.values() {
+            held.entry(lease.principal.clone()).or_default().leases += 1;
+        }
+        for waiter in self.resources.values().flat_map(|r| &r.waiters) {
+            *held
+                .entry(waiter.cmd.principal.clone())
+                .or_default()
+                .queued
+                .entry(waiter.deadline_ms)
+                .or_default() += 1;
+        }
+        held
+    }
+
+    /// Count a lease of `principal` in (+1) or out (-1).
+    pub(super) fn count_lease(&mut self, principal: &Principal, by: i32) {
+        let held = self.held_mut(principal);
+        held.leases = held.leases.saturating_add_signed(by);
+        self.forget_if_idle(principal);
+    }
+
+    /// Count a waiter of `principal` with this deadline in (+1) or out (-1).
+    pub(super) fn count_waiter(&mut self, principal: &Principal, deadline_ms: u64, by: i32) {
+        let held = self.held_mut(principal);
+        let n = held.queued.entry(deadline_ms).or_default();
+        *n = n.saturating_add_signed(by);
+        if *n == 0 {
+            held.queued.remove(&deadline_ms);
+        }
+        self.forget_if_idle(principal);
+    }
+
+    /// `principal`'s counts, cloning its name only the first time (grants are the hot path).
+    fn held_mut(&mut self, principal: &Principal) -> &mut Held {
+        if !self.held.contains_key(principal) {
+            self.held.insert(principal.clone(), Held::default());
+        }
+        self.held.get_mut(principal).expect("inserted above")
+    }
+
+    fn forget_if_idle(&mut self, principal: &Principal) {
+        if self
+            .held
+            .get(principal)
+            .is_some_and(|h| *h == Held::default())
+        {
+            self.held.remove(principal);
         }
     }
 
@@ -996,6 +1090,7 @@ mod v3 {
                 limits: None,
                 revokes: BTreeMap::new(),
                 revoke_order: VecDeque::new(),
+                held: BTreeMap::new(), // counted by `read_snapshot`
             }
         }
     }
@@ -1290,6 +1385,28 @@ mod tests {
         assert!(h.state.list("c").is_empty());
         assert_eq!(h.state.leases().count(), 6);
         assert_eq!(h.state.live_lease_count(), 6);
+    }
+
+    #[test]
+    fn a_listing_resumes_after_a_resource_and_stays_within_its_prefix() {
+        let mut h = Harness::new();
+        for path in ["a", "a/x", "a/y", "ab", "b"] {
+            h.grant(acq(&format!("r-{path}"), path, "agent/x", "i1"));
+        }
+        let names = |prefix: &str, after: &str| {
+            h.state
+                .list_after(prefix, after)
+                .map(|l| l.resource.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names("a", ""), ["a", "a/x", "a/y"]);
+        assert_eq!(names("a", "a"), ["a/x", "a/y"]);
+        assert_eq!(names("a", "a/x"), ["a/y"]);
+        assert_eq!(names("a", "a/y"), Vec::<String>::new());
+        // An `after` outside the prefix neither escapes it nor skips into it.
+        assert_eq!(names("a", "0"), ["a", "a/x", "a/y"]);
+        assert_eq!(names("a", "ab"), Vec::<String>::new());
+        assert_eq!(names("", "a/y"), ["ab", "b"]);
     }
 
     fn busy_state() -> State {

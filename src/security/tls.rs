@@ -81,7 +81,12 @@ impl TlsMaterial {
 impl TlsMaterial {
     /// Server side. `require_client_cert`: the Raft port demands one; the client port also lets
     /// token holders in (TLS without a client certificate) and authenticates them per request.
-    pub fn server(&self, require_client_cert: bool) -> Result<ServerTlsConfig, String> {
+    /// A handshake not finished within `handshake_timeout` is dropped.
+    pub fn server(
+        &self,
+        require_client_cert: bool,
+        handshake_timeout: std::time::Duration,
+    ) -> Result<ServerTlsConfig, String> {
         let (cert, key) = self
             .pair
             .as_ref()
@@ -89,7 +94,8 @@ impl TlsMaterial {
         Ok(ServerTlsConfig::new()
             .identity(TlsIdentity::from_pem(cert, key))
             .client_ca_root(Certificate::from_pem(&self.ca))
-            .client_auth_optional(!require_client_cert))
+            .client_auth_optional(!require_client_cert)
+            .timeout(handshake_timeout))
     }
 
     /// Client side: trust the cluster CA, present our certificate if we have one.

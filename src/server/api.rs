@@ -26,16 +26,62 @@ use crate::proto::{self, warrant_server};
 const MAX_NOTES_IN_FLIGHT: usize = 4096;
 /// Keepalives of one stream being answered at once.
 const KEEPALIVES_IN_FLIGHT_PER_STREAM: usize = 256;
-/// Cap on a List answer.
+/// Cap on the leases of one List page.
 const MAX_LIST: usize = 10_000;
+/// A List page ends before its leases reach this many bytes.
+const MAX_LIST_BYTES: usize = 1024 * 1024;
+/// Largest answer message this node sends: gRPC clients refuse bigger ones by default, so an answer
+/// that would be bigger is an error here rather than a buffer built for nothing.
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 pub fn service(shared: Arc<Shared>) -> warrant_server::WarrantServer<Api> {
     let max = shared.config.limits.max_request_bytes;
-    warrant_server::WarrantServer::new(Api { shared }).max_decoding_message_size(max)
+    warrant_server::WarrantServer::new(Api { shared })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(MAX_RESPONSE_BYTES)
 }
 
 pub struct Api {
     pub(super) shared: Arc<Shared>,
+}
+
+/// Whose checkpoint data a caller may read: a holder's checkpoint is what it did and where it
+/// stopped, for its own replacement and for admins, not for every other agent (issue 25 item 6).
+enum CheckpointReader {
+    /// Insecure mode, or an admin (the config's, or one Cedar permits `admin`).
+    Anyone,
+    /// Only leases held by this principal.
+    Own(crate::model::Principal),
+    /// None (a node's certificate).
+    Nobody,
+}
+
+impl CheckpointReader {
+    fn of(caller: &auth::Caller, shared: &Shared, state: &crate::model::State) -> Self {
+        match &caller.identity {
+            None => Self::Anyone,
+            Some(crate::security::Identity::Node(_)) => Self::Nobody,
+            Some(crate::security::Identity::Principal(p)) => {
+                if state.admin_allowed(p, shared.admins.contains(p)).is_ok() {
+                    Self::Anyone
+                } else {
+                    Self::Own(p.clone())
+                }
+            }
+        }
+    }
+
+    /// Leave out the checkpoint data of a lease this caller may not read.
+    fn strip(&self, lease: &mut proto::Lease) {
+        let may = match self {
+            Self::Anyone => true,
+            Self::Own(p) => lease.principal == p.as_str(),
+            Self::Nobody => false,
+        };
+        if !may {
+            lease.checkpoint = None;
+        }
+    }
 }
 
 impl Api {
@@ -379,7 +425,11 @@ impl Api {
     }
 
     fn propose_acquire(&self, caller: &auth::Caller, cmd: AcquireCmd) -> Answered<'_> {
-        Answered::Proposed(self.shared.enqueue(caller.wrap(Command::Acquire(cmd))))
+        let quotas = self.shared.config.limits.quotas();
+        Answered::Proposed(
+            self.shared
+                .enqueue(caller.wrap(Command::AcquireWithin { cmd, quotas })),
+        )
     }
 
     /// `chaos_break = "grant-over-holder"`, the deliberate bug: revoke whoever else holds the
@@ -1004,10 +1054,14 @@ impl warrant_server::Warrant for Api {
         let sm = self.shared.sm.read();
         let applied_index = sm.last_applied.map_or(0, |id| id.index);
         let view = sm.state.resource(&res);
+        let reads_checkpoints = CheckpointReader::of(&caller, &self.shared, &sm.state);
         let (holder, fence, waiters) = match view {
             Some(v) => (
-                v.holder
-                    .map(|l| convert::lease(l, self.remaining(l.lease_id))),
+                v.holder.map(|l| {
+                    let mut lease = convert::lease(l, self.remaining(l.lease_id));
+                    reads_checkpoints.strip(&mut lease);
+                    lease
+                }),
                 v.fence.0,
                 v.waiters as u32,
             ),
@@ -1037,17 +1091,36 @@ impl warrant_server::Warrant for Api {
         } else {
             (r.limit as usize).min(MAX_LIST)
         };
+        if !r.after.is_empty() {
+            existing_resource(&r.after)?;
+        }
         let sm = self.shared.sm.read();
-        let leases = sm
-            .state
-            .list(&r.prefix)
-            .into_iter()
-            .take(limit)
-            .map(|l| convert::lease(l, self.remaining(l.lease_id)))
-            .collect();
+        let reads_checkpoints = CheckpointReader::of(&caller, &self.shared, &sm.state);
+        let mut found = sm.state.list_after(&r.prefix, &r.after).peekable();
+        let (mut leases, mut bytes) = (Vec::new(), 0usize);
+        while let Some(l) = found.peek() {
+            let mut lease = convert::lease(l, self.remaining(l.lease_id));
+            if r.checkpoints {
+                reads_checkpoints.strip(&mut lease);
+            } else {
+                lease.checkpoint = None;
+            }
+            let size = prost::Message::encoded_len(&lease) + 8;
+            if leases.len() == limit || (!leases.is_empty() && bytes + size > MAX_LIST_BYTES) {
+                break;
+            }
+            bytes += size;
+            leases.push(lease);
+            found.next();
+        }
+        let next = match (found.peek(), leases.last()) {
+            (Some(_), Some(last)) => last.resource.clone(),
+            _ => String::new(),
+        };
         Ok(Response::new(proto::ListResponse {
             leases,
             revision: super::watcher::revision_of(&sm.state),
+            next,
         }))
     }
 
@@ -1195,8 +1268,8 @@ impl warrant_server::Warrant for Api {
 
     async fn verify_audit(
         &self,
-        _request: Request<proto::VerifyAuditRequest>,
+        request: Request<proto::VerifyAuditRequest>,
     ) -> Result<Response<proto::VerifyAuditResponse>, Status> {
-        self.verify_audit_rpc().await
+        self.verify_audit_rpc(auth::caller(&request)?).await
     }
 }

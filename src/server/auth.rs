@@ -20,6 +20,7 @@
 //! (never its text) and how many similar refusals were not logged.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,6 +61,8 @@ enum Refusal {
     Sessions,
     /// Over the principal's waiting acquires.
     Waiters,
+    /// From an address that failed to authenticate too often just now.
+    Failures,
 }
 
 impl Refusal {
@@ -74,14 +77,63 @@ impl Refusal {
             Self::KeepaliveStreams => "keepalive_streams",
             Self::Sessions => "sessions",
             Self::Waiters => "waiters",
+            Self::Failures => "auth_failures",
         }
     }
 
     fn is_limit(self) -> bool {
         matches!(
             self,
-            Self::Rate | Self::KeepaliveStreams | Self::Sessions | Self::Waiters
+            Self::Rate | Self::KeepaliveStreams | Self::Sessions | Self::Waiters | Self::Failures
         )
+    }
+}
+
+/// Failed authentications an address may have per second (with a burst of [`FAILURE_BURST`])
+/// before its requests are refused unread for [`FAILURE_PENALTY`]: a client that failed that often
+/// is not going to succeed, and checking each bogus token's signature costs the node.
+const FAILURES_PER_SECOND: u32 = 10;
+const FAILURE_BURST: u32 = 50;
+const FAILURE_PENALTY: Duration = Duration::from_secs(10);
+/// Most addresses held in the penalty box at once (memory bound; expired ones are dropped first).
+const MAX_PENALIZED: usize = 10_000;
+
+/// Addresses that failed to authenticate too often, refused before any check.
+struct Failures {
+    rate: DefaultKeyedRateLimiter<IpAddr>,
+    penalized: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+impl Default for Failures {
+    fn default() -> Self {
+        let quota = Quota::per_second(NonZeroU32::new(FAILURES_PER_SECOND).expect("non-zero"))
+            .allow_burst(NonZeroU32::new(FAILURE_BURST).expect("non-zero"));
+        Self {
+            rate: RateLimiter::keyed(quota),
+            penalized: Default::default(),
+        }
+    }
+}
+
+impl Failures {
+    /// Until when `ip` is refused unread, if it is.
+    fn penalized(&self, ip: IpAddr, now: Instant) -> Option<Instant> {
+        let penalized = self.penalized.lock().unwrap_or_else(|p| p.into_inner());
+        penalized.get(&ip).copied().filter(|until| *until > now)
+    }
+
+    /// Count a failed authentication from `ip`; past its budget, penalize it.
+    fn failed(&self, ip: IpAddr, now: Instant) {
+        if self.rate.check_key(&ip).is_ok() {
+            return;
+        }
+        let mut penalized = self.penalized.lock().unwrap_or_else(|p| p.into_inner());
+        if penalized.len() >= MAX_PENALIZED {
+            penalized.retain(|_, until| *until > now);
+        }
+        if penalized.len() < MAX_PENALIZED {
+            penalized.insert(ip, now + FAILURE_PENALTY);
+        }
     }
 }
 
@@ -274,6 +326,7 @@ pub struct Auth {
     streams: Arc<Slots>,
     waiters: Arc<Slots>,
     warnings: Throttle,
+    failures: Failures,
 }
 
 impl Auth {
@@ -313,6 +366,7 @@ impl Auth {
             streams: Default::default(),
             waiters: Default::default(),
             warnings: Throttle::default(),
+            failures: Failures::default(),
         }
     }
 
@@ -351,9 +405,29 @@ impl Auth {
     /// request's extensions.
     pub fn intercept(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let peer = request.remote_addr();
+        let now = Instant::now();
+        // Only requests without a client certificate (the handshake checked one already) cost a
+        // signature check here, so only they are held to the address's failures.
+        let tokenish = peer.filter(|_| request.peer_certs().is_none_or(|c| c.is_empty()));
+        if let Some(until) = tokenish.and_then(|p| self.failures.penalized(p.ip(), now)) {
+            return Err(self.refuse(
+                Refusal::Failures,
+                Status::resource_exhausted(format!(
+                    "too many failed authentications from this address; retry in {} s",
+                    until.saturating_duration_since(now).as_secs() + 1
+                )),
+                peer,
+                None,
+            ));
+        }
         let caller = self
             .authenticate(&request)
-            .map_err(|(why, status, token)| self.refuse(why, status, peer, token.as_deref()))?;
+            .map_err(|(why, status, token)| {
+                if let Some(p) = tokenish {
+                    self.failures.failed(p.ip(), now);
+                }
+                self.refuse(why, status, peer, token.as_deref())
+            })?;
         // Insecure callers are anonymous until their request body is read: no rate per principal.
         if let Some(id) = &caller.identity {
             self.charge(&id.to_string(), peer)?;
@@ -584,6 +658,13 @@ impl Auth {
 
     /// Forget rate-limiter state of principals that have gone quiet (bounded memory).
     pub fn forget_idle(&self) {
+        self.failures.rate.retain_recent();
+        let now = Instant::now();
+        self.failures
+            .penalized
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, until| *until > now);
         if let Some(rate) = &self.rate {
             rate.retain_recent();
             rate.shrink_to_fit();
@@ -648,6 +729,26 @@ mod tests {
         }
         assert!(auth.charge("agent/calm", None).is_ok());
         assert!(refused >= 10, "{refused}");
+    }
+
+    #[test]
+    fn an_address_that_keeps_failing_is_refused_unread_for_a_while() {
+        let f = Failures::default();
+        let (ip, other): (IpAddr, IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let t0 = Instant::now();
+        for _ in 0..FAILURE_BURST {
+            f.failed(ip, t0);
+        }
+        assert_eq!(f.penalized(ip, t0), None, "within the burst");
+        f.failed(ip, t0);
+        assert_eq!(f.penalized(ip, t0), Some(t0 + FAILURE_PENALTY));
+        assert_eq!(f.penalized(other, t0), None, "another address");
+        assert_eq!(
+            f.penalized(ip, t0 + FAILURE_PENALTY),
+            None,
+            "for a while only"
+        );
     }
 
     #[test]

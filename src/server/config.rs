@@ -163,18 +163,63 @@ pub struct LimitsConfig {
     /// all are younger than `request_retention`, new requests are refused with RESOURCE_EXHAUSTED
     /// rather than forgetting an answer a client may still retry.
     pub request_records: usize,
+    /// Live leases one principal may hold at once (0: no limit).
+    pub leases_per_principal: u32,
+    /// Requests of one principal that may wait for human approval at once (0: no limit).
+    pub pending_per_principal: u32,
+    /// Acquires of one principal that may wait in resource queues at once, over all resources
+    /// (0: no limit).
+    pub queued_per_principal: u32,
+    /// Open connections one port accepts at once (0: no limit); more are closed as they arrive.
+    pub max_connections: u32,
+    /// Open connections one source address may hold on one port (0: no limit).
+    pub max_connections_per_address: u32,
+    /// New connections one source address may open per second on one port, with a burst of twice
+    /// as many (0: no limit). Each is a TLS handshake: a signature to check before anything else.
+    pub new_connections_per_second: u32,
+    /// A TLS handshake not finished within this long is dropped.
+    #[serde(with = "humantime_serde_compat")]
+    pub handshake_timeout: Duration,
+}
+
+impl LimitsConfig {
+    /// The per-principal quotas every acquire this node proposes is held to, in apply.
+    pub fn quotas(&self) -> crate::model::Quotas {
+        crate::model::Quotas {
+            leases: self.leases_per_principal,
+            pending: self.pending_per_principal,
+            queued: self.queued_per_principal,
+        }
+    }
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_request_bytes: 3 * 1024 * 1024,
-            requests_per_second: 20_000,
-            burst: 40_000,
+            // A principal keeping its quota of 10,000 leases alive at a third of a 30 s ttl sends
+            // 1,000 keepalives a second, with as much again for acquires and releases. At this
+            // rate it can make at most 120,000 request records a minute (the retention), an eighth
+            // of the table, so one principal cannot fill it for the others.
+            requests_per_second: 2_000,
+            burst: 4_000,
             keepalive_streams: 1024,
             waiters: 4096,
             request_retention: Duration::from_millis(crate::model::DEFAULT_RECORD_MIN_AGE_MS),
             request_records: crate::model::DEFAULT_MAX_RECORDS,
+            // An agent holds a handful of leases; a fleet behind one principal, thousands.
+            leases_per_principal: 10_000,
+            // A hundred requests waiting for humans is more than any human queue is read; with
+            // the cluster's 10,000, one principal fills at most 1%.
+            pending_per_principal: 100,
+            // A quarter of one resource's queue (1,024), so one principal cannot fill it.
+            queued_per_principal: 256,
+            // A node serves a few hundred agent runtimes and its peers; an address with a
+            // thousand connections open, or opening a hundred a second, is a flood.
+            max_connections: 10_000,
+            max_connections_per_address: 1_000,
+            new_connections_per_second: 100,
+            handshake_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -419,6 +464,14 @@ impl Config {
                 "a deliberately broken node is for the chaos suite's tests only and needs \
                  insecure = true"
                     .into(),
+            ));
+        }
+        if self.limits.handshake_timeout < Duration::from_millis(100)
+            || self.limits.handshake_timeout > Duration::from_secs(60)
+        {
+            return Err(bad(
+                "limits.handshake_timeout",
+                "must be between 100ms and 60s".into(),
             ));
         }
         if self.limits.request_retention < Duration::from_secs(30)

@@ -311,7 +311,24 @@ impl Api {
         detail: String,
     ) -> Result<(), Status> {
         let by = match &caller.identity {
-            None | Some(Identity::Node(_)) => return Ok(()),
+            None => return Ok(()),
+            // A member filling its audit gap; any other node certificate of the CA is refused.
+            Some(Identity::Node(id)) => {
+                let m = self
+                    .shared
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .clone();
+                if m.membership().get_node(id).is_some() {
+                    return Ok(());
+                }
+                return Err(Status::permission_denied(format!(
+                    "node/{id} is not a member of this cluster: only members read the audit with a \
+                     node certificate"
+                )));
+            }
             Some(Identity::Principal(p)) => p.clone(),
         };
         self.shared
@@ -428,10 +445,20 @@ impl Api {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    /// Verify this node's whole audit log: an audit read (authorized and audited like an export),
+    /// and one at a time per node, since each reads every record from disk.
     pub(super) async fn verify_audit_rpc(
         &self,
+        caller: Caller,
     ) -> Result<Response<proto::VerifyAuditResponse>, Status> {
         self.audit_whole()?;
+        let _one = self.shared.verifying.try_acquire().map_err(|_| {
+            Status::resource_exhausted(
+                "an audit verification is already running on this node; retry when it ends",
+            )
+        })?;
+        self.authorize_audit_read(&caller, "verify the audit log".into())
+            .await?;
         let chain = self.shared.sm.read().state.audit_chain().clone();
         let log = self.shared.audit.clone();
         let len = chain.len();

@@ -5,6 +5,7 @@
 //! decided in the state machine's apply. This module validates input, proposes, and carries out the
 //! effects (waking waiting acquires, moving lease deadlines).
 
+mod admission;
 mod api;
 mod audit_sync;
 pub mod auth;
@@ -149,6 +150,8 @@ pub(crate) struct Shared {
     pub proposer: Batcher<Command, Result<model::Response, Status>>,
     /// Audit notes of answers given without a write, proposed and not yet committed.
     pub notes_in_flight: std::sync::atomic::AtomicUsize,
+    /// One `VerifyAudit` at a time on this node: each reads the whole audit log.
+    pub verifying: tokio::sync::Semaphore,
     /// Shares one `Renew` entry among the first keepalives of leases in a new term.
     pub renewer: Batcher<LeaseId, Result<Result<model::Lease, model::OpError>, Status>>,
     /// Authentication, the signing key and per-principal limits.
@@ -802,6 +805,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             confirmer,
             renewer,
             notes_in_flight: Default::default(),
+            verifying: tokio::sync::Semaphore::new(1),
             auth: auth.clone(),
             tls: tls.clone(),
             network: network.clone(),
@@ -817,6 +821,9 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
     });
 
     let mut tasks = Vec::new();
+    let raft_admission = admission::Admission::new("raft", &config.limits);
+    let client_admission = admission::Admission::new("client", &config.limits);
+    let admissions = [raft_admission.clone(), client_admission.clone()];
     let stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
@@ -825,7 +832,10 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         match &tls {
             None => Ok(builder),
             Some(m) => builder
-                .tls_config(m.server(require_client_cert).map_err(Error::Security)?)
+                .tls_config(
+                    m.server(require_client_cert, config.limits.handshake_timeout)
+                        .map_err(Error::Security)?,
+                )
                 .map_err(|e| Error::Security(e.to_string())),
         }
     };
@@ -900,7 +910,10 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         async move {
             if let Err(e) = raft_server
                 .add_service(svc)
-                .serve_with_incoming_shutdown(incoming(raft_listener), stop)
+                .serve_with_incoming_shutdown(
+                    admission::incoming(raft_listener, raft_admission),
+                    stop,
+                )
                 .await
             {
                 tracing::error!(error = %e, "raft transport stopped");
@@ -930,7 +943,10 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
                     api::request_too_large_is_resource_exhausted,
                 ))
                 .add_service(svc)
-                .serve_with_incoming_shutdown(incoming(client_listener), stop)
+                .serve_with_incoming_shutdown(
+                    admission::incoming(client_listener, client_admission),
+                    stop,
+                )
                 .await
             {
                 tracing::error!(error = %e, "client API stopped");
@@ -947,6 +963,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
             loop {
                 tick.tick().await;
                 auth.forget_idle();
+                admissions.iter().for_each(|a| a.forget_idle());
             }
         }
     }));
@@ -1013,12 +1030,6 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         shutdown,
         tasks,
     })
-}
-
-/// Accepted connections with Nagle's algorithm off: small request/response messages must not wait
-/// for delayed ACKs (a 40 ms stall per exchange otherwise).
-fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Carry out the state machine's events: wake waiting acquires, keep the lease clock in step.

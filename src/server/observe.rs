@@ -69,7 +69,10 @@ pub(super) async fn serve(
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(shared);
+        .with_state(Arc::new(Http {
+            shared,
+            ready: Default::default(),
+        }));
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(stop)
         .await
@@ -78,9 +81,34 @@ pub(super) async fn serve(
     }
 }
 
-/// Ready: a member of a cluster that knows its leader and has applied what it holds.
-async fn readyz(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
-    let mut answer = readiness(&shared).await;
+/// `/readyz` answers from a check at most this old, so a flood of probes (anyone who reaches the
+/// HTTP port may send them) costs one quorum round a second, not one each.
+const READY_FOR: Duration = Duration::from_secs(1);
+
+/// What the HTTP handlers share: the node, and the last readiness answer with its time.
+struct Http {
+    shared: Arc<Shared>,
+    /// Held while a check runs, so concurrent probes wait for it instead of starting their own.
+    ready: tokio::sync::Mutex<Option<(std::time::Instant, (StatusCode, String))>>,
+}
+
+/// Ready: a member of a cluster that knows its leader and has applied what it holds. From a
+/// check at most [`READY_FOR`] old.
+async fn readyz(State(http): State<Arc<Http>>) -> (StatusCode, String) {
+    let mut last = http.ready.lock().await;
+    if let Some((at, answer)) = last.as_ref() {
+        if at.elapsed() < READY_FOR {
+            return answer.clone();
+        }
+    }
+    let answer = check_ready(&http.shared).await;
+    *last = Some((std::time::Instant::now(), answer.clone()));
+    answer
+}
+
+async fn check_ready(shared: &Shared) -> (StatusCode, String) {
+    metrics::counter!("warrant_readyz_checks_total").increment(1);
+    let mut answer = readiness(shared).await;
     if shared.draining.load(std::sync::atomic::Ordering::SeqCst) {
         // Asking the quorum now would renew the followers' leader lease and delay the hand-over.
         answer = Err("this leader is handing leadership over".into());

@@ -473,7 +473,8 @@ fn apply_losing_grants(
 ) -> model::Response {
     use model::{Command, Request, Response};
     let lost = |pos: usize, c: &Command| {
-        matches!(c, Command::Acquire(_)) && (at.index as usize + pos) % 4 == 0
+        matches!(c, Command::Acquire(_) | Command::AcquireWithin { .. })
+            && (at.index as usize + pos) % 4 == 0
     };
     let one = |state: &mut model::State, pos: usize, cmd: &Command, fx: &mut Effects| {
         let req = Request {

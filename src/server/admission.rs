@@ -1,0 +1,259 @@
+//! Before anyone is authenticated: what a connection costs a node is bounded. Every accepted TCP
+//! connection counts against a cap per port (`limits.max_connections`) and per source address
+//! (`limits.max_connections_per_address`), and the new connections one address may open are rate
+//! limited (`limits.new_connections_per_second`, so a flood of TLS handshakes, each a signature
+//! check, is cheap to refuse). A connection over any of them is closed at once, counted in
+//! `warrant_limit_refused_total{limit}` and logged (at most once per limit every 10 s). The TLS
+//! handshake itself must finish within `limits.handshake_timeout` (see `TlsMaterial::server`).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use super::config::LimitsConfig;
+
+/// How often a refused connection is logged, at most, per kind of refusal.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// The connection limits of one listening port.
+pub struct Admission {
+    /// Which port ("client" or "raft"), for logs and metrics.
+    port: &'static str,
+    max: usize,
+    max_per_address: usize,
+    open: Mutex<Open>,
+    rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    warned: Mutex<HashMap<&'static str, Instant>>,
+}
+
+#[derive(Default)]
+struct Open {
+    total: usize,
+    by_address: HashMap<IpAddr, usize>,
+}
+
+impl Admission {
+    pub fn new(port: &'static str, limits: &LimitsConfig) -> Arc<Self> {
+        let rate = NonZeroU32::new(limits.new_connections_per_second).map(|per_s| {
+            let burst = NonZeroU32::new(limits.new_connections_per_second.saturating_mul(2))
+                .unwrap_or(per_s);
+            RateLimiter::keyed(Quota::per_second(per_s).allow_burst(burst))
+        });
+        Arc::new(Self {
+            port,
+            max: limits.max_connections as usize,
+            max_per_address: limits.max_connections_per_address as usize,
+            open: Default::default(),
+            rate,
+            warned: Default::default(),
+        })
+    }
+
+    /// Take a place for a connection from `ip`, or say which limit refuses it.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if self.max > 0 && open.total >= self.max {
+            return Err("max_connections");
+        }
+        let here = open.by_address.get(&ip).copied().unwrap_or(0);
+        if self.max_per_address > 0 && here >= self.max_per_address {
+            return Err("max_connections_per_address");
+        }
+        if let Some(rate) = &self.rate {
+            if rate.check_key(&ip).is_err() {
+                return Err("new_connections_per_second");
+            }
+        }
+        open.total += 1;
+        open.by_address.insert(ip, here + 1);
+        Ok(Slot {
+            admission: self.clone(),
+            ip,
+        })
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.by_address.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.by_address.remove(&ip);
+            }
+        }
+    }
+
+    fn refused(&self, limit: &'static str, ip: IpAddr) {
+        metrics::counter!("warrant_limit_refused_total", "limit" => limit).increment(1);
+        let now = Instant::now();
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.get(limit).is_some_and(|at| now - *at < WARN_EVERY) {
+            return;
+        }
+        warned.insert(limit, now);
+        tracing::warn!(port = self.port, %ip, limit, "connection refused: over limits.{limit}");
+    }
+
+    /// Forget the rate limiter's state of addresses gone quiet (bounded memory).
+    pub fn forget_idle(&self) {
+        if let Some(rate) = &self.rate {
+            rate.retain_recent();
+        }
+    }
+}
+
+/// A connection's place in the counts, given back when the connection is dropped.
+struct Slot {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.admission.release(self.ip);
+    }
+}
+
+/// An admitted connection.
+pub struct Admitted {
+    stream: TcpStream,
+    _slot: Slot,
+}
+
+/// Accepted connections within `admission`'s limits, with Nagle's algorithm off (small messages
+/// must not wait for delayed ACKs: a 40 ms stall per exchange otherwise). Connections over a limit
+/// are closed as they are accepted.
+pub fn incoming(
+    listener: TcpListener,
+    admission: Arc<Admission>,
+) -> impl Stream<Item = Result<Admitted, std::io::Error>> {
+    futures::stream::unfold((listener, admission), |(listener, admission)| async move {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: wait a moment rather than spin.
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            match admission.admit(peer.ip()) {
+                Ok(slot) => {
+                    let _ = stream.set_nodelay(true);
+                    let admitted = Admitted {
+                        stream,
+                        _slot: slot,
+                    };
+                    return Some((Ok(admitted), (listener, admission)));
+                }
+                Err(limit) => {
+                    admission.refused(limit, peer.ip());
+                    drop(stream);
+                }
+            }
+        }
+    })
+}
+
+impl Connected for Admitted {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Admitted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Admitted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max: u32, per_address: u32, per_second: u32) -> LimitsConfig {
+        LimitsConfig {
+            max_connections: max,
+            max_connections_per_address: per_address,
+            new_connections_per_second: per_second,
+            ..LimitsConfig::default()
+        }
+    }
+
+    #[test]
+    fn connections_are_capped_per_address_and_per_port_and_given_back() {
+        let a = Admission::new("client", &limits(3, 2, 0));
+        let (one, two): (IpAddr, IpAddr) =
+            ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first = a.admit(one).unwrap();
+        let _second = a.admit(one).unwrap();
+        assert_eq!(a.admit(one).err(), Some("max_connections_per_address"));
+        let _third = a.admit(two).unwrap();
+        assert_eq!(a.admit(two).err(), Some("max_connections"));
+        drop(first);
+        assert!(
+            a.admit(two).is_ok(),
+            "a closed connection gives its place back"
+        );
+    }
+
+    #[test]
+    fn new_connections_from_one_address_are_rate_limited() {
+        let a = Admission::new("client", &limits(0, 0, 5));
+        let one: IpAddr = "10.0.0.1".parse().unwrap();
+        let admitted = (0..20).filter(|_| a.admit(one).is_ok()).count();
+        assert_eq!(admitted, 10, "the burst is twice the rate");
+        assert_eq!(a.admit(one).err(), Some("new_connections_per_second"));
+        assert!(
+            a.admit("10.0.0.2".parse().unwrap()).is_ok(),
+            "another address"
+        );
+    }
+}
