@@ -154,17 +154,17 @@ async fn strangers_are_refused_principals_are_bound_and_grants_verify_offline() 
     let verifier = GrantVerifier::new(key);
     let guard = FenceGuard::new();
     let claims = guard
-        .admit_certificate(&verifier, lease.certificate(), "db/orders")
+        .admit_certificate(&verifier, &lease.certificate(), "db/orders")
         .unwrap();
     assert_eq!(claims.token, lease.token());
     assert_eq!(claims.principal, "agent/deployer");
     assert!(matches!(
-        guard.admit_certificate(&verifier, lease.certificate(), "db/users"),
+        guard.admit_certificate(&verifier, &lease.certificate(), "db/users"),
         Err(CertificateRefused::Invalid(_))
     ));
 
     // A later grant supersedes it: the old certificate is refused by a resource that saw the new one.
-    let old_certificate = lease.certificate().to_string();
+    let old_certificate = lease.certificate();
     lease.release(None).await.unwrap();
     let Acquired::Granted(next) = acquire(&c.client("agent/other"), "db/orders")
         .await
@@ -173,7 +173,7 @@ async fn strangers_are_refused_principals_are_bound_and_grants_verify_offline() 
         panic!("not granted")
     };
     guard
-        .admit_certificate(&verifier, next.certificate(), "db/orders")
+        .admit_certificate(&verifier, &next.certificate(), "db/orders")
         .unwrap();
     assert!(matches!(
         guard.admit_certificate(&verifier, &old_certificate, "db/orders"),
@@ -1076,6 +1076,27 @@ async fn an_access_token_cannot_administer_whatever_the_policy_permits() {
     // The same policy lets an agent with a certificate administer: the token is what is refused.
     let by_cert = c.client("agent/deployer");
     by_cert.revoke("db/orders", "emergency").await.unwrap();
+    // Nor does the token read other principals' checkpoints, as that admin could.
+    let Acquired::Granted(noted) = acquire(&by_cert, "db/noted").await.unwrap() else {
+        panic!("not granted")
+    };
+    noted.checkpoint(b"secret plan".to_vec()).await.unwrap();
+    let seen = |leases: &[warrant::proto::Lease]| {
+        leases
+            .iter()
+            .find(|l| l.resource == "db/noted")
+            .unwrap()
+            .checkpoint
+            .clone()
+    };
+    assert_eq!(
+        seen(&by_cert.list_all("db", true).await.unwrap().leases).as_deref(),
+        Some(&b"secret plan"[..])
+    );
+    assert_eq!(
+        seen(&agent.list_all("db", true).await.unwrap().leases),
+        None
+    );
 
     // An open watch is re-checked: when a new policy withdraws the agent's audit read, its watch
     // ends with PERMISSION_DENIED rather than streaming on.
@@ -1117,7 +1138,7 @@ async fn a_restore_brings_no_access_token_back_to_life() {
     let old = secure("");
     old.wait_leader(WAIT).await;
     let (revoked_later, revoked_id) = mint_token(&old, "agent/runtime");
-    let (kept, _) = mint_token(&old, "agent/runtime");
+    let (kept, kept_id) = mint_token(&old, "agent/runtime");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("backup.wbak");
     let saved = old.cli("human/admin", &["snapshot", "save", file.to_str().unwrap()]);
@@ -1161,6 +1182,20 @@ async fn a_restore_brings_no_access_token_back_to_life() {
             .is_empty(),
         "no token got a lease"
     );
+    // Nor does an id the restored cluster reuses bring the old token back (its registry record
+    // names another principal and expiry).
+    new.client("human/admin")
+        .mint_token(warrant::proto::MintTokenRequest {
+            principal: "agent/other".into(),
+            ttl_ms: 3_600_000,
+            id: kept_id,
+        })
+        .await
+        .unwrap();
+    let e = acquire(&token_client(&kept, &new), "q/new")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not known to this cluster"), "{e}");
     // A token the restored cluster mints works.
     let (fresh, _) = mint_token(&new, "agent/runtime");
     assert!(matches!(
@@ -1207,7 +1242,7 @@ async fn files_at_rest_are_the_owners_alone_whatever_the_umask() {
 /// naming the setting, for one agent only, and the log holds no lease beyond them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_agent_at_its_quota_is_refused_and_others_are_served() {
-    let c = secure("[limits]\nleases_per_principal = 2\nqueued_per_principal = 1\n");
+    let c = secure("[limits]\nleases_per_principal = 3\nqueued_per_principal = 1\n");
     c.wait_leader(WAIT).await;
     let greedy = c.client("agent/flood");
     let mut held = Vec::new();
@@ -1217,15 +1252,11 @@ async fn one_agent_at_its_quota_is_refused_and_others_are_served() {
             other => panic!("{other:?}"),
         }
     }
-    let e = acquire(&greedy, "q/c").await.unwrap_err();
-    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
-    assert!(e.to_string().contains("limits.leases_per_principal"), "{e}");
     let other = c.client("agent/calm");
-    assert!(matches!(
-        acquire(&other, "q/c").await.unwrap(),
-        Acquired::Granted(_)
-    ));
-    // One acquire may wait in a queue, a second may not.
+    let Acquired::Granted(theirs) = acquire(&other, "q/c").await.unwrap() else {
+        panic!("another agent is served")
+    };
+    // One acquire may wait in a queue (it counts as the lease it may become).
     let mut wait = AcquireOptions::new("q/c", Duration::from_secs(30));
     wait.wait = Some(Duration::from_secs(20));
     let waiting = {
@@ -1237,11 +1268,14 @@ async fn one_agent_at_its_quota_is_refused_and_others_are_served() {
         (c.client("human/admin").get("q/c").await.ok()?.waiters == 1).then_some(())
     })
     .await;
+    // Two leases and a waiter: a third lease is refused, and so is a second waiter.
+    let e = acquire(&greedy, "q/d").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    assert!(e.to_string().contains("limits.leases_per_principal"), "{e}");
     let e = greedy.acquire(wait).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
     assert!(e.to_string().contains("limits.queued_per_principal"), "{e}");
-    waiting.abort();
-    // The CLI says the same, and exits as for any exhausted limit.
+    // The CLI says the same.
     let cli = c.cli("agent/flood", &["acquire", "q/d", "--ttl", "30s"]);
     assert_ne!(code(&cli), 0);
     assert!(
@@ -1249,10 +1283,22 @@ async fn one_agent_at_its_quota_is_refused_and_others_are_served() {
         "{}",
         stderr(&cli)
     );
+    assert!(matches!(
+        acquire(&other, "q/e").await.unwrap(),
+        Acquired::Granted(_)
+    ));
+    // The waiter gets its lease when the holder leaves: three, the quota.
+    theirs.release(None).await.unwrap();
+    let granted = tokio::time::timeout(WAIT, waiting)
+        .await
+        .expect("the waiter is granted")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(granted, Acquired::Granted(_)), "{granted:?}");
     let live = c.client("human/admin").list("q").await.unwrap().leases;
     assert_eq!(
         live.iter().filter(|l| l.principal == "agent/flood").count(),
-        2
+        3
     );
     drop(held);
 }
@@ -1324,6 +1370,25 @@ async fn answers_are_bounded_pages_checkpoints_private_and_audit_reads_an_admins
         .leases
         .iter()
         .all(|l| l.checkpoint.is_some()));
+
+    // Taking up another principal's task shows who left it and how, not what it checkpointed.
+    let mut task = AcquireOptions::new("p/task", Duration::from_secs(30));
+    task.task_key = Some("t1".into());
+    let Acquired::Granted(first) = agent.acquire(task.clone()).await.unwrap() else {
+        panic!("not granted")
+    };
+    first.checkpoint(b"step 3 of 5".to_vec()).await.unwrap();
+    first
+        .release(Some(warrant::model::ReleaseOutcome::Failed))
+        .await
+        .unwrap();
+    let Acquired::Granted(next) = other.acquire(task).await.unwrap() else {
+        panic!("not granted")
+    };
+    let previous = next.previous().unwrap();
+    assert_eq!(previous.principal, "agent/deployer");
+    assert_eq!(previous.checkpoint, None);
+    drop(next);
 
     // A node certificate of the CA reads the audit only for a member (filling its audit gap):
     // node 5's is refused.
@@ -1439,4 +1504,79 @@ async fn a_connection_flood_from_one_address_is_refused_before_authentication() 
     }
     let after = checks(&common::http_get(&http, "/metrics").unwrap().1);
     assert!(after - before <= 2.0, "{before} -> {after} checks");
+}
+
+/// Issue 25 item 9: a grant certificate lasts `lease.certificate_lifetime`, not the lease's ttl,
+/// and the holder's keepalives renew it; so a revoked lease's last certificate stops being
+/// accepted offline within that lifetime. `warrant run` keeps the current one in a file for CMD.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grant_certificates_are_short_lived_and_renewed_by_keepalives() {
+    use warrant::security::grant::{peek_not_after_ms, unix_now_ms};
+    let c = Cluster::start(Opts {
+        secure: true,
+        lease: "certificate_lifetime = \"2s\"".into(),
+        ..Opts::default()
+    });
+    c.wait_leader(WAIT).await;
+    let certs = c.certs.clone().unwrap();
+    let verifier =
+        GrantVerifier::new(VerifyingKey::load(&certs.join("cluster-signing.pub")).unwrap());
+    let Acquired::Granted(lease) = acquire(&c.client("agent/deployer"), "db/orders")
+        .await
+        .unwrap()
+    else {
+        panic!("not granted")
+    };
+    let first = lease.certificate();
+    let granted_at = lease.info().lease.granted_at_ms;
+    assert_eq!(
+        peek_not_after_ms(&first),
+        Some(granted_at + 2_000),
+        "the lifetime, not the 30 s ttl"
+    );
+    let mut renewals = lease.certificates();
+    tokio::time::timeout(WAIT, renewals.changed())
+        .await
+        .expect("renewed before it runs out")
+        .unwrap();
+    let renewed = lease.certificate();
+    assert!(peek_not_after_ms(&renewed) > peek_not_after_ms(&first));
+    verifier
+        .verify(&renewed, "db/orders", unix_now_ms())
+        .expect("a renewed certificate verifies");
+
+    // Revoked: the holder gets no more, and its last one runs out within the lifetime.
+    let revoked_at = unix_now_ms();
+    let out = c.cli("human/admin", &["revoke", "db/orders", "--reason", "test"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let last = lease.certificate();
+    let not_after = peek_not_after_ms(&last).unwrap();
+    assert!(
+        not_after <= revoked_at + 2_000,
+        "{not_after} vs {revoked_at}"
+    );
+    assert!(verifier.verify(&last, "db/orders", not_after).is_err());
+
+    // `warrant run`: the file holds the current certificate while CMD runs.
+    let out = c.cli(
+        "agent/deployer",
+        &[
+            "run",
+            "db/run",
+            "--ttl",
+            "30s",
+            "--",
+            "sh",
+            "-c",
+            "sleep 3; printf '%s\\n' \"$WARRANT_GRANT_CERTIFICATE\"; cat \"$WARRANT_GRANT_CERTIFICATE_FILE\"",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let printed = stdout(&out);
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 2, "{printed}");
+    assert!(
+        peek_not_after_ms(lines[1]) > peek_not_after_ms(lines[0]),
+        "the file was renewed: {printed}"
+    );
 }

@@ -69,9 +69,24 @@ pub async fn run(client: Client, opts: AcquireOptions, grace: Duration, cmd: Vec
         .env("WARRANT_ENDPOINTS", client.config().endpoints.join(","))
         .env("WARRANT_PRINCIPAL", client.config().principal.to_string())
         .env("WARRANT_INSTANCE", client.config().instance.to_string());
-    if !lease.certificate().is_empty() {
+    // The certificate at start, and a file that always holds the current one: a certificate
+    // lasts at most the cluster's `lease.certificate_lifetime`, and a long CMD needs the renewals.
+    // Kept (and kept current) until CMD is done.
+    let _certificate_file = if lease.certificate().is_empty() {
+        None
+    } else {
         command.env("WARRANT_GRANT_CERTIFICATE", lease.certificate());
-    }
+        match CertificateFile::start(&lease) {
+            Ok(file) => {
+                command.env("WARRANT_GRANT_CERTIFICATE_FILE", file.path());
+                Some(file)
+            }
+            Err(e) => {
+                eprintln!("warrant run: no WARRANT_GRANT_CERTIFICATE_FILE: {e}");
+                None
+            }
+        }
+    };
     if let Some(checkpoint) = lease.previous().and_then(|p| p.checkpoint.as_ref()) {
         command.env(
             "WARRANT_PREVIOUS_CHECKPOINT",
@@ -110,6 +125,53 @@ pub async fn run(client: Client, opts: AcquireOptions, grace: Duration, cmd: Vec
             exit::OTHER
         }
     }
+}
+
+/// A private file holding the lease's current grant certificate, rewritten (atomically) at every
+/// renewal until dropped.
+struct CertificateFile {
+    dir: tempfile::TempDir,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl CertificateFile {
+    const NAME: &'static str = "grant-certificate";
+
+    fn start(lease: &Lease) -> std::io::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("warrant-run-").tempdir()?;
+        let path = dir.path().join(Self::NAME);
+        let mut renewals = lease.certificates();
+        write_private(&path, &renewals.borrow_and_update())?;
+        let writer = tokio::spawn(async move {
+            while renewals.changed().await.is_ok() {
+                let text = renewals.borrow_and_update().clone();
+                if let Err(e) = write_private(&path, &text) {
+                    eprintln!("warrant run: cannot renew {}: {e}", path.display());
+                }
+            }
+        });
+        Ok(Self { dir, writer })
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join(Self::NAME)
+    }
+}
+
+impl Drop for CertificateFile {
+    fn drop(&mut self) {
+        self.writer.abort();
+    }
+}
+
+/// Write `text` beside `path` (owner-only) and rename it into place, so a reader never sees half.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("new");
+    let mut file = crate::storage::files::private_file(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// SIGTERM to CMD's process group, then SIGKILL to the group if CMD is still running after `grace`.

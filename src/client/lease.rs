@@ -60,6 +60,8 @@ pub struct Lease {
     client: Client,
     info: LeaseInfo,
     validity: watch::Receiver<Validity>,
+    /// The latest grant certificate, renewed by the keeper.
+    certificate: watch::Receiver<String>,
     keeper: JoinHandle<()>,
 }
 
@@ -81,6 +83,7 @@ impl Lease {
         let ttl = Duration::from_millis(lease.ttl_ms);
         let drift = client.config().drift;
         let (tx, rx) = watch::channel(Validity::Until(t_send + ttl.mul_f64(1.0 - drift)));
+        let (cert_tx, cert_rx) = watch::channel(certificate.clone());
         let keeper = tokio::spawn(keep_alive(
             client.clone(),
             t_send,
@@ -88,6 +91,7 @@ impl Lease {
             ttl,
             drift,
             tx,
+            cert_tx,
         ));
         Self {
             client,
@@ -97,6 +101,7 @@ impl Lease {
                 certificate,
             },
             validity: rx,
+            certificate: cert_rx,
             keeper,
         }
     }
@@ -121,10 +126,17 @@ impl Lease {
         &self.info.lease.resource
     }
 
-    /// The grant certificate as granted (empty on an insecure cluster). It runs out at grant time +
-    /// ttl; [`Client::refresh_certificate`] gets a fresh one for a lease kept alive longer.
-    pub fn certificate(&self) -> &str {
-        &self.info.certificate
+    /// The current grant certificate (empty on an insecure cluster). A certificate is valid for
+    /// the shorter of the ttl and the cluster's `lease.certificate_lifetime`; while the lease is
+    /// kept alive, a fresh one replaces it once half of that has passed.
+    pub fn certificate(&self) -> String {
+        self.certificate.borrow().clone()
+    }
+
+    /// The grant certificate as it is renewed, for a holder that hands it on (`changed()` wakes
+    /// at each renewal).
+    pub fn certificates(&self) -> watch::Receiver<String> {
+        self.certificate.clone()
     }
 
     /// What the predecessor on this task left behind, if anything.
@@ -215,26 +227,45 @@ async fn keep_alive(
     ttl: Duration,
     drift: f64,
     tx: watch::Sender<Validity>,
+    certificate: watch::Sender<String>,
 ) {
     let period = (ttl / 3).max(Duration::from_millis(50));
+    // When the certificate is half used up, the next keepalive asks for a fresh one.
+    let renew_at = |cert: &str, now: Instant| {
+        let not_after = crate::security::grant::peek_not_after_ms(cert)?;
+        let left = not_after.saturating_sub(crate::security::grant::unix_now_ms());
+        Some(now + Duration::from_millis(left / 2))
+    };
+    let mut renew = renew_at(&certificate.borrow(), Instant::now());
     // Counted from when the acquire was sent: if it took long to answer, the first keepalive is due
     // at once.
     let mut next = granted_send + period;
     loop {
-        tokio::time::sleep_until(next).await;
+        // A certificate shorter-lived than the keepalive period is renewed on time all the same.
+        let wake = renew.map_or(next, |at| at.min(next));
+        tokio::time::sleep_until(wake).await;
         let t_send = Instant::now();
         let until = match &*tx.borrow() {
             Validity::Until(u) => *u,
             Validity::Lost(_) => return,
         };
         // Give up on this attempt when validity runs out; a late answer could not extend a lapsed lease.
-        let attempt = tokio::time::timeout_at(until.max(t_send), client.keepalive(&lease_id)).await;
+        let with_certificate = renew.is_some_and(|at| at <= t_send);
+        let attempt = tokio::time::timeout_at(
+            until.max(t_send),
+            client.keepalive_with(&lease_id, with_certificate),
+        )
+        .await;
         match attempt {
             Ok(Ok(resp)) => match resp.result {
                 Some(proto::keep_alive_response::Result::TtlMs(ms)) => {
                     let new_until = t_send + Duration::from_millis(ms).mul_f64(1.0 - drift);
                     let _ = tx.send(Validity::Until(new_until.max(until)));
                     next = t_send + period;
+                    if !resp.certificate.is_empty() {
+                        renew = renew_at(&resp.certificate, t_send);
+                        let _ = certificate.send(resp.certificate);
+                    }
                 }
                 Some(proto::keep_alive_response::Result::Lost(reason)) => {
                     let _ = tx.send(Validity::Lost(LostReason::Server(reason)));
@@ -259,6 +290,10 @@ async fn keep_alive(
                 let _ = tx.send(Validity::Lost(LostReason::Lapsed));
                 return;
             }
+        }
+        // A renewal that did not happen is retried with the next attempt, not in a tight loop.
+        if let Some(at) = renew.filter(|at| *at <= t_send) {
+            renew = Some(at.max(next));
         }
         if Instant::now() >= until
             && !matches!(&*tx.borrow(), Validity::Until(u) if *u > Instant::now())

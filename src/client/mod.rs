@@ -700,7 +700,7 @@ impl Client {
         self.keepalive_with(lease_id, true).await
     }
 
-    async fn keepalive_with(
+    pub(super) async fn keepalive_with(
         &self,
         lease_id: &str,
         certificate: bool,

@@ -225,11 +225,13 @@ pub enum Command {
     },
 }
 
-/// Per-principal quotas an acquire is held to; 0 is no limit. A takeover of one's own lease and a
-/// waiter granted from its queue are not refused (the count does not grow, or grew when it queued).
+/// Per-principal quotas an acquire is held to; 0 is no limit. A takeover of one's own lease is
+/// not refused (the count does not grow), nor is a waiter granted from its queue (it counted as a
+/// lease when it queued); a lease granted after human approval is not refused either, so a
+/// principal holds at most `leases + pending` leases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quotas {
-    /// Live leases one principal holds.
+    /// Live leases one principal holds, counting its acquires waiting in queues.
     pub leases: u32,
     /// Requests of one principal waiting for human approval.
     pub pending: u32,

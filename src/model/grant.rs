@@ -170,7 +170,10 @@ impl State {
             }
             let holder = holder.clone();
             return match wait_override.or(cmd.wait_ms) {
-                Some(wait_ms) if wait_ms > 0 => match self.over_quota(cmd, quotas, Quota::Queued) {
+                Some(wait_ms) if wait_ms > 0 => match self
+                    .over_quota(cmd, quotas, Quota::Queued)
+                    .or_else(|| self.over_quota(cmd, quotas, Quota::Leases))
+                {
                     Some(e) => AcquireOutcome::Rejected(e),
                     None => self.enqueue(cmd, wait_ms, fx),
                 },
@@ -196,10 +199,11 @@ impl State {
         let quotas = quotas?;
         let held = self.held.get(&cmd.principal);
         let (max, has, noun, setting) = match what {
+            // A waiter may be granted without asking again: it counts as the lease it may become.
             Quota::Leases => (
                 quotas.leases,
-                held.map_or(0, |h| h.leases),
-                "live leases",
+                held.map_or(0, |h| h.leases.saturating_add(h.queued_at(self.now_ms))),
+                "live leases and queued acquires",
                 "leases_per_principal",
             ),
             Quota::Queued => (
@@ -541,13 +545,14 @@ mod tests {
     }
 
     /// Issue 25 item 7: one principal cannot hold more leases or queue more acquires than its
-    /// quotas, decided in apply; a refusal changes nothing and is not remembered, others are not
-    /// held to its counts, and a takeover of its own lease does not count twice.
+    /// quotas, decided in apply; a queued acquire counts as the lease it may become, a refusal
+    /// changes nothing and is not remembered, others are not held to its counts, and a takeover
+    /// of its own lease does not count twice.
     #[test]
     fn per_principal_quotas_refuse_in_apply_and_change_nothing() {
         let mut h = Harness::new();
         let q = Quotas {
-            leases: 2,
+            leases: 3,
             pending: 0,
             queued: 1,
         };
@@ -555,8 +560,18 @@ mod tests {
             AcquireOutcome::Granted(g) => g,
             other => panic!("expected a grant, got {other:?}"),
         };
+        let queued = |o: AcquireOutcome| {
+            assert!(matches!(o, AcquireOutcome::Queued { .. }), "{o:?}");
+        };
         granted(within(&mut h, acq("r1", "a", "agent/x", "i1"), q));
         let b = granted(within(&mut h, acq("r2", "b", "agent/x", "i1"), q));
+        let c = granted(within(&mut h, acq("r4", "c", "agent/y", "i1"), q));
+        // Two leases and one waiter: the quota of three is reached.
+        queued(within(
+            &mut h,
+            waiting(acq("r6", "c", "agent/x", "i1"), 60_000),
+            q,
+        ));
         let before = h.state.to_snapshot();
         over(
             within(&mut h, acq("r3", "d", "agent/x", "i1"), q),
@@ -574,42 +589,58 @@ mod tests {
             after.to_snapshot()
         };
         assert_eq!(audit_only, before);
-        // Another principal is held to its own count.
-        granted(within(&mut h, acq("r4", "c", "agent/y", "i1"), q));
-        // A replacement instance takes over its own lease at the quota.
-        granted(within(&mut h, takeover(acq("r5", "a", "agent/x", "i2")), q));
-        // One waiter may queue, a second may not (on any resource).
-        assert!(matches!(
-            within(&mut h, waiting(acq("r6", "c", "agent/x", "i1"), 60_000), q),
-            AcquireOutcome::Queued { .. }
-        ));
         over(
             within(&mut h, waiting(acq("r7", "c", "agent/x", "i3"), 60_000), q),
             "queued_per_principal",
         );
-        assert_eq!(h.state.resource(&res("c")).unwrap().waiters, 1);
-        assert!(matches!(
-            within(&mut h, waiting(acq("r8", "a", "agent/y", "i1"), 60_000), q),
-            AcquireOutcome::Queued { .. }
+        // Another principal is held to its own counts.
+        queued(within(
+            &mut h,
+            waiting(acq("r8", "a", "agent/y", "i1"), 60_000),
+            q,
         ));
+        // A replacement instance takes over its own lease at the quota.
+        granted(within(&mut h, takeover(acq("r5", "a", "agent/x", "i2")), q));
+        // The waiter is granted when the holder leaves: three leases, still within the quota.
+        h.release(c.lease.lease_id, "agent/y", None).unwrap();
+        assert_eq!(
+            h.state
+                .resource(&res("c"))
+                .unwrap()
+                .holder
+                .unwrap()
+                .principal,
+            who("agent/x")
+        );
+        over(
+            within(&mut h, acq("r3", "d", "agent/x", "i1"), q),
+            "leases_per_principal",
+        );
         // An ended lease frees its place, and a refused request was not remembered: its retry is
         // decided afresh.
         h.release(b.lease.lease_id, "agent/x", None).unwrap();
-        granted(within(&mut h, acq("r3", "d", "agent/x", "i1"), q));
+        let d = granted(within(&mut h, acq("r3", "d", "agent/x", "i1"), q));
+        h.release(d.lease.lease_id, "agent/x", None).unwrap();
         // A waiter past its deadline no longer counts, though it is still in its queue.
+        queued(within(
+            &mut h,
+            waiting(acq("r9", "c", "agent/x", "i4"), 60_000),
+            q,
+        ));
         h.advance(60_001);
-        assert!(matches!(
-            within(&mut h, waiting(acq("r9", "a", "agent/x", "i4"), 120_000), q),
-            AcquireOutcome::Queued { .. }
+        queued(within(
+            &mut h,
+            waiting(acq("r10", "a", "agent/x", "i5"), 120_000),
+            q,
         ));
         assert_eq!(
             h.state.resource(&res("c")).unwrap().waiters,
             1,
-            "r6 is still queued"
+            "r9 is still queued"
         );
         assert_eq!(h.state.held, h.state.count_held());
         // Without quotas (an entry written before them) nothing is refused.
-        granted(h.acquire(acq("r10", "e", "agent/x", "i1")));
+        granted(h.acquire(acq("r11", "e", "agent/x", "i1")));
     }
 
     #[test]

@@ -108,6 +108,18 @@ impl GrantVerifier {
     }
 }
 
+/// When a grant certificate runs out, read WITHOUT checking its signature: only for a holder
+/// deciding when to ask for a fresh one (resources verify with [`GrantVerifier`]).
+pub fn peek_not_after_ms(text: &str) -> Option<u64> {
+    use pasetors::token::UntrustedToken;
+    use pasetors::version4::V4;
+    use pasetors::Public;
+    let untrusted = UntrustedToken::<Public, V4>::try_from(text.trim()).ok()?;
+    serde_json::from_slice::<GrantClaims>(untrusted.untrusted_payload())
+        .ok()
+        .map(|c| c.not_after_ms)
+}
+
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn unix_now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -136,6 +148,8 @@ mod tests {
     fn a_certificate_verifies_for_its_resource_until_not_after_minus_skew() {
         let k = SigningKey::generate();
         let cert = claims().sign(&k);
+        assert_eq!(peek_not_after_ms(&cert), Some(100_000));
+        assert_eq!(peek_not_after_ms("v4.public.garbage"), None);
         assert_eq!(cert, claims().sign(&k), "deterministic");
         let v = GrantVerifier::new(k.verifying_key());
         assert_eq!(v.verify(&cert, "db/orders", 99_000).unwrap(), claims());

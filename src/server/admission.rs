@@ -61,6 +61,7 @@ impl Admission {
 
     /// Take a place for a connection from `ip`, or say which limit refuses it.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
+        let ip = source(ip);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if self.max > 0 && open.total >= self.max {
             return Err("max_connections");
@@ -109,6 +110,20 @@ impl Admission {
         if let Some(rate) = &self.rate {
             rate.retain_recent();
         }
+    }
+}
+
+/// Whom limits per address count: an IPv4 address, or an IPv6 /64 (one host commonly holds a
+/// whole /64, and would otherwise open its connections from as many addresses as it likes).
+pub fn source(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+        v4 => v4,
     }
 }
 
@@ -241,6 +256,21 @@ mod tests {
         assert!(
             a.admit(two).is_ok(),
             "a closed connection gives its place back"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_slash_64() {
+        let a = Admission::new("client", &limits(0, 2, 0));
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let _first = a.admit(one).unwrap();
+        let _second = a.admit(same_64).unwrap();
+        assert_eq!(a.admit(one).err(), Some("max_connections_per_address"));
+        assert!(a.admit("2001:db8:1:3::1".parse().unwrap()).is_ok());
+        assert_eq!(
+            source("::ffff:10.0.0.1".parse().unwrap()),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
         );
     }
 

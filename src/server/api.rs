@@ -47,7 +47,7 @@ pub struct Api {
 
 /// Whose checkpoint data a caller may read: a holder's checkpoint is what it did and where it
 /// stopped, for its own replacement and for admins, not for every other agent (issue 25 item 6).
-enum CheckpointReader {
+pub(super) enum CheckpointReader {
     /// Insecure mode, or an admin (the config's, or one Cedar permits `admin`).
     Anyone,
     /// Only leases held by this principal.
@@ -57,10 +57,16 @@ enum CheckpointReader {
 }
 
 impl CheckpointReader {
-    fn of(caller: &auth::Caller, shared: &Shared, state: &crate::model::State) -> Self {
+    pub(super) fn of(caller: &auth::Caller, shared: &Shared, state: &crate::model::State) -> Self {
         match &caller.identity {
             None => Self::Anyone,
             Some(crate::security::Identity::Node(_)) => Self::Nobody,
+            // Admin powers come with a certificate only.
+            Some(crate::security::Identity::Principal(p))
+                if matches!(caller.via, auth::Via::Token(_)) =>
+            {
+                Self::Own(p.clone())
+            }
             Some(crate::security::Identity::Principal(p)) => {
                 if state.admin_allowed(p, shared.admins.contains(p)).is_ok() {
                     Self::Anyone
@@ -71,15 +77,32 @@ impl CheckpointReader {
         }
     }
 
-    /// Leave out the checkpoint data of a lease this caller may not read.
-    fn strip(&self, lease: &mut proto::Lease) {
-        let may = match self {
+    /// May this caller read what `principal` checkpointed?
+    fn may_read(&self, principal: &str) -> bool {
+        match self {
             Self::Anyone => true,
-            Self::Own(p) => lease.principal == p.as_str(),
+            Self::Own(p) => principal == p.as_str(),
             Self::Nobody => false,
-        };
-        if !may {
+        }
+    }
+
+    /// Leave out the checkpoint data of a lease this caller may not read.
+    pub(super) fn strip(&self, lease: &mut proto::Lease) {
+        if !self.may_read(&lease.principal) {
             lease.checkpoint = None;
+        }
+    }
+
+    /// The same for a task's predecessor, or its completion, in an acquire's answer.
+    fn strip_previous(&self, previous: &mut proto::Previous) {
+        if !self.may_read(&previous.principal) {
+            previous.checkpoint = None;
+        }
+    }
+
+    fn strip_completion(&self, completion: &mut proto::Completion) {
+        if !self.may_read(&completion.principal) {
+            completion.checkpoint = None;
         }
     }
 }
@@ -271,9 +294,12 @@ impl Api {
         self.shared.clock.remaining(id)
     }
 
+    /// The answer to an acquire as `reader` may see it (checkpoints of other principals' leases
+    /// left out).
     pub(super) fn outcome(
         &self,
         outcome: AcquireOutcome,
+        reader: &CheckpointReader,
     ) -> Result<proto::AcquireResponse, Status> {
         use proto::acquire_response::Outcome;
         metrics::counter!("warrant_acquire_answers_total", "outcome" => outcome.kind())
@@ -309,11 +335,18 @@ impl Api {
                 Outcome::Granted(proto::Granted {
                     ended: ended.unwrap_or_default(),
                     lease: Some(convert::lease(&g.lease, remaining)),
-                    previous: g.previous.as_ref().map(convert::previous),
-                    // Grant time + ttl, both replicated: any member signs the same bytes.
+                    previous: g.previous.as_ref().map(|p| {
+                        let mut previous = convert::previous(p);
+                        reader.strip_previous(&mut previous);
+                        previous
+                    }),
+                    // Grant time + the shorter of ttl and the certificate lifetime, from the
+                    // replicated grant: any member (of one config) signs the same bytes.
                     certificate: self.certificate(
                         &g.lease,
-                        g.lease.granted_at_ms.saturating_add(g.lease.ttl_ms),
+                        g.lease.granted_at_ms.saturating_add(
+                            self.shared.config.lease.certificate_ms(g.lease.ttl_ms),
+                        ),
                     ),
                 })
             }
@@ -326,7 +359,11 @@ impl Api {
                     .as_millis() as u64,
             }),
             AcquireOutcome::AlreadyDone(c) => Outcome::AlreadyDone(proto::AlreadyDone {
-                record: Some(convert::completion(&c)),
+                record: Some({
+                    let mut record = convert::completion(&c);
+                    reader.strip_completion(&mut record);
+                    record
+                }),
             }),
             AcquireOutcome::WaitEnded => Outcome::WaitEnded(proto::WaitEnded {}),
             // Only an approved request that found the resource held answers this (it waits in the
@@ -577,7 +614,8 @@ impl Api {
         if self.shared.clock.renew(id, self.shared.counted_ttl(ttl)) {
             metrics::counter!("warrant_keepalives_total").increment(1);
             let certificate = if req.certificate {
-                self.certificate(&lease, super::wall_now_ms().saturating_add(ttl_ms))
+                let lifetime = self.shared.config.lease.certificate_ms(ttl_ms);
+                self.certificate(&lease, super::wall_now_ms().saturating_add(lifetime))
             } else {
                 String::new()
             };
@@ -779,7 +817,11 @@ impl warrant_server::Warrant for Api {
                     other
                 }
             };
-            Ok(Response::new(self.outcome(outcome)?))
+            let reader = {
+                let sm = self.shared.sm.read();
+                CheckpointReader::of(&caller, &self.shared, &sm.state)
+            };
+            Ok(Response::new(self.outcome(outcome, &reader)?))
         }
         .await;
         // Answered (a grant, an error, …): the caller is there to read it.
@@ -1007,9 +1049,15 @@ impl warrant_server::Warrant for Api {
             }
         };
         match self.shared.propose(caller.wrap(cmd)).await? {
-            crate::model::Response::Revoke(Ok(lease)) => Ok(Response::new(proto::RevokeResponse {
-                revoked: Some(convert::lease(&lease, None)),
-            })),
+            crate::model::Response::Revoke(Ok(lease)) => {
+                // A principal Cedar lets revoke is not thereby one that reads the checkpoint.
+                let mut revoked = convert::lease(&lease, None);
+                let sm = self.shared.sm.read();
+                CheckpointReader::of(&caller, &self.shared, &sm.state).strip(&mut revoked);
+                Ok(Response::new(proto::RevokeResponse {
+                    revoked: Some(revoked),
+                }))
+            }
             crate::model::Response::Revoke(Err(e)) => Err(op_error(&e)),
             _ => Err(Status::internal("unexpected answer to Revoke")),
         }

@@ -118,12 +118,14 @@ impl Default for Failures {
 impl Failures {
     /// Until when `ip` is refused unread, if it is.
     fn penalized(&self, ip: IpAddr, now: Instant) -> Option<Instant> {
+        let ip = super::admission::source(ip);
         let penalized = self.penalized.lock().unwrap_or_else(|p| p.into_inner());
         penalized.get(&ip).copied().filter(|until| *until > now)
     }
 
     /// Count a failed authentication from `ip`; past its budget, penalize it.
     fn failed(&self, ip: IpAddr, now: Instant) {
+        let ip = super::admission::source(ip);
         if self.rate.check_key(&ip).is_ok() {
             return;
         }
@@ -401,8 +403,8 @@ impl Auth {
         matches!(self.mode, Mode::Secure { .. })
     }
 
-    /// Authenticate a client request and charge its principal's rate; the caller goes into the
-    /// request's extensions.
+    /// Authenticate a client request; the caller goes into the request's extensions. Its rate is
+    /// charged by [`Auth::charge_request`] once every check at the door has passed.
     pub fn intercept(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let peer = request.remote_addr();
         let now = Instant::now();
@@ -428,12 +430,29 @@ impl Auth {
                 }
                 self.refuse(why, status, peer, token.as_deref())
             })?;
-        // Insecure callers are anonymous until their request body is read: no rate per principal.
-        if let Some(id) = &caller.identity {
-            self.charge(&id.to_string(), peer)?;
-        }
         request.extensions_mut().insert(caller);
         Ok(request)
+    }
+
+    /// Charge an authenticated request to its principal's rate. Insecure callers are anonymous
+    /// until their request body is read: no rate per principal.
+    pub fn charge_request<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        match request
+            .extensions()
+            .get::<Caller>()
+            .and_then(|c| c.identity.as_ref())
+        {
+            Some(id) => self.charge(&id.to_string(), request.remote_addr()),
+            None => Ok(()),
+        }
+    }
+
+    /// A request that failed a check at the door after authentication (an access token this
+    /// cluster does not know): counted against its address like a failed authentication.
+    pub fn refused_at_door<T>(&self, request: &Request<T>) {
+        if let Some(peer) = request.remote_addr() {
+            self.failures.failed(peer.ip(), Instant::now());
+        }
     }
 
     /// Charge one request to `key`'s rate.

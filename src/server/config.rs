@@ -60,6 +60,11 @@ pub struct LeaseConfig {
     /// How often the leader records the remaining ttl of leases that got no keepalive this term.
     #[serde(with = "humantime_serde_compat")]
     pub ttl_checkpoint_interval: Duration,
+    /// Longest a grant certificate is valid for, whatever the lease's ttl: a resource checking
+    /// certificates offline stops accepting a revoked lease's within this long. Holders get fresh
+    /// ones with their keepalives.
+    #[serde(with = "humantime_serde_compat")]
+    pub certificate_lifetime: Duration,
 }
 
 impl Default for LeaseConfig {
@@ -70,7 +75,15 @@ impl Default for LeaseConfig {
             max_wait: Duration::from_secs(300),
             expiry_interval: Duration::from_millis(100),
             ttl_checkpoint_interval: Duration::from_millis(250),
+            certificate_lifetime: Duration::from_secs(60),
         }
+    }
+}
+
+impl LeaseConfig {
+    /// How long a grant certificate for a lease of `ttl_ms` is valid from when it is signed.
+    pub fn certificate_ms(&self, ttl_ms: u64) -> u64 {
+        ttl_ms.min(self.certificate_lifetime.as_millis() as u64)
     }
 }
 
@@ -464,6 +477,14 @@ impl Config {
                 "a deliberately broken node is for the chaos suite's tests only and needs \
                  insecure = true"
                     .into(),
+            ));
+        }
+        if self.lease.certificate_lifetime < Duration::from_secs(1)
+            || self.lease.certificate_lifetime > Duration::from_secs(24 * 3600)
+        {
+            return Err(bad(
+                "lease.certificate_lifetime",
+                "must be between 1s and 24h".into(),
             ));
         }
         if self.limits.handshake_timeout < Duration::from_millis(100)

@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Response, Status};
 
-use super::api::{existing_resource, principal, resource, Api};
+use super::api::{existing_resource, principal, resource, Api, CheckpointReader};
 use super::auth::Caller;
 use super::convert::{self, invalid, op_error};
 use crate::audit::{AuditDecision, AuditFilter, AuditRecord};
@@ -251,8 +251,21 @@ impl Api {
         };
         match self.shared.propose(caller.wrap(cmd)).await? {
             model::Response::Approve(Ok(progress)) => {
+                // The approver sees what became of the request, not the agent's grant
+                // certificate (proof of holding for a resource) or checkpoints.
                 let outcome = match progress.outcome {
-                    Some(o) => Some(self.outcome(o)?),
+                    Some(o) => {
+                        let mut answer = self.outcome(o, &CheckpointReader::Nobody)?;
+                        if let Some(proto::acquire_response::Outcome::Granted(g)) =
+                            answer.outcome.as_mut()
+                        {
+                            g.certificate.clear();
+                            if let Some(lease) = g.lease.as_mut() {
+                                lease.checkpoint = None;
+                            }
+                        }
+                        Some(answer)
+                    }
                     None => None,
                 };
                 let now = self.shared.sm.read().state.policy_version();
@@ -452,13 +465,14 @@ impl Api {
         caller: Caller,
     ) -> Result<Response<proto::VerifyAuditResponse>, Status> {
         self.audit_whole()?;
+        // Authorized first: a caller refused must not hold the one place while it is refused.
+        self.authorize_audit_read(&caller, "verify the audit log".into())
+            .await?;
         let _one = self.shared.verifying.try_acquire().map_err(|_| {
             Status::resource_exhausted(
                 "an audit verification is already running on this node; retry when it ends",
             )
         })?;
-        self.authorize_audit_read(&caller, "verify the audit log".into())
-            .await?;
         let chain = self.shared.sm.read().state.audit_chain().clone();
         let log = self.shared.audit.clone();
         let len = chain.len();

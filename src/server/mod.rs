@@ -290,7 +290,16 @@ impl Shared {
         let auth::Via::Token(id) = &caller.via else {
             return Ok(());
         };
-        if self.sm.read().state.token(id).is_some() {
+        // The record must be this token's, not one minted since under the same id (ids may be
+        // chosen by the minting admin, and a restored cluster keeps the signing key).
+        let same = |t: &crate::model::access::TokenRecord| {
+            t.expires_at_ms == caller.valid_until_ms
+                && caller.identity.as_ref().is_some_and(|i| match i {
+                    crate::security::Identity::Principal(p) => *p == t.principal,
+                    crate::security::Identity::Node(_) => false,
+                })
+        };
+        if self.sm.read().state.token(id).is_some_and(same) {
             return Ok(());
         }
         Err(Status::unauthenticated(format!(
@@ -931,7 +940,13 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
                 Some(why) => Err(Status::unavailable(why.clone())),
                 None => {
                     let r = client_auth.intercept(r)?;
-                    gate.token_gate(&r)?;
+                    // An unknown token counts against its address; a redirect to the leader does not.
+                    gate.token_gate(&r).inspect_err(|s| {
+                        if s.code() == tonic::Code::Unauthenticated {
+                            client_auth.refused_at_door(&r);
+                        }
+                    })?;
+                    client_auth.charge_request(&r)?;
                     Ok(r)
                 }
             },

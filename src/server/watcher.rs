@@ -63,12 +63,14 @@ impl Api {
         } else {
             existing_resource(&r.prefix)?.to_string()
         };
+        // The policy version is read before the check, so a policy applied while the check is on
+        // its way is judged again by the first `holds`.
+        let mut standing = Standing::new(self.shared.clone(), caller.clone());
         self.authorize_audit_read(
             &caller,
             format!("watch {prefix:?} from revision {}", r.from_revision),
         )
         .await?;
-        let mut standing = Standing::new(self.shared.clone(), caller);
         let feed = self.shared.watch.clone();
         let mut head = feed.subscribe();
         let mut next = match r.from_revision {

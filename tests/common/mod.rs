@@ -25,6 +25,8 @@ pub struct Opts {
     pub extra: String,
     /// More top-level keys for every node's config (e.g. `watch_history = 20`).
     pub top: String,
+    /// More keys for every node's `[lease]` table (e.g. `certificate_lifetime = "2s"`).
+    pub lease: String,
     /// Seed every node from this backup (`warrant snapshot restore`) before starting it.
     pub restore_from: Option<PathBuf>,
     /// Nodes configured (ports, certificates, `bootstrap = false`) but not started: ids
@@ -58,6 +60,7 @@ impl Default for Opts {
             secure: false,
             extra: String::new(),
             top: String::new(),
+            lease: String::new(),
             restore_from: None,
             spare: 0,
             certs_from: None,
@@ -250,12 +253,13 @@ impl Cluster {
             let text = format!(
                 "node_id = {id}\ncluster_name = \"test\"\ndata_dir = \"data{id}\"\nhttp_addr = \"{http_addr}\"\nbootstrap = {}\n{insecure}default_decision = \"allow\"\n\
                  admins = [\"human/admin\"]\n{}\n[lease]\nmin_ttl = \"{}\"\nmax_ttl = \"{}\"\nexpiry_interval = \"50ms\"\n\
-                 ttl_checkpoint_interval = \"250ms\"\n[raft]\nheartbeat_interval = \"100ms\"\nelection_timeout_min = \"400ms\"\n\
+                 ttl_checkpoint_interval = \"250ms\"\n{}\n[raft]\nheartbeat_interval = \"100ms\"\nelection_timeout_min = \"400ms\"\n\
                  election_timeout_max = \"800ms\"\nsnapshot_after_entries = {}\nkeep_entries_after_snapshot = {}\n{peers}",
                 id == 1,
                 opts.top,
                 opts.min_ttl,
                 opts.max_ttl,
+                opts.lease,
                 opts.snapshot_after_entries,
                 opts.keep_entries_after_snapshot
             );
