@@ -318,7 +318,6 @@ async fn raft_port_refuses_foreign_nodes_and_non_node_certificates() {
 async fn access_tokens_work_until_revoked_or_expired_and_admin_actions_are_audited() {
     let c = secure("");
     c.wait_leader(WAIT).await;
-    let certs = c.certs.clone().unwrap();
 
     // A non-admin cannot mint (denied, exit 4).
     let denied = c.cli(
@@ -338,19 +337,7 @@ async fn access_tokens_work_until_revoked_or_expired_and_admin_actions_are_audit
     let (token, id) = mint_token(&c, "agent/runtime");
     assert!(token.starts_with("v4.public."));
 
-    let token_client = |t: &str, endpoints: Vec<String>| {
-        let mut config = warrant::client::ClientConfig::new(endpoints, "agent/runtime").unwrap();
-        config.tls = Some(
-            TlsFiles {
-                ca: certs.join("ca.pem"),
-                cert_and_key: None,
-            }
-            .load()
-            .unwrap(),
-        );
-        config.access_token = Some(AccessToken(t.to_string()));
-        quick(config)
-    };
+    let token_client = |t: &str, endpoints: Vec<String>| token_client_at(t, &c, endpoints);
     let Acquired::Granted(lease) = acquire(&token_client(&token, c.endpoints()), "queue/jobs")
         .await
         .unwrap()
@@ -968,8 +955,13 @@ mod erased {
 
 /// A client of agent/runtime that authenticates with `token` (and no certificate).
 fn token_client(token: &str, c: &Cluster) -> Client {
+    token_client_at(token, c, c.endpoints())
+}
+
+/// [`token_client`] that knows only `endpoints`.
+fn token_client_at(token: &str, c: &Cluster, endpoints: Vec<String>) -> Client {
     let certs = c.certs.clone().unwrap();
-    let mut config = warrant::client::ClientConfig::new(c.endpoints(), "agent/runtime").unwrap();
+    let mut config = warrant::client::ClientConfig::new(endpoints, "agent/runtime").unwrap();
     config.tls = Some(
         TlsFiles {
             ca: certs.join("ca.pem"),
