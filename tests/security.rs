@@ -1363,7 +1363,8 @@ async fn answers_are_bounded_pages_checkpoints_private_and_audit_reads_an_admins
         .iter()
         .all(|l| l.checkpoint.is_some()));
 
-    // Taking up another principal's task shows who left it and how, not what it checkpointed.
+    // Taking up another principal's task is a handoff: its next holder gets the predecessor's
+    // checkpoint (the policy decides who may take it up), though a mere lister does not.
     let mut task = AcquireOptions::new("p/task", Duration::from_secs(30));
     task.task_key = Some("t1".into());
     let Acquired::Granted(first) = agent.acquire(task.clone()).await.unwrap() else {
@@ -1379,7 +1380,13 @@ async fn answers_are_bounded_pages_checkpoints_private_and_audit_reads_an_admins
     };
     let previous = next.previous().unwrap();
     assert_eq!(previous.principal, "agent/deployer");
-    assert_eq!(previous.checkpoint, None);
+    assert_eq!(previous.checkpoint.as_deref(), Some(&b"step 3 of 5"[..]));
+    next.checkpoint(b"step 4 of 5".to_vec()).await.unwrap();
+    let listed = agent.list_all("p/task", true).await.unwrap();
+    assert_eq!(
+        listed.leases[0].checkpoint, None,
+        "the holder's checkpoint is its own"
+    );
     drop(next);
 
     // A node certificate of the CA reads the audit only for a member (filling its audit gap):

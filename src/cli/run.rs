@@ -139,6 +139,10 @@ impl CertificateFile {
 
     fn start(lease: &Lease) -> std::io::Result<Self> {
         let dir = tempfile::Builder::new().prefix("warrant-run-").tempdir()?;
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )?;
         let path = dir.path().join(Self::NAME);
         let mut renewals = lease.certificates();
         write_private(&path, &renewals.borrow_and_update())?;
@@ -168,9 +172,9 @@ impl Drop for CertificateFile {
 fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("new");
+    // No fsync: the file is for a running child, not for after a crash.
     let mut file = crate::storage::files::private_file(&tmp)?;
     file.write_all(text.as_bytes())?;
-    file.sync_all()?;
     std::fs::rename(&tmp, path)
 }
 

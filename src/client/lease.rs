@@ -87,6 +87,7 @@ impl Lease {
         let keeper = tokio::spawn(keep_alive(
             client.clone(),
             t_send,
+            lease.granted_at_ms,
             lease.lease_id.clone(),
             ttl,
             drift,
@@ -220,9 +221,11 @@ impl Lease {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn keep_alive(
     client: Client,
     granted_send: Instant,
+    granted_at_ms: u64,
     lease_id: String,
     ttl: Duration,
     drift: f64,
@@ -230,27 +233,40 @@ async fn keep_alive(
     certificate: watch::Sender<String>,
 ) {
     let period = (ttl / 3).max(Duration::from_millis(50));
-    // When the certificate is half used up, the next keepalive asks for a fresh one.
-    let renew_at = |cert: &str, now: Instant| {
-        let not_after = crate::security::grant::peek_not_after_ms(cert)?;
-        let left = not_after.saturating_sub(crate::security::grant::unix_now_ms());
-        Some(now + Duration::from_millis(left / 2))
+    // When the certificate is half used up, a keepalive asks for a fresh one. Scheduled on this
+    // holder's monotonic clock from how long the cluster says it is valid, never by comparing
+    // wall clocks; a certificate valid longer than the ttl is renewed within the ttl.
+    // (when to renew, when it runs out)
+    let schedule = |from: Instant, valid: Duration| {
+        let valid = valid.min(ttl).max(Duration::from_millis(100));
+        (from + valid / 2, from + valid)
     };
-    let mut renew = renew_at(&certificate.borrow(), Instant::now());
+    let mut renew = (!certificate.borrow().is_empty()).then(|| {
+        // The grant's certificate: valid from the grant time (the cluster's clock) to not_after.
+        let valid = crate::security::grant::peek_not_after_ms(&certificate.borrow())
+            .map(|not_after| not_after.saturating_sub(granted_at_ms))
+            .map_or(ttl, Duration::from_millis);
+        schedule(granted_send, valid)
+    });
     // Counted from when the acquire was sent: if it took long to answer, the first keepalive is due
     // at once.
     let mut next = granted_send + period;
     loop {
-        // A certificate shorter-lived than the keepalive period is renewed on time all the same.
-        let wake = renew.map_or(next, |at| at.min(next));
+        // Renewals ride on the regular keepalives; only a certificate that would run out before
+        // the next one gets a keepalive of its own.
+        let wake = match renew {
+            Some((at, runs_out)) if runs_out <= next + period / 2 => at.min(next),
+            _ => next,
+        };
         tokio::time::sleep_until(wake).await;
         let t_send = Instant::now();
         let until = match &*tx.borrow() {
             Validity::Until(u) => *u,
             Validity::Lost(_) => return,
         };
+        // Due within half a period: asked on this keepalive rather than on one of its own.
+        let with_certificate = renew.is_some_and(|(at, _)| at < t_send + period / 2);
         // Give up on this attempt when validity runs out; a late answer could not extend a lapsed lease.
-        let with_certificate = renew.is_some_and(|at| at <= t_send);
         let attempt = tokio::time::timeout_at(
             until.max(t_send),
             client.keepalive_with(&lease_id, with_certificate),
@@ -263,7 +279,11 @@ async fn keep_alive(
                     let _ = tx.send(Validity::Until(new_until.max(until)));
                     next = t_send + period;
                     if !resp.certificate.is_empty() {
-                        renew = renew_at(&resp.certificate, t_send);
+                        let valid = match resp.certificate_valid_ms {
+                            0 => ttl, // an older server: its certificates last the ttl
+                            ms => Duration::from_millis(ms),
+                        };
+                        renew = Some(schedule(t_send, valid));
                         let _ = certificate.send(resp.certificate);
                     }
                 }
@@ -292,8 +312,8 @@ async fn keep_alive(
             }
         }
         // A renewal that did not happen is retried with the next attempt, not in a tight loop.
-        if let Some(at) = renew.filter(|at| *at <= t_send) {
-            renew = Some(at.max(next));
+        if let Some((at, runs_out)) = renew.filter(|(at, _)| *at <= t_send) {
+            renew = Some((at.max(next), runs_out));
         }
         if Instant::now() >= until
             && !matches!(&*tx.borrow(), Validity::Until(u) if *u > Instant::now())

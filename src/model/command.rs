@@ -226,12 +226,11 @@ pub enum Command {
 }
 
 /// Per-principal quotas an acquire is held to; 0 is no limit. A takeover of one's own lease is
-/// not refused (the count does not grow), nor is a waiter granted from its queue (it counted as a
-/// lease when it queued); a lease granted after human approval is not refused either, so a
-/// principal holds at most `leases + pending` leases.
+/// not refused (the count does not grow), nor is a waiter granted from its queue or a request
+/// granted after human approval (each counted as a lease when it queued or went to humans).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quotas {
-    /// Live leases one principal holds, counting its acquires waiting in queues.
+    /// Live leases one principal holds, counting its acquires waiting in queues or for humans.
     pub leases: u32,
     /// Requests of one principal waiting for human approval.
     pub pending: u32,

@@ -953,6 +953,22 @@ mod tests {
             within(&mut h, "pay3", "agent/other"),
             AcquireOutcome::PendingApproval(_)
         ));
+        // A request waiting for humans counts as the lease it may become: approvals cannot carry
+        // a principal past its lease quota.
+        let one_lease = crate::model::Quotas {
+            leases: 1,
+            pending: 5,
+            queued: 0,
+        };
+        match h.apply(Command::AcquireWithin {
+            cmd: acq("pay4", "k8s/prod/payments", "agent/other", "i2"),
+            quotas: one_lease,
+        }) {
+            Response::Acquire(AcquireOutcome::Rejected(e @ OpError::QuotaExceeded { .. })) => {
+                assert!(e.to_string().contains("limits.leases_per_principal"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

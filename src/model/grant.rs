@@ -68,7 +68,10 @@ impl State {
                 needed,
                 policy_version,
                 policies,
-            } => match self.over_quota(cmd, quotas, Quota::Pending) {
+            } => match self
+                .over_quota(cmd, quotas, Quota::Pending)
+                .or_else(|| self.over_quota(cmd, quotas, Quota::Leases))
+            {
                 Some(e) => (AcquireOutcome::Rejected(e), Vec::new()),
                 None => (
                     self.open_approval(cmd, needed, policy_version, policies),
@@ -199,10 +202,12 @@ impl State {
         let quotas = quotas?;
         let held = self.held.get(&cmd.principal);
         let (max, has, noun, setting) = match what {
-            // A waiter may be granted without asking again: it counts as the lease it may become.
+            // A waiter, or a request waiting for humans, may be granted without asking again:
+            // each counts as the lease it may become.
             Quota::Leases => (
                 quotas.leases,
-                held.map_or(0, |h| h.leases.saturating_add(h.queued_at(self.now_ms))),
+                held.map_or(0, |h| h.leases.saturating_add(h.queued_at(self.now_ms)))
+                    .saturating_add(self.pending_of(&cmd.principal)),
                 "live leases and queued acquires",
                 "leases_per_principal",
             ),
@@ -212,20 +217,12 @@ impl State {
                 "acquires waiting in queues",
                 "queued_per_principal",
             ),
-            Quota::Pending => {
-                // At most `MAX_PENDING_APPROVALS` to count, and only on the way to a new approval.
-                let pending = self
-                    .pending
-                    .values()
-                    .filter(|p| p.cmd.principal == cmd.principal)
-                    .count();
-                (
-                    quotas.pending,
-                    u32::try_from(pending).unwrap_or(u32::MAX),
-                    "requests waiting for approval",
-                    "pending_per_principal",
-                )
-            }
+            Quota::Pending => (
+                quotas.pending,
+                self.pending_of(&cmd.principal),
+                "requests waiting for approval",
+                "pending_per_principal",
+            ),
         };
         (max > 0 && has >= max).then(|| OpError::QuotaExceeded {
             principal: cmd.principal.clone(),
@@ -233,6 +230,20 @@ impl State {
             setting: setting.to_string(),
             max,
         })
+    }
+
+    /// Requests of `principal` waiting for human approval. Counted by a scan: at most
+    /// `MAX_PENDING_APPROVALS`, and usually none (most acquires are not sent to humans).
+    fn pending_of(&self, principal: &Principal) -> u32 {
+        if self.pending.is_empty() {
+            return 0;
+        }
+        let n = self
+            .pending
+            .values()
+            .filter(|p| &p.cmd.principal == principal)
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
     }
 
     fn task_completion(&self, resource: &ResourcePath, cmd: &AcquireCmd) -> Option<Completion> {

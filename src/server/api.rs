@@ -294,8 +294,7 @@ impl Api {
         self.shared.clock.remaining(id)
     }
 
-    /// The answer to an acquire as `reader` may see it (checkpoints of other principals' leases
-    /// left out).
+    /// The answer to an acquire as `reader` may see it (for an approver: no checkpoints).
     pub(super) fn outcome(
         &self,
         outcome: AcquireOutcome,
@@ -332,6 +331,7 @@ impl Api {
                         .remaining(g.lease.lease_id)
                         .or(Some(Duration::from_millis(g.lease.ttl_ms))),
                 };
+                let lease_ended = ended.is_some();
                 Outcome::Granted(proto::Granted {
                     ended: ended.unwrap_or_default(),
                     lease: Some(convert::lease(&g.lease, remaining)),
@@ -341,13 +341,22 @@ impl Api {
                         previous
                     }),
                     // Grant time + the shorter of ttl and the certificate lifetime, from the
-                    // replicated grant: any member (of one config) signs the same bytes.
-                    certificate: self.certificate(
-                        &g.lease,
-                        g.lease.granted_at_ms.saturating_add(
-                            self.shared.config.lease.certificate_ms(g.lease.ttl_ms),
-                        ),
-                    ),
+                    // replicated grant: any member (of one config) signs the same bytes. Never
+                    // from a grant time ahead of this node's clock (a leader whose clock once ran
+                    // ahead leaves the replicated clock ahead), and none for a lease already ended.
+                    certificate: if lease_ended {
+                        String::new()
+                    } else {
+                        self.certificate(
+                            &g.lease,
+                            g.lease
+                                .granted_at_ms
+                                .min(super::wall_now_ms())
+                                .saturating_add(
+                                    self.shared.config.lease.certificate_ms(g.lease.ttl_ms),
+                                ),
+                        )
+                    },
                 })
             }
             AcquireOutcome::Busy { holder } => Outcome::Busy(proto::Busy {
@@ -539,6 +548,7 @@ impl Api {
                 lease_id: req.lease_id.clone(),
                 result: Some(KaResult::Lost(reason)),
                 certificate: String::new(),
+                certificate_valid_ms: 0,
             })
         };
         let Some(term) = self.shared.clock.active_term() else {
@@ -566,6 +576,7 @@ impl Api {
                                 lease_id: req.lease_id.clone(),
                                 result: Some(KaResult::TtlMs(1_000)),
                                 certificate: String::new(),
+                                certificate_valid_ms: 0,
                             })
                         }
                         None => lost("unknown lease".to_string()),
@@ -613,8 +624,8 @@ impl Api {
         let ttl = Duration::from_millis(ttl_ms);
         if self.shared.clock.renew(id, self.shared.counted_ttl(ttl)) {
             metrics::counter!("warrant_keepalives_total").increment(1);
+            let lifetime = self.shared.config.lease.certificate_ms(ttl_ms);
             let certificate = if req.certificate {
-                let lifetime = self.shared.config.lease.certificate_ms(ttl_ms);
                 self.certificate(&lease, super::wall_now_ms().saturating_add(lifetime))
             } else {
                 String::new()
@@ -622,6 +633,7 @@ impl Api {
             Ok(proto::KeepAliveResponse {
                 lease_id: req.lease_id.clone(),
                 result: Some(KaResult::TtlMs(ttl_ms)),
+                certificate_valid_ms: if certificate.is_empty() { 0 } else { lifetime },
                 certificate,
             })
         } else {
@@ -817,11 +829,12 @@ impl warrant_server::Warrant for Api {
                     other
                 }
             };
-            let reader = {
-                let sm = self.shared.sm.read();
-                CheckpointReader::of(&caller, &self.shared, &sm.state)
-            };
-            Ok(Response::new(self.outcome(outcome, &reader)?))
+            // The asker is the task's next holder: its predecessor's checkpoint (or, for a done
+            // task, its result) is handed to it, whoever held it before; that is what checkpoints
+            // are for. Who may take up a task is the policy's to decide, per resource.
+            Ok(Response::new(
+                self.outcome(outcome, &CheckpointReader::Anyone)?,
+            ))
         }
         .await;
         // Answered (a grant, an error, …): the caller is there to read it.
@@ -854,11 +867,17 @@ impl warrant_server::Warrant for Api {
             let caller = Arc::new(caller);
             // At most this many keepalives of one stream are in progress; further messages wait.
             let in_flight = Arc::new(tokio::sync::Semaphore::new(KEEPALIVES_IN_FLIGHT_PER_STREAM));
+            let mut first = true;
             while let Some(msg) = incoming.next().await {
                 let Ok(req) = msg else { break };
                 // A token revoked or a credential run out since the stream opened ends it; every
-                // message counts against the caller's rate.
-                if let Err(status) = api.shared.auth.recheck(&caller) {
+                // message counts against the caller's rate, the first one as the stream's opening.
+                let checked = if std::mem::take(&mut first) {
+                    api.shared.auth.still_valid(&caller)
+                } else {
+                    api.shared.auth.recheck(&caller)
+                };
+                if let Err(status) = checked {
                     let _ = tx.send(Err(status)).await;
                     break;
                 }
