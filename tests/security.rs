@@ -1051,6 +1051,23 @@ async fn an_access_token_cannot_administer_whatever_the_policy_permits() {
         .unwrap_err();
     denied("remove a node", e);
 
+    // A token naming a human, signed with the cluster's own key (as by someone holding it), is
+    // refused: humans approve with certificates.
+    let key =
+        warrant::security::SigningKey::load(&c.certs.clone().unwrap().join("cluster-signing.key"))
+            .unwrap();
+    let human = warrant::security::AccessClaims {
+        id: "forgedhuman".into(),
+        principal: warrant::model::Principal::parse("human/alice").unwrap(),
+        cluster: "test".into(),
+        issued_at_ms: 0,
+        expires_at_ms: u64::MAX,
+    }
+    .sign(&key);
+    let e = token_client(&human, &c).status().await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    assert!(e.to_string().contains("tokens are for agents"), "{e}");
+
     // Nothing changed: the policy, the lease, the token, the membership, and the log beyond
     // what the agent's own calls wrote.
     assert_eq!(admin.get_policy().await.unwrap().version, version);
