@@ -1452,7 +1452,7 @@ async fn a_connection_flood_from_one_address_is_refused_before_authentication() 
     use tokio::io::AsyncReadExt;
     let c = secure(
         "[limits]\nmax_connections_per_address = 8\nhandshake_timeout = \"1s\"\n\
-         new_connections_per_second = 1000\n",
+         new_connections_per_second = 1000\nunauthenticated_connection_timeout = \"2s\"\n",
     );
     c.wait_leader(WAIT).await;
     let addr: std::net::SocketAddr = c.node(1).client_addr.parse().unwrap();
@@ -1496,6 +1496,46 @@ async fn a_connection_flood_from_one_address_is_refused_before_authentication() 
         metrics.contains("warrant_limit_refused_total{limit=\"max_connections_per_address\"}"),
         "{metrics}"
     );
+
+    // A connection that completes TLS (no client certificate is needed on the client port) but
+    // never sends an authenticated request is closed, so idle ones cannot fill the port; the
+    // client above, which did authenticate, is left alone.
+    let certs = c.certs.clone().unwrap();
+    let idle_tls = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(
+            TlsFiles {
+                ca: certs.join("ca.pem"),
+                cert_and_key: None,
+            }
+            .load()
+            .unwrap()
+            .client(),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .expect("TLS completes without a client certificate");
+    let reaped = |metrics: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.contains("limit=\"unauthenticated_connection_timeout\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let http1 = c.node(1).http_addr.clone();
+    eventually(WAIT, "the idle TLS connection is closed", || {
+        let http1 = http1.clone();
+        async move { (reaped(&common::http_get(&http1, "/metrics").ok()?.1) >= 1.0).then_some(()) }
+    })
+    .await;
+    assert_eq!(
+        reaped(&common::http_get(&http1, "/metrics").unwrap().1),
+        1.0,
+        "only the idle one"
+    );
+    drop(idle_tls);
+    client.status().await.unwrap();
 
     // Fifty probes at once: one readiness check (or two, across a second's edge).
     let leader = c.wait_leader(WAIT).await;

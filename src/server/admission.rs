@@ -4,12 +4,17 @@
 //! limited (`limits.new_connections_per_second`, so a flood of TLS handshakes, each a signature
 //! check, is cheap to refuse). A connection over any of them is closed at once, counted in
 //! `warrant_limit_refused_total{limit}` and logged (at most once per limit every 10 s). The TLS
-//! handshake itself must finish within `limits.handshake_timeout` (see `TlsMaterial::server`).
+//! handshake itself must finish within `limits.handshake_timeout` (see `TlsMaterial::server`), and
+//! on the client port (where TLS completes without a client certificate) a connection must carry
+//! an authenticated request within `limits.unauthenticated_connection_timeout` or be closed, so
+//! idle connections cannot hold the port's places.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -34,29 +39,62 @@ pub struct Admission {
     open: Mutex<Open>,
     rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
     warned: Mutex<HashMap<&'static str, Instant>>,
+    /// Close a connection that carried no authenticated request within this long.
+    prove_within: Option<Duration>,
 }
 
 #[derive(Default)]
 struct Open {
     total: usize,
     by_address: HashMap<IpAddr, usize>,
+    /// Connections that must still carry an authenticated request, by peer address.
+    unproven: HashMap<std::net::SocketAddr, Arc<AtomicBool>>,
 }
 
 impl Admission {
+    /// The client port's limits: connections must prove themselves (see the module doc).
+    pub fn client(limits: &LimitsConfig) -> Arc<Self> {
+        let mut admission = Self::build("client", limits);
+        admission.prove_within = Some(limits.unauthenticated_connection_timeout);
+        Arc::new(admission)
+    }
+
     pub fn new(port: &'static str, limits: &LimitsConfig) -> Arc<Self> {
+        Arc::new(Self::build(port, limits))
+    }
+
+    fn build(port: &'static str, limits: &LimitsConfig) -> Self {
         let rate = NonZeroU32::new(limits.new_connections_per_second).map(|per_s| {
             let burst = NonZeroU32::new(limits.new_connections_per_second.saturating_mul(2))
                 .unwrap_or(per_s);
             RateLimiter::keyed(Quota::per_second(per_s).allow_burst(burst))
         });
-        Arc::new(Self {
+        Self {
             port,
             max: limits.max_connections as usize,
             max_per_address: limits.max_connections_per_address as usize,
             open: Default::default(),
             rate,
             warned: Default::default(),
-        })
+            prove_within: None,
+        }
+    }
+
+    /// The connection from `peer` carried an authenticated request: it may stay.
+    pub fn proven(&self, peer: std::net::SocketAddr) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(flag) = open.unproven.remove(&peer) {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Watch a newly admitted connection from `peer` until it proves itself.
+    fn unproven(&self, peer: std::net::SocketAddr) -> Option<(Arc<AtomicBool>, Duration)> {
+        let within = self.prove_within?;
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.unproven.insert(peer, flag.clone());
+        Some((flag, within))
     }
 
     /// Take a place for a connection from `ip`, or say which limit refuses it.
@@ -80,11 +118,22 @@ impl Admission {
         Ok(Slot {
             admission: self.clone(),
             ip,
+            watched: None,
         })
     }
 
-    fn release(&self, ip: IpAddr) {
+    fn release(&self, ip: IpAddr, watched: Option<&(std::net::SocketAddr, Arc<AtomicBool>)>) {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        // Only this connection's entry: a new connection may reuse the peer address.
+        if let Some((peer, flag)) = watched {
+            if open
+                .unproven
+                .get(peer)
+                .is_some_and(|f| Arc::ptr_eq(f, flag))
+            {
+                open.unproven.remove(peer);
+            }
+        }
         open.total = open.total.saturating_sub(1);
         if let Some(n) = open.by_address.get_mut(&ip) {
             *n -= 1;
@@ -131,18 +180,23 @@ pub fn source(ip: IpAddr) -> IpAddr {
 struct Slot {
     admission: Arc<Admission>,
     ip: IpAddr,
+    /// Its peer address and flag, while it is watched until it proves itself.
+    watched: Option<(std::net::SocketAddr, Arc<AtomicBool>)>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.admission.release(self.ip);
+        self.admission.release(self.ip, self.watched.as_ref());
     }
 }
 
 /// An admitted connection.
 pub struct Admitted {
     stream: TcpStream,
-    _slot: Slot,
+    slot: Slot,
+    /// Set once the connection carried an authenticated request; until then `deadline` closes it.
+    proven: Option<Arc<AtomicBool>>,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Accepted connections within `admission`'s limits, with Nagle's algorithm off (small messages
@@ -164,11 +218,20 @@ pub fn incoming(
                 }
             };
             match admission.admit(peer.ip()) {
-                Ok(slot) => {
+                Ok(mut slot) => {
                     let _ = stream.set_nodelay(true);
+                    let (proven, deadline) = match admission.unproven(peer) {
+                        Some((flag, within)) => {
+                            slot.watched = Some((peer, flag.clone()));
+                            (Some(flag), Some(Box::pin(tokio::time::sleep(within))))
+                        }
+                        None => (None, None),
+                    };
                     let admitted = Admitted {
                         stream,
-                        _slot: slot,
+                        slot,
+                        proven,
+                        deadline,
                     };
                     return Some((Ok(admitted), (listener, admission)));
                 }
@@ -195,7 +258,24 @@ impl AsyncRead for Admitted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        // The server always has a read pending on a connection, so this is polled when the
+        // deadline fires.
+        let this = &mut *self;
+        if let (Some(proven), Some(deadline)) = (&this.proven, &mut this.deadline) {
+            if proven.load(Ordering::Relaxed) {
+                this.proven = None;
+                this.deadline = None;
+            } else if deadline.as_mut().poll(cx).is_ready() {
+                this.slot
+                    .admission
+                    .refused("unauthenticated_connection_timeout", this.slot.ip);
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no authenticated request within limits.unauthenticated_connection_timeout",
+                )));
+            }
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 

@@ -193,6 +193,10 @@ pub struct LimitsConfig {
     /// A TLS handshake not finished within this long is dropped.
     #[serde(with = "humantime_serde_compat")]
     pub handshake_timeout: Duration,
+    /// A client-port connection that carried no authenticated request within this long is closed
+    /// (TLS completes there without a client certificate, so idle connections cost nothing else).
+    #[serde(with = "humantime_serde_compat")]
+    pub unauthenticated_connection_timeout: Duration,
 }
 
 impl LimitsConfig {
@@ -233,6 +237,7 @@ impl Default for LimitsConfig {
             max_connections_per_address: 1_000,
             new_connections_per_second: 100,
             handshake_timeout: Duration::from_secs(5),
+            unauthenticated_connection_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -485,6 +490,14 @@ impl Config {
             return Err(bad(
                 "lease.certificate_lifetime",
                 "must be between 1s and 24h".into(),
+            ));
+        }
+        if self.limits.unauthenticated_connection_timeout < Duration::from_millis(100)
+            || self.limits.unauthenticated_connection_timeout > Duration::from_secs(3600)
+        {
+            return Err(bad(
+                "limits.unauthenticated_connection_timeout",
+                "must be between 100ms and 1h".into(),
             ));
         }
         if self.limits.handshake_timeout < Duration::from_millis(100)

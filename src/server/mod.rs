@@ -831,7 +831,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
 
     let mut tasks = Vec::new();
     let raft_admission = admission::Admission::new("raft", &config.limits);
-    let client_admission = admission::Admission::new("client", &config.limits);
+    let client_admission = admission::Admission::client(&config.limits);
     let admissions = [raft_admission.clone(), client_admission.clone()];
     let stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -933,6 +933,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         let client_auth = auth.clone();
         let retired = retired.clone();
         let gate = shared.clone();
+        let proving = client_admission.clone();
         let svc = tonic::service::interceptor::InterceptedService::new(
             api::service(shared.clone()),
             // UNAVAILABLE, not FAILED_PRECONDITION: every gRPC client then tries another member.
@@ -947,6 +948,9 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
                         }
                     })?;
                     client_auth.charge_request(&r)?;
+                    if let Some(peer) = r.remote_addr() {
+                        proving.proven(peer);
+                    }
                     Ok(r)
                 }
             },
