@@ -274,7 +274,8 @@ fn print_query(records: &[AuditRecord], output: Output) {
         Output::Json => {
             let mut out = std::io::stdout().lock();
             for r in records {
-                if writeln!(out, "{}", r.to_json_line()).is_err() {
+                let line = r.to_json_line();
+                if writeln!(out, "{}", super::escape_untrusted(&line)).is_err() {
                     return;
                 }
             }
@@ -347,7 +348,9 @@ async fn export(client: &Client, from_seq: u64) -> u8 {
         };
         match next {
             Some(Ok(r)) => {
-                if writeln!(out, "{}", r.to_json_line()).is_err() {
+                // Escaped as JSON escapes: the line decodes, and verifies, unchanged.
+                let line = r.to_json_line();
+                if writeln!(out, "{}", super::escape_untrusted(&line)).is_err() {
                     return exit::OK;
                 }
                 written += 1;

@@ -28,7 +28,11 @@ pub(crate) fn escape_untrusted(s: &str) -> std::borrow::Cow<'_, str> {
     let mut out = String::with_capacity(s.len() + 8);
     for c in s.chars() {
         if hidden(c) {
-            out.push_str(&format!("\\u{:04X}", c as u32));
+            // UTF-16 units, as JSON writes them: a character beyond the BMP (the Cf tag
+            // characters) is a surrogate pair, so a JSON line stays valid and decodes unchanged.
+            for unit in c.encode_utf16(&mut [0u16; 2]) {
+                out.push_str(&format!("\\u{unit:04X}"));
+            }
         } else {
             out.push(c);
         }
@@ -1118,9 +1122,13 @@ mod escape_tests {
             escape_untrusted("pay\u{202e}lortnoc\u{7}"),
             "pay\\u202Elortnoc\\u0007"
         );
-        let json = serde_json::json!({"intent": "pay\u{202e}x"}).to_string();
-        let shown = escape_untrusted(&json);
-        let back: serde_json::Value = serde_json::from_str(&shown).unwrap();
-        assert_eq!(back["intent"], "pay\u{202e}x");
+        for hidden in ["pay\u{202e}x", "tag\u{e0041}x"] {
+            let json = serde_json::json!({ "intent": hidden }).to_string();
+            let shown = escape_untrusted(&json);
+            assert!(shown.is_ascii(), "{shown}");
+            let back: serde_json::Value = serde_json::from_str(&shown).unwrap();
+            assert_eq!(back["intent"], hidden);
+        }
+        assert_eq!(escape_untrusted("\u{e0041}"), "\\uDB40\\uDC41");
     }
 }

@@ -53,7 +53,7 @@ pub async fn run(client: Client, opts: AcquireOptions, grace: Duration, cmd: Vec
         // Denied, pending approval, not approved, queued: shown as `warrant acquire` shows them.
         Ok(other) => {
             let out = super::answer::acquired(&other, client.config().instance.as_ref());
-            eprintln!("{}\nnot running CMD", out.text);
+            eprintln!("{}\nnot running CMD", super::escape_untrusted(&out.text));
             return out.code;
         }
         Err(e) => return fail(&e),

@@ -53,6 +53,7 @@ pub(super) async fn run(
                     Output::Json => json_line(&e),
                 };
                 let mut out = std::io::stdout().lock();
+                let line = super::escape_untrusted(&line);
                 if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
                     return exit::OK; // stdout closed (`| head`)
                 }
