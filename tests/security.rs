@@ -1636,3 +1636,63 @@ async fn grant_certificates_are_short_lived_and_renewed_by_keepalives() {
         "the file was renewed: {printed}"
     );
 }
+
+/// Issue 25 item 6: who revokes a lease, or approves one, does not thereby read its holder's
+/// checkpoint, nor (an approver) the holder's grant certificate; an admin reads checkpoints.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revokers_and_approvers_do_not_read_the_holders_checkpoint() {
+    let c = secure("");
+    c.wait_leader(WAIT).await;
+    let admin = c.client("human/admin");
+    admin
+        .put_policy(
+            "@id(\"all-but-admin\") permit(principal, action, resource) \
+             unless { action == Action::\"admin\" || resource in Resource::\"gated\" };\n\
+             @id(\"gated-one-human\") @approval(\"1\") \
+             permit(principal, action == Action::\"acquire\", resource in Resource::\"gated\");\n\
+             @id(\"humans-approve\") permit(principal is Human, action == Action::\"approve\", resource);",
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let holder = c.client("agent/deployer");
+    let mut noted = Vec::new();
+    for r in ["db/a", "db/b"] {
+        let Acquired::Granted(lease) = acquire(&holder, r).await.unwrap() else {
+            panic!("not granted")
+        };
+        lease.checkpoint(b"secret plan".to_vec()).await.unwrap();
+        noted.push(lease);
+    }
+    // agent/other may revoke (the policy says so) but is no admin.
+    let revoked = c
+        .client("agent/other")
+        .revoke("db/a", "mine now")
+        .await
+        .unwrap()
+        .revoked
+        .unwrap();
+    assert_eq!(revoked.principal, "agent/deployer");
+    assert_eq!(revoked.checkpoint, None);
+    let by_admin = admin.revoke("db/b", "ops").await.unwrap().revoked.unwrap();
+    assert_eq!(by_admin.checkpoint.as_deref(), Some(&b"secret plan"[..]));
+
+    // An approved grant: the approver learns it was granted, not the agent's certificate.
+    let Acquired::PendingApproval(pending) = acquire(&holder, "gated/x").await.unwrap() else {
+        panic!("the gated resource needs a human")
+    };
+    let approved = c
+        .client("human/alice")
+        .approve(&pending.request_id, "ok")
+        .await
+        .unwrap();
+    let Some(warrant::proto::acquire_response::Outcome::Granted(g)) =
+        approved.outcome.unwrap().outcome
+    else {
+        panic!("granted on the approval")
+    };
+    assert!(g.lease.is_some());
+    assert_eq!(g.certificate, "", "the approver gets no grant certificate");
+    drop(noted);
+}
