@@ -376,6 +376,22 @@ async fn a_dot_dot_path_cannot_escape_the_two_human_rule() {
         Some(0),
         "nothing granted"
     );
+    // A policy naming a resource no request can spell is refused, not silently dead.
+    for literal in ["k8s/Prod/payments", "k8s/staging/../prod", "k8s//prod"] {
+        let file = c.dir.path().join("odd.cedar");
+        std::fs::write(
+            &file,
+            format!("@id(\"odd\") forbid(principal, action, resource in Resource::\"{literal}\");"),
+        )
+        .unwrap();
+        let out = c.cli("human/admin", &["policy", "put", file.to_str().unwrap()]);
+        assert_eq!(code(&out), 2, "{literal}: {}", stdout(&out));
+        assert!(
+            stderr(&out).contains("is not a resource path a request can name"),
+            "{literal}: {}",
+            stderr(&out)
+        );
+    }
     let out = c.cli(
         "agent/deployer",
         &[

@@ -82,6 +82,42 @@ pub fn validate(policies: &str, entities: Option<&str>) -> Result<ValidationSumm
     })
 }
 
+/// Every `Resource::"…"` literal of a policy set that parses, and every `Resource` uid of an
+/// entities file, for the server to check that each is a canonical resource path (one a request
+/// can name: `ResourcePath` lives above this module). Nothing for text that does not parse.
+pub fn resource_literals(policies: &str, entities: Option<&str>) -> Vec<String> {
+    let mut found = Vec::new();
+    if let Ok(set) = PolicySet::from_str(policies) {
+        for policy in set.policies() {
+            for uid in policy.entity_literals() {
+                if uid.type_name().to_string() == "Resource" {
+                    found.push(uid.id().unescaped().to_owned());
+                }
+            }
+        }
+    }
+    let json = entities.and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok());
+    for entity in json
+        .as_ref()
+        .and_then(|v| v.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let parents = entity.get("parents").and_then(|p| p.as_array());
+        for uid in std::iter::once(entity.get("uid"))
+            .flatten()
+            .chain(parents.into_iter().flatten())
+        {
+            if uid.get("type").and_then(|t| t.as_str()) == Some("Resource") {
+                if let Some(id) = uid.get("id").and_then(|i| i.as_str()) {
+                    found.push(id.to_owned());
+                }
+            }
+        }
+    }
+    found
+}
+
 /// Run every check; on failure the error lists all problems found, in source order.
 pub(super) fn compile(policies: &str, entities: Option<&str>) -> Result<Compiled, PolicyError> {
     let mut errors = Findings::default();

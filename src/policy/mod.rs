@@ -25,7 +25,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use bundle::PolicyBundle;
-pub use compile::{validate, ValidationSummary};
+pub use compile::{resource_literals, validate, ValidationSummary};
 
 /// The Cedar schema every policy set is validated against (human schema syntax).
 pub const SCHEMA: &str = include_str!("../../cluster/policies/warrant.cedarschema");

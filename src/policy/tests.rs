@@ -942,3 +942,16 @@ fn actions_parse_from_their_names() {
     let e = "delete".parse::<Action>().expect_err("unknown");
     assert!(e.message().contains("unknown action `delete`"));
 }
+
+#[test]
+fn resource_literals_are_found_in_scopes_conditions_and_entities() {
+    let policies = "permit(principal, action, resource in Resource::\"k8s/prod\") \
+                    when { resource == Resource::\"db/Orders\" };";
+    let entities = r#"[{"uid": {"type": "Resource", "id": "a/b"}, "attrs": {},
+                        "parents": [{"type": "Resource", "id": "a"}]},
+                       {"uid": {"type": "Agent", "id": "x"}, "attrs": {}, "parents": []}]"#;
+    let mut found = super::resource_literals(policies, Some(entities));
+    found.sort();
+    assert_eq!(found, ["a", "a/b", "db/Orders", "k8s/prod"]);
+    assert!(super::resource_literals("not cedar", None).is_empty());
+}

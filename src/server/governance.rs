@@ -89,6 +89,16 @@ impl Api {
         policy::validate(&r.policies, entities.as_deref()).map_err(|e| {
             Status::invalid_argument(format!("policy rejected, nothing changed: {e}"))
         })?;
+        // One resource, one spelling (issue 25 item 4): a literal no request can name would make
+        // its rule silently never apply.
+        for literal in policy::resource_literals(&r.policies, entities.as_deref()) {
+            if let Err(e) = crate::model::ResourcePath::parse(&literal) {
+                return Err(Status::invalid_argument(format!(
+                    "policy rejected, nothing changed: Resource::{literal:?} is not a resource \
+                     path a request can name ({e}), so a rule on it would never apply"
+                )));
+            }
+        }
         let intent_window_ms = if r.intent_window_ms == 0 {
             policy::DEFAULT_INTENT_WINDOW_MS
         } else {
