@@ -47,7 +47,7 @@ pub struct Api {
 
 /// Whose checkpoint data a caller may read: a holder's checkpoint is what it did and where it
 /// stopped, for its own replacement and for admins, not for every other agent (issue 25 item 6).
-pub(super) enum CheckpointReader {
+enum CheckpointReader {
     /// Insecure mode, or an admin (the config's, or one Cedar permits `admin`).
     Anyone,
     /// Only leases held by this principal.
@@ -57,7 +57,7 @@ pub(super) enum CheckpointReader {
 }
 
 impl CheckpointReader {
-    pub(super) fn of(caller: &auth::Caller, shared: &Shared, state: &crate::model::State) -> Self {
+    fn of(caller: &auth::Caller, shared: &Shared, state: &crate::model::State) -> Self {
         match &caller.identity {
             None => Self::Anyone,
             Some(crate::security::Identity::Node(_)) => Self::Nobody,
@@ -87,22 +87,9 @@ impl CheckpointReader {
     }
 
     /// Leave out the checkpoint data of a lease this caller may not read.
-    pub(super) fn strip(&self, lease: &mut proto::Lease) {
+    fn strip(&self, lease: &mut proto::Lease) {
         if !self.may_read(&lease.principal) {
             lease.checkpoint = None;
-        }
-    }
-
-    /// The same for a task's predecessor, or its completion, in an acquire's answer.
-    fn strip_previous(&self, previous: &mut proto::Previous) {
-        if !self.may_read(&previous.principal) {
-            previous.checkpoint = None;
-        }
-    }
-
-    fn strip_completion(&self, completion: &mut proto::Completion) {
-        if !self.may_read(&completion.principal) {
-            completion.checkpoint = None;
         }
     }
 }
@@ -294,11 +281,12 @@ impl Api {
         self.shared.clock.remaining(id)
     }
 
-    /// The answer to an acquire as `reader` may see it (for an approver: no checkpoints).
+    /// The answer to an acquire, for its asker: the task's next holder, so its predecessor's
+    /// checkpoint (or, for a done task, its result) is handed to it, whoever held it before; that
+    /// is what checkpoints are for. Who may take up a task is the policy's to decide, per resource.
     pub(super) fn outcome(
         &self,
         outcome: AcquireOutcome,
-        reader: &CheckpointReader,
     ) -> Result<proto::AcquireResponse, Status> {
         use proto::acquire_response::Outcome;
         metrics::counter!("warrant_acquire_answers_total", "outcome" => outcome.kind())
@@ -335,11 +323,7 @@ impl Api {
                 Outcome::Granted(proto::Granted {
                     ended: ended.unwrap_or_default(),
                     lease: Some(convert::lease(&g.lease, remaining)),
-                    previous: g.previous.as_ref().map(|p| {
-                        let mut previous = convert::previous(p);
-                        reader.strip_previous(&mut previous);
-                        previous
-                    }),
+                    previous: g.previous.as_ref().map(convert::previous),
                     // Grant time + the shorter of ttl and the certificate lifetime, from the
                     // replicated grant: any member (of one config) signs the same bytes. Never
                     // from a grant time ahead of this node's clock (a leader whose clock once ran
@@ -368,11 +352,7 @@ impl Api {
                     .as_millis() as u64,
             }),
             AcquireOutcome::AlreadyDone(c) => Outcome::AlreadyDone(proto::AlreadyDone {
-                record: Some({
-                    let mut record = convert::completion(&c);
-                    reader.strip_completion(&mut record);
-                    record
-                }),
+                record: Some(convert::completion(&c)),
             }),
             AcquireOutcome::WaitEnded => Outcome::WaitEnded(proto::WaitEnded {}),
             // Only an approved request that found the resource held answers this (it waits in the
@@ -829,12 +809,7 @@ impl warrant_server::Warrant for Api {
                     other
                 }
             };
-            // The asker is the task's next holder: its predecessor's checkpoint (or, for a done
-            // task, its result) is handed to it, whoever held it before; that is what checkpoints
-            // are for. Who may take up a task is the policy's to decide, per resource.
-            Ok(Response::new(
-                self.outcome(outcome, &CheckpointReader::Anyone)?,
-            ))
+            Ok(Response::new(self.outcome(outcome)?))
         }
         .await;
         // Answered (a grant, an error, …): the caller is there to read it.

@@ -13,7 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Response, Status};
 
-use super::api::{existing_resource, principal, resource, Api, CheckpointReader};
+use super::api::{existing_resource, principal, resource, Api};
 use super::auth::Caller;
 use super::convert::{self, invalid, op_error};
 use crate::audit::{AuditDecision, AuditFilter, AuditRecord};
@@ -265,14 +265,24 @@ impl Api {
                 // certificate (proof of holding for a resource) or checkpoints.
                 let outcome = match progress.outcome {
                     Some(o) => {
-                        let mut answer = self.outcome(o, &CheckpointReader::Nobody)?;
-                        if let Some(proto::acquire_response::Outcome::Granted(g)) =
-                            answer.outcome.as_mut()
-                        {
-                            g.certificate.clear();
-                            if let Some(lease) = g.lease.as_mut() {
-                                lease.checkpoint = None;
+                        let mut answer = self.outcome(o)?;
+                        use proto::acquire_response::Outcome;
+                        match answer.outcome.as_mut() {
+                            Some(Outcome::Granted(g)) => {
+                                g.certificate.clear();
+                                if let Some(lease) = g.lease.as_mut() {
+                                    lease.checkpoint = None;
+                                }
+                                if let Some(previous) = g.previous.as_mut() {
+                                    previous.checkpoint = None;
+                                }
                             }
+                            Some(Outcome::AlreadyDone(done)) => {
+                                if let Some(record) = done.record.as_mut() {
+                                    record.checkpoint = None;
+                                }
+                            }
+                            _ => {}
                         }
                         Some(answer)
                     }
