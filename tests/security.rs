@@ -13,7 +13,7 @@ use warrant::client::{
     AccessToken, AcquireOptions, Acquired, CertificateRefused, Client, ClientError, FenceGuard,
     GrantVerifier, TlsFiles,
 };
-use warrant::security::{certs, VerifyingKey};
+use warrant::security::{certs, KeyRing};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -150,8 +150,8 @@ async fn strangers_are_refused_principals_are_bound_and_grants_verify_offline() 
     else {
         panic!("not granted")
     };
-    let key = VerifyingKey::load(&certs.join("cluster-signing.pub")).unwrap();
-    let verifier = GrantVerifier::new(key);
+    let key = KeyRing::load(&certs.join("cluster-signing.pub")).unwrap();
+    let verifier = GrantVerifier::new(key.clone(), "test");
     let guard = FenceGuard::new();
     let claims = guard
         .admit_certificate(&verifier, &lease.certificate(), "db/orders")
@@ -193,6 +193,8 @@ async fn strangers_are_refused_principals_are_bound_and_grants_verify_offline() 
             "db/orders",
             "--cluster-key",
             pubkey.to_str().unwrap(),
+            "--cluster",
+            "test",
             "--output",
             "json",
         ],
@@ -208,6 +210,8 @@ async fn strangers_are_refused_principals_are_bound_and_grants_verify_offline() 
             "db/orders",
             "--cluster-key",
             pubkey.to_str().unwrap(),
+            "--cluster",
+            "test",
             "--highest",
             &(next.token() + 1).to_string(),
         ],
@@ -223,9 +227,31 @@ async fn strangers_are_refused_principals_are_bound_and_grants_verify_offline() 
             "db/orders",
             "--cluster-key",
             other_key.to_str().unwrap(),
+            "--cluster",
+            "test",
         ],
     );
     assert_eq!(code(&forged), 4, "{}", stdout(&forged));
+    // Genuine, but another cluster's name: refused, whatever key it shares.
+    let other_cluster = c.cli(
+        "agent/other",
+        &[
+            "verify-grant",
+            cert_file.to_str().unwrap(),
+            "--resource",
+            "db/orders",
+            "--cluster-key",
+            pubkey.to_str().unwrap(),
+            "--cluster",
+            "staging",
+        ],
+    );
+    assert_eq!(code(&other_cluster), 4, "{}", stdout(&other_cluster));
+    assert!(
+        stdout(&other_cluster).contains("cluster \"test\", not \"staging\""),
+        "{}",
+        stdout(&other_cluster)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -382,7 +408,9 @@ async fn access_tokens_work_until_revoked_or_expired_and_admin_actions_are_audit
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
-    assert!(e.to_string().contains("signature"), "{e}");
+    // Signed by a key the cluster does not hold: refused by that key's id, before any signature
+    // check.
+    assert!(e.to_string().contains("does not hold"), "{e}");
 
     // A retried mint (same id: the client keeps one per call) returns the same token, not a second
     // one; the same id for another principal is refused.
@@ -1575,8 +1603,10 @@ async fn grant_certificates_are_short_lived_and_renewed_by_keepalives() {
     });
     c.wait_leader(WAIT).await;
     let certs = c.certs.clone().unwrap();
-    let verifier =
-        GrantVerifier::new(VerifyingKey::load(&certs.join("cluster-signing.pub")).unwrap());
+    let verifier = GrantVerifier::new(
+        KeyRing::load(&certs.join("cluster-signing.pub")).unwrap(),
+        "test",
+    );
     let Acquired::Granted(lease) = acquire(&c.client("agent/deployer"), "db/orders")
         .await
         .unwrap()
@@ -1695,4 +1725,272 @@ async fn revokers_and_approvers_do_not_read_the_holders_checkpoint() {
     assert!(g.lease.is_some());
     assert_eq!(g.certificate, "", "the approver gets no grant certificate");
     drop(noted);
+}
+
+/// Issue 25 item 9 on a real cluster: `warrant keys rotate` brings in a new signing key while
+/// tokens and grant certificates of the old one still verify; every token and certificate names
+/// its key; a resource whose ring lacks the new key refuses what it signed, by name; once the old
+/// key is retired (and the nodes restarted with the new ring) its tokens are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_signing_key_verifies_old_tokens_until_retired() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut c = secure("verifying_keys = \"certs/cluster-signing.pub\"\n");
+    c.wait_leader(WAIT).await;
+    let certs = c.certs.clone().unwrap();
+    let dir = certs.to_str().unwrap().to_string();
+    let keys = |args: &[&str]| {
+        let out = std::process::Command::new(common::BIN)
+            .arg("keys")
+            .args(args)
+            .args(["--dir", &dir, "--output", "json"])
+            .output()
+            .unwrap();
+        (code(&out), json_or_null(&out), stderr(&out))
+    };
+    let (ok, listed, _) = keys(&["list"]);
+    assert_eq!(ok, 0);
+    let old_kid = listed[0]["key_id"].as_str().unwrap().to_string();
+    assert_eq!(listed[0]["signs"], true);
+    let old_ring = c.dir.path().join("old-ring.pub");
+    std::fs::copy(certs.join("cluster-signing.pub"), &old_ring).unwrap();
+
+    let (old_token, _) = mint_token(&c, "agent/runtime");
+    let Acquired::Granted(lease) = acquire(&c.client("agent/deployer"), "db/orders")
+        .await
+        .unwrap()
+    else {
+        panic!("not granted")
+    };
+    let old_cert = lease.certificate();
+    lease.release(None).await.unwrap();
+
+    // Stage: the ring learns the new key; the old one still signs.
+    let (ok, rotated, err) = keys(&["rotate"]);
+    assert_eq!(ok, 0, "{err}");
+    let new_kid = rotated["staged"].as_str().unwrap().to_string();
+    assert_ne!(new_kid, old_kid);
+    let mode = |file: &str| {
+        std::fs::metadata(certs.join(file))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode("cluster-signing.next.key"), 0o600);
+    let (_, listed, _) = keys(&["list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(listed[0]["signs"], true);
+    assert_eq!(listed[1]["key_id"], new_kid.as_str());
+    assert_eq!(listed[1]["staged"], true);
+    let (again, _, err) = keys(&["rotate"]);
+    assert_eq!(again, 2, "one staged key at a time: {err}");
+    // Neither the key that signs nor the staged one can be retired.
+    for kid in [&old_kid, &new_kid] {
+        let (refused, _, err) = keys(&["retire", kid]);
+        assert_eq!(refused, 2, "{err}");
+        assert!(err.contains("signs now or the one staged"), "{err}");
+    }
+    // Pass one: every node takes the ring (they share the directory, as in cluster/local-3).
+    let footer = |t: &str| t.rsplit('.').next().unwrap().to_string();
+    for id in 1..=3 {
+        c.kill(id);
+        c.start_node(id);
+        c.wait_caught_up(id, WAIT).await;
+    }
+    let (still_old, _) = mint_token(&c, "agent/runtime");
+    assert_eq!(
+        footer(&still_old),
+        footer(&old_token),
+        "staged is not signing"
+    );
+
+    // Pass two: activate, restart; the old token still works, a new one names the new key.
+    let (ok, activated, err) = keys(&["activate"]);
+    assert_eq!(ok, 0, "{err}");
+    assert_eq!(activated["signing"], new_kid.as_str());
+    assert_eq!(activated["previous"], old_kid.as_str());
+    assert_eq!(mode("cluster-signing.key"), 0o600);
+    assert!(!certs.join("cluster-signing.next.key").exists());
+    for id in 1..=3 {
+        c.kill(id);
+        c.start_node(id);
+        c.wait_caught_up(id, WAIT).await;
+    }
+    acquire(&token_client(&old_token, &c), "t/old")
+        .await
+        .unwrap();
+    let (new_token, _) = mint_token(&c, "agent/runtime");
+    assert_ne!(
+        footer(&new_token),
+        footer(&old_token),
+        "the footer names the key"
+    );
+    acquire(&token_client(&new_token, &c), "t/new")
+        .await
+        .unwrap();
+
+    // Certificates: the new one names the new key; the ring verifies both; the old ring refuses
+    // the new one, saying which key it lacks.
+    let Acquired::Granted(lease) = acquire(&c.client("agent/deployer"), "db/orders")
+        .await
+        .unwrap()
+    else {
+        panic!("not granted")
+    };
+    let ring = KeyRing::load(&certs.join("cluster-signing.pub")).unwrap();
+    let verifier = GrantVerifier::new(ring, "test");
+    let now = warrant::security::grant::unix_now_ms();
+    verifier
+        .verify(&lease.certificate(), "db/orders", now)
+        .unwrap();
+    let old_verifier = GrantVerifier::new(KeyRing::load(&old_ring).unwrap(), "test");
+    let e = old_verifier
+        .verify(&lease.certificate(), "db/orders", now)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&new_kid), "{e}");
+    // The old certificate (still in time: lifetime 60 s) verifies under the new ring.
+    verifier.verify(&old_cert, "db/orders", now).unwrap();
+
+    // Retire the old key and restart: its token is refused, naming the key; the new one works.
+    let (ok, retired, err) = keys(&["retire", &old_kid]);
+    assert_eq!(ok, 0, "{err}");
+    assert_eq!(retired["keys"], 1);
+    for id in 1..=3 {
+        c.kill(id);
+        c.start_node(id);
+        c.wait_caught_up(id, WAIT).await;
+    }
+    let e = acquire(&token_client(&old_token, &c), "t/old2")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&old_kid) && e.contains("does not hold"), "{e}");
+    acquire(&token_client(&new_token, &c), "t/new2")
+        .await
+        .unwrap();
+    let retired_ring = KeyRing::load(&certs.join("cluster-signing.pub")).unwrap();
+    assert!(GrantVerifier::new(retired_ring, "test")
+        .verify(&old_cert, "db/orders", now)
+        .is_err());
+
+    // A node whose ring lacks its own signing key does not start.
+    c.kill(3);
+    std::fs::copy(&old_ring, certs.join("cluster-signing.pub")).unwrap();
+    c.start_node(3);
+    c.wait_log(3, "is not in this key ring", WAIT);
+}
+
+fn json_or_null(o: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// Issue 25 item 6 on a real cluster: once the policy names `read`, another principal's leases,
+/// approvals and the policy itself are read only where it permits; one's own always; the config's
+/// admins always. A policy set that names no `read` leaves reads open (as before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_follow_the_policy_once_it_names_read() {
+    use warrant::client::PolicyTest;
+    use warrant::policy::Action;
+    let c = secure("");
+    c.wait_leader(WAIT).await;
+    let admin = c.client("human/admin");
+    let work = "@id(\"work\") permit(principal, action in [Action::\"acquire\", Action::\"release\", \
+                Action::\"checkpoint\"], resource);\n\
+                @id(\"db-needs-a-human\") @approval(\"1\") permit(principal, action == Action::\"acquire\", \
+                resource in Resource::\"k8s/prod/db\");\n";
+    admin.put_policy(work, None, None).await.unwrap();
+    let deployer = c.client("agent/deployer");
+    let other = c.client("agent/other");
+    let mut held = Vec::new();
+    for r in [
+        "k8s/prod/web",
+        "k8s/staging/web",
+        "k8s/staging/z",
+        "k8s/zz/hidden",
+    ] {
+        match acquire(&deployer, r).await.unwrap() {
+            Acquired::Granted(lease) => held.push(lease),
+            o => panic!("{o:?}"),
+        }
+    }
+    assert!(matches!(
+        acquire(&deployer, "k8s/prod/db").await.unwrap(),
+        Acquired::PendingApproval(_)
+    ));
+    // No `read` in the policy: open, as before.
+    assert!(other.get("k8s/prod/web").await.unwrap().holder.is_some());
+    assert_eq!(other.list_approvals().await.unwrap().len(), 1);
+
+    let governed = format!(
+        "{work}@id(\"read-staging\") permit(principal, action == Action::\"read\", resource in Resource::\"k8s/staging\");\n\
+         @id(\"humans-read\") @reason(\"people on call see everything\") permit(principal is Human, action == Action::\"read\", resource);\n"
+    );
+    admin.put_policy(&governed, None, None).await.unwrap();
+
+    // Another agent: staging yes, prod no (PERMISSION_DENIED naming the action), nothing changed.
+    let e = other.get("k8s/prod/web").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(e.to_string().contains("read"), "{e}");
+    assert!(other.get("k8s/staging/web").await.unwrap().holder.is_some());
+    let listed: Vec<String> = other
+        .list_all("", false)
+        .await
+        .unwrap()
+        .leases
+        .into_iter()
+        .map(|l| l.resource)
+        .collect();
+    assert_eq!(listed, ["k8s/staging/web", "k8s/staging/z"]);
+    // Page by page, a page's `next` never names a lease the caller may not read.
+    let (mut after, mut pages) = (String::new(), Vec::new());
+    loop {
+        let page = other
+            .list_page(warrant::proto::ListRequest {
+                limit: 1,
+                after: after.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(
+            page.next.is_empty() || page.next.starts_with("k8s/staging/"),
+            "{}",
+            page.next
+        );
+        pages.extend(page.leases.into_iter().map(|l| l.resource));
+        if page.next.is_empty() {
+            break;
+        }
+        after = page.next;
+    }
+    assert_eq!(pages, ["k8s/staging/web", "k8s/staging/z"]);
+    assert!(other.list_approvals().await.unwrap().is_empty());
+    let e = other.get_policy().await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    let about_deployer = PolicyTest::new(
+        "agent/deployer".parse().unwrap(),
+        Action::Acquire,
+        "k8s/prod/web",
+    );
+    let e = other.test_policy(&about_deployer).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    let about_itself =
+        PolicyTest::new("agent/other".parse().unwrap(), Action::Read, "k8s/prod/web");
+    assert_eq!(
+        other.test_policy(&about_itself).await.unwrap().decision,
+        "deny"
+    );
+
+    // The holder reads its own, everywhere; a human and the config's admin read all.
+    assert!(deployer.get("k8s/prod/web").await.unwrap().holder.is_some());
+    assert_eq!(deployer.list_all("", false).await.unwrap().leases.len(), 4);
+    assert_eq!(deployer.list_approvals().await.unwrap().len(), 1);
+    for reader in ["human/alice", "human/admin"] {
+        let reader = c.client(reader);
+        assert_eq!(reader.list_all("", false).await.unwrap().leases.len(), 4);
+        assert_eq!(reader.list_approvals().await.unwrap().len(), 1);
+        assert!(reader.get_policy().await.is_ok());
+    }
+    drop(held);
 }

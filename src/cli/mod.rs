@@ -329,6 +329,12 @@ enum Command {
         #[command(subcommand)]
         command: security::CertsCommand,
     },
+    /// The cluster signing key (offline, in a certs directory): rotate it, list the key ring,
+    /// retire an old key.
+    Keys {
+        #[command(subcommand)]
+        command: security::KeysCommand,
+    },
     /// Access tokens (admin): create, revoke.
     Token {
         #[command(subcommand)]
@@ -340,9 +346,14 @@ enum Command {
         file: PathBuf,
         #[arg(long)]
         resource: String,
-        /// The cluster's public key file (cluster-signing.pub from `warrant certs init`).
+        /// The cluster's public keys (cluster-signing.pub from `warrant certs init`; after a
+        /// rotation, the ring `warrant keys rotate` wrote).
         #[arg(long, env = "WARRANT_CLUSTER_KEY")]
         cluster_key: PathBuf,
+        /// The cluster's name (its nodes' cluster_name): a certificate another cluster signed,
+        /// even with the same key, is refused.
+        #[arg(long, env = "WARRANT_CLUSTER_NAME")]
+        cluster: String,
         /// Refuse a certificate unless now + SKEW ≤ its not_after.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
         skew: Duration,
@@ -523,6 +534,7 @@ async fn dispatch(command: Command) -> u8 {
         },
         // Offline: no cluster, no connection.
         Command::Certs { command } => security::certs(command),
+        Command::Keys { command } => security::keys(command),
         Command::Snapshot {
             command:
                 command @ (snapshot::SnapshotCommand::Restore { .. }
@@ -532,10 +544,18 @@ async fn dispatch(command: Command) -> u8 {
             file,
             resource,
             cluster_key,
+            cluster,
             skew,
             highest,
             output,
-        } => security::verify_grant(&file, &resource, &cluster_key, skew, highest, output),
+        } => security::verify_grant(
+            &file,
+            &resource,
+            (&cluster_key, &cluster),
+            skew,
+            highest,
+            output,
+        ),
         Command::Policy {
             command:
                 PolicyCommand::Validate {
@@ -780,6 +800,7 @@ async fn client_command(command: Command) -> u8 {
         | Command::Dev { .. }
         | Command::Run { .. }
         | Command::Certs { .. }
+        | Command::Keys { .. }
         | Command::Snapshot { .. }
         | Command::VerifyGrant { .. } => return exit::OTHER,
     };
@@ -1012,6 +1033,7 @@ async fn execute(client: &Client, command: Command) -> Result<Outcome, ClientErr
         Command::Server { .. }
         | Command::Dev { .. }
         | Command::Certs { .. }
+        | Command::Keys { .. }
         | Command::VerifyGrant { .. }
         | Command::Run { .. }
         | Command::Watch { .. }

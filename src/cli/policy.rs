@@ -209,7 +209,7 @@ pub(super) async fn execute(
         } => {
             let resource = match (resource, action) {
                 (Some(r), _) => r,
-                (None, Action::Admin) => String::new(),
+                (None, Action::Admin | Action::Read) => String::new(),
                 (None, _) => {
                     return Err(ClientError::Invalid(format!(
                         "--resource is required for action {action}"
@@ -240,7 +240,7 @@ fn test_outcome(
     resource: &str,
     r: &crate::proto::TestPolicyResponse,
 ) -> Outcome {
-    let target = if action == Action::Admin {
+    let target = if action == Action::Admin || (action == Action::Read && resource.is_empty()) {
         "the cluster".to_string()
     } else {
         resource.to_string()

@@ -11,7 +11,7 @@ use crate::client::{Client, ClientError, FenceGuard, GrantVerifier};
 use crate::model::Principal;
 use crate::proto;
 use crate::security::certs::{self, InitOptions};
-use crate::security::{Identity, VerifyingKey};
+use crate::security::{Identity, KeyRing};
 
 #[derive(Subcommand)]
 pub(super) enum CertsCommand {
@@ -49,6 +49,140 @@ pub(super) enum CertsCommand {
         #[arg(long, value_parser = parse_duration, default_value = "365d")]
         valid_for: Duration,
     },
+}
+
+#[derive(Subcommand)]
+pub(super) enum KeysCommand {
+    /// Stage a new signing key: its public half joins the ring DIR/cluster-signing.pub and the key
+    /// waits in DIR/cluster-signing.next.key. Put the ring on every node and every resource that
+    /// verifies grants (restart the nodes one at a time), then `keys activate`.
+    Rotate {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Make the staged key DIR/cluster-signing.key (then restart the nodes one at a time). What
+    /// the old key signed still verifies until it is retired.
+    Activate {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// The keys of the ring in DIR, and which one signs and which is staged.
+    List {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Drop KEY_ID from the ring in DIR: tokens and certificates it signed stop verifying where
+    /// the new ring is. Wait until no node signs with it and what it signed has run out (the
+    /// longest token ttl; grant certificates within lease.certificate_lifetime).
+    Retire {
+        #[arg(long)]
+        dir: PathBuf,
+        key_id: String,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+}
+
+/// `warrant keys rotate|activate|list|retire`: offline, on the files.
+pub(super) fn keys(command: KeysCommand) -> u8 {
+    let ring_file = |dir: &Path| dir.join(certs::KEY_RING_FILE).display().to_string();
+    let (answer, output) = match command {
+        KeysCommand::Rotate { dir, output } => (
+            certs::stage_signing_key(&dir).map(|new| {
+                Outcome::ok(
+                    format!(
+                        "staged signing key {new} in {}; the ring {} holds it.\n\
+                         Next: put the ring on every node (verifying_keys) and every resource that \
+                         verifies grants, restarting the nodes one at a time; then `warrant keys \
+                         activate --dir {}` and restart them again.",
+                        dir.join(certs::NEXT_KEY_FILE).display(),
+                        ring_file(&dir),
+                        dir.display()
+                    ),
+                    json!({"staged": new}),
+                )
+            }),
+            output,
+        ),
+        KeysCommand::Activate { dir, output } => (
+            certs::activate_next_key(&dir).map(|(old, new)| {
+                Outcome::ok(
+                    format!(
+                        "{new} now signs (in {}). Restart the nodes one at a time; retire {old} \
+                         once what it signed has run out.",
+                        dir.join(certs::SIGNING_KEY_FILE).display()
+                    ),
+                    json!({"signing": new, "previous": old}),
+                )
+            }),
+            output,
+        ),
+        KeysCommand::List { dir, output } => (
+            certs::key_files(&dir).map(|files| {
+                let keys: Vec<_> = files
+                    .ring
+                    .keys()
+                    .iter()
+                    .map(|k| {
+                        let id = k.key_id();
+                        let signs = files.signing.as_deref() == Some(id.as_str());
+                        let staged = files.next.as_deref() == Some(id.as_str());
+                        (id, k.to_paserk(), signs, staged)
+                    })
+                    .collect();
+                Outcome::ok(
+                    keys.iter()
+                        .map(|(id, _, signs, staged)| match (signs, staged) {
+                            (true, _) => format!("{id}  (signs)"),
+                            (_, true) => format!("{id}  (staged)"),
+                            _ => id.clone(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    json!(keys
+                        .iter()
+                        .map(|(id, key, signs, staged)| json!({
+                            "key_id": id, "public_key": key, "signs": signs, "staged": staged
+                        }))
+                        .collect::<Vec<_>>()),
+                )
+            }),
+            output,
+        ),
+        KeysCommand::Retire {
+            dir,
+            key_id,
+            output,
+        } => (
+            certs::retire_key(&dir, &key_id).map(|ring| {
+                Outcome::ok(
+                    format!(
+                        "retired {key_id}; the ring {} holds {} key(s). Put it on every node and resource.",
+                        ring_file(&dir),
+                        ring.keys().len()
+                    ),
+                    json!({"retired": key_id, "keys": ring.keys().len()}),
+                )
+            }),
+            output,
+        ),
+    };
+    match answer {
+        Ok(outcome) => print(&outcome, output),
+        Err(e) => {
+            eprintln!("error: {e}");
+            match e {
+                certs::CertError::Invalid(_) => exit::INVALID,
+                _ => exit::OTHER,
+            }
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -176,7 +310,7 @@ pub(super) async fn token(client: &Client, command: TokenCommand) -> Result<Outc
 pub(super) fn verify_grant(
     file: &Path,
     resource: &str,
-    key: &Path,
+    (keys, cluster): (&Path, &str),
     skew: Duration,
     highest: u64,
     output: Output,
@@ -197,14 +331,14 @@ pub(super) fn verify_grant(
             }
         }
     };
-    let key = match VerifyingKey::load(key) {
+    let ring = match KeyRing::load(keys) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("error: {e}");
             return exit::INVALID;
         }
     };
-    let mut verifier = GrantVerifier::new(key);
+    let mut verifier = GrantVerifier::new(ring, cluster);
     verifier.skew = skew;
     let guard = FenceGuard::with_highest(highest);
     match guard.admit_certificate(&verifier, text.trim(), resource) {

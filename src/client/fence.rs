@@ -110,7 +110,7 @@ mod tests {
     fn certificates_are_checked_offline_then_fenced() {
         use crate::security::SigningKey;
         let key = SigningKey::generate();
-        let verifier = GrantVerifier::new(key.verifying_key());
+        let verifier = GrantVerifier::new(key.verifying_key(), "c");
         let cert = |token: u64, resource: &str, not_after_ms: u64| {
             GrantClaims {
                 cluster: "c".into(),

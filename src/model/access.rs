@@ -63,6 +63,44 @@ impl State {
         }
     }
 
+    /// May `by` read others' leases and approvals under `resource`, or ("") the policy? Open to
+    /// every caller while no policy is loaded or the loaded one names no `read`; the config's
+    /// admins always may; otherwise Cedar decides `read` (an approval rule cannot apply: a read
+    /// does not wait, so it is refused). Ok names the permitting policies (none when reads are not
+    /// governed, or for an admin).
+    pub fn read_allowed(
+        &self,
+        by: &Principal,
+        by_admin: bool,
+        resource: &str,
+    ) -> Result<Vec<String>, Denial> {
+        let governed = self.policy.as_ref().is_some_and(|p| p.governs_reads());
+        if by_admin || !governed {
+            return Ok(Vec::new());
+        }
+        let empty = Intent::default();
+        let facts = Facts {
+            ttl_ms: 0,
+            intent: &empty,
+            has_task_key: false,
+            takeover: false,
+        };
+        match self.evaluate(by, Action::Read, resource, &facts, self.now_ms, true) {
+            Verdict::Allow { policies, .. } => Ok(policies),
+            Verdict::Deny(denial) => Err(denial),
+            Verdict::Approval {
+                policy_version,
+                policies,
+                ..
+            } => Err(Denial {
+                action: Action::Read.as_str().to_owned(),
+                policy_version,
+                policies,
+                reason: Some("a read cannot wait for approval".into()),
+            }),
+        }
+    }
+
     /// Record an admin action that changes no state (e.g. an audit export): allowed or denied,
     /// it joins the audit trail.
     pub(super) fn admin_check(

@@ -166,7 +166,7 @@ impl State {
                 })
             };
         };
-        let recent = if action == Action::Admin {
+        let recent = if matches!(action, Action::Admin | Action::Read) {
             BTreeSet::new()
         } else {
             self.recent_labels(resource, now_ms, policy.intent_window_ms())

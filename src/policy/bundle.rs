@@ -98,6 +98,13 @@ impl PolicyBundle {
     pub fn evaluate(&self, q: &Query<'_>) -> Decision {
         self.inner.evaluator.evaluate(&self.inner.meta, q)
     }
+
+    /// Does some policy name the `read` action in its scope? Until one does, reads are open to
+    /// every caller (a policy set written before `read` existed keeps working as it did); from
+    /// then on they are decided like any action: a permit is needed and a forbid wins.
+    pub fn governs_reads(&self) -> bool {
+        self.inner.evaluator.governs_reads
+    }
 }
 
 impl PartialEq for PolicyBundle {

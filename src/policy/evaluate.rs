@@ -58,6 +58,8 @@ pub(super) struct Evaluator {
     always: Vec<Entity>,
     always_uids: HashSet<EntityUid>,
     cluster: EntityUid,
+    /// Some policy names `read` in its action scope (not merely any action).
+    pub(super) governs_reads: bool,
 }
 
 impl Evaluator {
@@ -113,6 +115,17 @@ impl Evaluator {
                 candidates.insert((action, kind), (action_uid.clone(), set));
             }
         }
+        let read = entity_uid(&TYPES.action, Action::Read.as_str());
+        // In the scope, or in a condition (`when { action == Action::"read" }`).
+        let governs_reads = policy_set.policies().any(|p| {
+            p.entity_literals().contains(&read)
+                || match p.action_constraint() {
+                    ActionConstraint::Any | ActionConstraint::Eq(_) => false,
+                    ActionConstraint::In(groups) => groups
+                        .iter()
+                        .any(|g| action_entities.is_ancestor_of(g, &read)),
+                }
+        });
         Ok(Evaluator {
             authorizer: Authorizer::new(),
             candidates,
@@ -120,6 +133,7 @@ impl Evaluator {
             always,
             always_uids,
             cluster,
+            governs_reads,
         })
     }
 
@@ -144,15 +158,16 @@ impl Evaluator {
                     .unwrap_or_else(|| Entity::with_uid(principal.clone())),
             );
         }
-        let resource = if q.action == Action::Admin {
-            self.cluster.clone()
-        } else {
-            let (uid, entity) = resource_entity(q.resource);
-            if !self.always_uids.contains(&uid) {
-                store.push(entity);
-            }
-            uid
-        };
+        let resource =
+            if q.action == Action::Admin || (q.action == Action::Read && q.resource.is_empty()) {
+                self.cluster.clone()
+            } else {
+                let (uid, entity) = resource_entity(q.resource);
+                if !self.always_uids.contains(&uid) {
+                    store.push(entity);
+                }
+                uid
+            };
         // `add_entities` repairs the closure of what it adds; `from_entities` recomputes it
         // from scratch and takes twice as long.
         let entities = match Entities::empty().add_entities(store, None) {

@@ -57,11 +57,16 @@ pub enum Action {
     Revoke,
     /// Administer the cluster (policies, membership); its resource is `Cluster::"warrant"`.
     Admin,
+    /// Read others' leases and approvals under a resource (`get`, `list`, `approvals list`), or,
+    /// on `Cluster::"warrant"` (resource ""), the policy itself (`policy get`, `policy test` for
+    /// another principal). Decided only once the policy set names `read` in some scope
+    /// ([`PolicyBundle::governs_reads`]); until then reads are open to every caller.
+    Read,
 }
 
 impl Action {
     /// Every action, in declaration order.
-    pub const ALL: [Action; 7] = [
+    pub const ALL: [Action; 8] = [
         Action::Acquire,
         Action::Takeover,
         Action::Release,
@@ -69,6 +74,7 @@ impl Action {
         Action::Approve,
         Action::Revoke,
         Action::Admin,
+        Action::Read,
     ];
 
     /// The Cedar action id (`"acquire"`, …), also the text form.
@@ -81,6 +87,7 @@ impl Action {
             Action::Approve => "approve",
             Action::Revoke => "revoke",
             Action::Admin => "admin",
+            Action::Read => "read",
         }
     }
 }
@@ -101,7 +108,7 @@ impl FromStr for Action {
             .ok_or_else(|| {
                 PolicyError::new(format!(
                     "unknown action `{s}` (expected one of: acquire, takeover, release, \
-                     checkpoint, approve, revoke, admin)"
+                     checkpoint, approve, revoke, admin, read)"
                 ))
             })
     }
@@ -117,7 +124,8 @@ pub struct Query<'a> {
     pub principal: &'a str,
     /// What the principal asks to do.
     pub action: Action,
-    /// The resource path (`k8s/prod/payments`); ignored for [`Action::Admin`].
+    /// The resource path (`k8s/prod/payments`); ignored for [`Action::Admin`]; "" for a
+    /// [`Action::Read`] of the cluster (the policy, every approval).
     pub resource: &'a str,
     /// Requested time to live, in milliseconds (`context.ttl_ms`).
     pub ttl_ms: u64,

@@ -260,6 +260,7 @@ fn unknown_context_attribute_is_rejected_once_per_action_in_a_stable_order() {
             "admin",
             "approve",
             "checkpoint",
+            "read",
             "release",
             "revoke",
             "takeover"
@@ -751,14 +752,15 @@ fn plain_cedar(b: &PolicyBundle, q: &Query<'_>) -> (bool, Vec<String>) {
     entities = entities
         .upsert_entities(named, Some(schema))
         .expect("named resources");
-    let resource = if q.action == Action::Admin {
-        uid("Cluster::\"warrant\"".to_owned())
-    } else {
-        entities = entities
-            .upsert_entities(chain(q.resource), Some(schema))
-            .expect("request chain");
-        uid(format!("Resource::\"{}\"", q.resource))
-    };
+    let resource =
+        if q.action == Action::Admin || (q.action == Action::Read && q.resource.is_empty()) {
+            uid("Cluster::\"warrant\"".to_owned())
+        } else {
+            entities = entities
+                .upsert_entities(chain(q.resource), Some(schema))
+                .expect("request chain");
+            uid(format!("Resource::\"{}\"", q.resource))
+        };
     if entities.get(&principal).is_none() {
         entities = entities
             .add_entities([Entity::with_uid(principal.clone())], Some(schema))
@@ -849,7 +851,7 @@ fn evaluation_with_the_few_reachable_entities_matches_plain_cedar_with_the_whole
             }
         }
     }
-    assert_eq!(compared, 6 * 7 * 7 * 2);
+    assert_eq!(compared, 6 * 8 * 7 * 2);
 }
 
 // --- the bundle as replicated state ---
@@ -954,4 +956,45 @@ fn resource_literals_are_found_in_scopes_conditions_and_entities() {
     found.sort();
     assert_eq!(found, ["a", "a/b", "db/Orders", "k8s/prod"]);
     assert!(super::resource_literals("not cedar", None).is_empty());
+}
+
+#[test]
+fn reads_are_governed_only_once_a_policy_names_read() {
+    let compile =
+        |text: &str| PolicyBundle::compile(1, text, None, DEFAULT_INTENT_WINDOW_MS).unwrap();
+    // A set written before `read` existed, even one permitting every action, governs no reads.
+    assert!(!compile("permit(principal, action, resource);").governs_reads());
+    assert!(
+        !compile("forbid(principal, action, resource in Resource::\"k8s/prod\");").governs_reads()
+    );
+    assert!(compile(
+        "permit(principal, action in [Action::\"acquire\", Action::\"read\"], resource);"
+    )
+    .governs_reads());
+    assert!(
+        compile("forbid(principal, action, resource) when { action == Action::\"read\" };")
+            .governs_reads(),
+        "named in a condition"
+    );
+    let b = compile(
+        "@id(\"read-staging\") permit(principal, action == Action::\"read\", resource in Resource::\"k8s/staging\");\n\
+         @id(\"humans-read-policy\") permit(principal is Human, action == Action::\"read\", resource == Cluster::\"warrant\");\n\
+         @id(\"all-but-read\") permit(principal, action, resource) when { principal is Human };",
+    );
+    assert!(b.governs_reads());
+    let decide = |who: &str, resource: &str| b.evaluate(&Query::new(who, Action::Read, resource));
+    assert!(matches!(
+        decide("agent/a", "k8s/staging/web"),
+        Decision::Allow { .. }
+    ));
+    assert!(matches!(
+        decide("agent/a", "k8s/prod/web"),
+        Decision::Deny { .. }
+    ));
+    assert!(
+        matches!(decide("human/h", ""), Decision::Allow { .. }),
+        "the cluster: the policy"
+    );
+    assert!(matches!(decide("agent/a", ""), Decision::Deny { .. }));
+    assert_eq!("read".parse::<Action>().unwrap(), Action::Read);
 }

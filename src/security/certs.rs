@@ -13,7 +13,7 @@ use rcgen::{
 };
 
 use super::identity::Identity;
-use super::keys::SigningKey;
+use super::keys::{KeyRing, SigningKey};
 
 /// How long `certs init` makes a CA valid by default.
 pub const DEFAULT_CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -273,13 +273,137 @@ pub fn init(out: &Path, options: &InitOptions) -> Result<Vec<PathBuf>, CertError
         write_pair(out, &file_stem(p), &pair, &mut written)?;
     }
     let signing = SigningKey::generate();
-    let secret = out.join("cluster-signing.key");
+    let secret = out.join(SIGNING_KEY_FILE);
     write_file(&secret, &signing.to_paserk(), true)?;
     written.push(secret);
-    let public = out.join("cluster-signing.pub");
-    write_file(&public, &signing.verifying_key().to_paserk(), false)?;
+    let public = out.join(KEY_RING_FILE);
+    write_file(
+        &public,
+        &KeyRing::from(signing.verifying_key()).to_text(),
+        false,
+    )?;
     written.push(public);
     Ok(written)
+}
+
+/// The signing key file, the key staged to replace it, and the key ring file in a certs directory.
+pub const SIGNING_KEY_FILE: &str = "cluster-signing.key";
+pub const NEXT_KEY_FILE: &str = "cluster-signing.next.key";
+pub const KEY_RING_FILE: &str = "cluster-signing.pub";
+
+/// What a certs directory holds: the ring, and the ids of the key that signs and of the staged one.
+pub struct KeyFiles {
+    pub ring: KeyRing,
+    pub signing: Option<String>,
+    pub next: Option<String>,
+}
+
+fn key_error(e: super::keys::KeyError) -> CertError {
+    CertError::Invalid(e.to_string())
+}
+
+/// The key ring in `dir`, with the ids of its signing key and staged key (when readable).
+pub fn key_files(dir: &Path) -> Result<KeyFiles, CertError> {
+    let ring = KeyRing::load(&dir.join(KEY_RING_FILE)).map_err(key_error)?;
+    let id = |file: &str| SigningKey::load(&dir.join(file)).ok().map(|k| k.key_id());
+    Ok(KeyFiles {
+        ring,
+        signing: id(SIGNING_KEY_FILE),
+        next: id(NEXT_KEY_FILE),
+    })
+}
+
+/// Stage a new signing key in `dir`: its public half joins the ring, and the key itself waits in
+/// `cluster-signing.next.key` until [`activate_next_key`], so the ring can reach every verifier
+/// before anything is signed with it, even where nodes share one directory. Returns the new key's id.
+pub fn stage_signing_key(dir: &Path) -> Result<String, CertError> {
+    let signing = SigningKey::load(&dir.join(SIGNING_KEY_FILE)).map_err(key_error)?;
+    let next_file = dir.join(NEXT_KEY_FILE);
+    if next_file.exists() {
+        return Err(CertError::Invalid(format!(
+            "{} is already staged; activate it first (warrant keys activate)",
+            next_file.display()
+        )));
+    }
+    let ring_file = dir.join(KEY_RING_FILE);
+    let ring = match KeyRing::load(&ring_file) {
+        Ok(ring) => ring,
+        // A directory whose ring file is gone: the signing key is all that verifies today.
+        Err(_) if !ring_file.exists() => KeyRing::from(signing.verifying_key()),
+        Err(e) => return Err(key_error(e)),
+    };
+    let new = SigningKey::generate();
+    // The key first: a crash before the ring is written leaves a staged key no ring knows, which
+    // `keys list` shows and a second `rotate` refuses to stage over; the other order would leave a
+    // ring naming a key whose secret is lost.
+    replace_file(&next_file, &new.to_paserk(), true)?;
+    let ring = ring
+        .with(signing.verifying_key())
+        .and_then(|r| r.with(new.verifying_key()))
+        .map_err(key_error)?;
+    replace_file(&ring_file, &ring.to_text(), false)?;
+    Ok(new.key_id())
+}
+
+/// Make the staged key the signing key (the file replaced whole, by rename). Refused unless the
+/// ring holds it. Returns the previous and the new signing key ids.
+pub fn activate_next_key(dir: &Path) -> Result<(String, String), CertError> {
+    let next_file = dir.join(NEXT_KEY_FILE);
+    let next = SigningKey::load(&next_file).map_err(|e| {
+        CertError::Invalid(format!(
+            "no staged key ({e}); stage one first (warrant keys rotate)"
+        ))
+    })?;
+    let files = key_files(dir)?;
+    if files.ring.find(&next.key_id()).is_none() {
+        return Err(CertError::Invalid(format!(
+            "the staged key {} is not in the ring {}: run warrant keys rotate again",
+            next.key_id(),
+            dir.join(KEY_RING_FILE).display()
+        )));
+    }
+    let secret = dir.join(SIGNING_KEY_FILE);
+    let previous = SigningKey::load(&secret).map_err(key_error)?;
+    replace_file(&secret, &next.to_paserk(), true)?;
+    std::fs::remove_file(&next_file).map_err(|source| CertError::Io {
+        path: next_file.display().to_string(),
+        source,
+    })?;
+    Ok((previous.key_id(), next.key_id()))
+}
+
+/// Drop `key_id` from the ring in `dir`: what it signed no longer verifies where the new ring is.
+/// The key that signs and the staged key cannot be retired.
+pub fn retire_key(dir: &Path, key_id: &str) -> Result<KeyRing, CertError> {
+    let files = key_files(dir)?;
+    if files.signing.as_deref() == Some(key_id) || files.next.as_deref() == Some(key_id) {
+        return Err(CertError::Invalid(format!(
+            "{key_id} is the key that signs now or the one staged to; retire only an older key"
+        )));
+    }
+    let ring = files.ring.without(key_id).map_err(key_error)?;
+    replace_file(&dir.join(KEY_RING_FILE), &ring.to_text(), false)?;
+    Ok(ring)
+}
+
+/// Write `text` to `path` through a temporary file renamed over it, then sync the directory.
+fn replace_file(path: &Path, text: &str, secret: bool) -> Result<(), CertError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    write_file(&tmp, text, secret)?;
+    let io = |source| CertError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::rename(&tmp, path).map_err(io)?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
 }
 
 /// Issue one more certificate from the CA in `dir` (`ca.pem`, `ca.key`), written next to it.

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::keys::{sign_json, verify_json, EnvelopeError, SigningKey, VerifyingKey};
+use super::keys::{sign_json, verify_json, EnvelopeError, KeyRing, SigningKey};
 
-const PURPOSE: &[u8] = b"warrant grant certificate v1";
+pub(crate) const PURPOSE: &[u8] = b"warrant grant certificate v1";
 
 /// The skew allowance verifiers use by default: a certificate is accepted only while
 /// `now + skew ≤ not_after`, so a verifier whose clock runs up to this much behind the cluster's
@@ -50,12 +50,14 @@ pub enum GrantCertError {
     },
 }
 
-/// How a resource checks a grant certificate offline.
+/// How a resource checks a grant certificate offline: with the cluster's public keys, for that
+/// cluster only (a certificate of another cluster that shares a key, such as a staging cluster
+/// made from a copy of production's key files, names its own cluster and is refused).
 #[derive(Debug, Clone)]
 pub struct GrantVerifier {
-    pub key: VerifyingKey,
-    /// When set, the certificate's cluster must be this one.
-    pub cluster: Option<String>,
+    pub keys: KeyRing,
+    /// The cluster's name (its nodes' `cluster_name`); the certificate must name it.
+    pub cluster: String,
     pub skew: Duration,
 }
 
@@ -66,10 +68,11 @@ impl GrantClaims {
 }
 
 impl GrantVerifier {
-    pub fn new(key: VerifyingKey) -> Self {
+    /// A verifier for `cluster`'s certificates signed by any key of `keys`.
+    pub fn new(keys: impl Into<KeyRing>, cluster: impl Into<String>) -> Self {
         Self {
-            key,
-            cluster: None,
+            keys: keys.into(),
+            cluster: cluster.into(),
             skew: DEFAULT_SKEW,
         }
     }
@@ -81,14 +84,12 @@ impl GrantVerifier {
         resource: &str,
         now_ms: u64,
     ) -> Result<GrantClaims, GrantCertError> {
-        let claims: GrantClaims = verify_json(&self.key, PURPOSE, "grant certificate", text)?;
-        if let Some(want) = &self.cluster {
-            if &claims.cluster != want {
-                return Err(GrantCertError::WrongCluster {
-                    got: claims.cluster,
-                    want: want.clone(),
-                });
-            }
+        let claims: GrantClaims = verify_json(&self.keys, PURPOSE, "grant certificate", text)?;
+        if claims.cluster != self.cluster {
+            return Err(GrantCertError::WrongCluster {
+                got: claims.cluster,
+                want: self.cluster.clone(),
+            });
         }
         if claims.resource != resource {
             return Err(GrantCertError::WrongResource {
@@ -151,7 +152,7 @@ mod tests {
         assert_eq!(peek_not_after_ms(&cert), Some(100_000));
         assert_eq!(peek_not_after_ms("v4.public.garbage"), None);
         assert_eq!(cert, claims().sign(&k), "deterministic");
-        let v = GrantVerifier::new(k.verifying_key());
+        let v = GrantVerifier::new(k.verifying_key(), "c");
         assert_eq!(v.verify(&cert, "db/orders", 99_000).unwrap(), claims());
         assert!(matches!(
             v.verify(&cert, "db/orders", 99_001),
@@ -162,7 +163,7 @@ mod tests {
             Err(GrantCertError::WrongResource { .. })
         ));
         let mut strict = v.clone();
-        strict.cluster = Some("other".into());
+        strict.cluster = "other".into();
         assert!(matches!(
             strict.verify(&cert, "db/orders", 1),
             Err(GrantCertError::WrongCluster { .. })
@@ -173,10 +174,10 @@ mod tests {
     fn forged_and_cross_purpose_certificates_are_refused() {
         let k = SigningKey::generate();
         let forged = claims().sign(&SigningKey::generate());
-        let v = GrantVerifier::new(k.verifying_key());
+        let v = GrantVerifier::new(k.verifying_key(), "c");
         assert!(matches!(
             v.verify(&forged, "db/orders", 1),
-            Err(GrantCertError::Envelope(EnvelopeError::BadSignature))
+            Err(GrantCertError::Envelope(EnvelopeError::UnknownKey(_)))
         ));
         // An access token signed by the same key is not a grant certificate.
         let token = crate::security::token::AccessClaims {

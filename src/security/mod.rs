@@ -19,5 +19,5 @@ pub mod token;
 
 pub use grant::{GrantCertError, GrantClaims, GrantVerifier};
 pub use identity::{Identity, IdentityError};
-pub use keys::{SigningKey, VerifyingKey};
+pub use keys::{KeyRing, SigningKey, VerifyingKey};
 pub use token::{AccessClaims, TokenError};

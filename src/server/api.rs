@@ -13,12 +13,12 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth;
-use super::convert::{self, invalid, op_error};
-use super::governance::{note, AuditStream};
+use super::convert::{self, op_error};
+use super::governance::AuditStream;
+use super::requests::{self, existing_resource, lease_id};
 use super::Shared;
 use crate::model::{
-    AcquireCmd, AcquireOutcome, Command, FenceStatus, FencingToken, InstanceId, LeaseId, Principal,
-    ReleaseOutcome, RequestId, ResourcePath, RevokeTarget, TaskKey, MAX_CHECKPOINT_BYTES,
+    AcquireCmd, AcquireOutcome, Command, FenceStatus, FencingToken, LeaseId, RequestId,
 };
 use crate::proto::{self, warrant_server};
 
@@ -28,6 +28,8 @@ const MAX_NOTES_IN_FLIGHT: usize = 4096;
 const KEEPALIVES_IN_FLIGHT_PER_STREAM: usize = 256;
 /// Cap on the leases of one List page.
 const MAX_LIST: usize = 10_000;
+/// Leases a List page looks at, for a caller whose reads the policy decides one by one.
+const MAX_GOVERNED_LIST_LOOKS: usize = 4_096;
 /// A List page ends before its leases reach this many bytes.
 const MAX_LIST_BYTES: usize = 1024 * 1024;
 /// Largest answer message this node sends: gRPC clients refuse bigger ones by default, so an answer
@@ -90,6 +92,82 @@ impl CheckpointReader {
     fn strip(&self, lease: &mut proto::Lease) {
         if !self.may_read(&lease.principal) {
             lease.checkpoint = None;
+        }
+    }
+}
+
+/// Whose reads a caller makes (issue 25 item 6), settled once per request.
+pub(super) enum ReadAs {
+    /// Insecure mode, or a member node: everything.
+    All,
+    /// A principal: its own, and what the policy's `read` permits
+    /// ([`crate::model::State::read_allowed`]); admin powers come with a certificate only.
+    Principal {
+        principal: crate::model::Principal,
+        by_admin: bool,
+    },
+    /// A node certificate of a node that is not a member: nothing.
+    Nobody(u64),
+}
+
+impl ReadAs {
+    pub(super) fn of(caller: &auth::Caller, shared: &Shared) -> Self {
+        match &caller.identity {
+            None => Self::All,
+            Some(crate::security::Identity::Node(id)) => {
+                let member = shared
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .get_node(id)
+                    .is_some();
+                if member {
+                    Self::All
+                } else {
+                    Self::Nobody(*id)
+                }
+            }
+            Some(crate::security::Identity::Principal(p)) => Self::Principal {
+                by_admin: !matches!(caller.via, auth::Via::Token(_)) && shared.admins.contains(p),
+                principal: p.clone(),
+            },
+        }
+    }
+
+    /// Does the policy decide this caller's reads one by one (so a listing costs an evaluation per
+    /// entry)?
+    fn governed(&self, state: &crate::model::State) -> bool {
+        match self {
+            Self::Principal { by_admin, .. } => {
+                !by_admin && state.policy().is_some_and(|p| p.governs_reads())
+            }
+            Self::All | Self::Nobody(_) => false,
+        }
+    }
+
+    /// May this caller read what `owner` holds or asked for under `resource`, or ("", no owner)
+    /// the policy?
+    pub(super) fn may_read(
+        &self,
+        state: &crate::model::State,
+        resource: &str,
+        owner: Option<&str>,
+    ) -> Result<(), Status> {
+        match self {
+            Self::All => Ok(()),
+            Self::Nobody(id) => Err(Status::permission_denied(format!(
+                "node/{id} is not a member of this cluster: a node certificate reads nothing here"
+            ))),
+            Self::Principal { principal, .. } if owner == Some(principal.as_str()) => Ok(()),
+            Self::Principal {
+                principal,
+                by_admin,
+            } => state
+                .read_allowed(principal, *by_admin, resource)
+                .map(|_| ())
+                .map_err(|denial| Status::permission_denied(denial.to_string())),
         }
     }
 }
@@ -217,49 +295,7 @@ fn too_large(status: &Status) -> Status {
     ))
 }
 
-pub(super) fn principal(s: &str) -> Result<Principal, Status> {
-    if s.is_empty() {
-        return Err(Status::invalid_argument(
-            "principal is required (agent/NAME or human/NAME; the CLI takes --principal or WARRANT_PRINCIPAL)",
-        ));
-    }
-    Principal::parse(s).map_err(invalid)
-}
-
-fn lease_id(s: &str) -> Result<LeaseId, Status> {
-    s.parse::<LeaseId>().map_err(|_| {
-        Status::invalid_argument(format!(
-            "lease_id {s:?} is not a lease id (1 to 16 hex digits)"
-        ))
-    })
-}
-
-/// A resource a request acquires or asks policy about: canonical (one spelling per resource).
-pub(super) fn resource(s: &str) -> Result<ResourcePath, Status> {
-    ResourcePath::parse(s).map_err(invalid)
-}
-
-/// A resource or prefix a request reads, fences or revokes: the stored rules, so a resource
-/// acquired before the canonical-path rule can still be named.
-pub(super) fn existing_resource(s: &str) -> Result<ResourcePath, Status> {
-    ResourcePath::parse_stored(s).map_err(invalid)
-}
-
 impl Api {
-    fn check_ttl(&self, ttl_ms: u64) -> Result<(), Status> {
-        let l = &self.shared.config.lease;
-        let ttl = Duration::from_millis(ttl_ms);
-        if ttl < l.min_ttl || ttl > l.max_ttl {
-            return Err(Status::invalid_argument(format!(
-                "ttl {} is outside this cluster's bounds [{}, {}]",
-                humantime::format_duration(ttl),
-                humantime::format_duration(l.min_ttl),
-                humantime::format_duration(l.max_ttl)
-            )));
-        }
-        Ok(())
-    }
-
     /// A grant certificate for `lease` valid until `not_after_ms`; empty on insecure clusters.
     pub(super) fn certificate(&self, lease: &crate::model::Lease, not_after_ms: u64) -> String {
         let Some(key) = &self.shared.auth.signing else {
@@ -688,59 +724,22 @@ impl warrant_server::Warrant for Api {
         request: Request<proto::AcquireRequest>,
     ) -> Result<Response<proto::AcquireResponse>, Status> {
         let caller = auth::caller(&request)?;
-        let mut r = request.into_inner();
-        // `warrant acquire --wait 10m` asks to wait for humans and then for the resource: the queue
-        // part is capped at max_wait rather than refused.
-        if r.approval_wait_ms > 0 {
-            let max_wait = self.shared.config.lease.max_wait.as_millis() as u64;
-            r.wait_ms = r.wait_ms.min(max_wait);
-        }
-        let request_id = RequestId::parse(&r.request_id).map_err(invalid)?;
-        // Shown to the humans who approve: no invisible formatting characters (issue 25 item 5).
-        for (what, text) in [
-            ("request_id", &r.request_id),
-            ("instance", &r.instance),
-            ("task_key", &r.task_key),
-        ] {
-            crate::model::types::check_readable_text(text)
-                .map_err(|why| Status::invalid_argument(format!("{what}: {why}")))?;
-        }
-        let cmd = AcquireCmd {
-            request_id: request_id.clone(),
-            resource: resource(&r.resource)?,
-            principal: caller.principal(&r.principal)?,
-            instance: InstanceId::parse(&r.instance).map_err(invalid)?,
-            ttl_ms: r.ttl_ms,
-            intent: convert::intent_to_model(r.intent)?,
-            task_key: if r.task_key.is_empty() {
-                None
-            } else {
-                Some(TaskKey::parse(&r.task_key).map_err(invalid)?)
-            },
-            wait_ms: (r.wait_ms > 0).then_some(r.wait_ms),
-            takeover: r.takeover,
-            defaults: self.shared.policy_defaults(),
-        };
-        let approval_wait = Duration::from_millis(r.approval_wait_ms);
-        if approval_wait > self.shared.config.approval_timeout {
-            return Err(Status::invalid_argument(format!(
-                "approval_wait {} is longer than this cluster's approval_timeout {}",
-                humantime::format_duration(approval_wait),
-                humantime::format_duration(self.shared.config.approval_timeout)
-            )));
-        }
-        self.check_ttl(r.ttl_ms)?;
-        let max_wait = self.shared.config.lease.max_wait;
-        if Duration::from_millis(r.wait_ms) > max_wait {
-            return Err(Status::invalid_argument(format!(
-                "wait {} is longer than this cluster's maximum {}",
-                humantime::format_duration(Duration::from_millis(r.wait_ms)),
-                humantime::format_duration(max_wait)
-            )));
-        }
+        let r = request.into_inner();
+        let principal = caller.principal(&r.principal)?;
+        let requests::Acquire {
+            cmd,
+            wait_ms,
+            approval_wait,
+        } = requests::acquire(
+            r,
+            principal,
+            &requests::AcquireBounds::of(&self.shared.config),
+            self.shared.policy_defaults(),
+        )?;
+        let request_id = cmd.request_id.clone();
         let principal = cmd.principal.clone();
         // A caller that may wait holds one of its principal's waiter slots until it is answered.
-        let _waiting = if r.wait_ms > 0 || !approval_wait.is_zero() {
+        let _waiting = if wait_ms > 0 || !approval_wait.is_zero() {
             Some(self.shared.auth.waiter_slot(&caller, principal.as_str())?)
         } else {
             None
@@ -755,7 +754,7 @@ impl warrant_server::Warrant for Api {
         // (a retry). Armed before the first proposal: a caller gone while it commits is withdrawn
         // too (the cancel queues behind it). Not re-checked: withdrawing one's own request must
         // work even after the caller's token was revoked, or a pending request would outlive it.
-        let mut withdraw = (r.wait_ms > 0 || !approval_wait.is_zero()).then(|| {
+        let mut withdraw = (wait_ms > 0 || !approval_wait.is_zero()).then(|| {
             WithdrawOnDrop::arm(
                 self.shared.clone(),
                 request_id.clone(),
@@ -785,8 +784,8 @@ impl warrant_server::Warrant for Api {
                 }
             };
             let outcome = match answer {
-                AcquireOutcome::Queued { .. } if r.wait_ms > 0 => {
-                    match tokio::time::timeout(Duration::from_millis(r.wait_ms), woken).await {
+                AcquireOutcome::Queued { .. } if wait_ms > 0 => {
+                    match tokio::time::timeout(Duration::from_millis(wait_ms), woken).await {
                         Ok(Ok(outcome)) => outcome,
                         // The wait is over (or we missed the wake-up): cancel, which answers with the final
                         // outcome — the grant if it happened meanwhile, so no lease is ever orphaned here.
@@ -945,18 +944,8 @@ impl warrant_server::Warrant for Api {
     ) -> Result<Response<proto::CheckpointResponse>, Status> {
         let caller = auth::caller(&request)?;
         let r = request.into_inner();
-        if r.data.len() > MAX_CHECKPOINT_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "checkpoint is {} bytes; the limit is {MAX_CHECKPOINT_BYTES}",
-                r.data.len()
-            )));
-        }
-        let cmd = Command::Checkpoint {
-            lease_id: lease_id(&r.lease_id)?,
-            principal: caller.principal(&r.principal)?,
-            token: FencingToken(r.token),
-            data: r.data,
-        };
+        let principal = caller.principal(&r.principal)?;
+        let cmd = requests::checkpoint(r, principal)?;
         match self.shared.propose(caller.wrap(cmd)).await? {
             crate::model::Response::Checkpoint(Ok(())) => {
                 Ok(Response::new(proto::CheckpointResponse {}))
@@ -972,23 +961,8 @@ impl warrant_server::Warrant for Api {
     ) -> Result<Response<proto::ReleaseResponse>, Status> {
         let caller = auth::caller(&request)?;
         let r = request.into_inner();
-        let outcome = match proto::ReleaseOutcome::try_from(r.outcome) {
-            Ok(proto::ReleaseOutcome::Unspecified) => None,
-            Ok(proto::ReleaseOutcome::Done) => Some(ReleaseOutcome::Done),
-            Ok(proto::ReleaseOutcome::Failed) => Some(ReleaseOutcome::Failed),
-            Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "outcome {} is not done, failed or unspecified",
-                    r.outcome
-                )))
-            }
-        };
-        let lease_id = lease_id(&r.lease_id)?;
-        let cmd = caller.wrap(Command::Release {
-            lease_id,
-            principal: caller.principal(&r.principal)?,
-            outcome,
-        });
+        let (lease_id, cmd) = requests::release(&r, caller.principal(&r.principal)?)?;
+        let cmd = caller.wrap(cmd);
         // Marked as releasing until answered: one acquire that finds the lease's resource busy
         // meanwhile is queued right behind this release instead of being answered busy.
         let (_releasing, proposal) = self
@@ -1013,35 +987,10 @@ impl warrant_server::Warrant for Api {
         let r = request.into_inner();
         let by = caller.principal(&r.principal)?;
         caller.require_certificate("revoking a lease")?;
-        let target = match (r.resource.is_empty(), r.lease_id.is_empty()) {
-            (false, true) => RevokeTarget::Resource(existing_resource(&r.resource)?),
-            (true, false) => RevokeTarget::Lease(lease_id(&r.lease_id)?),
-            _ => {
-                return Err(Status::invalid_argument(
-                    "give exactly one of resource or lease_id",
-                ))
-            }
-        };
-        note("reason", &r.reason, true)?;
         // Policy decides in apply (audited, denials too); the config's admins are the path while no
         // policy is loaded.
         let by_admin = self.shared.admins.contains(&by);
-        let cmd = if r.request_id.is_empty() {
-            Command::Revoke {
-                target,
-                by,
-                reason: r.reason,
-                by_admin,
-            }
-        } else {
-            Command::RevokeOnce {
-                request_id: RequestId::parse(&r.request_id).map_err(invalid)?,
-                target,
-                by,
-                reason: r.reason,
-                by_admin,
-            }
-        };
+        let cmd = requests::revoke(r, by, by_admin)?;
         match self.shared.propose(caller.wrap(cmd)).await? {
             crate::model::Response::Revoke(Ok(lease)) => {
                 // A principal Cedar lets revoke is not thereby one that reads the checkpoint.
@@ -1094,8 +1043,10 @@ impl warrant_server::Warrant for Api {
             self.shared.confirm_for(&caller).await?;
         }
         let sm = self.shared.sm.read();
-        let applied_index = sm.last_applied.map_or(0, |id| id.index);
         let view = sm.state.resource(&res);
+        let holder = view.and_then(|v| v.holder).map(|l| l.principal.as_str());
+        ReadAs::of(&caller, &self.shared).may_read(&sm.state, res.as_str(), holder)?;
+        let applied_index = sm.last_applied.map_or(0, |id| id.index);
         let reads_checkpoints = CheckpointReader::of(&caller, &self.shared, &sm.state);
         let (holder, fence, waiters) = match view {
             Some(v) => (
@@ -1138,9 +1089,34 @@ impl warrant_server::Warrant for Api {
         }
         let sm = self.shared.sm.read();
         let reads_checkpoints = CheckpointReader::of(&caller, &self.shared, &sm.state);
+        let reader = ReadAs::of(&caller, &self.shared);
+        if let ReadAs::Nobody(_) = reader {
+            reader.may_read(&sm.state, "", None)?;
+        }
+        // A caller whose reads the policy decides costs an evaluation per lease looked at, those
+        // it may not read included: a page looks at a bounded number.
+        let looks = if reader.governed(&sm.state) {
+            MAX_GOVERNED_LIST_LOOKS
+        } else {
+            usize::MAX
+        };
         let mut found = sm.state.list_after(&r.prefix, &r.after).peekable();
-        let (mut leases, mut bytes) = (Vec::new(), 0usize);
+        let (mut leases, mut bytes, mut looked) = (Vec::new(), 0usize, 0usize);
+        let (mut last_returned, mut last_looked) = (None::<String>, None::<String>);
         while let Some(l) = found.peek() {
+            if leases.len() == limit || looked == looks {
+                break;
+            }
+            looked += 1;
+            let owner = Some(l.principal.as_str());
+            if reader
+                .may_read(&sm.state, l.resource.as_str(), owner)
+                .is_err()
+            {
+                last_looked = Some(l.resource.to_string());
+                found.next();
+                continue;
+            }
             let mut lease = convert::lease(l, self.remaining(l.lease_id));
             if r.checkpoints {
                 reads_checkpoints.strip(&mut lease);
@@ -1148,16 +1124,22 @@ impl warrant_server::Warrant for Api {
                 lease.checkpoint = None;
             }
             let size = prost::Message::encoded_len(&lease) + 8;
-            if leases.len() == limit || (!leases.is_empty() && bytes + size > MAX_LIST_BYTES) {
+            if !leases.is_empty() && bytes + size > MAX_LIST_BYTES {
                 break;
             }
             bytes += size;
+            last_returned = Some(lease.resource.clone());
+            last_looked = last_returned.clone();
             leases.push(lease);
             found.next();
         }
-        let next = match (found.peek(), leases.last()) {
-            (Some(_), Some(last)) => last.resource.clone(),
-            _ => String::new(),
+        // The next page resumes after the last lease returned, so a page never names a resource
+        // the caller may not read, unless it ended on its bound of looks (then after the last
+        // looked at, or the next page would look at the same ones again).
+        let next = match found.peek() {
+            None => String::new(),
+            Some(_) if looked == looks => last_looked.unwrap_or_default(),
+            Some(_) => last_returned.unwrap_or_default(),
         };
         Ok(Response::new(proto::ListResponse {
             leases,

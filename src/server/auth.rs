@@ -30,7 +30,7 @@ use tonic::{Request, Status};
 
 use super::config::LimitsConfig;
 use crate::model::Principal;
-use crate::security::{AccessClaims, Identity, SigningKey, VerifyingKey};
+use crate::security::{AccessClaims, Identity, KeyRing, SigningKey};
 use crate::storage::SmReader;
 
 /// Metadata key of an access token (`Bearer v4.public.…`).
@@ -273,7 +273,7 @@ pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
 enum Mode {
     Insecure,
     Secure {
-        verifying: VerifyingKey,
+        verifying: KeyRing,
         cluster: String,
         sm: SmReader,
     },
@@ -336,13 +336,15 @@ impl Auth {
         Self::new(Mode::Insecure, None, limits)
     }
 
+    /// Access tokens verified with `ring` (which holds `signing`'s public half), for `cluster`.
     pub fn secure(
         signing: SigningKey,
+        ring: KeyRing,
         cluster: String,
         sm: SmReader,
         limits: LimitsConfig,
     ) -> Self {
-        let verifying = signing.verifying_key();
+        let verifying = ring;
         Self::new(
             Mode::Secure {
                 verifying,

@@ -151,6 +151,12 @@ pub struct SecurityConfig {
     /// The cluster's Ed25519 signing key (`k4.secret.…`, the same on every node): signs access
     /// tokens and grant certificates.
     pub signing_key: PathBuf,
+    /// The public keys access tokens are accepted under: a key ring (`cluster-signing.pub`, one
+    /// `k4.public.…` per line) holding the signing key's public half and older keys not yet retired.
+    /// Default: the signing key's public half alone. When rotating the signing key, every node gets
+    /// the ring with the new key before any node signs with it (README, "Rotating the signing key").
+    #[serde(default)]
+    pub verifying_keys: Option<PathBuf>,
 }
 
 /// `[limits]`: what one principal may use, so no principal can starve the others. 0 = no limit.
@@ -379,6 +385,7 @@ impl Config {
         let mut paths = vec![&mut config.data_dir];
         if let Some(s) = &mut config.security {
             paths.extend([&mut s.ca, &mut s.cert, &mut s.key, &mut s.signing_key]);
+            paths.extend(s.verifying_keys.as_mut());
         }
         for p in paths {
             if p.is_relative() {

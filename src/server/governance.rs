@@ -13,56 +13,20 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Response, Status};
 
-use super::api::{existing_resource, principal, resource, Api};
+use super::api::{Api, ReadAs};
 use super::auth::Caller;
-use super::convert::{self, invalid, op_error};
+use super::convert::{self, op_error};
+use super::requests::{self, existing_resource, principal, resource};
 use crate::audit::{AuditDecision, AuditFilter, AuditRecord};
-use crate::model::{self, Command, Facts, Intent, Principal, PrincipalKind, RequestId, Verdict};
-use crate::policy::{self, Action};
+use crate::model::{self, Facts, Intent, Verdict};
+use crate::policy::Action;
 use crate::proto;
 use crate::security::Identity;
 
-/// Largest policy text or entities document accepted.
-const MAX_POLICY_BYTES: usize = 1024 * 1024;
-/// Longest approval comment, rejection or revocation reason.
-const MAX_NOTE_BYTES: usize = 1024;
 /// Default and cap of an audit query's answer.
 const DEFAULT_AUDIT_LIMIT: usize = 1_000;
 const MAX_AUDIT_LIMIT: usize = 100_000;
-/// Longest intent window a policy may ask for.
-const MAX_INTENT_WINDOW_MS: u64 = 7 * 24 * 3_600_000;
-
 pub type AuditStream = Pin<Box<dyn Stream<Item = Result<proto::AuditRecord, Status>> + Send>>;
-
-/// A human's free text (reason, comment): required or not, bounded, no control characters.
-pub(super) fn note(what: &str, text: &str, required: bool) -> Result<(), Status> {
-    if (required && text.trim().is_empty())
-        || text.len() > MAX_NOTE_BYTES
-        || text.chars().any(char::is_control)
-    {
-        return Err(Status::invalid_argument(format!(
-            "{what}: {}at most {MAX_NOTE_BYTES} bytes of text without control characters",
-            if required { "required, " } else { "" }
-        )));
-    }
-    crate::model::types::check_readable_text(text)
-        .map_err(|why| Status::invalid_argument(format!("{what}: {why}")))
-}
-
-/// Only a human approves or rejects, whatever the policy says: the README promises "N distinct
-/// humans", and an agent's approval would let agents wave each other through.
-fn human_approver(by: &Principal, what: &str) -> Result<(), Status> {
-    if by.kind() == PrincipalKind::Human {
-        return Ok(());
-    }
-    Err(Status::permission_denied(format!(
-        "{by} cannot {what}: only human principals approve or reject requests (use a human's certificate)"
-    )))
-}
-
-fn request_id(s: &str) -> Result<RequestId, Status> {
-    RequestId::parse(s).map_err(invalid)
-}
 
 impl Api {
     pub(super) async fn put_policy_rpc(
@@ -72,50 +36,9 @@ impl Api {
     ) -> Result<Response<proto::PutPolicyResponse>, Status> {
         let by = caller.principal(&r.principal)?;
         caller.require_certificate("changing the policy")?;
-        if r.policies.len() > MAX_POLICY_BYTES || r.entities.len() > MAX_POLICY_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "policies and entities are each limited to {MAX_POLICY_BYTES} bytes"
-            )));
-        }
-        if r.intent_window_ms > MAX_INTENT_WINDOW_MS {
-            return Err(Status::invalid_argument(format!(
-                "intent_window_ms {} is longer than the maximum {MAX_INTENT_WINDOW_MS} (7 days)",
-                r.intent_window_ms
-            )));
-        }
-        let entities = (!r.entities.trim().is_empty()).then_some(r.entities);
-        // The same checks apply runs, made here first so a bad set costs no log write. Apply checks
-        // again (and audits the refusal) if it gets there anyway.
-        policy::validate(&r.policies, entities.as_deref()).map_err(|e| {
-            Status::invalid_argument(format!("policy rejected, nothing changed: {e}"))
-        })?;
-        // One resource, one spelling (issue 25 item 4): a literal no request can name would make
-        // its rule silently never apply.
-        for literal in policy::resource_literals(&r.policies, entities.as_deref()) {
-            if let Err(e) = crate::model::ResourcePath::parse(&literal) {
-                return Err(Status::invalid_argument(format!(
-                    "policy rejected, nothing changed: Resource::{literal:?} is not a resource \
-                     path a request can name ({e}), so a rule on it would never apply"
-                )));
-            }
-        }
-        let intent_window_ms = if r.intent_window_ms == 0 {
-            policy::DEFAULT_INTENT_WINDOW_MS
-        } else {
-            r.intent_window_ms
-        };
         let by_admin = self.shared.admins.contains(&by);
-        match self
-            .shared
-            .propose(caller.wrap(Command::PutPolicy {
-                by,
-                by_admin,
-                policies: r.policies,
-                entities,
-                intent_window_ms,
-            }))
-            .await?
-        {
+        let cmd = requests::put_policy(r, by, by_admin)?;
+        match self.shared.propose(caller.wrap(cmd)).await? {
             model::Response::PutPolicy(Ok(version)) => {
                 tracing::info!(version, "policy put");
                 Ok(Response::new(proto::PutPolicyResponse { version }))
@@ -131,6 +54,7 @@ impl Api {
     ) -> Result<Response<proto::GetPolicyResponse>, Status> {
         self.shared.confirm_for(caller).await?;
         let sm = self.shared.sm.read();
+        ReadAs::of(caller, &self.shared).may_read(&sm.state, "", None)?;
         let default_decision = self.shared.config.default_decision.as_str().to_owned();
         Ok(Response::new(match sm.state.policy() {
             Some(p) => proto::GetPolicyResponse {
@@ -155,11 +79,11 @@ impl Api {
         let who = principal(&r.principal)?;
         let action = Action::from_str(&r.action).map_err(|_| {
             Status::invalid_argument(format!(
-                "action {:?} is not one of acquire, takeover, release, checkpoint, approve, revoke, admin",
+                "action {:?} is not one of acquire, takeover, release, checkpoint, approve, revoke, admin, read",
                 r.action
             ))
         })?;
-        let res = if action == Action::Admin {
+        let res = if action == Action::Admin || (action == Action::Read && r.resource.is_empty()) {
             String::new()
         } else {
             resource(&r.resource)?.to_string()
@@ -176,18 +100,36 @@ impl Api {
             Action::Acquire | Action::Takeover => {
                 self.shared.policy_defaults().allow_without_policy
             }
-            Action::Release | Action::Checkpoint => true,
+            Action::Release | Action::Checkpoint | Action::Read => true,
             Action::Revoke | Action::Admin => self.shared.admins.contains(&who),
             Action::Approve => false,
         };
-        let verdict = self.shared.sm.read().state.evaluate(
-            &who,
-            action,
-            &res,
-            &facts,
-            self.shared.entry_clock.now_ms(),
-            allow_without_policy,
-        );
+        let verdict = {
+            let sm = self.shared.sm.read();
+            // What the policy would decide for someone else reveals the policy: a read of it.
+            ReadAs::of(caller, &self.shared).may_read(&sm.state, "", Some(who.as_str()))?;
+            if action == Action::Read {
+                match sm
+                    .state
+                    .read_allowed(&who, self.shared.admins.contains(&who), &res)
+                {
+                    Ok(policies) => Verdict::Allow {
+                        policy_version: sm.state.policy_version(),
+                        policies,
+                    },
+                    Err(denial) => Verdict::Deny(denial),
+                }
+            } else {
+                sm.state.evaluate(
+                    &who,
+                    action,
+                    &res,
+                    &facts,
+                    self.shared.entry_clock.now_ms(),
+                    allow_without_policy,
+                )
+            }
+        };
         Ok(Response::new(match verdict {
             Verdict::Allow {
                 policy_version,
@@ -226,9 +168,20 @@ impl Api {
         self.shared.confirm_for(caller).await?;
         let sm = self.shared.sm.read();
         let now = sm.state.policy_version();
+        // Each request only to whoever asked, or may read its resource (issue 25 item 6).
+        let reader = ReadAs::of(caller, &self.shared);
+        if let ReadAs::Nobody(_) = reader {
+            reader.may_read(&sm.state, "", None)?;
+        }
         let pending = sm
             .state
             .pending_approvals()
+            .filter(|p| {
+                let owner = Some(p.principal.as_str());
+                reader
+                    .may_read(&sm.state, p.resource.as_str(), owner)
+                    .is_ok()
+            })
             .map(|p| convert::pending(&p, now))
             .collect();
         drop(sm);
@@ -240,25 +193,8 @@ impl Api {
         caller: Caller,
         r: proto::ApproveRequest,
     ) -> Result<Response<proto::ApproveResponse>, Status> {
-        let id = request_id(&r.request_id)?;
         let by = caller.principal(&r.principal)?;
-        human_approver(&by, "approve")?;
-        note("comment", &r.comment, false)?;
-        let cmd = if r.digest.is_empty() {
-            Command::Approve {
-                request_id: id,
-                by,
-                comment: r.comment,
-            }
-        } else {
-            Command::ApproveSeen {
-                request_id: id,
-                by,
-                comment: r.comment,
-                digest: seen_digest(&r.digest)?,
-                policy_version: r.policy_version,
-            }
-        };
+        let cmd = requests::approve(r, by)?;
         match self.shared.propose(caller.wrap(cmd)).await? {
             model::Response::Approve(Ok(progress)) => {
                 // The approver sees what became of the request, not the agent's grant
@@ -304,25 +240,8 @@ impl Api {
         caller: Caller,
         r: proto::RejectRequest,
     ) -> Result<Response<proto::RejectResponse>, Status> {
-        let id = request_id(&r.request_id)?;
         let by = caller.principal(&r.principal)?;
-        human_approver(&by, "reject")?;
-        note("reason", &r.reason, true)?;
-        let cmd = if r.digest.is_empty() {
-            Command::Reject {
-                request_id: id,
-                by,
-                reason: r.reason,
-            }
-        } else {
-            Command::RejectSeen {
-                request_id: id,
-                by,
-                reason: r.reason,
-                digest: seen_digest(&r.digest)?,
-                policy_version: r.policy_version,
-            }
-        };
+        let cmd = requests::reject(r, by)?;
         match self.shared.propose(caller.wrap(cmd)).await? {
             model::Response::Reject(Ok(view)) => {
                 let now = self.shared.sm.read().state.policy_version();
@@ -530,20 +449,5 @@ impl Api {
                 hex::encode(chain.head())
             },
         }))
-    }
-}
-
-/// A digest an approver sends back (`PendingApproval.digest`): 32 lowercase hex digits.
-fn seen_digest(digest: &str) -> Result<String, Status> {
-    if digest.len() == 32
-        && digest
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
-        Ok(digest.to_string())
-    } else {
-        Err(Status::invalid_argument(format!(
-            "digest {digest:?} is not a request digest (32 lowercase hex digits, as `warrant approvals list` shows)"
-        )))
     }
 }

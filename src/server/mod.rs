@@ -12,12 +12,13 @@ pub mod auth;
 pub mod backup;
 mod batch;
 pub mod config;
-mod convert;
+pub(crate) mod convert;
 mod governance;
 mod handoff;
 mod lease_clock;
 mod membership;
 mod observe;
+pub mod requests;
 mod standing;
 mod tokens;
 mod waiters;
@@ -616,6 +617,7 @@ fn load_security(
     Option<(
         crate::security::tls::TlsMaterial,
         crate::security::SigningKey,
+        crate::security::KeyRing,
     )>,
     Error,
 > {
@@ -645,7 +647,25 @@ fn load_security(
         .map_err(Error::Security)?;
     let signing = crate::security::SigningKey::load(&sec.signing_key)
         .map_err(|e| Error::Security(e.to_string()))?;
-    Ok(Some((material, signing)))
+    let ring = match &sec.verifying_keys {
+        None => crate::security::KeyRing::from(signing.verifying_key()),
+        Some(path) => {
+            let ring =
+                crate::security::KeyRing::load(path).map_err(|e| Error::Security(e.to_string()))?;
+            // A node that signs with a key its own ring lacks would refuse its own tokens.
+            if ring.find(&signing.key_id()).is_none() {
+                return Err(Error::Security(format!(
+                    "{}: the signing key {} ({}) is not in this key ring; put the ring that \
+                     `warrant keys rotate` wrote on every node",
+                    path.display(),
+                    signing.key_id(),
+                    sec.signing_key.display()
+                )));
+            }
+            ring
+        }
+    };
+    Ok(Some((material, signing, ring)))
 }
 
 pub async fn start(config: Config) -> Result<NodeHandle, Error> {
@@ -708,7 +728,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         );
     }
     let network = Network::new(
-        security.as_ref().map(|(m, _)| m.client()),
+        security.as_ref().map(|(m, _, _)| m.client()),
         cluster_id.clone(),
         config.raft.dial_via.clone(),
     );
@@ -780,10 +800,11 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         }
     });
     let (tls, auth) = match security {
-        Some((material, signing)) => (
+        Some((material, signing, ring)) => (
             Some(material),
             auth::Auth::secure(
                 signing,
+                ring,
                 config.cluster_name.clone(),
                 sm.clone(),
                 config.limits.clone(),

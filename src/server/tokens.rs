@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use tonic::{Response, Status};
 
-use super::api::{principal, Api};
+use super::api::Api;
 use super::auth::Caller;
 use super::convert::op_error;
-use super::governance::note;
+use super::requests::note;
+use super::requests::principal;
 use crate::model::{self, access::TokenRecord, Command};
 use crate::proto;
 use crate::security::AccessClaims;

@@ -13,8 +13,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Response, Status};
 
-use super::api::{existing_resource, Api};
+use super::api::Api;
 use super::auth::Caller;
+use super::requests::existing_resource;
 use crate::audit::watch::{Compacted, WatchEvent};
 use crate::proto;
 
