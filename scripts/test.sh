@@ -11,6 +11,9 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+# Fuzz smoke (about 1 min once built): every cargo-fuzz target for a few seconds from the committed
+# inputs (tests/fuzz_corpus.rs above replays them all); long runs are `scripts/fuzz.sh run`.
+scripts/fuzz.sh smoke 5
 # Chaos smoke run (about 65 s): 3 real nodes, kills, pauses, partitions (in network namespaces as
 # root, else through the harness's proxies), membership changes and client-process pauses (and, as
 # root, packet loss), with a fixed seed, on the production path (mutual TLS, clients authenticated by

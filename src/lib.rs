@@ -14,6 +14,8 @@ pub mod cli;
 pub mod client;
 #[cfg(debug_assertions)]
 pub mod failpoint;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod model;
 pub mod policy;
 pub mod raft;

@@ -728,6 +728,35 @@ impl State {
         Ok(state)
     }
 
+    /// What must hold of any state, however it was reached (the fuzz targets check it after every
+    /// entry they apply): the per-principal counts match the leases and queues, each live lease is
+    /// its resource's one holder with a current fence, and the snapshot encoding round-trips.
+    pub fn check_consistency(&self) -> Result<(), String> {
+        if self.held != self.count_held() {
+            return Err("the per-principal counts differ from the leases and queues".into());
+        }
+        let mut holders = std::collections::BTreeSet::new();
+        for lease in self.leases() {
+            if !holders.insert(&lease.resource) {
+                return Err(format!("{} has two live holders", lease.resource));
+            }
+            if self.resource(&lease.resource).and_then(|v| v.holder) != Some(lease) {
+                return Err(format!("{} does not name its holder", lease.resource));
+            }
+            if self.check_fence(&lease.resource, lease.token) != FenceStatus::Current {
+                return Err(format!(
+                    "{}'s holder's token is not current",
+                    lease.resource
+                ));
+            }
+        }
+        match State::from_snapshot(&self.to_snapshot()) {
+            Ok(back) if &back == self => Ok(()),
+            Ok(_) => Err("the snapshot decodes to another state".into()),
+            Err(e) => Err(format!("the snapshot does not decode: {e}")),
+        }
+    }
+
     /// [`State::held`] counted afresh from the leases and the queues.
     pub(super) fn count_held(&self) -> BTreeMap<Principal, Held> {
         let mut held: BTreeMap<Principal, Held> = BTreeMap::new();

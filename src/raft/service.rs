@@ -224,7 +224,12 @@ fn decode<T: serde::de::DeserializeOwned>(msg: Request<RaftMessage>) -> Result<T
 }
 
 fn decode_message<T: serde::de::DeserializeOwned>(msg: &RaftMessage) -> Result<T, Status> {
-    bincode::deserialize(&msg.payload)
+    decode_payload(&msg.payload)
+}
+
+/// A Raft message's payload as `T`: how every message a peer sends is read (and fuzzed).
+pub fn decode_payload<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, Status> {
+    bincode::deserialize(payload)
         .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))
 }
 

@@ -24,7 +24,7 @@ pub mod backup;
 pub mod files;
 mod log_cache;
 mod log_store;
-mod snapshot_files;
+pub(crate) mod snapshot_files;
 mod standing;
 mod state_machine;
 
@@ -450,7 +450,7 @@ fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     bincode::serialize(value).expect("bincode serialises every in-memory value")
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     bincode::deserialize(bytes).map_err(|e| Error::Corrupt(e.to_string()))
 }
 

@@ -180,7 +180,7 @@ impl SnapshotFiles {
 }
 
 /// Write a snapshot of `state` with `meta` to `file` as it is encoded.
-pub(super) fn write(
+pub(crate) fn write(
     file: &std::fs::File,
     meta: &SnapshotMeta,
     state: &State,
@@ -204,7 +204,7 @@ pub(super) fn write(
 }
 
 /// Read the snapshot in `path`: its meta, and the state decoded as the file is read.
-pub(super) fn read(path: &Path) -> Result<(SnapshotMeta, State), Error> {
+pub(crate) fn read(path: &Path) -> Result<(SnapshotMeta, State), Error> {
     let corrupt = |what: &dyn std::fmt::Display| {
         Error::Corrupt(format!("snapshot file {}: {what}", path.display()))
     };
@@ -256,7 +256,7 @@ pub(super) fn open_current(files: &SnapshotFiles) -> Result<Option<SnapshotFile>
 
 /// Read the meta at the start of a snapshot (bounded: a damaged length is an error, not an
 /// allocation).
-pub(super) fn read_meta_from<R: Read>(input: R) -> bincode::Result<SnapshotMeta> {
+pub(crate) fn read_meta_from<R: Read>(input: R) -> bincode::Result<SnapshotMeta> {
     use bincode::Options;
     bincode::DefaultOptions::new()
         .with_fixint_encoding()
