@@ -9,6 +9,11 @@
 //! - [`client`]: the Rust client library (`Client`, `Lease`, `FenceGuard`);
 //! - [`cli`]: the `warrant` command line.
 
+/// Whether this build has the chaos suite's deliberate bugs (`chaos_break` in a node's config): test
+/// and development (debug) builds, and builds with the `chaos` feature. A release build has none:
+/// every branch that tests for one is compiled out, and a config asking for one is refused.
+pub const CHAOS_MODES: bool = cfg!(any(debug_assertions, feature = "chaos"));
+
 pub mod audit;
 pub mod cli;
 pub mod client;

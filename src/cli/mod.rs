@@ -589,7 +589,7 @@ async fn serve(path: PathBuf) -> u8 {
              claim any principal; for development only (see README \"Security\")"
         );
     }
-    if let Some(broken) = config.chaos_break {
+    if let Some(broken) = config.chaos() {
         tracing::error!(
             ?broken,
             "DELIBERATELY BROKEN NODE (chaos_break): this node has a known bug switched on so the \

@@ -335,7 +335,7 @@ impl Api {
                 // (The chaos suite's `lose-grants` break answers lost grants as applied: it must
                 // not be caught here, or its checkers could not show it.)
                 let lose_grants =
-                    self.shared.config.chaos_break == Some(super::config::ChaosBreak::LoseGrants);
+                    self.shared.config.chaos() == Some(super::config::ChaosBreak::LoseGrants);
                 let ended = if lose_grants {
                     None
                 } else {
@@ -440,7 +440,7 @@ impl Api {
         if let Some(rides) = self.ride(caller, &cmd, &local) {
             return Ok(rides);
         }
-        if self.shared.config.chaos_break == Some(super::config::ChaosBreak::UnconfirmedAnswers) {
+        if self.shared.config.chaos() == Some(super::config::ChaosBreak::UnconfirmedAnswers) {
             // The deliberate bug: no quorum confirmation, whoever this node is.
             return Ok(Answered::Now(answer.clone()));
         }
@@ -585,7 +585,7 @@ impl Api {
                         Some(reason) => lost(reason.to_string()),
                         // The chaos suite's `lose-grants` break keeps up its lie: a grant it
                         // lost is answered as alive, so its checkers, not the client, catch it.
-                        None if self.shared.config.chaos_break
+                        None if self.shared.config.chaos()
                             == Some(super::config::ChaosBreak::LoseGrants) =>
                         {
                             Ok(proto::KeepAliveResponse {
@@ -744,7 +744,7 @@ impl warrant_server::Warrant for Api {
         } else {
             None
         };
-        if self.shared.config.chaos_break == Some(super::config::ChaosBreak::GrantOverHolder) {
+        if self.shared.config.chaos() == Some(super::config::ChaosBreak::GrantOverHolder) {
             self.chaos_displace_holder(&cmd).await;
         }
         let woken = self.shared.waiters.register(&request_id);

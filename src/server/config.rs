@@ -305,10 +305,13 @@ pub struct Config {
     #[serde(default)]
     pub raft: RaftConfig,
     /// Deliberately break this node, for the chaos suite's tests of its own checkers only. Needs
-    /// `insecure = true`; the server logs an error at every start.
+    /// `insecure = true` and a build with chaos modes ([`CHAOS_MODES`]); the server logs an error
+    /// at every start. Read it through [`Config::chaos`].
     #[serde(default)]
     pub chaos_break: Option<ChaosBreak>,
 }
+
+pub use crate::CHAOS_MODES;
 
 /// `chaos_break` in the config: a known bug to switch on, so a chaos run can show its checkers
 /// catching it.
@@ -365,6 +368,19 @@ pub fn listen_addr(advertised: &str) -> String {
     match advertised.rsplit_once(':') {
         Some((_, port)) => format!("0.0.0.0:{port}"),
         None => advertised.to_string(),
+    }
+}
+
+impl Config {
+    /// The deliberate bug this node runs with, if any: always `None` in a build without chaos
+    /// modes, so the branches that test it are compiled out.
+    #[inline]
+    pub fn chaos(&self) -> Option<ChaosBreak> {
+        if CHAOS_MODES {
+            self.chaos_break
+        } else {
+            None
+        }
     }
 }
 
@@ -482,6 +498,14 @@ impl Config {
                     ));
                 }
             }
+        }
+        if self.chaos_break.is_some() && !CHAOS_MODES {
+            return Err(bad(
+                "chaos_break",
+                "this build has no chaos modes (a release build; build with --features chaos for \
+                 the chaos suite)"
+                    .into(),
+            ));
         }
         if self.chaos_break.is_some() && !self.insecure {
             return Err(bad(

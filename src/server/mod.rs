@@ -186,7 +186,7 @@ impl Shared {
     /// How long the lease clock counts a lease of `ttl` down for: `ttl`, but for the chaos suite's
     /// `early-expiry` broken mode (a quarter of it).
     fn counted_ttl(&self, ttl: Duration) -> Duration {
-        match self.config.chaos_break {
+        match self.config.chaos() {
             Some(config::ChaosBreak::EarlyExpiry) => ttl / 4,
             _ => ttl,
         }
@@ -697,7 +697,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         events_tx,
         config.watch_history,
     )?;
-    if config.chaos_break == Some(config::ChaosBreak::LoseGrants) {
+    if config.chaos() == Some(config::ChaosBreak::LoseGrants) {
         sm_store.chaos_lose_grants();
     }
     let sm = sm_store.reader();
