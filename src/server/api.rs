@@ -567,93 +567,28 @@ impl Api {
                 certificate_valid_ms: 0,
             })
         };
-        let Some(term) = self.shared.clock.active_term() else {
-            return Err(self.shared.redirect());
-        };
-        let (ttl_ms, renewed_this_term) = {
-            let sm = self.shared.sm.read();
-            match sm.state.lease(&id) {
-                Some(l) if l.principal != who => {
-                    return Err(Status::permission_denied(format!(
-                        "lease {id} is held by {}, not {who}",
-                        l.principal
-                    )))
-                }
-                Some(l) => (l.ttl_ms, l.renew_term == term),
-                None => {
-                    return match sm.state.ended(&id) {
-                        Some(reason) => lost(reason.to_string()),
-                        // The chaos suite's `lose-grants` break keeps up its lie: a grant it
-                        // lost is answered as alive, so its checkers, not the client, catch it.
-                        None if self.shared.config.chaos()
-                            == Some(super::config::ChaosBreak::LoseGrants) =>
-                        {
-                            Ok(proto::KeepAliveResponse {
-                                lease_id: req.lease_id.clone(),
-                                result: Some(KaResult::TtlMs(1_000)),
-                                certificate: String::new(),
-                                certificate_valid_ms: 0,
-                            })
-                        }
-                        None => lost("unknown lease".to_string()),
-                    };
-                }
+        match super::lease_time::acknowledge(&self.shared, caller, id, &who).await? {
+            super::lease_time::Ack::Renewed { lease } => {
+                let lifetime = self.shared.config.lease.certificate_ms(lease.ttl_ms);
+                let certificate = if req.certificate {
+                    self.certificate(&lease, super::wall_now_ms().saturating_add(lifetime))
+                } else {
+                    String::new()
+                };
+                Ok(proto::KeepAliveResponse {
+                    lease_id: req.lease_id.clone(),
+                    result: Some(KaResult::TtlMs(lease.ttl_ms)),
+                    certificate_valid_ms: if certificate.is_empty() { 0 } else { lifetime },
+                    certificate,
+                })
             }
-        };
-        if renewed_this_term {
-            self.shared.confirm_for(caller).await?;
-        } else {
-            match self.shared.renewer.submit(id).await {
-                Some(Ok(Ok(_))) => {}
-                Some(Ok(Err(e))) => return lost(e.to_string()),
-                Some(Err(status)) => return Err(status),
-                None => return Err(Status::unavailable("node is shutting down")),
-            }
-        }
-        // Rule 3: only a leader that just confirmed its leadership, in the term its clock counts
-        // for, moves the deadline.
-        let raft_term = self.shared.raft.metrics().borrow().current_term;
-        if self.shared.clock.active_term() != Some(term) || raft_term != term {
-            return Err(self.shared.redirect());
-        }
-        // The confirmation waited until everything committed before it was applied: a revoke,
-        // release or takeover that won the race is visible now, with its reason (etcd#14758).
-        let lease = {
-            let sm = self.shared.sm.read();
-            // Checked again after the confirmation: a revocation of the caller's access token that
-            // committed while this keepalive waited refuses it here, not one ttl later.
-            if let auth::Via::Token(token) = &caller.via {
-                if sm.state.token_revoked(token) {
-                    return Err(Status::unauthenticated(format!(
-                        "access token {token} was revoked"
-                    )));
-                }
-            }
-            match sm.state.lease(&id) {
-                Some(l) => l.clone(),
-                None => {
-                    let reason = sm.state.ended(&id).map(|r| r.to_string());
-                    return lost(reason.unwrap_or_else(|| "unknown lease".to_string()));
-                }
-            }
-        };
-        let ttl = Duration::from_millis(ttl_ms);
-        if self.shared.clock.renew(id, self.shared.counted_ttl(ttl)) {
-            metrics::counter!("warrant_keepalives_total").increment(1);
-            let lifetime = self.shared.config.lease.certificate_ms(ttl_ms);
-            let certificate = if req.certificate {
-                self.certificate(&lease, super::wall_now_ms().saturating_add(lifetime))
-            } else {
-                String::new()
-            };
-            Ok(proto::KeepAliveResponse {
+            super::lease_time::Ack::Lost(reason) => lost(reason),
+            super::lease_time::Ack::ChaosAlive => Ok(proto::KeepAliveResponse {
                 lease_id: req.lease_id.clone(),
-                result: Some(KaResult::TtlMs(ttl_ms)),
-                certificate_valid_ms: if certificate.is_empty() { 0 } else { lifetime },
-                certificate,
-            })
-        } else {
-            lost("expired".to_string())
+                result: Some(KaResult::TtlMs(1_000)),
+                certificate: String::new(),
+                certificate_valid_ms: 0,
+            }),
         }
     }
 }

@@ -1,9 +1,18 @@
 //! A Warrant node: opens storage, starts openraft, serves the Raft transport and the client API, and
-//! runs the leader's duties (the lease clock: expiry and ttl checkpoints).
+//! runs the leader's duties (lease time, approval expiry, record limits).
 //!
 //! Decisions are never made here: every mutation is a [`model::Command`] proposed through Raft and
 //! decided in the state machine's apply. This module validates input, proposes, and carries out the
 //! effects (waking waiting acquires, moving lease deadlines).
+//!
+//! Where to look:
+//! - a request's input checks: `requests.rs`; the calls: `api.rs` (leases, reads), `governance.rs`
+//!   (policy, approvals, audit), `tokens.rs`, `membership.rs`, `backup.rs`, `watcher.rs`;
+//! - lease time (countdowns, keepalive acknowledgement, expiry, ttl checkpoints): `lease_time.rs`;
+//! - who the caller is, limits and rates: `auth.rs`; connections before that: `admission.rs`;
+//! - proposals and their batching: `Shared::propose`, `batch.rs`; a release's waiting acquire:
+//!   `handoff.rs`; acquires waiting for an event: `waiters.rs`;
+//! - decisions themselves (grants, policy, tokens raised, leases expired): `crate::model`.
 
 mod admission;
 mod api;
@@ -15,7 +24,7 @@ pub mod config;
 pub(crate) mod convert;
 mod governance;
 mod handoff;
-mod lease_clock;
+mod lease_time;
 mod membership;
 mod observe;
 pub mod requests;
@@ -44,7 +53,7 @@ use crate::model::{self, Command, Event, LeaseId, Principal};
 use crate::raft::{network::Network, service::RaftService, NodeAddr, Raft};
 use crate::storage::{self, AppliedEvents, SmReader};
 use batch::Batcher;
-use lease_clock::LeaseClock;
+use lease_time::LeaseClock;
 use waiters::Waiters;
 
 /// How long a proposal may take to commit before the caller is told the outcome is unknown.
@@ -183,15 +192,6 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// How long the lease clock counts a lease of `ttl` down for: `ttl`, but for the chaos suite's
-    /// `early-expiry` broken mode (a quarter of it).
-    fn counted_ttl(&self, ttl: Duration) -> Duration {
-        match self.config.chaos() {
-            Some(config::ChaosBreak::EarlyExpiry) => ttl / 4,
-            _ => ttl,
-        }
-    }
-
     /// The defaults stamped into every acquire (DESIGN: decisions are a function of the log).
     pub fn policy_defaults(&self) -> model::PolicyDefaults {
         model::PolicyDefaults {
@@ -819,7 +819,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
         let weak = weak.clone();
         let renewer = Batcher::spawn(1, move |ids: Vec<LeaseId>| {
             let weak = weak.clone();
-            async move { renew_batch(weak, ids).await }
+            async move { lease_time::renew_batch(weak, ids).await }
         });
         Shared {
             node_id: config.node_id,
@@ -1076,13 +1076,10 @@ pub async fn start(config: Config) -> Result<NodeHandle, Error> {
 async fn dispatch_events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<AppliedEvents>) {
     while let Some(events) = rx.recv().await {
         for event in events {
+            lease_time::on_event(&shared, &event);
             match event {
                 Event::Granted { grant } => {
                     metrics::counter!("warrant_leases_granted_total").increment(1);
-                    shared.clock.on_granted(
-                        grant.lease.lease_id,
-                        shared.counted_ttl(Duration::from_millis(grant.lease.ttl_ms)),
-                    );
                     tracing::info!(node = shared.node_id, resource = %grant.lease.resource, lease = %grant.lease.lease_id,
                         token = grant.lease.token.0, principal = %grant.lease.principal, "granted");
                     let request_id = grant.lease.request_id.clone();
@@ -1093,7 +1090,6 @@ async fn dispatch_events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ap
                 Event::Ended { lease, reason } => {
                     metrics::counter!("warrant_leases_ended_total", "reason" => reason.kind())
                         .increment(1);
-                    shared.clock.on_ended(lease.lease_id);
                     tracing::info!(node = shared.node_id, resource = %lease.resource, lease = %lease.lease_id, token = lease.token.0,
                         ended = %reason, "lease ended");
                 }
@@ -1110,40 +1106,6 @@ async fn dispatch_events(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Ap
                 }
             }
         }
-    }
-}
-
-/// Renew a batch of leases with one `Renew` entry (the first keepalive of each in this term).
-async fn renew_batch(
-    shared: std::sync::Weak<Shared>,
-    ids: Vec<LeaseId>,
-) -> Vec<Result<Result<model::Lease, model::OpError>, Status>> {
-    let Some(shared) = shared.upgrade() else {
-        return ids
-            .iter()
-            .map(|_| Err(Status::unavailable("node is shutting down")))
-            .collect();
-    };
-    let mut unique = ids.clone();
-    unique.sort();
-    unique.dedup();
-    match shared.propose(Command::Renew { lease_ids: unique }).await {
-        Ok(model::Response::Renew(results)) => {
-            let by_id: std::collections::HashMap<_, _> = results.into_iter().collect();
-            ids.iter()
-                .map(|id| {
-                    Ok(by_id
-                        .get(id)
-                        .cloned()
-                        .unwrap_or(Err(model::OpError::UnknownLease(*id))))
-                })
-                .collect()
-        }
-        Ok(_) => ids
-            .iter()
-            .map(|_| Err(Status::internal("unexpected answer to Renew")))
-            .collect(),
-        Err(status) => ids.iter().map(|_| Err(status.clone())).collect(),
     }
 }
 
@@ -1165,12 +1127,12 @@ async fn leader_duties(shared: Arc<Shared>) {
         };
         match (leading, shared.clock.active_term()) {
             (Some(term), Some(active)) if term == active => {
-                expire_due(&shared).await;
+                lease_time::expire_due(&shared).await;
                 expire_approvals_due(&shared).await;
                 settle_record_limits(&shared).await;
                 if last_checkpoint.elapsed() >= lease.ttl_checkpoint_interval {
                     last_checkpoint = tokio::time::Instant::now();
-                    checkpoint_quiet(&shared, term).await;
+                    lease_time::checkpoint_quiet(&shared).await;
                 }
             }
             (Some(term), active) => {
@@ -1178,7 +1140,7 @@ async fn leader_duties(shared: Arc<Shared>) {
                 if active.is_some() {
                     shared.clock.deactivate();
                 }
-                if activate(&shared, term).await {
+                if lease_time::activate(&shared, term).await {
                     // The first checkpoint comes one interval after activation, so each leader that
                     // lives that long lowers the remaining ttl of quiet leases (DESIGN rule 3).
                     last_checkpoint = tokio::time::Instant::now();
@@ -1191,61 +1153,6 @@ async fn leader_duties(shared: Arc<Shared>) {
             changed = metrics.changed() => if changed.is_err() { return },
             _ = ticker.tick() => {}
         }
-    }
-}
-
-/// Start counting on a new leader: once its first entry is applied, every live lease gets the
-/// countdown the state machine's rule gives it (DESIGN rule 3). True once the clock runs.
-async fn activate(shared: &Shared, term: u64) -> bool {
-    if shared.confirm_leadership().await.is_err() {
-        return false;
-    }
-    // Hold the state machine's read guard while the clock starts: no entry is applied in between,
-    // so every grant or end after this point reaches the clock as an event, and none before is lost.
-    let sm = shared.sm.read();
-    if sm.state.current_term() != term {
-        return false; // our first entry is not applied yet; try again on the next tick
-    }
-    let countdowns: Vec<(LeaseId, Duration)> = sm
-        .state
-        .leases()
-        .map(|l| {
-            (
-                l.lease_id,
-                Duration::from_millis(sm.state.initial_countdown_ms(l)),
-            )
-        })
-        .collect();
-    tracing::info!(
-        term,
-        leases = countdowns.len(),
-        "leader: lease clock started"
-    );
-    shared.entry_clock.start_from(sm.state.now_ms());
-    shared.clock.activate(term, countdowns);
-    true
-}
-
-async fn expire_due(shared: &Shared) {
-    let due = shared.clock.due(MAX_PER_ENTRY);
-    if due.is_empty() {
-        return;
-    }
-    match shared
-        .propose(Command::Expire {
-            lease_ids: due.clone(),
-        })
-        .await
-    {
-        Ok(_) => {
-            // Every id proposed is gone from the state machine now (expired by this entry, or ended
-            // earlier by one whose event has not reached the clock yet): stop counting it either way.
-            for id in &due {
-                shared.clock.on_ended(*id);
-            }
-            tracing::debug!(count = due.len(), "expired leases");
-        }
-        Err(e) => tracing::warn!(error = %e, "could not propose expiry"),
     }
 }
 
@@ -1327,33 +1234,6 @@ async fn expire_approvals_due(shared: &Shared) {
         .await
     {
         tracing::warn!(error = %e, "could not propose approval expiry");
-    }
-}
-
-async fn checkpoint_quiet(shared: &Shared, term: u64) {
-    let quiet: Vec<LeaseId> = {
-        let sm = shared.sm.read();
-        sm.state
-            .leases()
-            .filter(|l| l.renew_term != term)
-            .map(|l| l.lease_id)
-            .take(MAX_PER_ENTRY)
-            .collect()
-    };
-    let remaining: Vec<(LeaseId, u64)> = quiet
-        .into_iter()
-        .filter_map(|id| {
-            shared
-                .clock
-                .remaining(id)
-                .map(|d| (id, d.as_millis() as u64))
-        })
-        .collect();
-    if remaining.is_empty() {
-        return;
-    }
-    if let Err(e) = shared.propose(Command::CheckpointTtl { remaining }).await {
-        tracing::warn!(error = %e, "could not checkpoint remaining ttl");
     }
 }
 
