@@ -210,7 +210,8 @@ pub fn log_entry(data: &[u8]) {
                 }
             }
             2 => {
-                let _ = crate::storage::decode::<crate::raft::Identity>(value);
+                // The data directory's identity (cluster, node, format), read at every start.
+                let _ = crate::storage::decode::<crate::storage::Identity>(value);
             }
             3 => {
                 let _ = crate::storage::decode::<openraft::Vote<crate::raft::NodeId>>(value);
@@ -281,8 +282,7 @@ pub fn audit_export(data: &[u8]) {
         let mut records = Vec::new();
         while let Ok(record) = proto::AuditRecord::decode_length_delimited(&mut rest) {
             records.push(
-                crate::client::audit_record_from_proto(record)
-                    .map_err(|e| crate::audit::AuditError::Bytes(e.to_string())),
+                crate::audit::wire::from_proto(record).map_err(crate::audit::AuditError::Bytes),
             );
             if records.len() > 10_000 || rest.is_empty() {
                 break;
@@ -759,7 +759,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     out.push(("audit_export", lines.into_bytes()));
     let sent: Vec<u8> = records
         .iter()
-        .flat_map(|r| crate::server::convert::audit_record(r).encode_length_delimited_to_vec())
+        .flat_map(|r| crate::audit::wire::to_proto(r).encode_length_delimited_to_vec())
         .collect();
     out.push(("audit_export", with_kind(0, sent)));
 

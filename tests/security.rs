@@ -184,68 +184,30 @@ async fn strangers_are_refused_principals_are_bound_and_grants_verify_offline() 
     let cert_file = c.dir.path().join("grant.txt");
     std::fs::write(&cert_file, next.certificate()).unwrap();
     let pubkey = certs.join("cluster-signing.pub");
-    let ok = c.cli(
-        "agent/other",
-        &[
+    let verify = |key: &std::path::Path, cluster: &str, more: &[&str]| {
+        let mut args = vec![
             "verify-grant",
             cert_file.to_str().unwrap(),
             "--resource",
             "db/orders",
             "--cluster-key",
-            pubkey.to_str().unwrap(),
+            key.to_str().unwrap(),
             "--cluster",
-            "test",
-            "--output",
-            "json",
-        ],
-    );
+            cluster,
+        ];
+        args.extend_from_slice(more);
+        c.cli("agent/other", &args)
+    };
+    let ok = verify(&pubkey, "test", &["--output", "json"]);
     assert_eq!(code(&ok), 0, "{}", stderr(&ok));
     assert_eq!(json(&ok)["token"], next.token());
-    let superseded = c.cli(
-        "agent/other",
-        &[
-            "verify-grant",
-            cert_file.to_str().unwrap(),
-            "--resource",
-            "db/orders",
-            "--cluster-key",
-            pubkey.to_str().unwrap(),
-            "--cluster",
-            "test",
-            "--highest",
-            &(next.token() + 1).to_string(),
-        ],
-    );
+    let highest = (next.token() + 1).to_string();
+    let superseded = verify(&pubkey, "test", &["--highest", &highest]);
     assert_eq!(code(&superseded), 3, "{}", stdout(&superseded));
-    let other_key = foreign.path().join("cluster-signing.pub");
-    let forged = c.cli(
-        "agent/other",
-        &[
-            "verify-grant",
-            cert_file.to_str().unwrap(),
-            "--resource",
-            "db/orders",
-            "--cluster-key",
-            other_key.to_str().unwrap(),
-            "--cluster",
-            "test",
-        ],
-    );
+    let forged = verify(&foreign.path().join("cluster-signing.pub"), "test", &[]);
     assert_eq!(code(&forged), 4, "{}", stdout(&forged));
     // Genuine, but another cluster's name: refused, whatever key it shares.
-    let other_cluster = c.cli(
-        "agent/other",
-        &[
-            "verify-grant",
-            cert_file.to_str().unwrap(),
-            "--resource",
-            "db/orders",
-            "--cluster-key",
-            pubkey.to_str().unwrap(),
-            "--cluster",
-            "staging",
-        ],
-    );
+    let other_cluster = verify(&pubkey, "staging", &[]);
     assert_eq!(code(&other_cluster), 4, "{}", stdout(&other_cluster));
     assert!(
         stdout(&other_cluster).contains("cluster \"test\", not \"staging\""),

@@ -60,6 +60,7 @@ mod filter;
 mod json;
 mod verify;
 pub mod watch;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -8,15 +8,13 @@
 //! An export survives a node going away mid-stream: it resumes on another node from the next
 //! sequence number, so no record is skipped or repeated.
 
-use std::collections::BTreeMap;
-use std::str::FromStr;
 use std::time::Duration;
 
 use futures::Stream;
 use tonic::Code;
 
 use super::{from_status, transient, Client, ClientError, ATTEMPT_TIMEOUT};
-use crate::audit::{AuditDecision, AuditEntry, AuditFilter, AuditRecord, Hash};
+use crate::audit::{AuditFilter, AuditRecord};
 use crate::proto;
 
 /// Longest wait for the next record of a stream before the node is presumed gone (a dead
@@ -29,58 +27,14 @@ const STREAM_RETRIES: u32 = 3;
 /// Longest a node may take to recompute its whole chain (millions of records take seconds).
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// A record as the cluster sent it, rebuilt as an [`AuditRecord`]. Fails on a hash that is not 64
-/// lowercase hex digits or a decision name that is not spelled canonically — either would make
-/// the record hash differently from what was stored.
+/// A record as the cluster sent it, rebuilt as an [`AuditRecord`] ([`crate::audit::wire`]); a
+/// malformed one is DATA_LOSS.
 pub fn audit_record_from_proto(p: proto::AuditRecord) -> Result<AuditRecord, ClientError> {
-    let malformed = |what: String| ClientError::Server {
+    let seq = p.seq;
+    crate::audit::wire::from_proto(p).map_err(|what| ClientError::Server {
         code: Code::DataLoss,
-        message: format!(
-            "the server sent a malformed audit record (seq {}): {what}",
-            p.seq
-        ),
-    };
-    let decision = AuditDecision::from_str(&p.decision)
-        .ok()
-        .filter(|d| d.as_str() == p.decision)
-        .ok_or_else(|| malformed(format!("unknown decision {:?}", p.decision)))?;
-    let prev_hash = hash_from_hex(&p.prev_hash).map_err(|e| malformed(format!("prev_hash {e}")))?;
-    let hash = hash_from_hex(&p.hash).map_err(|e| malformed(format!("hash {e}")))?;
-    Ok(AuditRecord {
-        seq: p.seq,
-        index: p.index,
-        at_ms: p.at_ms,
-        entry: AuditEntry {
-            principal: p.principal,
-            instance: p.instance,
-            action: p.action,
-            resource: p.resource,
-            request_id: p.request_id,
-            lease_id: p.lease_id,
-            token: p.token,
-            intent: p.intent,
-            labels: p.labels.into_iter().collect::<BTreeMap<_, _>>(),
-            decision,
-            reason: p.reason,
-            policy_version: p.policy_version,
-            policies: p.policies,
-            approvers: p.approvers,
-            via_token: p.via_token,
-        },
-        prev_hash,
-        hash,
+        message: format!("the server sent a malformed audit record (seq {seq}): {what}"),
     })
-}
-
-fn hash_from_hex(s: &str) -> Result<Hash, String> {
-    if s.len() != 64 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return Err(format!(
-            "must be 64 lowercase hex digits (a SHA-256), found {s:?}"
-        ));
-    }
-    let mut out = [0u8; 32];
-    hex::decode_to_slice(s, &mut out).map_err(|e| e.to_string())?;
-    Ok(out)
 }
 
 /// State of an export between records.
@@ -258,34 +212,8 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::AuditChain;
-
-    /// The wire form, as the server writes it.
-    fn to_proto(r: &AuditRecord) -> proto::AuditRecord {
-        let e = &r.entry;
-        proto::AuditRecord {
-            seq: r.seq,
-            index: r.index,
-            at_ms: r.at_ms,
-            principal: e.principal.clone(),
-            instance: e.instance.clone(),
-            action: e.action.clone(),
-            resource: e.resource.clone(),
-            request_id: e.request_id.clone(),
-            lease_id: e.lease_id.clone(),
-            token: e.token,
-            intent: e.intent.clone(),
-            labels: e.labels.clone().into_iter().collect(),
-            decision: e.decision.as_str().to_string(),
-            reason: e.reason.clone(),
-            policy_version: e.policy_version,
-            policies: e.policies.clone(),
-            approvers: e.approvers.clone(),
-            prev_hash: hex::encode(r.prev_hash),
-            hash: hex::encode(r.hash),
-            via_token: e.via_token.clone(),
-        }
-    }
+    use crate::audit::wire::to_proto;
+    use crate::audit::{AuditChain, AuditDecision, AuditEntry};
 
     fn chain(n: u64) -> Vec<AuditRecord> {
         let mut chain = AuditChain::default();

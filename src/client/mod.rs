@@ -54,8 +54,8 @@ pub use lease::{Lease, LeaseInfo, LostReason};
 use crate::model::{InstanceId, Principal, ValidationError};
 use crate::proto;
 use crate::proto::warrant_client::WarrantClient;
+use crate::proto::LEADER_METADATA;
 pub use crate::security::tls::{TlsFiles, TlsMaterial};
-use crate::server::LEADER_METADATA;
 
 /// Longest a single attempt at one node may take before the next node is tried.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -178,7 +178,7 @@ impl tonic::service::Interceptor for Credentials {
         if let Some(v) = &self.bearer {
             request
                 .metadata_mut()
-                .insert(crate::server::auth::AUTHORIZATION, v.clone());
+                .insert(crate::proto::AUTHORIZATION, v.clone());
         }
         Ok(request)
     }

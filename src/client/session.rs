@@ -21,7 +21,7 @@ use super::{Client, Inner};
 use crate::proto;
 pub(super) use crate::proto::session_request::Call;
 pub(super) use crate::proto::session_response::Result as Answer;
-use crate::server::LEADER_METADATA;
+use crate::proto::LEADER_METADATA;
 
 type Reply = oneshot::Sender<Result<Answer, Status>>;
 

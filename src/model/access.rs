@@ -5,12 +5,12 @@
 //! A token's text never enters the log: only its id, principal and expiry. The server signs the
 //! token after the mint entry commits.
 
-use serde::{Deserialize, Serialize};
-
-use super::command::{Command, Denial, Effects};
+use super::command::{Command, Effects};
+use super::error::Denial;
 use super::error::OpError;
 use super::governance::{Facts, Verdict};
 use super::state::State;
+pub use super::types::TokenRecord;
 use super::types::{Intent, Principal};
 use crate::audit::{AuditDecision, AuditEntry};
 use crate::policy::Action;
@@ -24,16 +24,15 @@ pub const MAX_TOKEN_ID_BYTES: usize = 64;
 /// How long after a mint a retry of it (same id, principal and minter) still gets the token back.
 pub const MINT_RETRY_WINDOW_MS: u64 = 5 * 60 * 1000;
 
-/// What the cluster remembers of a minted access token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TokenRecord {
-    pub id: String,
-    pub principal: Principal,
-    pub minted_by: Principal,
-    pub issued_at_ms: u64,
-    pub expires_at_ms: u64,
-    /// `Some(by)` once revoked.
-    pub revoked_by: Option<Principal>,
+/// What policy sees of a request with no lease or acquire behind it (an admin action, a read):
+/// no ttl, no intent, no task key.
+fn bare(empty: &Intent) -> Facts<'_> {
+    Facts {
+        ttl_ms: 0,
+        intent: empty,
+        has_task_key: false,
+        takeover: false,
+    }
 }
 
 impl State {
@@ -44,12 +43,7 @@ impl State {
             return Ok(());
         }
         let empty = Intent::default();
-        let facts = Facts {
-            ttl_ms: 0,
-            intent: &empty,
-            has_task_key: false,
-            takeover: false,
-        };
+        let facts = bare(&empty);
         match self.evaluate(
             by,
             Action::Admin,
@@ -79,12 +73,7 @@ impl State {
             return Ok(Vec::new());
         }
         let empty = Intent::default();
-        let facts = Facts {
-            ttl_ms: 0,
-            intent: &empty,
-            has_task_key: false,
-            takeover: false,
-        };
+        let facts = bare(&empty);
         match self.evaluate(by, Action::Read, resource, &facts, self.now_ms, true) {
             Verdict::Allow { policies, .. } => Ok(policies),
             Verdict::Deny(denial) => Err(denial),

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::error::OpError;
+use super::error::{Denial, OpError};
 use super::types::{
     Completion, EndReason, FencingToken, Grant, InstanceId, Intent, Lease, LeaseId, Principal,
     ReleaseOutcome, RequestId, ResourcePath, TaskKey,
@@ -150,7 +150,7 @@ pub enum Command {
     },
     /// Register an access token (admin only; the server signs it after commit).
     MintToken {
-        record: super::access::TokenRecord,
+        record: super::types::TokenRecord,
         /// `record.minted_by` is one of the config's admins.
         by_admin: bool,
     },
@@ -207,7 +207,7 @@ pub enum Command {
     },
     /// How long request-id and ended-lease records are kept and how many request records may exist;
     /// proposed by a leader whose config differs from the replicated limits.
-    SetRecordLimits(super::state::RecordLimits),
+    SetRecordLimits(super::types::RecordLimits),
     /// `Revoke` with a request id: a retry (same id, principal and target) answers as the first and
     /// ends nothing else (issue 24 item 5).
     RevokeOnce {
@@ -274,50 +274,6 @@ impl AcquireOutcome {
             AcquireOutcome::Denied(_) => "denied",
             AcquireOutcome::PendingApproval(_) => "pending_approval",
             AcquireOutcome::NotApproved(_) => "not_approved",
-        }
-    }
-}
-
-/// Why policy refused a request: the policy version, the determining policies and the `@reason` text
-/// a human wrote on the determining forbid.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Denial {
-    pub action: String,
-    pub policy_version: u64,
-    pub policies: Vec<String>,
-    pub reason: Option<String>,
-}
-
-impl std::fmt::Display for Denial {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (&self.reason, self.policy_version) {
-            (_, 0) if self.action == "acquire" || self.action == "takeover" => write!(
-                f,
-                "{} denied: no policy is loaded and the cluster's default_decision is deny",
-                self.action
-            ),
-            (_, 0) => write!(
-                f,
-                "{} denied: no policy is loaded, so only the config's admins may {}",
-                self.action, self.action
-            ),
-            (Some(reason), v) => write!(
-                f,
-                "{} denied by policy {} (version {v}): {reason}",
-                self.action,
-                self.policies.join(", ")
-            ),
-            (None, v) if self.policies.is_empty() => write!(
-                f,
-                "{} denied: no policy of version {v} permits it",
-                self.action
-            ),
-            (None, v) => write!(
-                f,
-                "{} denied by policy {} (version {v})",
-                self.action,
-                self.policies.join(", ")
-            ),
         }
     }
 }
@@ -437,8 +393,8 @@ pub enum Response {
         expired: Vec<RequestId>,
     },
     NoteAnswer,
-    MintToken(Result<super::access::TokenRecord, OpError>),
-    RevokeToken(Result<super::access::TokenRecord, OpError>),
+    MintToken(Result<super::types::TokenRecord, OpError>),
+    RevokeToken(Result<super::types::TokenRecord, OpError>),
     AdminCheck(Result<(), OpError>),
     /// The command was not applied (its access token was revoked).
     Refused(OpError),
@@ -465,4 +421,31 @@ pub enum Event {
     Ended { lease: Lease, reason: EndReason },
     /// A queued request left the queue without a grant; its final answer is in the dedup table.
     WaiterEnded { request_id: RequestId },
+}
+
+/// An acquire waiting for humans: the exact request and what policy said about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Pending {
+    pub(super) cmd: AcquireCmd,
+    pub(super) needed: u32,
+    pub(super) approvers: Vec<(Principal, String)>,
+    pub(super) created_ms: u64,
+    pub(super) expires_ms: u64,
+    pub(super) policy_version: u64,
+    pub(super) policies: Vec<String>,
+}
+
+/// What policy says about one operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow {
+        policy_version: u64,
+        policies: Vec<String>,
+    },
+    Deny(Denial),
+    Approval {
+        needed: u32,
+        policy_version: u64,
+        policies: Vec<String>,
+    },
 }

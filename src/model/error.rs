@@ -6,7 +6,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::command::Denial;
 use super::types::{EndReason, FencingToken, LeaseId, Principal, RequestId, ResourcePath};
 
 /// Why the state machine refused an operation. Replicated (it is part of responses and the dedup
@@ -175,6 +174,50 @@ pub enum SnapshotError {
     UnknownVersion { found: u8, supported: u8 },
     #[error("snapshot is corrupt: {0}")]
     Corrupt(String),
+}
+
+/// Why policy refused a request: the policy version, the determining policies and the `@reason` text
+/// a human wrote on the determining forbid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denial {
+    pub action: String,
+    pub policy_version: u64,
+    pub policies: Vec<String>,
+    pub reason: Option<String>,
+}
+
+impl std::fmt::Display for Denial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.reason, self.policy_version) {
+            (_, 0) if self.action == "acquire" || self.action == "takeover" => write!(
+                f,
+                "{} denied: no policy is loaded and the cluster's default_decision is deny",
+                self.action
+            ),
+            (_, 0) => write!(
+                f,
+                "{} denied: no policy is loaded, so only the config's admins may {}",
+                self.action, self.action
+            ),
+            (Some(reason), v) => write!(
+                f,
+                "{} denied by policy {} (version {v}): {reason}",
+                self.action,
+                self.policies.join(", ")
+            ),
+            (None, v) if self.policies.is_empty() => write!(
+                f,
+                "{} denied: no policy of version {v} permits it",
+                self.action
+            ),
+            (None, v) => write!(
+                f,
+                "{} denied by policy {} (version {v})",
+                self.action,
+                self.policies.join(", ")
+            ),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,13 +18,12 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::ops::Bound;
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::command::{
-    AcquireCmd, AcquireOutcome, ApprovalProgress, Denial, Effects, Event, NotApproved, PendingView,
+    AcquireCmd, AcquireOutcome, ApprovalProgress, Effects, Event, NotApproved, Pending, PendingView,
 };
-use super::error::OpError;
+use super::error::{Denial, OpError};
 use super::state::State;
 use super::types::{Intent, Principal, PrincipalKind, RequestId};
 use crate::audit::{AuditDecision, AuditEntry};
@@ -36,18 +35,6 @@ pub const MAX_PENDING_APPROVALS: usize = 10_000;
 pub const MAX_RECENT_INTENTS: usize = 100_000;
 /// The resource `admin` decisions are made on (`Cluster::"warrant"` in Cedar).
 pub(super) const CLUSTER_RESOURCE: &str = "";
-
-/// An acquire waiting for humans: the exact request and what policy said about it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(super) struct Pending {
-    pub(super) cmd: AcquireCmd,
-    pub(super) needed: u32,
-    pub(super) approvers: Vec<(Principal, String)>,
-    pub(super) created_ms: u64,
-    pub(super) expires_ms: u64,
-    pub(super) policy_version: u64,
-    pub(super) policies: Vec<String>,
-}
 
 impl Pending {
     fn view(&self) -> PendingView {
@@ -68,20 +55,7 @@ impl Pending {
     }
 }
 
-/// What policy says about one operation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    Allow {
-        policy_version: u64,
-        policies: Vec<String>,
-    },
-    Deny(Denial),
-    Approval {
-        needed: u32,
-        policy_version: u64,
-        policies: Vec<String>,
-    },
-}
+pub use super::command::Verdict;
 
 /// The facts about a request that policy sees besides principal, action and resource.
 #[derive(Debug, Clone, Copy)]

@@ -31,18 +31,19 @@ mod proptests;
 mod testkit;
 
 pub use command::{
-    AcquireCmd, AcquireOutcome, ApprovalProgress, Command, Denial, Effects, EntryMeta, Event,
-    NotApproved, PendingView, PolicyDefaults, Quotas, ReleaseOk, Request, Response, RevokeTarget,
+    AcquireCmd, AcquireOutcome, ApprovalProgress, Command, Effects, EntryMeta, Event, NotApproved,
+    PendingView, PolicyDefaults, Quotas, ReleaseOk, Request, Response, RevokeTarget,
 };
-pub use error::{ErrorKind, OpError, SnapshotError};
+pub use error::{Denial, ErrorKind, OpError, SnapshotError};
 pub use governance::{Facts, Verdict, MAX_PENDING_APPROVALS};
 pub use state::{
-    FenceStatus, RecordLimits, ResourceView, State, DEFAULT_MAX_RECORDS, DEFAULT_RECORD_MIN_AGE_MS,
-    MAX_REVOKE_RECORDS, MAX_WAITERS_PER_RESOURCE, SNAPSHOT_FORMAT_VERSION,
+    FenceStatus, ResourceView, State, MAX_REVOKE_RECORDS, MAX_WAITERS_PER_RESOURCE,
+    SNAPSHOT_FORMAT_VERSION,
 };
 pub use types::{
     Completion, EndReason, FencingToken, Grant, InstanceId, Intent, Lease, LeaseId, Previous,
-    Principal, PrincipalKind, ReleaseOutcome, RequestId, ResourcePath, TaskKey, ValidationError,
+    Principal, PrincipalKind, RecordLimits, ReleaseOutcome, RequestId, ResourcePath, TaskKey,
+    TokenRecord, ValidationError, DEFAULT_MAX_RECORDS, DEFAULT_RECORD_MIN_AGE_MS,
     MAX_CHECKPOINT_BYTES, MAX_INSTANCE_CHARS, MAX_INTENT_LABELS, MAX_INTENT_TEXT_BYTES,
     MAX_LABEL_KEY_CHARS, MAX_LABEL_VALUE_BYTES, MAX_PRINCIPAL_NAME_CHARS, MAX_REQUEST_ID_CHARS,
     MAX_RESOURCE_BYTES, MAX_RESOURCE_SEGMENTS, MAX_TASK_KEY_BYTES,

@@ -201,7 +201,7 @@ fn plain_command() -> impl Strategy<Value = Command> {
             .prop_map(|request_ids| Command::ExpireApprovals { request_ids }),
         1 => (0u8..3, pick(&PRINCIPALS), any::<bool>(), 0u64..20_000).prop_map(
             |(id, p, by_admin, ttl)| Command::MintToken {
-                record: super::access::TokenRecord {
+                record: super::types::TokenRecord {
                     id: format!("t{id}"),
                     principal: who(p),
                     minted_by: who("human/h"),

@@ -17,12 +17,13 @@ use std::ops::Bound;
 use bincode::Options;
 use serde::{Deserialize, Serialize};
 
-use super::command::{AcquireCmd, AcquireOutcome, Command, Effects, EntryMeta, Request, Response};
+use super::command::{
+    AcquireCmd, AcquireOutcome, Command, Effects, EntryMeta, Pending, Request, Response,
+};
 use super::error::{OpError, SnapshotError};
-use super::governance::Pending;
 use super::types::{
     Completion, EndReason, FencingToken, InstanceId, Lease, LeaseId, Previous, Principal,
-    RequestId, ResourcePath, TaskKey,
+    RecordLimits, RequestId, ResourcePath, TaskKey,
 };
 
 /// First byte of every snapshot; bump when the encoding of `State` changes.
@@ -31,41 +32,11 @@ pub const SNAPSHOT_FORMAT_VERSION: u8 = 4;
 const SNAPSHOT_FORMAT_V3: u8 = 3;
 /// At most this many requests wait on one resource; more are answered `QueueFull`.
 pub const MAX_WAITERS_PER_RESOURCE: usize = 1024;
-/// Default of [`RecordLimits::min_age_ms`]: four times the clients' default call budget (15 s), the
-/// longest the Rust client and the CLI retry one request id.
-pub const DEFAULT_RECORD_MIN_AGE_MS: u64 = 60_000;
-/// Default of [`RecordLimits::max_records`]: room for 16,000 new request ids a second for the whole
-/// default age (the benchmarks peak near 10,000 a second). A grant's record takes about 100 bytes of
-/// memory (1,000,000: 103 MB measured) and 61 bytes of snapshot.
-pub const DEFAULT_MAX_RECORDS: usize = 1_000_000;
-
 /// Until the first `SetRecordLimits` is applied, records follow the rules of the builds before it
 /// (so replicas of both builds apply a rolling upgrade's entries alike): every answer is recorded,
 /// kept this long, and the oldest go past [`LEGACY_MAX`], young or not.
 pub const LEGACY_RETENTION_MS: u64 = 600_000;
 pub const LEGACY_MAX: usize = 100_000;
-
-/// How long request-id (dedup) and ended-lease records are kept, and how many request records may
-/// exist. Replicated (set by `Command::SetRecordLimits`, which the leader proposes when its config
-/// differs), so every replica keeps and refuses exactly the same requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordLimits {
-    /// A record is kept at least this long after its last update (entry time): a retry inside this
-    /// age always gets the first answer. Never evicted earlier, whatever the load.
-    pub min_age_ms: u64,
-    /// At most this many request records; a new request id arriving when the table is full of records
-    /// younger than `min_age_ms` is refused (`RequestTableFull`, RESOURCE_EXHAUSTED), not recorded.
-    pub max_records: usize,
-}
-
-impl Default for RecordLimits {
-    fn default() -> Self {
-        Self {
-            min_age_ms: DEFAULT_RECORD_MIN_AGE_MS,
-            max_records: DEFAULT_MAX_RECORDS,
-        }
-    }
-}
 
 /// A resource as seen by a query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,7 +191,7 @@ pub struct State {
     /// The audit chain's head; its records go to storage through `Effects::audit`.
     pub(super) audit: crate::audit::AuditChain,
     /// Access tokens minted and not yet expired, by id (revoked ones marked).
-    pub(super) tokens: BTreeMap<String, super::access::TokenRecord>,
+    pub(super) tokens: BTreeMap<String, super::types::TokenRecord>,
     /// How long records are kept and how many request records may exist; `None` until the first
     /// `SetRecordLimits` (the older rules, see [`LEGACY_RETENTION_MS`]).
     pub(super) limits: Option<RecordLimits>,
@@ -380,7 +351,7 @@ impl State {
             Command::NoteAnswer { cmd, outcome } => {
                 // The policies that allowed it, as policy stands at this entry.
                 let policies = match self.acquire_verdict(cmd, self.now_ms) {
-                    super::governance::Verdict::Allow { policies, .. } => policies,
+                    super::command::Verdict::Allow { policies, .. } => policies,
                     _ => Vec::new(),
                 };
                 self.audit_acquire(cmd, outcome, policies, Vec::new(), fx);
@@ -654,6 +625,12 @@ impl State {
     /// The audit chain's head (its records are in storage).
     pub fn audit_chain(&self) -> &crate::audit::AuditChain {
         &self.audit
+    }
+
+    /// The watch revision this state reflects: the length of the audit chain it holds the head of
+    /// (every change is an audit record).
+    pub fn revision(&self) -> u64 {
+        self.audit.len()
     }
 
     pub fn live_lease_count(&self) -> usize {
@@ -983,7 +960,7 @@ mod v3 {
     use serde::Deserialize;
 
     use super::super::command::AcquireOutcome;
-    use super::super::governance::Pending;
+    use super::super::command::Pending;
     use super::super::types::{
         InstanceId, Lease, LeaseId, Principal, RequestId, ResourcePath, TaskKey,
     };
@@ -1021,7 +998,7 @@ mod v3 {
         recent_intents: BTreeMap<ResourcePath, VecDeque<(u64, Vec<String>)>>,
         recent_order: VecDeque<(u64, ResourcePath)>,
         audit: crate::audit::AuditChain,
-        tokens: BTreeMap<String, super::super::access::TokenRecord>,
+        tokens: BTreeMap<String, super::super::types::TokenRecord>,
     }
 
     /// `state` as format 3 wrote it (for tests of the upgrade path).
@@ -1130,6 +1107,7 @@ mod tests {
     use super::super::command::AcquireCmd;
     use super::super::testkit::{acq, res, rid, Harness};
     use super::*;
+    use crate::model::types::DEFAULT_RECORD_MIN_AGE_MS;
 
     #[test]
     fn entry_time_never_goes_backwards() {

@@ -8,7 +8,8 @@ use super::command::{
     Response,
 };
 use super::error::OpError;
-use super::state::{RecordLimits, State};
+use super::state::State;
+use super::types::RecordLimits;
 use super::types::{
     FencingToken, Grant, InstanceId, Intent, LeaseId, Principal, ReleaseOutcome, RequestId,
     ResourcePath, TaskKey,

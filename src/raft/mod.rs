@@ -1,29 +1,17 @@
-//! openraft glue: the type configuration and the node-to-node transport, nothing else.
-//!
-//! Log entries carry a [`model::Request`] (a command stamped with the leader's wall clock); applying
-//! one yields a [`CommandResponse`]. Storage lives in [`crate::storage`].
+//! The node-to-node transport and its messages, nothing else. openraft's type configuration is
+//! [`crate::typeconfig`] (re-exported here), below both this layer and [`crate::storage`].
 
 use serde::{Deserialize, Serialize};
 
 use crate::model;
 
+pub use crate::typeconfig::{
+    AppendRequest, CommandResponse, Entry, LogId, NodeAddr, NodeId, Raft, Snapshot, SnapshotMeta,
+    SnapshotRequest, StorageError, StoredMembership, TypeConfig,
+};
+
 pub mod network;
 pub mod service;
-
-/// Where a member listens: its Raft transport and its client API.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeAddr {
-    /// host:port of the node-to-node Raft service.
-    pub raft: String,
-    /// host:port of the client API.
-    pub client: String,
-}
-
-impl std::fmt::Display for NodeAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "client {} raft {}", self.client, self.raft)
-    }
-}
 
 /// Warrant's own node-to-node notices, sent on the Raft port (so only nodes can send them).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,32 +85,3 @@ pub struct Identity {
     /// "you are a founding member, you never held data; vote".
     pub founding: bool,
 }
-
-/// The state machine's answer to one log entry; `None` for blank and membership entries.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CommandResponse(pub Option<model::Response>);
-
-openraft::declare_raft_types!(
-    /// Warrant's openraft type configuration. A log entry's request is shared (`Arc`): the log
-    /// store's cache of recent entries, replication and apply hand the same request around instead
-    /// of copying or decoding it again; it is stored and sent exactly as a bare `Request` (serde
-    /// encodes an `Arc<T>` as its `T`), so the data format is unchanged.
-    pub TypeConfig:
-        D = std::sync::Arc<model::Request>,
-        R = CommandResponse,
-        NodeId = u64,
-        Node = NodeAddr,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = crate::storage::SnapshotFile,
-);
-
-pub type NodeId = u64;
-pub type Raft = openraft::Raft<TypeConfig>;
-pub type LogId = openraft::LogId<NodeId>;
-pub type Entry = openraft::Entry<TypeConfig>;
-pub type StorageError = openraft::StorageError<NodeId>;
-pub type StoredMembership = openraft::StoredMembership<NodeId, NodeAddr>;
-pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, NodeAddr>;
-pub type Snapshot = openraft::Snapshot<TypeConfig>;
-pub type AppendRequest = openraft::raft::AppendEntriesRequest<TypeConfig>;
-pub type SnapshotRequest = openraft::raft::InstallSnapshotRequest<TypeConfig>;

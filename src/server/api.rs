@@ -14,7 +14,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth;
 use super::convert::{self, op_error};
-use super::governance::AuditStream;
 use super::requests::{self, existing_resource, lease_id};
 use super::Shared;
 use crate::model::{
@@ -594,6 +593,12 @@ impl Api {
 }
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<proto::KeepAliveResponse, Status>> + Send>>;
+/// The answers of the streaming calls each group of calls makes.
+pub(super) type AuditStream =
+    Pin<Box<dyn Stream<Item = Result<proto::AuditRecord, Status>> + Send>>;
+pub(super) type SnapshotStream =
+    Pin<Box<dyn Stream<Item = Result<proto::SnapshotChunk, Status>> + Send>>;
+pub(super) type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchEvent, Status>> + Send>>;
 type SessionStream = Pin<Box<dyn Stream<Item = Result<proto::SessionResponse, Status>> + Send>>;
 
 /// Calls of one session in progress at once; further messages wait (backpressure on the stream).
@@ -1078,7 +1083,7 @@ impl warrant_server::Warrant for Api {
         };
         Ok(Response::new(proto::ListResponse {
             leases,
-            revision: super::watcher::revision_of(&sm.state),
+            revision: sm.state.revision(),
             next,
         }))
     }
@@ -1205,7 +1210,7 @@ impl warrant_server::Warrant for Api {
         self.remove_node_rpc(caller, request.into_inner()).await
     }
 
-    type SaveSnapshotStream = super::backup::SnapshotStream;
+    type SaveSnapshotStream = SnapshotStream;
 
     async fn save_snapshot(
         &self,
@@ -1215,7 +1220,7 @@ impl warrant_server::Warrant for Api {
         self.save_snapshot_rpc(caller, request.into_inner()).await
     }
 
-    type WatchStream = super::watcher::WatchStream;
+    type WatchStream = WatchStream;
 
     async fn watch(
         &self,

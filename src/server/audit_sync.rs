@@ -11,11 +11,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-
 use super::Shared;
 use crate::audit::GENESIS_HASH;
-use crate::client::{Client, ClientConfig};
+use crate::proto;
 use crate::storage::AuditGap;
 
 /// How often the gap is looked at.
@@ -65,6 +63,37 @@ fn peers(shared: &Shared) -> Vec<String> {
         .collect()
 }
 
+/// The peer's audit trail from record `from` on, over the client port, authenticated by this
+/// node's own certificate (a node identity; a member may read the audit to fill its gap).
+async fn open_export(
+    shared: &Shared,
+    peer: &str,
+    from: u64,
+) -> Result<tonic::Streaming<proto::AuditRecord>, String> {
+    let scheme = if shared.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{peer}"))
+        .map_err(|_| format!("peer address {peer:?} is not host:port"))?
+        .connect_timeout(Duration::from_secs(2))
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2));
+    if let Some(tls) = &shared.tls {
+        endpoint = endpoint
+            .tls_config(tls.client())
+            .map_err(|e| format!("TLS settings: {e}"))?;
+    }
+    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    let answer = proto::warrant_client::WarrantClient::new(channel)
+        .max_decoding_message_size(super::api::MAX_RESPONSE_BYTES)
+        .export_audit(proto::ExportAuditRequest { from_seq: from })
+        .await
+        .map_err(|status| format!("{}: {}", status.code(), status.message()))?;
+    Ok(answer.into_inner())
+}
+
 async fn fetch(shared: &Shared, peer: &str, gap: AuditGap) -> Result<(), String> {
     let log = &shared.audit;
     let mut prev = if gap.from <= 1 {
@@ -75,19 +104,14 @@ async fn fetch(shared: &Shared, peer: &str, gap: AuditGap) -> Result<(), String>
             .ok_or_else(|| format!("this node lacks record {} too", gap.from - 1))?
             .hash
     };
-    let mut config =
-        ClientConfig::new([peer.to_string()], "agent/warrant-node").map_err(|e| e.to_string())?;
-    // With TLS, the node's own certificate (a node identity) authenticates it to its peer.
-    config.tls = shared.tls.clone();
-    let client = Client::new(config).map_err(|e| e.to_string())?;
-    let mut records = Box::pin(client.export_audit(gap.from));
+    let mut records = open_export(shared, peer, gap.from).await?;
     let mut next = gap.from;
     let mut chunk = Vec::with_capacity(CHUNK);
     while next <= gap.to {
-        let Some(record) = records.next().await else {
+        let Some(record) = records.message().await.map_err(|e| e.to_string())? else {
             break;
         };
-        let record = record.map_err(|e| e.to_string())?;
+        let record = crate::audit::wire::from_proto(record)?;
         if record.seq != next || record.prev_hash != prev || record.compute_hash() != record.hash {
             return Err(format!("record {} from the peer does not link", record.seq));
         }

@@ -34,7 +34,7 @@ use crate::security::{AccessClaims, Identity, KeyRing, SigningKey};
 use crate::storage::SmReader;
 
 /// Metadata key of an access token (`Bearer v4.public.…`).
-pub const AUTHORIZATION: &str = "authorization";
+pub use crate::proto::AUTHORIZATION;
 
 /// At most one warning per refusal reason this often.
 pub const WARN_EVERY: Duration = Duration::from_secs(10);

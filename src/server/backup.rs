@@ -6,21 +6,17 @@
 //! are derived from committed entries), so they are read from RocksDB while the node goes on.
 
 use std::io::{Seek, Write};
-use std::pin::Pin;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
 use tonic::{Response, Status};
 
-use super::api::Api;
+use super::api::{Api, SnapshotStream};
 use super::auth::Caller;
 use crate::proto;
 use crate::storage::backup::{BackupHeader, BackupWriter};
 use crate::storage::{DATA_FORMAT_VERSION, OLDEST_DATA_FORMAT};
-
-pub type SnapshotStream = Pin<Box<dyn Stream<Item = Result<proto::SnapshotChunk, Status>> + Send>>;
 
 /// Bytes per streamed chunk.
 const CHUNK: usize = 1 << 20;

@@ -151,29 +151,3 @@ pub fn not_approved(n: &model::NotApproved) -> proto::NotApproved {
         },
     }
 }
-
-pub fn audit_record(r: &crate::audit::AuditRecord) -> proto::AuditRecord {
-    let e = &r.entry;
-    proto::AuditRecord {
-        seq: r.seq,
-        index: r.index,
-        at_ms: r.at_ms,
-        principal: e.principal.clone(),
-        instance: e.instance.clone(),
-        action: e.action.clone(),
-        resource: e.resource.clone(),
-        request_id: e.request_id.clone(),
-        lease_id: e.lease_id.clone(),
-        token: e.token,
-        intent: e.intent.clone(),
-        labels: e.labels.clone().into_iter().collect(),
-        decision: e.decision.as_str().to_string(),
-        reason: e.reason.clone(),
-        policy_version: e.policy_version,
-        policies: e.policies.clone(),
-        approvers: e.approvers.clone(),
-        prev_hash: hex::encode(r.prev_hash),
-        hash: hex::encode(r.hash),
-        via_token: e.via_token.clone(),
-    }
-}

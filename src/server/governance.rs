@@ -5,15 +5,13 @@
 //! replicated audit log (identical on every node up to its applied index) and stream with bounded
 //! memory: a blocking task walks RocksDB and feeds a small channel.
 
-use std::pin::Pin;
 use std::str::FromStr;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
 use tonic::{Response, Status};
 
-use super::api::{Api, ReadAs};
+use super::api::{Api, AuditStream, ReadAs};
 use super::auth::Caller;
 use super::convert::{self, op_error};
 use super::requests::{self, existing_resource, principal, resource};
@@ -26,7 +24,6 @@ use crate::security::Identity;
 /// Default and cap of an audit query's answer.
 const DEFAULT_AUDIT_LIMIT: usize = 1_000;
 const MAX_AUDIT_LIMIT: usize = 100_000;
-pub type AuditStream = Pin<Box<dyn Stream<Item = Result<proto::AuditRecord, Status>> + Send>>;
 
 impl Api {
     pub(super) async fn put_policy_rpc(
@@ -380,7 +377,7 @@ impl Api {
                 let item = match rec {
                     Ok(rec) if rec.seq > head => break,
                     Ok(rec) if !keep(&rec) => continue,
-                    Ok(rec) => Ok(convert::audit_record(&rec)),
+                    Ok(rec) => Ok(crate::audit::wire::to_proto(&rec)),
                     Err(e) => Err(Status::internal(format!("reading the audit log: {e}"))),
                 };
                 let failed = item.is_err();

@@ -64,8 +64,7 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most leases named in one leader maintenance entry (Expire / CheckpointTtl).
 const MAX_PER_ENTRY: usize = 10_000;
-/// Metadata key naming the leader's client address on a "not the leader" answer.
-pub const LEADER_METADATA: &str = "warrant-leader";
+pub use crate::proto::LEADER_METADATA;
 
 /// Errors starting a node.
 #[derive(Debug, thiserror::Error)]

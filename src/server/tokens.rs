@@ -11,7 +11,7 @@ use super::auth::Caller;
 use super::convert::op_error;
 use super::requests::note;
 use super::requests::principal;
-use crate::model::{self, access::TokenRecord, Command};
+use crate::model::{self, Command, TokenRecord};
 use crate::proto;
 use crate::security::AccessClaims;
 

@@ -6,20 +6,15 @@
 //! slow watcher makes its task wait, never the node buffer. If the history rotates past a waiting
 //! watcher's position it gets OUT_OF_RANGE "compacted" and must resync.
 
-use std::pin::Pin;
-
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
 use tonic::{Response, Status};
 
-use super::api::Api;
+use super::api::{Api, WatchStream};
 use super::auth::Caller;
 use super::requests::existing_resource;
 use crate::audit::watch::{Compacted, WatchEvent};
 use crate::proto;
-
-pub type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchEvent, Status>> + Send>>;
 
 /// Events in flight to one watcher.
 const BUFFER: usize = 256;
@@ -177,9 +172,4 @@ impl Standing {
         }
         Ok(())
     }
-}
-
-/// The revision a state read reflects: the head of the audit chain it was read with.
-pub(super) fn revision_of(state: &crate::model::State) -> u64 {
-    state.audit_chain().len()
 }

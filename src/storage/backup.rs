@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 use super::{cf, encode, open_db, sync_write, AuditLog, Error, CF_SNAPSHOT};
 use crate::audit::AuditRecord;
-use crate::raft::{LogId, NodeAddr, NodeId, SnapshotMeta, StoredMembership};
+use crate::typeconfig::{LogId, NodeAddr, NodeId, SnapshotMeta, StoredMembership};
 
 const MAGIC: &[u8; 16] = b"WARRANT-BACKUP\x00\x01";
 /// Largest header accepted (it is a few names and numbers).

@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 
-use crate::raft::Entry;
+use crate::typeconfig::Entry;
 
 /// Bounds of the cache: the oldest entries go first when either is passed.
 #[derive(Debug, Clone, Copy)]
@@ -121,7 +121,7 @@ impl LogCache {
 mod tests {
     use super::*;
     use crate::model::{Command, Request};
-    use crate::raft::LogId;
+    use crate::typeconfig::LogId;
     use openraft::{CommittedLeaderId, EntryPayload};
     use std::sync::Arc;
 

@@ -20,7 +20,7 @@ use rocksdb::{Direction, IteratorMode};
 
 use super::log_cache::{Limits, LogCache};
 use super::{cf, decode, encode, sync_write, Db, CF_LOGS, CF_META};
-use crate::raft::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use crate::typeconfig::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 /// How many of the newest entries the cache keeps: enough for every entry a follower that keeps up
 /// has yet to receive and every committed entry not yet applied (tens under the benchmark's load; a

@@ -33,9 +33,9 @@ use std::sync::Arc;
 
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, DB};
 
+pub use crate::typeconfig::SnapshotFile;
 pub use audit_log::{AuditGap, AuditLog};
 pub use log_store::LogStore;
-pub use snapshot_files::SnapshotFile;
 pub use standing::Standing;
 pub use state_machine::{AppliedEvents, SmReader, StateMachineStore, WatchFeed};
 
@@ -111,7 +111,7 @@ pub enum Error {
 
 /// The identity recorded in a data directory on first start.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
-struct Identity {
+pub(crate) struct Identity {
     format: u32,
     cluster: String,
     node: u64,
@@ -594,7 +594,7 @@ mod openraft_suite {
     use openraft::testing::{StoreBuilder, Suite};
 
     use super::{LogStore, StateMachineStore};
-    use crate::raft::{StorageError, TypeConfig};
+    use crate::typeconfig::{StorageError, TypeConfig};
 
     struct Fresh;
 

@@ -14,13 +14,11 @@
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use super::{cf, decode, encode, sync_write, Db, Error, CF_SNAPSHOT};
 use crate::model::State;
-use crate::raft::{LogId, SnapshotMeta};
+use crate::typeconfig::{LogId, SnapshotFile, SnapshotMeta};
 
 const CURRENT_FILE: &[u8] = b"current_file";
 const CURRENT_LAST_LOG_ID: &[u8] = b"current_last_log_id";
@@ -296,89 +294,15 @@ impl<W: Write> Write for Counted<W> {
     }
 }
 
-/// A snapshot file as openraft reads it (to send it) or writes it (to receive one): the file and
-/// where it is.
-pub struct SnapshotFile {
-    file: tokio::fs::File,
-    path: PathBuf,
-}
-
-impl SnapshotFile {
-    pub(super) fn new(file: std::fs::File, path: PathBuf) -> Self {
-        Self {
-            file: tokio::fs::File::from_std(file),
-            path,
-        }
-    }
-
-    pub(super) fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Read the meta at the start of the file and rewind it.
-    pub(super) async fn read_meta(&mut self) -> std::io::Result<SnapshotMeta> {
-        use tokio::io::{AsyncReadExt, AsyncSeekExt};
-        self.file.seek(std::io::SeekFrom::Start(0)).await?;
-        let mut head = Vec::new();
-        (&mut self.file)
-            .take(META_LIMIT)
-            .read_to_end(&mut head)
-            .await?;
-        self.file.seek(std::io::SeekFrom::Start(0)).await?;
-        read_meta_from(&head[..]).map_err(std::io::Error::other)
-    }
-
-    /// Wait for every write to reach the file and return it.
-    pub(super) async fn finish(self) -> std::io::Result<std::fs::File> {
-        use tokio::io::AsyncWriteExt;
-        let mut file = self.file;
-        file.flush().await?;
-        Ok(file.into_std().await)
-    }
-}
-
-impl std::fmt::Debug for SnapshotFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SnapshotFile({})", self.path.display())
-    }
-}
-
-impl tokio::io::AsyncRead for SnapshotFile {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.file).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for SnapshotFile {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.file).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.file).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.file).poll_shutdown(cx)
-    }
-}
-
-impl tokio::io::AsyncSeek for SnapshotFile {
-    fn start_seek(mut self: Pin<&mut Self>, position: std::io::SeekFrom) -> std::io::Result<()> {
-        Pin::new(&mut self.file).start_seek(position)
-    }
-
-    fn poll_complete(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<u64>> {
-        Pin::new(&mut self.file).poll_complete(cx)
-    }
+/// Read the meta at the start of a snapshot file and rewind it.
+pub(super) async fn read_meta(file: &mut SnapshotFile) -> std::io::Result<SnapshotMeta> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let file = file.file_mut();
+    file.seek(std::io::SeekFrom::Start(0)).await?;
+    let mut head = Vec::new();
+    (&mut *file).take(META_LIMIT).read_to_end(&mut head).await?;
+    file.seek(std::io::SeekFrom::Start(0)).await?;
+    read_meta_from(&head[..]).map_err(std::io::Error::other)
 }
 
 /// The last log id of the snapshot on disk, if any: what the log may be purged up to.
@@ -392,7 +316,7 @@ pub(super) fn durable_last_log_id(db: &Db) -> Result<Option<LogId>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::raft::StoredMembership;
+    use crate::typeconfig::StoredMembership;
 
     fn meta(index: u64) -> SnapshotMeta {
         SnapshotMeta {

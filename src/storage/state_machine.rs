@@ -18,11 +18,12 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, RaftSnapshotBuilder, StorageIOError};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::snapshot_files::{self, SnapshotFile, SnapshotFiles};
+use super::snapshot_files::{self, SnapshotFiles};
 use super::{encode, AuditGap, AuditLog, Db, Error};
 use crate::audit::watch::History;
 use crate::model::{self, Effects, EntryMeta, Event};
-use crate::raft::{
+use crate::typeconfig::SnapshotFile;
+use crate::typeconfig::{
     CommandResponse, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
 };
@@ -434,7 +435,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         else {
             return Ok(None);
         };
-        let meta = file.read_meta().await.map_err(|e| read_err(&e))?;
+        let meta = snapshot_files::read_meta(&mut file)
+            .await
+            .map_err(|e| read_err(&e))?;
         Ok(Some(Snapshot {
             meta,
             snapshot: Box::new(file),
