@@ -401,6 +401,44 @@ pub enum Response {
     SetRecordLimits,
 }
 
+/// A response that is not the answer the proposer's command gets (a bug, never an input error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unexpected answer to {0}")]
+pub struct UnexpectedAnswer(pub &'static str);
+
+/// One typed taker per command's answer: `Response::into_checkpoint(r)` is the answer to a
+/// `Checkpoint`, or [`UnexpectedAnswer`]. A proposer names the answer it expects once.
+macro_rules! answer_takers {
+    ($($take:ident => $variant:ident($answer:ty);)*) => {
+        impl Response {
+            $(
+                #[doc = concat!("The answer to `", stringify!($variant), "`.")]
+                pub fn $take(self) -> Result<$answer, UnexpectedAnswer> {
+                    match self {
+                        Response::$variant(answer) => Ok(answer),
+                        _ => Err(UnexpectedAnswer(stringify!($variant))),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+answer_takers! {
+    into_acquire => Acquire(AcquireOutcome);
+    into_release => Release(Result<ReleaseOk, OpError>);
+    into_checkpoint => Checkpoint(Result<(), OpError>);
+    into_revoke => Revoke(Result<Lease, OpError>);
+    into_cancel_wait => CancelWait(AcquireOutcome);
+    into_renew => Renew(Vec<(LeaseId, Result<Lease, OpError>)>);
+    into_put_policy => PutPolicy(Result<u64, OpError>);
+    into_approve => Approve(Result<Box<ApprovalProgress>, OpError>);
+    into_reject => Reject(Result<Box<PendingView>, OpError>);
+    into_mint_token => MintToken(Result<super::types::TokenRecord, OpError>);
+    into_revoke_token => RevokeToken(Result<super::types::TokenRecord, OpError>);
+    into_admin_check => AdminCheck(Result<(), OpError>);
+}
+
 /// What one apply produced besides its answers: events for the server and audit records for
 /// storage, both in log order.
 #[derive(Debug, Default)]

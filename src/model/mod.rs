@@ -33,6 +33,7 @@ mod testkit;
 pub use command::{
     AcquireCmd, AcquireOutcome, ApprovalProgress, Command, Effects, EntryMeta, Event, NotApproved,
     PendingView, PolicyDefaults, Quotas, ReleaseOk, Request, Response, RevokeTarget,
+    UnexpectedAnswer,
 };
 pub use error::{Denial, ErrorKind, OpError, SnapshotError};
 pub use governance::{Facts, Verdict, MAX_PENDING_APPROVALS};

@@ -181,17 +181,13 @@ impl Api {
         request_id: &RequestId,
         principal: crate::model::Principal,
     ) -> Result<AcquireOutcome, Status> {
-        match self
-            .shared
-            .propose(caller.wrap_unchecked(Command::CancelWait {
-                request_id: request_id.clone(),
-                principal,
-            }))
-            .await?
-        {
-            crate::model::Response::CancelWait(outcome) => Ok(outcome),
-            _ => Err(Status::internal("unexpected answer to CancelWait")),
-        }
+        let cancel = caller.wrap_unchecked(Command::CancelWait {
+            request_id: request_id.clone(),
+            principal,
+        });
+        self.shared
+            .propose_for(cancel, crate::model::Response::into_cancel_wait)
+            .await
     }
 }
 
@@ -707,12 +703,11 @@ impl warrant_server::Warrant for Api {
         let answered = async {
             let answer = match self.answer_or_propose(&caller, cmd).await {
                 Ok(Answered::Now(answer)) => answer,
-                Ok(Answered::Proposed(proposal)) => match proposal.answer().await {
-                    Ok(crate::model::Response::Acquire(a)) => a,
-                    Ok(_) => {
-                        self.shared.waiters.unregister(&request_id);
-                        return Err(Status::internal("unexpected answer to Acquire"));
-                    }
+                Ok(Answered::Proposed(proposal)) => match proposal.answer().await.and_then(|r| {
+                    r.into_acquire()
+                        .map_err(|e| Status::internal(e.to_string()))
+                }) {
+                    Ok(a) => a,
                     Err(status) => {
                         self.shared.waiters.unregister(&request_id);
                         return Err(status);
@@ -886,13 +881,11 @@ impl warrant_server::Warrant for Api {
         let r = request.into_inner();
         let principal = caller.principal(&r.principal)?;
         let cmd = requests::checkpoint(r, principal)?;
-        match self.shared.propose(caller.wrap(cmd)).await? {
-            crate::model::Response::Checkpoint(Ok(())) => {
-                Ok(Response::new(proto::CheckpointResponse {}))
-            }
-            crate::model::Response::Checkpoint(Err(e)) => Err(op_error(&e)),
-            _ => Err(Status::internal("unexpected answer to Checkpoint")),
-        }
+        self.shared
+            .propose_for(caller.wrap(cmd), crate::model::Response::into_checkpoint)
+            .await?
+            .map_err(|e| op_error(&e))?;
+        Ok(Response::new(proto::CheckpointResponse {}))
     }
 
     async fn release(
@@ -909,14 +902,16 @@ impl warrant_server::Warrant for Api {
             .shared
             .handoffs
             .release(lease_id, || self.shared.enqueue(cmd));
-        match proposal.answer().await? {
-            crate::model::Response::Release(Ok(ok)) => Ok(Response::new(proto::ReleaseResponse {
-                ended: ok.ended.to_string(),
-                already: ok.already,
-            })),
-            crate::model::Response::Release(Err(e)) => Err(op_error(&e)),
-            _ => Err(Status::internal("unexpected answer to Release")),
-        }
+        let ok = proposal
+            .answer()
+            .await?
+            .into_release()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| op_error(&e))?;
+        Ok(Response::new(proto::ReleaseResponse {
+            ended: ok.ended.to_string(),
+            already: ok.already,
+        }))
     }
 
     async fn revoke(
@@ -931,19 +926,18 @@ impl warrant_server::Warrant for Api {
         // policy is loaded.
         let by_admin = self.shared.admins.contains(&by);
         let cmd = requests::revoke(r, by, by_admin)?;
-        match self.shared.propose(caller.wrap(cmd)).await? {
-            crate::model::Response::Revoke(Ok(lease)) => {
-                // A principal Cedar lets revoke is not thereby one that reads the checkpoint.
-                let mut revoked = convert::lease(&lease, None);
-                let sm = self.shared.sm.read();
-                CheckpointReader::of(&caller, &self.shared, &sm.state).strip(&mut revoked);
-                Ok(Response::new(proto::RevokeResponse {
-                    revoked: Some(revoked),
-                }))
-            }
-            crate::model::Response::Revoke(Err(e)) => Err(op_error(&e)),
-            _ => Err(Status::internal("unexpected answer to Revoke")),
-        }
+        let lease = self
+            .shared
+            .propose_for(caller.wrap(cmd), crate::model::Response::into_revoke)
+            .await?
+            .map_err(|e| op_error(&e))?;
+        // A principal Cedar lets revoke is not thereby one that reads the checkpoint.
+        let mut revoked = convert::lease(&lease, None);
+        let sm = self.shared.sm.read();
+        CheckpointReader::of(&caller, &self.shared, &sm.state).strip(&mut revoked);
+        Ok(Response::new(proto::RevokeResponse {
+            revoked: Some(revoked),
+        }))
     }
 
     async fn check_fence(

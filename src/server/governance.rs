@@ -35,14 +35,13 @@ impl Api {
         caller.require_certificate("changing the policy")?;
         let by_admin = self.shared.admins.contains(&by);
         let cmd = requests::put_policy(r, by, by_admin)?;
-        match self.shared.propose(caller.wrap(cmd)).await? {
-            model::Response::PutPolicy(Ok(version)) => {
-                tracing::info!(version, "policy put");
-                Ok(Response::new(proto::PutPolicyResponse { version }))
-            }
-            model::Response::PutPolicy(Err(e)) => Err(op_error(&e)),
-            _ => Err(Status::internal("unexpected answer to PutPolicy")),
-        }
+        let version = self
+            .shared
+            .propose_for(caller.wrap(cmd), model::Response::into_put_policy)
+            .await?
+            .map_err(|e| op_error(&e))?;
+        tracing::info!(version, "policy put");
+        Ok(Response::new(proto::PutPolicyResponse { version }))
     }
 
     pub(super) async fn get_policy_rpc(
@@ -192,44 +191,43 @@ impl Api {
     ) -> Result<Response<proto::ApproveResponse>, Status> {
         let by = caller.principal(&r.principal)?;
         let cmd = requests::approve(r, by)?;
-        match self.shared.propose(caller.wrap(cmd)).await? {
-            model::Response::Approve(Ok(progress)) => {
-                // The approver sees what became of the request, not the agent's grant
-                // certificate (proof of holding for a resource) or checkpoints.
-                let outcome = match progress.outcome {
-                    Some(o) => {
-                        let mut answer = self.outcome(o)?;
-                        use proto::acquire_response::Outcome;
-                        match answer.outcome.as_mut() {
-                            Some(Outcome::Granted(g)) => {
-                                g.certificate.clear();
-                                if let Some(lease) = g.lease.as_mut() {
-                                    lease.checkpoint = None;
-                                }
-                                if let Some(previous) = g.previous.as_mut() {
-                                    previous.checkpoint = None;
-                                }
-                            }
-                            Some(Outcome::AlreadyDone(done)) => {
-                                if let Some(record) = done.record.as_mut() {
-                                    record.checkpoint = None;
-                                }
-                            }
-                            _ => {}
+        let progress = self
+            .shared
+            .propose_for(caller.wrap(cmd), model::Response::into_approve)
+            .await?
+            .map_err(|e| op_error(&e))?;
+        // The approver sees what became of the request, not the agent's grant
+        // certificate (proof of holding for a resource) or checkpoints.
+        let outcome = match progress.outcome {
+            Some(o) => {
+                let mut answer = self.outcome(o)?;
+                use proto::acquire_response::Outcome;
+                match answer.outcome.as_mut() {
+                    Some(Outcome::Granted(g)) => {
+                        g.certificate.clear();
+                        if let Some(lease) = g.lease.as_mut() {
+                            lease.checkpoint = None;
                         }
-                        Some(answer)
+                        if let Some(previous) = g.previous.as_mut() {
+                            previous.checkpoint = None;
+                        }
                     }
-                    None => None,
-                };
-                let now = self.shared.sm.read().state.policy_version();
-                Ok(Response::new(proto::ApproveResponse {
-                    pending: Some(convert::pending(&progress.pending, now)),
-                    outcome,
-                }))
+                    Some(Outcome::AlreadyDone(done)) => {
+                        if let Some(record) = done.record.as_mut() {
+                            record.checkpoint = None;
+                        }
+                    }
+                    _ => {}
+                }
+                Some(answer)
             }
-            model::Response::Approve(Err(e)) => Err(op_error(&e)),
-            _ => Err(Status::internal("unexpected answer to Approve")),
-        }
+            None => None,
+        };
+        let now = self.shared.sm.read().state.policy_version();
+        Ok(Response::new(proto::ApproveResponse {
+            pending: Some(convert::pending(&progress.pending, now)),
+            outcome,
+        }))
     }
 
     pub(super) async fn reject_rpc(
@@ -239,16 +237,15 @@ impl Api {
     ) -> Result<Response<proto::RejectResponse>, Status> {
         let by = caller.principal(&r.principal)?;
         let cmd = requests::reject(r, by)?;
-        match self.shared.propose(caller.wrap(cmd)).await? {
-            model::Response::Reject(Ok(view)) => {
-                let now = self.shared.sm.read().state.policy_version();
-                Ok(Response::new(proto::RejectResponse {
-                    rejected: Some(convert::pending(&view, now)),
-                }))
-            }
-            model::Response::Reject(Err(e)) => Err(op_error(&e)),
-            _ => Err(Status::internal("unexpected answer to Reject")),
-        }
+        let view = self
+            .shared
+            .propose_for(caller.wrap(cmd), model::Response::into_reject)
+            .await?
+            .map_err(|e| op_error(&e))?;
+        let now = self.shared.sm.read().state.policy_version();
+        Ok(Response::new(proto::RejectResponse {
+            rejected: Some(convert::pending(&view, now)),
+        }))
     }
 
     /// Reading the audit is an admin action when callers are authenticated: Cedar (or the config's

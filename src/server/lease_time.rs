@@ -306,8 +306,14 @@ pub(super) async fn renew_batch(
     let mut unique = ids.clone();
     unique.sort();
     unique.dedup();
-    match shared.propose(Command::Renew { lease_ids: unique }).await {
-        Ok(model::Response::Renew(results)) => {
+    let renewed = shared
+        .propose_for(
+            Command::Renew { lease_ids: unique },
+            model::Response::into_renew,
+        )
+        .await;
+    match renewed {
+        Ok(results) => {
             let by_id: HashMap<_, _> = results.into_iter().collect();
             for (id, result) in &by_id {
                 if result.is_ok() {
@@ -323,10 +329,6 @@ pub(super) async fn renew_batch(
                 })
                 .collect()
         }
-        Ok(_) => ids
-            .iter()
-            .map(|_| Err(Status::internal("unexpected answer to Renew")))
-            .collect(),
         Err(status) => ids.iter().map(|_| Err(status.clone())).collect(),
     }
 }

@@ -205,6 +205,16 @@ impl Shared {
         self.enqueue(cmd).answer().await
     }
 
+    /// Propose `cmd` and take its answer out with `take` (one of `model::Response`'s `into_…`):
+    /// any other answer is INTERNAL.
+    pub async fn propose_for<T>(
+        &self,
+        cmd: Command,
+        take: fn(model::Response) -> Result<T, model::UnexpectedAnswer>,
+    ) -> Result<T, Status> {
+        take(self.propose(cmd).await?).map_err(|e| Status::internal(e.to_string()))
+    }
+
     /// Put a command in the proposal queue now, ahead of anything queued later; await
     /// [`Proposal::answer`] for the state machine's answer.
     pub fn enqueue(&self, cmd: Command) -> Proposal<'_> {
@@ -246,11 +256,10 @@ impl Shared {
             Some(leader) => self.forward(&leader, check).await?,
             None => self.propose(check).await?,
         };
-        match answer {
-            model::Response::AdminCheck(Ok(())) => Ok(()),
-            model::Response::AdminCheck(Err(e)) => Err(convert::op_error(&e)),
-            _ => Err(Status::internal("unexpected answer to AdminCheck")),
-        }
+        answer
+            .into_admin_check()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| convert::op_error(&e))
     }
 
     /// Access-token requests are served only by a leader whose lease clock runs: it has applied

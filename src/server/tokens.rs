@@ -61,22 +61,21 @@ impl Api {
             revoked_by: None,
         };
         let by_admin = self.shared.admins.contains(&by);
-        let stored = match self
+        let stored = self
             .shared
-            .propose(caller.wrap(Command::MintToken { record, by_admin }))
+            .propose_for(
+                caller.wrap(Command::MintToken { record, by_admin }),
+                model::Response::into_mint_token,
+            )
             .await?
-        {
-            // A retry of a mint whose token was revoked meanwhile gets no token text.
-            model::Response::MintToken(Ok(t)) if t.revoked_by.is_some() => {
-                return Err(Status::failed_precondition(format!(
-                    "access token {} was minted and then revoked; mint a new one",
-                    t.id
-                )))
-            }
-            model::Response::MintToken(Ok(t)) => t,
-            model::Response::MintToken(Err(e)) => return Err(op_error(&e)),
-            _ => return Err(Status::internal("unexpected answer to MintToken")),
-        };
+            .map_err(|e| op_error(&e))?;
+        // A retry of a mint whose token was revoked meanwhile gets no token text.
+        if stored.revoked_by.is_some() {
+            return Err(Status::failed_precondition(format!(
+                "access token {} was minted and then revoked; mint a new one",
+                stored.id
+            )));
+        }
         let token = AccessClaims {
             id: stored.id.clone(),
             principal: stored.principal.clone(),
@@ -104,23 +103,21 @@ impl Api {
         token_id(&r.id)?;
         note("reason", &r.reason, true)?;
         let by_admin = self.shared.admins.contains(&by);
-        match self
+        let revoke = caller.wrap(Command::RevokeToken {
+            id: r.id,
+            by,
+            by_admin,
+            reason: r.reason,
+        });
+        let t = self
             .shared
-            .propose(caller.wrap(Command::RevokeToken {
-                id: r.id,
-                by,
-                by_admin,
-                reason: r.reason,
-            }))
+            .propose_for(revoke, model::Response::into_revoke_token)
             .await?
-        {
-            model::Response::RevokeToken(Ok(t)) => Ok(Response::new(proto::RevokeTokenResponse {
-                id: t.id,
-                principal: t.principal.to_string(),
-            })),
-            model::Response::RevokeToken(Err(e)) => Err(op_error(&e)),
-            _ => Err(Status::internal("unexpected answer to RevokeToken")),
-        }
+            .map_err(|e| op_error(&e))?;
+        Ok(Response::new(proto::RevokeTokenResponse {
+            id: t.id,
+            principal: t.principal.to_string(),
+        }))
     }
 }
 
