@@ -1416,13 +1416,24 @@ async fn answers_are_bounded_pages_checkpoints_private_and_audit_reads_an_admins
         .load()
         .unwrap(),
     );
-    let e = Box::pin(quick(as_node5).export_audit(1))
+    let node5 = quick(as_node5);
+    let e = Box::pin(node5.export_audit(1))
         .next()
         .await
         .unwrap()
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
     assert!(e.to_string().contains("node/5 is not a member"), "{e}");
+    // Nor leases, approvals or the policy (issue 25 item 6).
+    let e = node5.list_all("", false).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(e.to_string().contains("node/5 is not a member"), "{e}");
+    let e = node5.get("db/a").await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    let e = node5.list_approvals().await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    let e = node5.get_policy().await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
 
     // `audit verify` reads the whole log: an agent without an admin permission is refused (and
     // audited), the admin is served.
