@@ -35,7 +35,8 @@ case "$mode" in
       mkdir -p "fuzz/corpus/$t"
       cargo fuzz run "${build[@]}" "$t" "$scratch/$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
         -max_total_time="$seconds" "${limits[@]}" 2>"$scratch/$t.log" || {
-        tail -40 "$scratch/$t.log" >&2
+        grep -E "panicked|memory allocation|ERROR: libFuzzer|out-of-memory|timeout after" "$scratch/$t.log" >&2 || true
+        tail -40 "$scratch/$t.log" | cut -c1-300 >&2
         echo "fuzz smoke: $t failed; the input is in fuzz/artifacts/$t/" >&2
         exit 1
       }

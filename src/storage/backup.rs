@@ -200,6 +200,19 @@ impl BackupReader {
         file.read_exact(&mut h).map_err(io)?;
         let header: BackupHeader =
             bincode::deserialize(&h).map_err(|e| corrupt(path, format!("header: {e}")))?;
+        // What follows the header, up to the checksum: the state must fit in it (a length read from
+        // the file is never an allocation or a seek by itself).
+        let size = std::fs::metadata(path).map_err(io)?.len();
+        let after_header = size.saturating_sub(16 + 8 + len + 32);
+        if header.state_len > after_header {
+            return Err(corrupt(
+                path,
+                format!(
+                    "the header claims a state of {} bytes where {after_header} follow it",
+                    header.state_len
+                ),
+            ));
+        }
         let records_left = header.audit_records;
         Ok(Self {
             file,
@@ -441,5 +454,31 @@ mod tests {
         std::fs::write(&path, &flipped).unwrap();
         let e = BackupReader::open(&path).err().unwrap().to_string();
         assert!(e.contains("checksum mismatch"), "{e}");
+    }
+
+    /// Found by the fuzz target `backup` (fuzz/seeds/backup/regression-state-len): a header whose
+    /// state length is far beyond the file, under a valid checksum, made the reader allocate it
+    /// (an abort at 800 PB) before reading a byte of it.
+    #[test]
+    fn a_header_claiming_more_state_than_the_file_holds_is_corrupt_not_an_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b");
+        let mut body = Vec::new();
+        BackupWriter::start(&mut body, &header(0, 4), &b"stat"[..])
+            .unwrap()
+            .finish()
+            .unwrap();
+        body.truncate(body.len() - 32);
+        // Rewrite the header with a huge state length, then a checksum that matches.
+        let huge = bincode::serialize(&header(0, u64::MAX / 4)).unwrap();
+        let mut forged = body[..16].to_vec();
+        forged.extend_from_slice(&(huge.len() as u64).to_be_bytes());
+        forged.extend_from_slice(&huge);
+        forged.extend_from_slice(b"stat");
+        let sum: [u8; 32] = Sha256::digest(&forged).into();
+        forged.extend_from_slice(&sum);
+        std::fs::write(&path, &forged).unwrap();
+        let e = BackupReader::open(&path).err().expect("refused").to_string();
+        assert!(e.contains("claims a state of"), "{e}");
     }
 }
