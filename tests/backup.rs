@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{json, stderr, stdout, Cluster, Opts};
-use warrant::client::{AcquireOptions, Acquired, Client, Lease};
+use common::{granted, json, stderr, stdout, Cluster, Opts};
+use warrant::client::{AcquireOptions, Acquired};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -18,13 +18,6 @@ fn cluster_id(cluster: &Cluster) -> String {
     let id = json(&out)["cluster_id"].as_str().unwrap().to_string();
     assert_eq!(id.len(), 32, "{id}");
     id
-}
-
-async fn granted(client: &Client, opts: AcquireOptions) -> Lease {
-    match client.acquire(opts).await.expect("acquire") {
-        Acquired::Granted(l) => l,
-        other => panic!("expected a grant, got {other:?}"),
-    }
 }
 
 fn ttl(resource: &str, secs: u64) -> AcquireOptions {

@@ -5,17 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{eventually, Cluster, Opts};
-use warrant::client::{AcquireOptions, Acquired, Client, ClientConfig, FenceGuard, Lease};
+use common::{eventually, granted, Cluster, Opts};
+use warrant::client::{AcquireOptions, Acquired, Client, ClientConfig, FenceGuard};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-async fn granted(client: &Client, opts: AcquireOptions) -> Lease {
-    match client.acquire(opts).await.expect("acquire") {
-        Acquired::Granted(l) => l,
-        other => panic!("expected a grant, got {other:?}"),
-    }
-}
 
 /// The generated gRPC client, unary calls straight to node `id` (no retries, no leader discovery).
 async fn raw_client(

@@ -6,10 +6,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{stderr, stdout, Cluster, Opts};
+use common::{granted, stderr, stdout, Cluster, Opts};
 use futures::{Stream, StreamExt};
 use warrant::audit::watch::{WatchEvent, WatchKind};
-use warrant::client::{AcquireOptions, Acquired, Client, ClientError, Lease};
+use warrant::client::{AcquireOptions, Acquired, Client, ClientError};
 
 const WAIT: Duration = Duration::from_secs(20);
 /// Events each node keeps in these tests.
@@ -19,13 +19,6 @@ fn opts() -> Opts {
     Opts {
         top: format!("watch_history = {HISTORY}"),
         ..Opts::default()
-    }
-}
-
-async fn granted(client: &Client, opts: AcquireOptions) -> Lease {
-    match client.acquire(opts).await.expect("acquire") {
-        Acquired::Granted(l) => l,
-        other => panic!("expected a grant, got {other:?}"),
     }
 }
 

@@ -478,7 +478,10 @@ mod tests {
         let sum: [u8; 32] = Sha256::digest(&forged).into();
         forged.extend_from_slice(&sum);
         std::fs::write(&path, &forged).unwrap();
-        let e = BackupReader::open(&path).err().expect("refused").to_string();
+        let e = BackupReader::open(&path)
+            .err()
+            .expect("refused")
+            .to_string();
         assert!(e.contains("claims a state of"), "{e}");
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use warrant::client::{Client, ClientConfig};
+use warrant::client::{AcquireOptions, Acquired, Client, ClientConfig, Lease};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_warrant");
 
@@ -762,4 +762,12 @@ pub fn metrics_of(cluster: &Cluster, id: u64) -> std::collections::BTreeMap<Stri
     let (code, body) = http_get(&cluster.node(id).http_addr, "/metrics").expect("GET /metrics");
     assert_eq!(code, 200, "{body}");
     prometheus_samples(&body)
+}
+
+/// Acquire with `opts` and expect a grant.
+pub async fn granted(client: &Client, opts: AcquireOptions) -> Lease {
+    match client.acquire(opts).await.expect("acquire") {
+        Acquired::Granted(l) => l,
+        other => panic!("expected a grant, got {other:?}"),
+    }
 }
