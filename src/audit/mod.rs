@@ -363,8 +363,10 @@ impl AuditChain {
     /// Appends one record (seq = `len() + 1`, `prev_hash` = the head) and returns it for storage.
     /// `index` and `at_ms` come from the Raft entry being applied, never from a clock.
     pub fn append(&mut self, index: u64, at_ms: u64, entry: AuditEntry) -> AuditRecord {
+        // Saturating: apply is total, and only a corrupt state (a crafted snapshot or backup) can
+        // hold a chain this long (found by the `backup` fuzz target).
         let mut record = AuditRecord {
-            seq: self.len + 1,
+            seq: self.len.saturating_add(1),
             index,
             at_ms,
             entry,
@@ -464,6 +466,19 @@ pub(crate) mod tests {
             })
             .collect();
         (chain, records)
+    }
+
+    /// Found by the `backup` fuzz target (fuzz/seeds/backup/regression-audit-len-overflow): a
+    /// restored state whose chain claims u64::MAX records overflowed the next record's seq in apply.
+    #[test]
+    fn a_chain_at_the_end_of_u64_appends_without_overflow() {
+        let mut chain = AuditChain {
+            len: u64::MAX,
+            head: GENESIS_HASH,
+        };
+        let r = chain.append(1, 1, AuditEntry::new("x", AuditDecision::Granted));
+        assert_eq!(r.seq, u64::MAX);
+        assert_eq!(chain.len(), u64::MAX);
     }
 
     #[test]

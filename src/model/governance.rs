@@ -583,7 +583,7 @@ impl State {
         if let Err(denial) = self.admin_allowed(by, by_admin) {
             return refused(self, OpError::Denied(denial), AuditDecision::Denied);
         }
-        let version = self.policy_version() + 1;
+        let version = self.policy_version().saturating_add(1);
         let bundle = match PolicyBundle::compile(version, policies, entities, intent_window_ms) {
             Ok(b) => b,
             Err(e) => {

@@ -61,6 +61,16 @@ impl Inner {
     }
 }
 
+/// What [`LeaseClock::renew`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    Renewed,
+    /// The countdown ran out (or the lease is unknown here): it is being expired.
+    Expired,
+    /// This clock does not count for the term the caller confirmed.
+    NotLeading,
+}
+
 /// Deadlines of live leases, kept by the leader.
 #[derive(Default)]
 pub struct LeaseClock {
@@ -114,26 +124,35 @@ impl LeaseClock {
         self.lock().forget(id);
     }
 
-    /// A lease's keepalive was logged in this term (`Renew` applied): no more ttl checkpoints.
-    pub fn on_renewed(&self, id: LeaseId) {
-        self.lock().quiet.remove(&id);
+    /// A lease's keepalive was logged in `term` (`Renew` applied, recording `term`): no more ttl
+    /// checkpoints in that term. A `Renew` of an earlier term answered late changes nothing.
+    pub fn on_renewed(&self, id: LeaseId, term: u64) {
+        let mut inner = self.lock();
+        if inner.term == Some(term) {
+            inner.quiet.remove(&id);
+        }
     }
 
-    /// Acknowledge a keepalive: the lease runs `ttl` from now. False if this clock no longer counts
-    /// for `term` (the term whose leadership the caller confirmed), or the lease's countdown already
-    /// ran out (it is being expired), or it is unknown here.
-    pub fn renew(&self, id: LeaseId, ttl: Duration, term: u64) -> bool {
+    /// How many leases are quiet (no keepalive logged in this term).
+    pub fn quiet_count(&self) -> usize {
+        self.lock().quiet.len()
+    }
+
+    /// Acknowledge a keepalive: the lease runs `ttl` from now, if this clock still counts for
+    /// `term` (the term whose leadership the caller confirmed) and the lease's countdown has not
+    /// run out (it is being expired) — decided under one lock.
+    pub fn renew(&self, id: LeaseId, ttl: Duration, term: u64) -> Renewal {
         let now = Instant::now();
         let mut inner = self.lock();
         if inner.term != Some(term) {
-            return false;
+            return Renewal::NotLeading;
         }
         match inner.deadlines.get(&id) {
             Some(deadline) if *deadline > now => {
                 inner.set(id, now + ttl);
-                true
+                Renewal::Renewed
             }
-            _ => false,
+            _ => Renewal::Expired,
         }
     }
 
@@ -281,14 +300,20 @@ pub(super) async fn expire_due(shared: &Shared) {
     }
 }
 
-/// Log the remaining ttl of a batch of leases with no keepalive in this term.
+/// Log the remaining ttl of every lease with no keepalive in this term, a batch per entry: each
+/// interval covers them all, so whatever the count, a leader that lives one interval bounds every
+/// quiet lease's countdown for the next (rule 3).
 pub(super) async fn checkpoint_quiet(shared: &Shared) {
-    let remaining = shared.clock.quiet_batch(MAX_PER_ENTRY);
-    if remaining.is_empty() {
-        return;
-    }
-    if let Err(e) = shared.propose(Command::CheckpointTtl { remaining }).await {
-        tracing::warn!(error = %e, "could not checkpoint remaining ttl");
+    let batches = shared.clock.quiet_count().div_ceil(MAX_PER_ENTRY);
+    for _ in 0..batches {
+        let remaining = shared.clock.quiet_batch(MAX_PER_ENTRY);
+        if remaining.is_empty() {
+            return;
+        }
+        if let Err(e) = shared.propose(Command::CheckpointTtl { remaining }).await {
+            tracing::warn!(error = %e, "could not checkpoint remaining ttl");
+            return;
+        }
     }
 }
 
@@ -316,8 +341,8 @@ pub(super) async fn renew_batch(
         Ok(results) => {
             let by_id: HashMap<_, _> = results.into_iter().collect();
             for (id, result) in &by_id {
-                if result.is_ok() {
-                    shared.clock.on_renewed(*id);
+                if let Ok(lease) = result {
+                    shared.clock.on_renewed(*id, lease.renew_term);
                 }
             }
             ids.iter()
@@ -378,6 +403,8 @@ pub(super) async fn acknowledge(
         }
     };
     if renewed_this_term {
+        // (A `Renew` whose answer was lost applied all the same: the lease is not quiet.)
+        shared.clock.on_renewed(id, term);
         shared.confirm_for(caller).await?;
     } else {
         match shared.renewer.submit(id).await {
@@ -417,13 +444,13 @@ pub(super) async fn acknowledge(
         }
     };
     let ttl = counted_ttl(shared, Duration::from_millis(ttl_ms));
-    if shared.clock.renew(id, ttl, term) {
-        metrics::counter!("warrant_keepalives_total").increment(1);
-        Ok(Ack::Renewed { lease })
-    } else if shared.clock.active_term() != Some(term) {
-        Err(shared.redirect())
-    } else {
-        Ok(Ack::Lost("expired".to_string()))
+    match shared.clock.renew(id, ttl, term) {
+        Renewal::Renewed => {
+            metrics::counter!("warrant_keepalives_total").increment(1);
+            Ok(Ack::Renewed { lease })
+        }
+        Renewal::Expired => Ok(Ack::Lost("expired".to_string())),
+        Renewal::NotLeading => Err(shared.redirect()),
     }
 }
 
@@ -436,7 +463,10 @@ mod tests {
         let c = LeaseClock::default();
         c.on_granted(LeaseId(1), Duration::from_secs(5));
         assert_eq!(c.remaining(LeaseId(1)), None);
-        assert!(!c.renew(LeaseId(1), Duration::from_secs(5), 1));
+        assert_eq!(
+            c.renew(LeaseId(1), Duration::from_secs(5), 1),
+            Renewal::NotLeading
+        );
     }
 
     #[test]
@@ -450,15 +480,20 @@ mod tests {
             ],
         );
         assert_eq!(c.due(10), vec![LeaseId(1)]);
-        assert!(
-            !c.renew(LeaseId(1), Duration::from_secs(5), 3),
+        assert_eq!(
+            c.renew(LeaseId(1), Duration::from_secs(5), 3),
+            Renewal::Expired,
             "an expiring lease is never renewed"
         );
-        assert!(
-            !c.renew(LeaseId(2), Duration::from_secs(5), 2),
+        assert_eq!(
+            c.renew(LeaseId(2), Duration::from_secs(5), 2),
+            Renewal::NotLeading,
             "a keepalive confirmed in another term moves no deadline"
         );
-        assert!(c.renew(LeaseId(2), Duration::from_secs(5), 3));
+        assert_eq!(
+            c.renew(LeaseId(2), Duration::from_secs(5), 3),
+            Renewal::Renewed
+        );
         assert!(c.remaining(LeaseId(2)).unwrap() <= Duration::from_secs(5));
         c.on_ended(LeaseId(1));
         assert!(c.due(10).is_empty());
@@ -509,8 +544,15 @@ mod tests {
         assert_eq!(ids(first), [1, 2], "lease 3 had its keepalive logged");
         assert_eq!(ids(c.quiet_batch(2)), [4, 5]);
         assert_eq!(ids(c.quiet_batch(3)), [1, 2, 4], "round again");
-        c.on_renewed(LeaseId(5));
+        c.on_renewed(LeaseId(4), 0);
+        assert_eq!(
+            c.quiet_count(),
+            4,
+            "a renewal of an earlier term leaves it quiet"
+        );
+        c.on_renewed(LeaseId(5), 1);
         c.on_ended(LeaseId(1));
+        assert_eq!(c.quiet_count(), 2);
         assert_eq!(ids(c.quiet_batch(10)), [2, 4]);
         c.deactivate();
         assert!(c.quiet_batch(10).is_empty());
