@@ -150,6 +150,9 @@ impl LeaseClock {
         match inner.deadlines.get(&id) {
             Some(deadline) if *deadline > now => {
                 inner.set(id, now + ttl);
+                // Acknowledged in `term` only after its keepalive was logged in `term`: not quiet
+                // (also when the `Renew`'s answer was lost but it applied).
+                inner.quiet.remove(&id);
                 Renewal::Renewed
             }
             _ => Renewal::Expired,
@@ -403,8 +406,6 @@ pub(super) async fn acknowledge(
         }
     };
     if renewed_this_term {
-        // (A `Renew` whose answer was lost applied all the same: the lease is not quiet.)
-        shared.clock.on_renewed(id, term);
         shared.confirm_for(caller).await?;
     } else {
         match shared.renewer.submit(id).await {
